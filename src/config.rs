@@ -1,5 +1,5 @@
 //! `--config FILE` support: TOML values are turned into ordinary command-line
-//! arguments so clap applies them with the precedence
+//! arguments, so clap applies the precedence
 //! command line > environment > config file > default.
 
 use std::collections::{BTreeMap, HashSet};
@@ -7,17 +7,21 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Arg, ArgAction, Command};
+use clap::{Arg, ArgAction as A, Command};
+use toml::Value;
 
 const CONFIG_LONG: &str = "config";
 const DEFAULT_CONFIG_ENV: &str = "FERRY_CONFIG";
 
 /// Expands `--config FILE` into ordinary arguments for `cmd`'s chosen subcommand.
 ///
-/// Values from the file are injected as `--long=value` (or a bare `--long` for
-/// boolean flags) right after the name of the (sub)command owning the argument,
-/// unless the argument was given on the command line or its environment
-/// variable is set. Everything else in `args`, including `--config`, is kept.
+/// Keys are taken from the top level of the file, overridden by `[sub]` and
+/// `[sub.nested]` sections along the chosen subcommand path. Each value is
+/// injected as `--long=value` (a bare `--long` for boolean flags) right after
+/// the name of the (sub)command owning the argument, unless the argument is
+/// on the command line or its environment variable is set. Everything else in
+/// `args`, including `--config`, is kept. Help/version requests and an
+/// incomplete subcommand path are returned unchanged for clap to report.
 pub fn args_with_config_file(cmd: &Command, args: Vec<OsString>) -> Result<Vec<OsString>> {
     let Some(path) = config_path(cmd, &args) else {
         return Ok(args);
@@ -25,66 +29,60 @@ pub fn args_with_config_file(cmd: &Command, args: Vec<OsString>) -> Result<Vec<O
     let mut cmd = cmd.clone();
     cmd.build();
     let scan = scan_args(&cmd, &args);
-    let leaf_incomplete = scan.chain.last().is_some_and(|(c, _)| {
-        c.is_subcommand_required_set() && c.get_subcommands().next().is_some()
-    });
-    // Let clap report help, version, a missing subcommand or the `help` subcommand itself.
-    if args.is_empty() || scan.help_or_version || leaf_incomplete {
+    let incomplete = scan
+        .chain
+        .last()
+        .is_some_and(|(c, _)| c.is_subcommand_required_set() && c.get_subcommands().next().is_some());
+    if args.is_empty() || scan.help_or_version || incomplete {
         return Ok(args);
     }
     let shown = path.display();
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read config file {shown}"))?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read config file {shown}"))?;
     let table: toml::Table =
         toml::from_str(&text).with_context(|| format!("cannot parse config file {shown}"))?;
 
-    // Layers: top level, then `[sub]`, then `[sub.nested]`; later layers override.
-    let mut layers = vec![(0usize, String::new(), &table)];
-    let mut current = &table;
+    // (depth in chain, key prefix, table); later layers override earlier ones.
+    let mut layers = vec![(0, String::new(), &table)];
     for (depth, (sub, _)) in scan.chain.iter().enumerate().skip(1) {
-        let Some(toml::Value::Table(t)) = current.get(sub.get_name()) else {
+        let Some((_, prefix, parent)) = layers.last() else {
             break;
         };
-        let prefix = layers.last().map(|(_, p, _)| format!("{p}{}.", sub.get_name()));
-        layers.push((depth, prefix.unwrap_or_default(), t));
-        current = t;
+        let Some(Value::Table(t)) = parent.get(sub.get_name()) else {
+            break;
+        };
+        layers.push((depth, format!("{prefix}{}.", sub.get_name()), t));
     }
 
-    // (level, arg id) -> (key as written, value, arg)
-    let mut chosen: BTreeMap<(usize, String), (String, &toml::Value, &Arg)> = BTreeMap::new();
+    // (chain level, arg id) -> (key as written, value, arg)
+    let mut chosen: BTreeMap<(usize, String), (String, &Value, &Arg)> = BTreeMap::new();
     for (depth, prefix, layer) in &layers {
         let here = scan.chain.get(*depth).map(|(c, _)| *c);
         for (key, value) in layer.iter() {
             if value.is_table() && here.is_some_and(|c| c.find_subcommand(key).is_some()) {
-                continue; // section of a subcommand (handled as a layer, or not chosen)
+                continue; // a subcommand's section: a later layer, or not chosen
             }
-            let full_key = format!("{prefix}{key}");
+            let full = format!("{prefix}{key}");
             let (level, arg) = resolve_key(&scan.chain, key).ok_or_else(|| {
                 let names: Vec<&str> = scan.chain.iter().map(|(c, _)| c.get_name()).collect();
-                anyhow!(
-                    "unknown key `{full_key}` in config file {shown}: `{}` has no option --{}",
-                    names.join(" "),
-                    key.replace('_', "-")
-                )
+                let (names, opt) = (names.join(" "), key.replace('_', "-"));
+                anyhow!("unknown key `{full}` in config file {shown}: `{names}` has no --{opt}")
             })?;
-            chosen.insert((level, arg.get_id().to_string()), (full_key, value, arg));
+            chosen.insert((level, arg.get_id().to_string()), (full, value, arg));
         }
     }
 
-    let mut inject: Vec<(usize, Vec<OsString>)> =
-        scan.chain.iter().map(|(_, pos)| (*pos, Vec::new())).collect();
+    let mut inject: Vec<(usize, Vec<OsString>)> = scan.chain.iter().map(|(_, pos)| (*pos, vec![])).collect();
     for ((level, _), (key, value, arg)) in chosen {
-        let ctx = format!("key `{key}` in config file {shown}");
-        let values = to_args(arg, value, &ctx)?;
-        if scan.given(arg) || env_is_set(arg) {
+        let values = to_args(arg, value, &format!("key `{key}` in config file {shown}"))?;
+        let env = arg.get_env().and_then(std::env::var_os);
+        if scan.given(arg) || env.is_some_and(|v| !v.is_empty()) {
             continue;
         }
         if let Some((_, slot)) = inject.get_mut(level) {
             slot.extend(values);
         }
     }
-
-    let mut out = Vec::with_capacity(args.len() + inject.iter().map(|(_, v)| v.len()).sum::<usize>());
+    let mut out = Vec::with_capacity(args.len());
     for (i, a) in args.into_iter().enumerate() {
         out.push(a);
         for (_, extra) in inject.iter_mut().filter(|(pos, _)| *pos == i) {
@@ -94,27 +92,24 @@ pub fn args_with_config_file(cmd: &Command, args: Vec<OsString>) -> Result<Vec<O
     Ok(out)
 }
 
-/// The config file named by `--config FILE` / `--config=FILE`, else by the env var.
+/// The file named by `--config FILE` / `--config=FILE`, else by the env var.
 fn config_path(cmd: &Command, args: &[OsString]) -> Option<PathBuf> {
-    let mut iter = args.iter().skip(1);
+    let mut iter = args.iter().skip(1).map(|a| a.to_str().unwrap_or_default());
     while let Some(a) = iter.next() {
-        match a.to_str() {
-            Some("--") => break,
-            Some("--config") => return iter.next().map(PathBuf::from),
-            Some(s) => {
-                if let Some(v) = s.strip_prefix("--config=") {
-                    return Some(PathBuf::from(v));
-                }
-            }
-            None => {}
+        match a {
+            "--" => break,
+            "--config" => return iter.next().map(PathBuf::from),
+            _ => {}
+        }
+        if let Some(v) = a.strip_prefix("--config=") {
+            return Some(PathBuf::from(v));
         }
     }
-    let env_name = cmd
-        .get_arguments()
-        .find(|a| a.get_long() == Some(CONFIG_LONG))
-        .and_then(Arg::get_env)
-        .map_or_else(|| OsString::from(DEFAULT_CONFIG_ENV), ToOwned::to_owned);
-    std::env::var_os(env_name).filter(|v| !v.is_empty()).map(PathBuf::from)
+    let mut args = cmd.get_arguments();
+    let config = args.find(|a| a.get_long() == Some(CONFIG_LONG));
+    let env = config.and_then(Arg::get_env).map(ToOwned::to_owned);
+    let env = std::env::var_os(env.unwrap_or_else(|| DEFAULT_CONFIG_ENV.into()));
+    env.filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
 struct Scan<'a> {
@@ -125,61 +120,61 @@ struct Scan<'a> {
     help_or_version: bool,
 }
 
-impl Scan<'_> {
+impl<'a> Scan<'a> {
+    /// Whether `arg` appears on the command line (long, short or an alias).
     fn given(&self, arg: &Arg) -> bool {
-        let long = arg.get_long().into_iter().chain(arg.get_all_aliases().unwrap_or_default());
-        let short = arg.get_short().into_iter().chain(arg.get_all_short_aliases().unwrap_or_default());
-        long.into_iter().any(|l| self.longs.contains(l))
-            || short.into_iter().any(|s| self.shorts.contains(&s))
+        let longs = arg.get_all_aliases().unwrap_or_default();
+        let shorts = arg.get_all_short_aliases().unwrap_or_default();
+        let mut longs = arg.get_long().into_iter().chain(longs);
+        let mut shorts = arg.get_short().into_iter().chain(shorts);
+        longs.any(|l| self.longs.contains(l)) || shorts.any(|s| self.shorts.contains(&s))
+    }
+
+    /// The argument for a flag seen in args, searching the innermost command first.
+    fn find(&self, long: Option<&str>, short: Option<char>) -> Option<&'a Arg> {
+        let is = |a: &&Arg| {
+            let aliases = a.get_all_aliases().unwrap_or_default();
+            let shorts = a.get_all_short_aliases().unwrap_or_default();
+            long.is_some_and(|l| a.get_long() == Some(l) || aliases.contains(&l))
+                || short.is_some_and(|s| a.get_short() == Some(s) || shorts.contains(&s))
+        };
+        let mut cmds = self.chain.iter().rev();
+        cmds.find_map(|(c, _)| c.get_arguments().find(is))
+    }
+
+    /// Records a flag; returns whether it takes a value.
+    fn flag(&mut self, long: Option<&str>, short: Option<char>) -> bool {
+        let action = self.find(long, short).map(Arg::get_action);
+        self.help_or_version |= action.is_some_and(is_help_or_version);
+        self.longs.extend(long.map(str::to_owned));
+        self.shorts.extend(short);
+        matches!(action, Some(A::Set | A::Append)) || (action.is_none() && long == Some(CONFIG_LONG))
     }
 }
 
-fn find_arg<'a>(chain: &[(&'a Command, usize)], pred: impl Fn(&Arg) -> bool) -> Option<&'a Arg> {
-    chain.iter().rev().find_map(|(c, _)| c.get_arguments().find(|a| pred(a)))
+fn is_help_or_version(action: &A) -> bool {
+    matches!(action, A::Help | A::HelpShort | A::HelpLong | A::Version)
 }
 
-fn takes_value(arg: &Arg) -> bool {
-    matches!(arg.get_action(), ArgAction::Set | ArgAction::Append)
-}
-
-fn is_help_or_version(arg: &Arg) -> bool {
-    matches!(
-        arg.get_action(),
-        ArgAction::Help | ArgAction::HelpShort | ArgAction::HelpLong | ArgAction::Version
-    )
-}
-
-/// Walks args after argv[0]: records flags given and the subcommand path.
+/// Walks args after argv[0], recording flags given and the subcommand path.
 fn scan_args<'a>(cmd: &'a Command, args: &[OsString]) -> Scan<'a> {
-    let mut scan = Scan { chain: vec![(cmd, 0)], longs: HashSet::new(), shorts: HashSet::new(), help_or_version: false };
+    let (chain, longs, shorts) = (vec![(cmd, 0)], HashSet::new(), HashSet::new());
+    let mut scan = Scan { chain, longs, shorts, help_or_version: false };
     let mut i = 1;
     while let Some(tok) = args.get(i) {
         i += 1;
-        let Some(tok) = tok.to_str() else { continue };
+        let tok = tok.to_str().unwrap_or_default();
         if tok == "--" {
             break;
-        }
-        if let Some(rest) = tok.strip_prefix("--") {
+        } else if let Some(rest) = tok.strip_prefix("--") {
             let (name, inline) = rest.split_once('=').map_or((rest, false), |(n, _)| (n, true));
-            let arg = find_arg(&scan.chain, |a| {
-                a.get_long() == Some(name) || a.get_all_aliases().unwrap_or_default().contains(&name)
-            });
-            scan.help_or_version |= arg.is_some_and(is_help_or_version);
-            if !inline && (arg.is_some_and(takes_value) || (arg.is_none() && name == CONFIG_LONG)) {
-                i += 1;
+            if scan.flag(Some(name), None) && !inline {
+                i += 1; // skip the flag's value
             }
-            scan.longs.insert(name.to_owned());
         } else if let Some(rest) = tok.strip_prefix('-').filter(|r| !r.is_empty()) {
             for (at, c) in rest.char_indices() {
-                scan.shorts.insert(c);
-                let arg = find_arg(&scan.chain, |a| {
-                    a.get_short() == Some(c) || a.get_all_short_aliases().unwrap_or_default().contains(&c)
-                });
-                scan.help_or_version |= arg.is_some_and(is_help_or_version);
-                if arg.is_some_and(takes_value) {
-                    if at + c.len_utf8() == rest.len() {
-                        i += 1;
-                    }
+                if scan.flag(None, Some(c)) {
+                    i += usize::from(at + c.len_utf8() == rest.len());
                     break;
                 }
             }
@@ -191,70 +186,66 @@ fn scan_args<'a>(cmd: &'a Command, args: &[OsString]) -> Scan<'a> {
     scan
 }
 
-/// Finds the argument a config key names, searching the leaf command first.
+/// The argument a config key names (`node-id` or `node_id`), leaf command first.
 fn resolve_key<'a>(chain: &[(&'a Command, usize)], key: &str) -> Option<(usize, &'a Arg)> {
     let norm = key.replace('_', "-");
-    chain.iter().enumerate().rev().find_map(|(level, (c, _))| {
-        c.get_arguments()
-            .find(|a| {
-                let Some(long) = a.get_long() else { return false };
-                long != CONFIG_LONG
-                    && !is_help_or_version(a)
-                    && (long == norm
-                        || a.get_id().as_str().replace('_', "-") == norm
-                        || a.get_all_aliases().unwrap_or_default().contains(&norm.as_str()))
-            })
-            .map(|a| (level, a))
-    })
+    let names = |a: &&Arg| {
+        let long = a.get_long().unwrap_or_default();
+        let aliases = a.get_all_aliases().unwrap_or_default();
+        !long.is_empty()
+            && long != CONFIG_LONG
+            && !is_help_or_version(a.get_action())
+            && (long == norm || aliases.contains(&norm.as_str()))
+    };
+    let mut levels = chain.iter().enumerate().rev();
+    levels.find_map(|(level, (c, _))| c.get_arguments().find(names).map(|a| (level, a)))
 }
 
-fn env_is_set(arg: &Arg) -> bool {
-    arg.get_env().and_then(std::env::var_os).is_some_and(|v| !v.is_empty())
-}
-
-fn scalar(value: &toml::Value, ctx: &str) -> Result<String> {
+fn scalar(value: &Value, ctx: &str) -> Result<String> {
     Ok(match value {
-        toml::Value::String(s) => s.clone(),
-        toml::Value::Integer(n) => n.to_string(),
-        toml::Value::Float(f) => f.to_string(),
-        toml::Value::Boolean(b) => b.to_string(),
-        toml::Value::Datetime(d) => d.to_string(),
-        toml::Value::Array(_) => bail!("{ctx}: expected a single value, found an array"),
-        toml::Value::Table(_) => bail!("{ctx}: expected a value, found a table"),
+        Value::String(s) => s.clone(),
+        Value::Integer(n) => n.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Boolean(b) => b.to_string(),
+        Value::Datetime(d) => d.to_string(),
+        Value::Array(_) => bail!("{ctx}: expected a single value, found an array"),
+        Value::Table(_) => bail!("{ctx}: expected a value, found a table"),
     })
 }
 
 /// Converts one config value into the command-line arguments for `arg`.
-fn to_args(arg: &Arg, value: &toml::Value, ctx: &str) -> Result<Vec<OsString>> {
+fn to_args(arg: &Arg, value: &Value, ctx: &str) -> Result<Vec<OsString>> {
     let long = arg.get_long().unwrap_or_default();
-    let flag = OsString::from(format!("--{long}"));
+    let flag = || vec![OsString::from(format!("--{long}"))];
     let with_value = |v: String| OsString::from(format!("--{long}={v}"));
-    match (arg.get_action(), value) {
-        (ArgAction::SetTrue, toml::Value::Boolean(b)) => Ok(if *b { vec![flag] } else { vec![] }),
-        (ArgAction::SetFalse, toml::Value::Boolean(b)) => Ok(if *b { vec![] } else { vec![flag] }),
-        (ArgAction::SetTrue | ArgAction::SetFalse, _) => bail!("{ctx}: expected true or false"),
-        (ArgAction::Count, toml::Value::Boolean(b)) => Ok(if *b { vec![flag] } else { vec![] }),
-        (ArgAction::Count, toml::Value::Integer(n)) if (0..=255).contains(n) => {
-            Ok(std::iter::repeat_n(flag, usize::try_from(*n).unwrap_or_default()).collect())
+    Ok(match (arg.get_action(), value) {
+        (A::SetTrue | A::Count, Value::Boolean(b)) => flag().into_iter().filter(|_| *b).collect(),
+        (A::SetFalse, Value::Boolean(b)) => flag().into_iter().filter(|_| !*b).collect(),
+        (A::SetTrue | A::SetFalse, _) => bail!("{ctx}: expected true or false"),
+        (A::Count, Value::Integer(n)) => {
+            let n = u8::try_from(*n).with_context(|| format!("{ctx}: count out of range"))?;
+            (0..n).flat_map(|_| flag()).collect()
         }
-        (ArgAction::Count, _) => bail!("{ctx}: expected a boolean or a count from 0 to 255"),
-        (ArgAction::Append, toml::Value::Array(items)) => {
-            items.iter().map(|v| scalar(v, ctx).map(with_value)).collect()
+        (A::Count, _) => bail!("{ctx}: expected a boolean or a count"),
+        (A::Append, Value::Array(items)) => {
+            let values: Result<Vec<String>> = items.iter().map(|v| scalar(v, ctx)).collect();
+            values?.into_iter().map(with_value).collect()
         }
-        (_, toml::Value::Array(items)) => match items.as_slice() {
-            [one] => Ok(vec![with_value(scalar(one, ctx)?)]),
-            _ => bail!("{ctx}: option --{long} takes one value, found an array of {}", items.len()),
+        (_, Value::Array(items)) => match items.as_slice() {
+            [one] => vec![with_value(scalar(one, ctx)?)],
+            _ => bail!("{ctx}: --{long} takes one value, not an array"),
         },
-        _ => Ok(vec![with_value(scalar(value, ctx)?)]),
-    }
+        _ => vec![with_value(scalar(value, ctx)?)],
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::{CommandFactory, FromArgMatches};
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    #[derive(clap::Parser, Debug)]
+    #[derive(clap::Parser)]
     struct Cli {
         #[arg(long, global = true, env = "FERRY_CFGTEST_CONFIG")]
         config: Option<PathBuf>,
@@ -262,21 +253,19 @@ mod tests {
         cmd: Sub,
     }
 
-    #[derive(clap::Subcommand, Debug)]
+    #[derive(clap::Subcommand)]
     enum Sub {
         Edge(EdgeArgs),
-        Bench {
-            #[command(subcommand)]
-            cmd: BenchSub,
-        },
+        #[command(subcommand)]
+        Bench(BenchSub),
     }
 
-    #[derive(clap::Subcommand, Debug)]
+    #[derive(clap::Subcommand)]
     enum BenchSub {
         Fanout(EdgeArgs),
     }
 
-    #[derive(clap::Args, Debug)]
+    #[derive(clap::Args)]
     struct EdgeArgs {
         #[arg(long, short = 'n', env = "FERRY_CFGTEST_UNSET")]
         node_id: Option<String>,
@@ -288,102 +277,104 @@ mod tests {
         peer: Vec<String>,
     }
 
+    const BODY: &str = "node-id = \"n1\"\nport = 7\nverbose = true\npeer = [\"a\", \"b\"]\n";
+
     /// The test command, with `edge --node-id` reading `env_var`.
     fn command(env_var: &'static str) -> Command {
         Cli::command().mut_subcommand("edge", |s| s.mut_arg("node_id", |a| a.env(env_var)))
     }
 
-    fn write_config(name: &str, body: &str) -> PathBuf {
-        let path = std::env::temp_dir().join(format!("ferry-cfgtest-{}-{name}.toml", std::process::id()));
+    fn write_config(body: &str) -> PathBuf {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let name = format!("ferry-cfgtest-{}-{n}.toml", std::process::id());
+        let path = std::env::temp_dir().join(name);
         std::fs::write(&path, body).unwrap();
         path
     }
 
-    fn expand(cmd: &Command, path: &std::path::Path, rest: &[&str]) -> Result<EdgeArgs> {
+    /// Expands and parses `ferry --config FILE <rest>`; summarises the leaf's args.
+    fn expand(env_var: &'static str, path: &std::path::Path, rest: &[&str]) -> Result<String> {
+        let cmd = command(env_var);
         let mut args: Vec<OsString> = vec!["ferry".into(), "--config".into(), path.into()];
         args.extend(rest.iter().map(OsString::from));
-        let args = args_with_config_file(cmd, args)?;
-        let cli = Cli::from_arg_matches(&cmd.clone().try_get_matches_from(args)?)?;
-        Ok(match cli.cmd {
-            Sub::Edge(a) | Sub::Bench { cmd: BenchSub::Fanout(a) } => a,
-        })
+        let args = args_with_config_file(&cmd, args)?;
+        let (Sub::Edge(a) | Sub::Bench(BenchSub::Fanout(a))) =
+            Cli::from_arg_matches(&cmd.try_get_matches_from(args)?)?.cmd;
+        let (node, peers) = (a.node_id.unwrap_or_default(), a.peer.join(","));
+        Ok(format!("{node} {} {} [{peers}]", a.port, a.verbose))
     }
 
-    const BODY: &str = "node-id = \"n1\"\nport = 7\nverbose = true\npeer = [\"a\", \"b\"]\n";
+    fn run(env_var: &'static str, body: &str, rest: &[&str]) -> Result<String> {
+        expand(env_var, &write_config(body), rest)
+    }
 
     #[test]
     fn file_values_used_when_absent() {
-        let path = write_config("absent", BODY);
-        let a = expand(&command("FERRY_CFGTEST_ENV_ABSENT"), &path, &["edge"]).unwrap();
-        assert_eq!(a.node_id.as_deref(), Some("n1"));
-        assert_eq!((a.port, a.verbose), (7, true));
-        assert_eq!(a.peer, ["a", "b"]);
-        let a = expand(&command("FERRY_CFGTEST_ENV_ABSENT"), &write_config("off", "verbose = false\nnode_id = \"x\""), &["edge"]).unwrap();
-        assert_eq!((a.port, a.verbose, a.node_id.as_deref()), (1, false, Some("x")));
+        let got = run("FERRY_CFGTEST_E1", BODY, &["edge"]).unwrap();
+        assert_eq!(got, "n1 7 true [a,b]");
+        let body = "verbose = false\nnode_id = \"x\"";
+        assert_eq!(run("FERRY_CFGTEST_E1", body, &["edge"]).unwrap(), "x 1 false []");
     }
 
     #[test]
     fn command_line_wins_over_file() {
-        let path = write_config("cli", BODY);
-        let cmd = command("FERRY_CFGTEST_ENV_CLI");
-        let a = expand(&cmd, &path, &["edge", "--port=9", "-n", "n2", "--peer", "c"]).unwrap();
-        assert_eq!((a.node_id.as_deref(), a.port, a.verbose), (Some("n2"), 9, true));
-        assert_eq!(a.peer, ["c"]);
+        let cli = ["edge", "--port=9", "-n", "n2", "--peer", "c"];
+        let got = run("FERRY_CFGTEST_E2", BODY, &cli).unwrap();
+        assert_eq!(got, "n2 9 true [c]");
     }
 
     #[test]
     fn environment_wins_over_file() {
-        std::env::set_var("FERRY_CFGTEST_ENV_WINS", "from-env");
-        let path = write_config("env", BODY);
-        let a = expand(&command("FERRY_CFGTEST_ENV_WINS"), &path, &["edge"]).unwrap();
-        assert_eq!((a.node_id.as_deref(), a.port), (Some("from-env"), 7));
-    }
-
-    #[test]
-    fn config_path_from_environment() {
-        std::env::set_var("FERRY_CFGTEST_CONFIG_PATH", write_config("envpath", "port = 3"));
-        let cmd = Cli::command().mut_arg("config", |a| a.env("FERRY_CFGTEST_CONFIG_PATH"));
-        let args = args_with_config_file(&cmd, vec!["ferry".into(), "edge".into()]).unwrap();
-        assert_eq!(args, ["ferry", "edge", "--port=3"]);
+        std::env::set_var("FERRY_CFGTEST_E3", "from-env");
+        let got = run("FERRY_CFGTEST_E3", BODY, &["edge"]).unwrap();
+        assert_eq!(got, "from-env 7 true [a,b]");
     }
 
     #[test]
     fn sections_override_top_level() {
-        let body = "port = 2\nnode-id = \"top\"\n[edge]\nport = 3\n[bench]\nport = 4\n[bench.fanout]\nverbose = true\n";
-        let path = write_config("sections", body);
-        let cmd = command("FERRY_CFGTEST_ENV_SECTIONS");
-        let a = expand(&cmd, &path, &["edge"]).unwrap();
-        assert_eq!((a.port, a.verbose, a.node_id.as_deref()), (3, false, Some("top")));
-        let a = expand(&cmd, &path, &["--verbose", "bench", "fanout"]).unwrap_err();
-        assert!(a.to_string().contains("verbose"), "{a}");
-        let a = expand(&cmd, &path, &["bench", "fanout", "--port", "5"]).unwrap();
-        assert_eq!((a.port, a.verbose), (5, true));
-        let a = expand(&cmd, &path, &["bench", "fanout"]).unwrap();
-        assert_eq!((a.port, a.verbose, a.node_id.as_deref()), (4, true, Some("top")));
+        let body = "port = 2\nnode-id = \"top\"\n[edge]\nport = 3\n\
+                    [bench]\nport = 4\n[bench.fanout]\nverbose = true\n";
+        let run = |rest: &[&str]| run("FERRY_CFGTEST_E4", body, rest).unwrap();
+        assert_eq!(run(&["edge"]), "top 3 false []");
+        assert_eq!(run(&["bench", "fanout"]), "top 4 true []");
+        assert_eq!(run(&["bench", "fanout", "--port", "5"]), "top 5 true []");
     }
 
     #[test]
-    fn unknown_key_is_an_error() {
-        let path = write_config("unknown", "port = 2\nbogus_key = 1\n");
-        let err = expand(&command("FERRY_CFGTEST_ENV_UNKNOWN"), &path, &["edge"]).unwrap_err().to_string();
-        assert!(err.contains("bogus_key") && err.contains(&path.display().to_string()), "{err}");
-        let path = write_config("table", "[port]\nx = 1\n");
-        assert!(expand(&command("FERRY_CFGTEST_ENV_UNKNOWN"), &path, &["edge"]).is_err());
+    fn config_path_from_environment_and_injection_position() {
+        std::env::set_var("FERRY_CFGTEST_CONFIG_PATH", write_config("port = 3"));
+        let cmd = Cli::command().mut_arg("config", |a| a.env("FERRY_CFGTEST_CONFIG_PATH"));
+        let args = ["ferry", "bench", "fanout", "--verbose"].map(OsString::from).to_vec();
+        let got = args_with_config_file(&cmd, args).unwrap();
+        assert_eq!(got, ["ferry", "bench", "fanout", "--port=3", "--verbose"]);
+    }
+
+    #[test]
+    fn unknown_key_and_bad_values_are_errors() {
+        let path = write_config("port = 2\nbogus_key = 1\n");
+        let err = expand("FERRY_CFGTEST_E5", &path, &["edge"]).unwrap_err();
+        let (err, shown) = (err.to_string(), path.display().to_string());
+        assert!(err.contains("`bogus_key`") && err.contains(&shown), "{err}");
+        for bad in ["[port]\nx = 1\n", "port = [1, 2]", "verbose = \"yes\""] {
+            assert!(run("FERRY_CFGTEST_E5", bad, &["edge"]).is_err(), "{bad}");
+        }
     }
 
     #[test]
     fn missing_or_invalid_file_errors_with_path() {
-        let path = std::env::temp_dir().join("ferry-cfgtest-does-not-exist.toml");
-        let err = expand(&command("FERRY_CFGTEST_ENV_MISSING"), &path, &["edge"]).unwrap_err();
-        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
-        let path = write_config("invalid", "port = = 2");
-        let err = expand(&command("FERRY_CFGTEST_ENV_MISSING"), &path, &["edge"]).unwrap_err();
-        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+        let missing = std::env::temp_dir().join("ferry-cfgtest-does-not-exist.toml");
+        for path in [missing, write_config("port = = 2")] {
+            let err = expand("FERRY_CFGTEST_E6", &path, &["edge"]).unwrap_err();
+            let shown = path.display().to_string();
+            assert!(err.to_string().contains(&shown), "{err}");
+        }
     }
 
     #[test]
     fn no_config_leaves_args_unchanged() {
         let args: Vec<OsString> = vec!["ferry".into(), "edge".into(), "--port".into(), "3".into()];
-        assert_eq!(args_with_config_file(&command("FERRY_CFGTEST_ENV_NONE"), args.clone()).unwrap(), args);
+        let got = args_with_config_file(&command("FERRY_CFGTEST_E7"), args.clone()).unwrap();
+        assert_eq!(got, args);
     }
 }

@@ -1,6 +1,22 @@
-//! ferry-node: the edge.
+//! ferry-node: the edge, and the clients that talk to it.
 //!
 //! # Layout
 //! - [`track`]: track buffers (sans-IO core in `track::buffer`) and their
 //!   producer/consumer handles — per-viewer backpressure lives here.
+//! - [`edge`]: the QUIC edge — sessions, delivery, ingest, upstream relay, HTTP.
+//! - [`client`]: connecting, publishing (synthetic or IVF) and watching.
+//! - [`media`]: IVF, keyframe detection, the synthetic test source.
+//! - [`wire`]: the relay codec on quinn streams.
+//! - [`tls`]: certificates, trust, transport tuning.
+//! - [`metrics`]: Prometheus metrics of an edge.
+
+pub mod client;
+pub mod edge;
+mod error;
+pub mod media;
+pub mod metrics;
+pub mod tls;
 pub mod track;
+pub mod wire;
+
+pub use error::{Error, Result};

@@ -9,7 +9,7 @@ use ferry_proto::{
 use quinn::{ReadExactError, RecvStream, SendStream};
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::{Error, Result};
+use crate::Result;
 
 /// Reads `N` bytes; `Ok(None)` if the stream ended cleanly before the first byte.
 async fn read_array<const N: usize>(recv: &mut RecvStream) -> Result<Option<[u8; N]>> {

@@ -250,7 +250,8 @@ mod tests {
 
     #[test]
     fn header_roundtrips_with_den_before_num() {
-        let header = IvfHeader { frame_count: 7, timebase: Timebase { num: 1001, den: 30000 }, ..vp8_header() };
+        let header =
+            IvfHeader { frame_count: 7, timebase: Timebase { num: 1001, den: 30000 }, ..vp8_header() };
         let bytes = header.encode();
         assert_eq!(&bytes[0..4], b"DKIF");
         assert_eq!(&bytes[6..8], &32u16.to_le_bytes());
@@ -287,7 +288,10 @@ mod tests {
         while let Some(frame) = reader.next_frame().await.unwrap() {
             got.push((frame.pts, frame.data));
         }
-        assert_eq!(got, vec![(0, Bytes::from_static(b"abc")), (1, Bytes::new()), (2, Bytes::from_static(b"de"))]);
+        assert_eq!(
+            got,
+            vec![(0, Bytes::from_static(b"abc")), (1, Bytes::new()), (2, Bytes::from_static(b"de"))]
+        );
         // EOF is sticky.
         assert!(reader.next_frame().await.unwrap().is_none());
     }
@@ -311,12 +315,15 @@ mod tests {
         file.extend(frame_bytes(u32::MAX, 0, b""));
         let (mut reader, _) = IvfReader::open(&file[..], 1 << 20).await.unwrap();
         let err = reader.next_frame().await.unwrap_err();
-        assert!(matches!(err, MediaError::FrameTooLarge { len, limit } if len == u32::MAX as usize && limit == 1 << 20));
+        assert!(
+            matches!(err, MediaError::FrameTooLarge { len, limit } if len == u32::MAX as usize && limit == 1 << 20)
+        );
     }
 
     #[tokio::test]
     async fn writer_output_reads_back_identically() {
-        let frames: Vec<(u64, Vec<u8>)> = (0..5u64).map(|i| (i * 3, vec![i as u8; i as usize * 10])).collect();
+        let frames: Vec<(u64, Vec<u8>)> =
+            (0..5u64).map(|i| (i * 3, vec![i as u8; i as usize * 10])).collect();
         let mut writer = IvfWriter::new(Vec::new(), &vp8_header()).await.unwrap();
         for (pts, data) in &frames {
             writer.write_frame(*pts, data).await.unwrap();

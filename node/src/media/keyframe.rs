@@ -83,10 +83,18 @@ fn av1(data: &[u8]) -> bool {
             };
         }
         let payload = if has_size {
-            let Some((size, used)) = leb128(body) else { return false };
-            let Some(after_size) = body.get(used..) else { return false };
-            let Some(len) = usize::try_from(size).ok() else { return false };
-            let Some(payload) = after_size.get(..len) else { return false };
+            let Some((size, used)) = leb128(body) else {
+                return false;
+            };
+            let Some(after_size) = body.get(used..) else {
+                return false;
+            };
+            let Some(len) = usize::try_from(size).ok() else {
+                return false;
+            };
+            let Some(payload) = after_size.get(..len) else {
+                return false;
+            };
             rest = after_size.get(len..).unwrap_or_default();
             payload
         } else {
@@ -200,7 +208,8 @@ mod tests {
         let key_frame = [delimiter.clone(), obu(OBU_FRAME, &[0b0001_0000, 0xAA])].concat();
         let inter_frame = [delimiter.clone(), obu(OBU_FRAME, &[0b0010_0000, 0xAA])].concat();
         let shown_existing = [delimiter.clone(), obu(OBU_FRAME_HEADER, &[0b1000_0000])].concat();
-        let with_sequence = [delimiter.clone(), obu(OBU_SEQUENCE_HEADER, &[0, 0, 0]), obu(OBU_FRAME, &[0x20])].concat();
+        let with_sequence =
+            [delimiter.clone(), obu(OBU_SEQUENCE_HEADER, &[0, 0, 0]), obu(OBU_FRAME, &[0x20])].concat();
         assert!(is_keyframe(Codec::Av1, &key_frame));
         assert!(!is_keyframe(Codec::Av1, &inter_frame));
         assert!(!is_keyframe(Codec::Av1, &shown_existing));

@@ -183,7 +183,8 @@ mod tests {
     fn keyframes_arrive_once_per_gop() {
         let mut source = SyntheticSource::new(SyntheticConfig::default());
         assert_eq!(source.gop_frames(), 60);
-        let keys: Vec<u64> = (0..180).map(|_| source.next_frame(0)).filter(|f| f.keyframe).map(|f| f.seq).collect();
+        let keys: Vec<u64> =
+            (0..180).map(|_| source.next_frame(0)).filter(|f| f.keyframe).map(|f| f.seq).collect();
         assert_eq!(keys, vec![0, 60, 120]);
     }
 

@@ -180,12 +180,13 @@ impl TrackBuffer {
     pub fn push_frame(&mut self, seq: u64, frame: Frame) -> bool {
         let len = frame.payload.len();
         let newest = self.groups.back().map(|g| g.seq);
+        let only_group = self.groups.len() == 1;
+        let over = self.bytes + len > self.config.max_bytes;
         let Some(group) = self.groups.iter_mut().find(|g| g.seq == seq && !g.complete) else {
             self.stats.frames_dropped += 1;
             return false;
         };
-        if Some(seq) == newest && self.groups.len() == 1 && self.bytes + len > self.config.max_bytes
-        {
+        if Some(seq) == newest && only_group && over {
             self.stats.frames_dropped += 1;
             return false;
         }

@@ -32,6 +32,14 @@ impl Shared {
         self.buffer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn request_keyframe(&self) -> bool {
+        let allowed = self.keyframe.lock().unwrap_or_else(PoisonError::into_inner).request(Instant::now());
+        if allowed {
+            self.keyframe_wanted.notify_one();
+        }
+        allowed
+    }
+
     fn modify(&self, f: impl FnOnce(&mut TrackBuffer) -> bool) -> bool {
         let changed = f(&mut self.buffer());
         if changed {
@@ -126,6 +134,11 @@ impl TrackProducer {
         self.shared.keyframe_wanted.notified().await;
     }
 
+    /// Asks the producer for a keyframe on behalf of a remote reader; throttled.
+    pub fn request_keyframe(&self) -> bool {
+        self.shared.request_keyframe()
+    }
+
     /// Whether two handles name the same track.
     pub fn same_track(&self, other: &TrackProducer) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
@@ -180,16 +193,7 @@ impl TrackConsumer {
     /// Asks the producer for a keyframe; throttled per track. Returns whether the
     /// request went through.
     pub fn request_keyframe(&self) -> bool {
-        let allowed = self
-            .shared
-            .keyframe
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .request(Instant::now());
-        if allowed {
-            self.shared.keyframe_wanted.notify_one();
-        }
-        allowed
+        self.shared.request_keyframe()
     }
 }
 

@@ -1,0 +1,224 @@
+//! The edge: accepts publishers, viewers and downstream edges over QUIC, keeps one
+//! track buffer per published track, and pulls streams it lacks from an upstream.
+//!
+//! # Layout
+//! - `mod.rs`: [`EdgeConfig`], binding, the accept loop and shutdown.
+//! - `session`: one QUIC connection: hello, then the publisher or subscriber loop.
+//! - `deliver`: one subscription's delivery — a QUIC stream per group, stale groups reset.
+//! - `ingest`: reading group streams into track buffers.
+//! - `registry`: the streams this edge knows.
+//! - `upstream`: the shared link to the upstream edge (one subscription per track).
+//! - `http`: `/healthz`, `/readyz`, `/metrics`.
+
+mod deliver;
+mod http;
+mod ingest;
+mod registry;
+mod session;
+mod session_publish;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_proto::{ErrorCode, NodeId};
+use prometheus_client::registry::Registry as MetricsRegistry;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::EdgeMetrics;
+use crate::tls::{self, ClientTrust, ServerIdentity, TransportTuning};
+use crate::track::BufferConfig;
+use crate::Result;
+
+pub use registry::Registry;
+
+/// Everything an edge needs to run.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    pub node_id: NodeId,
+    pub region: String,
+    pub quic_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    /// Pull streams this edge does not have from here (`HOST:PORT`).
+    pub upstream: Option<String>,
+    /// How to verify the upstream edge's certificate.
+    pub upstream_trust: ClientTrust,
+    pub identity: ServerIdentity,
+    pub tuning: TransportTuning,
+    /// QUIC connections served at once; more wait in the kernel/quinn backlog.
+    pub max_connections: usize,
+    /// Subscriptions per connection.
+    pub max_subscriptions_per_connection: usize,
+    pub buffer: BufferConfig,
+    /// Largest frame payload accepted from publishers and upstreams.
+    pub max_frame: usize,
+    /// Latency budget this edge asks of its upstream.
+    pub relay_max_lag: Duration,
+    /// Upper bound for a subscriber's requested `max_lag`.
+    pub max_lag_cap: Duration,
+    /// Relayed tracks with no local subscriber are dropped after this long.
+    pub relay_linger: Duration,
+    /// How long shutdown waits for sessions to finish after GOAWAY.
+    pub shutdown_grace: Duration,
+}
+
+impl EdgeConfig {
+    /// Defaults for a local edge with the given id and addresses.
+    pub fn new(node_id: NodeId, quic_listen: SocketAddr, http_listen: SocketAddr) -> Self {
+        Self {
+            node_id,
+            region: "local".into(),
+            quic_listen,
+            http_listen,
+            upstream: None,
+            upstream_trust: ClientTrust::Insecure,
+            identity: ServerIdentity::SelfSigned { names: default_names() },
+            tuning: TransportTuning::default(),
+            max_connections: 4096,
+            max_subscriptions_per_connection: 64,
+            buffer: BufferConfig::default(),
+            max_frame: ferry_proto::MAX_FRAME_PAYLOAD,
+            relay_max_lag: Duration::from_secs(3),
+            max_lag_cap: Duration::from_secs(30),
+            relay_linger: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Names a dev self-signed certificate covers.
+pub fn default_names() -> Vec<String> {
+    vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
+}
+
+/// State shared by every task of one edge.
+pub(crate) struct EdgeState {
+    pub config: EdgeConfig,
+    pub metrics: EdgeMetrics,
+    pub registry: Registry,
+    pub tracker: TaskTracker,
+    pub shutdown: CancellationToken,
+    pub upstream: Option<upstream::Upstream>,
+    pub next_session: AtomicU64,
+    pub ready: AtomicBool,
+}
+
+/// An edge whose sockets are bound; [`BoundEdge::run`] serves until shutdown.
+pub struct BoundEdge {
+    state: Arc<EdgeState>,
+    endpoint: quinn::Endpoint,
+    http: tokio::net::TcpListener,
+    metrics_registry: Arc<MetricsRegistry>,
+}
+
+impl BoundEdge {
+    /// Binds the QUIC and HTTP sockets.
+    pub async fn bind(config: EdgeConfig) -> Result<Self> {
+        let server = tls::server_config(&config.identity, &config.tuning)?;
+        let endpoint = quinn::Endpoint::server(server, config.quic_listen)?;
+        let http = tokio::net::TcpListener::bind(config.http_listen).await?;
+        let metrics = EdgeMetrics::default();
+        let mut metrics_registry = MetricsRegistry::default();
+        metrics.register(&mut metrics_registry);
+        let upstream = match &config.upstream {
+            Some(addr) => Some(upstream::Upstream::new(addr.clone(), &config)?),
+            None => None,
+        };
+        let state = Arc::new(EdgeState {
+            registry: Registry::new(metrics.clone()),
+            metrics,
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            upstream,
+            next_session: AtomicU64::new(1),
+            ready: AtomicBool::new(false),
+            config,
+        });
+        Ok(Self { state, endpoint, http, metrics_registry: Arc::new(metrics_registry) })
+    }
+
+    /// The bound QUIC address.
+    pub fn quic_addr(&self) -> Result<SocketAddr> {
+        Ok(self.endpoint.local_addr()?)
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> Result<SocketAddr> {
+        Ok(self.http.local_addr()?)
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains: GOAWAY to every session,
+    /// wait up to the grace period, close the endpoint.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let BoundEdge { state, endpoint, http, metrics_registry } = self;
+        let http_shutdown = CancellationToken::new();
+        let http_task = state.tracker.spawn(http::serve(
+            http,
+            Arc::clone(&state),
+            metrics_registry,
+            http_shutdown.clone(),
+        ));
+        state.ready.store(true, Ordering::Relaxed);
+        tracing::info!(node = %state.config.node_id, quic = ?endpoint.local_addr().ok(), "edge serving");
+
+        accept_loop(&state, &endpoint, &shutdown).await;
+
+        // Drain: stop accepting, tell sessions to go away, give them a deadline.
+        state.ready.store(false, Ordering::Relaxed);
+        state.shutdown.cancel();
+        state.registry.close_all();
+        let grace = state.config.shutdown_grace;
+        let drained = tokio::time::timeout(grace, wait_for_sessions(&state)).await.is_ok();
+        endpoint.close(ErrorCode::GoingAway.as_u32().into(), b"edge shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        http_shutdown.cancel();
+        state.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(2), state.tracker.wait()).await.is_err() {
+            tracing::warn!(tasks = state.tracker.len(), "tasks still running at exit");
+        }
+        drop(http_task);
+        tracing::info!(drained, "edge stopped");
+        Ok(())
+    }
+}
+
+async fn wait_for_sessions(state: &EdgeState) {
+    // Sessions end once their peers leave after GOAWAY; only the HTTP task remains.
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    while state.tracker.len() > 1 {
+        tick.tick().await;
+    }
+}
+
+/// Accepts connections until shutdown. A connection permit is taken *before*
+/// accepting, so at most `max_connections` are served at once.
+async fn accept_loop(state: &Arc<EdgeState>, endpoint: &quinn::Endpoint, shutdown: &CancellationToken) {
+    let limit = Arc::new(Semaphore::new(state.config.max_connections.max(1)));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            permit = Arc::clone(&limit).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => return,
+            },
+        };
+        state.metrics.connections_accepted.inc();
+        let session = state.next_session.fetch_add(1, Ordering::Relaxed);
+        let task_state = Arc::clone(state);
+        state.tracker.spawn(async move {
+            session::run(task_state, incoming, session).await;
+            drop(permit);
+        });
+    }
+}

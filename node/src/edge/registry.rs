@@ -1,0 +1,132 @@
+//! The streams this edge knows: published here, or relayed from upstream.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use ferry_proto::{StreamName, TrackName};
+
+use crate::metrics::EdgeMetrics;
+use crate::track::TrackProducer;
+
+/// Where a stream's frames come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A publisher on this edge's session `session`.
+    Publisher { session: u64 },
+    /// The upstream edge.
+    Relay,
+}
+
+#[derive(Clone)]
+struct Entry {
+    source: Source,
+    tracks: Vec<TrackProducer>,
+}
+
+/// Stream name → tracks. One lock, held only for map operations.
+pub struct Registry {
+    streams: Mutex<HashMap<StreamName, Entry>>,
+    metrics: EdgeMetrics,
+}
+
+/// Why a stream could not be registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegisterError {
+    /// Another publisher (or a relay) already provides this stream.
+    Taken(Source),
+}
+
+impl Registry {
+    pub fn new(metrics: EdgeMetrics) -> Self {
+        Self { streams: Mutex::new(HashMap::new()), metrics }
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<StreamName, Entry>> {
+        self.streams.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn update_gauge(&self, map: &HashMap<StreamName, Entry>) {
+        self.metrics.streams.set(i64::try_from(map.len()).unwrap_or(i64::MAX));
+    }
+
+    /// Registers a locally published stream.
+    pub fn publish(
+        &self,
+        stream: &StreamName,
+        session: u64,
+        tracks: Vec<TrackProducer>,
+    ) -> Result<(), RegisterError> {
+        let mut map = self.map();
+        if let Some(existing) = map.get(stream) {
+            return Err(RegisterError::Taken(existing.source));
+        }
+        map.insert(stream.clone(), Entry { source: Source::Publisher { session }, tracks });
+        self.update_gauge(&map);
+        Ok(())
+    }
+
+    /// Adds a relayed track (creating the stream entry if needed). Returns the track
+    /// already registered under that name, if another task won the race.
+    pub fn add_relayed(&self, stream: &StreamName, track: TrackProducer) -> TrackProducer {
+        let mut map = self.map();
+        let entry = map.entry(stream.clone()).or_insert_with(|| Entry { source: Source::Relay, tracks: vec![] });
+        if let Some(existing) = entry.tracks.iter().find(|t| t.info().name == track.info().name) {
+            return existing.clone();
+        }
+        entry.tracks.push(track.clone());
+        self.update_gauge(&map);
+        track
+    }
+
+    /// The track `track` of `stream`, if this edge has it and it has not ended.
+    pub fn find(&self, stream: &StreamName, track: &TrackName) -> Option<TrackProducer> {
+        let map = self.map();
+        let entry = map.get(stream)?;
+        entry.tracks.iter().find(|t| &t.info().name == track && !t.is_closed()).cloned()
+    }
+
+    /// Whether the stream is published locally (not relayed).
+    pub fn is_local(&self, stream: &StreamName) -> bool {
+        self.map().get(stream).is_some_and(|e| matches!(e.source, Source::Publisher { .. }))
+    }
+
+    /// Removes one track (ending it) if it is still the registered one; drops the
+    /// stream when no track is left.
+    pub fn remove_track(&self, stream: &StreamName, track: &TrackProducer) {
+        track.close();
+        let mut map = self.map();
+        if let Some(entry) = map.get_mut(stream) {
+            entry.tracks.retain(|t| !t.same_track(track));
+            if entry.tracks.is_empty() {
+                map.remove(stream);
+            }
+        }
+        self.update_gauge(&map);
+    }
+
+    /// Removes a published stream if `session` still owns it, ending its tracks.
+    pub fn unpublish(&self, stream: &StreamName, session: u64) {
+        let mut map = self.map();
+        if map.get(stream).is_some_and(|e| e.source == Source::Publisher { session }) {
+            if let Some(entry) = map.remove(stream) {
+                entry.tracks.iter().for_each(TrackProducer::close);
+            }
+        }
+        self.update_gauge(&map);
+    }
+
+    /// Ends every track (shutdown): subscribers drain and finish.
+    pub fn close_all(&self) {
+        let mut map = self.map();
+        for entry in map.values() {
+            entry.tracks.iter().for_each(TrackProducer::close);
+        }
+        map.clear();
+        self.update_gauge(&map);
+    }
+
+    /// Payload bytes held by all track buffers.
+    pub fn buffered_bytes(&self) -> usize {
+        self.map().values().flat_map(|e| e.tracks.iter()).map(|t| t.stats().1).sum()
+    }
+}

@@ -1,0 +1,314 @@
+//! One QUIC connection: hello and version negotiation, then the publisher loop or
+//! the subscriber loop. Errors end this connection only, with a close code and a
+//! reason; the edge goes on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_proto::{
+    ErrorCode, Hello, Message, Role, StreamName, TrackName, MAX_CONTROL_MESSAGE, MAX_PROTOCOL_VERSION,
+    MIN_PROTOCOL_VERSION,
+};
+use quinn::{Connection, RecvStream, SendStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::deliver::{Delivery, DeliveryEnd};
+use super::EdgeState;
+use crate::metrics::{RoleLabels, SubscriptionLabels};
+use crate::wire::{read_message, write_message};
+use crate::{Error, Result};
+
+/// Time a client gets to finish the handshake and say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Control messages queued per connection in each direction.
+const CONTROL_QUEUE: usize = 64;
+/// Longest close reason we send (a close frame must fit one packet).
+const MAX_REASON: usize = 200;
+
+/// Serves one incoming connection to its end.
+pub async fn run(state: Arc<EdgeState>, incoming: quinn::Incoming, session: u64) {
+    let conn = match tokio::time::timeout(HELLO_TIMEOUT, incoming).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::debug!(session, error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let cancel = state.shutdown.child_token();
+    let result = serve(&state, &conn, session, &cancel).await;
+    cancel.cancel();
+    match result {
+        Ok(()) => conn.close(ErrorCode::NoError.as_u32().into(), b""),
+        Err(e) if is_peer_gone(&e) => {}
+        Err(e) => {
+            let code = e.code();
+            state.metrics.error(code);
+            tracing::info!(session, peer = %conn.remote_address(), %code, error = %e, "closing connection");
+            let mut reason = e.to_string();
+            reason.truncate(MAX_REASON);
+            conn.close(code.as_u32().into(), reason.as_bytes());
+        }
+    }
+}
+
+fn is_peer_gone(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Connection(_)
+            | Error::Read(quinn::ReadError::ConnectionLost(_))
+            | Error::Write(quinn::WriteError::ConnectionLost(_))
+    )
+}
+
+/// Picks the newest version both sides speak.
+fn negotiate(hello: &Hello) -> Result<u16> {
+    let version = hello.max_version.min(MAX_PROTOCOL_VERSION);
+    if version < hello.min_version.max(MIN_PROTOCOL_VERSION) {
+        return Err(Error::Refused {
+            code: ErrorCode::UnsupportedVersion,
+            message: format!(
+                "client speaks {}..={}, edge speaks {MIN_PROTOCOL_VERSION}..={MAX_PROTOCOL_VERSION}",
+                hello.min_version, hello.max_version
+            ),
+        });
+    }
+    Ok(version)
+}
+
+/// Decrements a gauge when dropped.
+struct GaugeGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn hold(gauge: prometheus_client::metrics::gauge::Gauge) -> GaugeGuard {
+    gauge.inc();
+    GaugeGuard(gauge)
+}
+
+async fn serve(state: &Arc<EdgeState>, conn: &Connection, session: u64, cancel: &CancellationToken) -> Result<()> {
+    let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
+        .await
+        .map_err(|_| Error::Timeout("the control stream"))??;
+    let first = tokio::time::timeout(HELLO_TIMEOUT, read_message::<Message>(&mut recv, MAX_CONTROL_MESSAGE))
+        .await
+        .map_err(|_| Error::Timeout("hello"))??;
+    let hello = match first {
+        Some((_, Message::Hello(hello))) => hello,
+        Some((_, other)) => return Err(Error::Protocol(format!("expected hello, got {}", other.kind()))),
+        None => return Err(Error::Protocol("control stream ended before hello".into())),
+    };
+    let version = negotiate(&hello)?;
+    write_message(&mut send, version, &Message::HelloOk { version, node: state.config.node_id.clone() }).await?;
+    let _conn_gauge =
+        hold(state.metrics.connections.get_or_create(&RoleLabels { role: hello.role.name().into() }).clone());
+    tracing::debug!(session, peer = %hello.node, role = hello.role.name(), version, "hello");
+
+    let (ctl_tx, ctl_rx) = mpsc::channel::<Message>(CONTROL_QUEUE);
+    let (in_tx, in_rx) = mpsc::channel::<Result<Message>>(CONTROL_QUEUE);
+    state.tracker.spawn(write_control(send, ctl_rx, version, cancel.clone()));
+    state.tracker.spawn(read_control(recv, in_tx, cancel.clone()));
+    let ctx = Session { state: Arc::clone(state), conn: conn.clone(), session, version, ctl: ctl_tx, cancel };
+    match hello.role {
+        Role::Publisher => super::session_publish::run(&ctx, in_rx).await,
+        Role::Viewer | Role::Edge => subscriber_loop(&ctx, hello.role, in_rx).await,
+    }
+}
+
+/// What the role loops share.
+pub(super) struct Session<'a> {
+    pub state: Arc<EdgeState>,
+    pub conn: Connection,
+    pub session: u64,
+    pub version: u16,
+    pub ctl: mpsc::Sender<Message>,
+    pub cancel: &'a CancellationToken,
+}
+
+impl Session<'_> {
+    /// Sends GOAWAY and ends the session with `GoingAway`.
+    pub async fn go_away(&self) -> Error {
+        let _ = self.ctl.send(Message::GoAway { reason: "edge shutting down".into() }).await;
+        Error::Refused { code: ErrorCode::GoingAway, message: "edge shutting down".into() }
+    }
+}
+
+async fn write_control(mut send: SendStream, mut rx: mpsc::Receiver<Message>, version: u16, cancel: CancellationToken) {
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => break,
+            msg = rx.recv() => match msg { Some(msg) => msg, None => break },
+        };
+        if write_message(&mut send, version, &msg).await.is_err() {
+            break;
+        }
+    }
+    // Flush what is queued (GOAWAY, SUBSCRIBE_DONE) before the stream closes.
+    while let Ok(msg) = rx.try_recv() {
+        if write_message(&mut send, version, &msg).await.is_err() {
+            break;
+        }
+    }
+    let _ = send.finish();
+}
+
+/// Reads control messages into a channel so the role loops can `select!` on them
+/// (a message read is not cancel safe; a channel receive is).
+async fn read_control(mut recv: RecvStream, tx: mpsc::Sender<Result<Message>>, cancel: CancellationToken) {
+    loop {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => return,
+            next = read_message::<Message>(&mut recv, MAX_CONTROL_MESSAGE) => next,
+        };
+        let item = match next {
+            Ok(Some((_, msg))) => Ok(msg),
+            Ok(None) => return,
+            Err(e) => Err(e),
+        };
+        let stop = item.is_err();
+        if tx.send(item).await.is_err() || stop {
+            return;
+        }
+    }
+}
+
+async fn subscriber_loop(ctx: &Session<'_>, role: Role, mut in_rx: mpsc::Receiver<Result<Message>>) -> Result<()> {
+    let limit = ctx.state.config.max_subscriptions_per_connection;
+    let (done_tx, mut done_rx) = mpsc::channel::<(u64, DeliveryEnd)>(limit.max(1));
+    let mut subs: HashMap<u64, CancellationToken> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return Err(ctx.go_away().await),
+            Some((id, end)) = done_rx.recv() => {
+                subs.remove(&id);
+                tracing::debug!(session = ctx.session, id, ?end, "subscription ended");
+            }
+            stream = ctx.conn.accept_uni() => {
+                stream?;
+                return Err(Error::Protocol("subscribers must not open unidirectional streams".into()));
+            }
+            msg = in_rx.recv() => match msg {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(Message::Subscribe { id, stream, track, priority: _, max_lag_ms })) => {
+                    if subs.contains_key(&id) {
+                        return Err(Error::Protocol(format!("subscription id {id} already in use")));
+                    }
+                    if subs.len() >= limit {
+                        ctx.state.metrics.error(ErrorCode::ServerBusy);
+                        let message = format!("at most {limit} subscriptions per connection");
+                        ctx.ctl.send(Message::SubscribeError { id, code: ErrorCode::ServerBusy, message }).await.ok();
+                        continue;
+                    }
+                    let token = ctx.cancel.child_token();
+                    subs.insert(id, token.clone());
+                    let sub = Subscription { id, stream, track, max_lag_ms, role };
+                    ctx.state.tracker.spawn(run_subscription(ctx.clone_parts(), sub, token, done_tx.clone()));
+                }
+                Some(Ok(Message::Unsubscribe { id })) => {
+                    if let Some(token) = subs.remove(&id) {
+                        token.cancel();
+                    }
+                }
+                Some(Ok(Message::KeyframeRequest { stream, track })) => {
+                    if let Some(producer) = ctx.state.registry.find(&stream, &track) {
+                        if producer.request_keyframe() {
+                            ctx.state.metrics.keyframe_requests.inc();
+                        }
+                    }
+                }
+                Some(Ok(Message::GoAway { .. })) => return Ok(()),
+                Some(Ok(other)) => {
+                    return Err(Error::Protocol(format!("unexpected {} from a subscriber", other.kind())));
+                }
+            },
+        }
+    }
+}
+
+struct Subscription {
+    id: u64,
+    stream: StreamName,
+    track: TrackName,
+    max_lag_ms: u32,
+    role: Role,
+}
+
+/// The owned parts a subscription task needs.
+pub(super) struct Parts {
+    state: Arc<EdgeState>,
+    conn: Connection,
+    ctl: mpsc::Sender<Message>,
+    version: u16,
+}
+
+impl Session<'_> {
+    fn clone_parts(&self) -> Parts {
+        Parts { state: Arc::clone(&self.state), conn: self.conn.clone(), ctl: self.ctl.clone(), version: self.version }
+    }
+}
+
+async fn run_subscription(
+    parts: Parts,
+    sub: Subscription,
+    cancel: CancellationToken,
+    done: mpsc::Sender<(u64, DeliveryEnd)>,
+) {
+    let Parts { state, conn, ctl, version } = parts;
+    let id = sub.id;
+    let producer = tokio::select! {
+        _ = cancel.cancelled() => {
+            let _ = done.send((id, DeliveryEnd::Cancelled)).await;
+            return;
+        }
+        found = find_track(&state, &sub.stream, &sub.track) => found,
+    };
+    let producer = match producer {
+        Ok(producer) => producer,
+        Err((code, message)) => {
+            state.metrics.error(code);
+            let _ = ctl.send(Message::SubscribeError { id, code, message }).await;
+            let _ = done.send((id, DeliveryEnd::Cancelled)).await;
+            return;
+        }
+    };
+    let max_lag = match sub.max_lag_ms {
+        0 => state.config.relay_max_lag,
+        ms => Duration::from_millis(ms.into()).min(state.config.max_lag_cap),
+    };
+    let consumer = producer.subscribe(max_lag);
+    let _ = ctl.send(Message::SubscribeOk { id, track: producer.info().clone() }).await;
+    let labels = SubscriptionLabels {
+        stream: sub.stream.to_string(),
+        track: sub.track.to_string(),
+        role: sub.role.name().to_owned(),
+    };
+    let _gauge = hold(state.metrics.subscriptions.get_or_create(&labels).clone());
+    let delivery = Delivery { conn, id, consumer, metrics: state.metrics.clone(), role: sub.role.name(), version };
+    let end = delivery.run(cancel).await;
+    if end == DeliveryEnd::TrackEnded {
+        let message = "the publisher left".to_owned();
+        let _ = ctl.send(Message::SubscribeDone { id, code: ErrorCode::TrackEnded, message }).await;
+    }
+    let _ = done.send((id, end)).await;
+}
+
+async fn find_track(
+    state: &Arc<EdgeState>,
+    stream: &StreamName,
+    track: &TrackName,
+) -> std::result::Result<crate::track::TrackProducer, (ErrorCode, String)> {
+    if let Some(producer) = state.registry.find(stream, track) {
+        return Ok(producer);
+    }
+    match &state.upstream {
+        Some(upstream) => upstream.track(state, stream, track).await,
+        None => Err((ErrorCode::NotFound, format!("stream {stream} track {track} is not published here"))),
+    }
+}

@@ -1,0 +1,96 @@
+//! Prometheus metrics of an edge. Handles are cheap clones over shared atomics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// A subscription's identity for labels: keep cardinality to streams × tracks × roles.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubscriptionLabels {
+    pub stream: String,
+    pub track: String,
+    pub role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabels {
+    pub role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrackLabels {
+    pub stream: String,
+    pub track: String,
+}
+
+/// Everything an edge reports at `/metrics`.
+#[derive(Clone, Default)]
+pub struct EdgeMetrics {
+    /// Open QUIC connections, by peer role (after hello).
+    pub connections: Family<RoleLabels, Gauge>,
+    /// QUIC connections accepted since start.
+    pub connections_accepted: Counter,
+    /// Live tasks owned by the edge's task tracker (a leak shows here).
+    pub tasks: Gauge,
+    /// Active subscriptions served, by stream, track and subscriber role.
+    pub subscriptions: Family<SubscriptionLabels, Gauge>,
+    /// Subscriptions this edge holds on its upstream, by stream and track.
+    pub upstream_subscriptions: Family<TrackLabels, Gauge>,
+    /// Streams known here (published locally or relayed).
+    pub streams: Gauge,
+    pub frames_in: Counter,
+    pub bytes_in: Counter,
+    pub frames_out: Counter,
+    pub bytes_out: Counter,
+    /// Groups subscribers skipped because they fell behind `max_lag`.
+    pub skipped_groups: Family<RoleLabels, Counter>,
+    /// Group streams reset because a subscriber stalled past its budget.
+    pub stale_group_resets: Counter,
+    /// Frames refused by track buffers (oversized groups, too-old groups).
+    pub frames_dropped: Counter,
+    /// Connections or requests refused, by error code.
+    pub errors: Family<CodeLabels, Counter>,
+    /// Keyframe requests forwarded upstream or to publishers.
+    pub keyframe_requests: Counter,
+    /// Payload bytes held in track buffers.
+    pub buffered_bytes: Gauge,
+}
+
+impl EdgeMetrics {
+    /// Registers every metric under the `ferry_` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("ferry");
+        r.register("connections", "Open QUIC connections by peer role", self.connections.clone());
+        r.register("connections_accepted", "QUIC connections accepted", self.connections_accepted.clone());
+        r.register("tasks", "Live tasks owned by the edge", self.tasks.clone());
+        r.register("subscriptions", "Active subscriptions served", self.subscriptions.clone());
+        r.register(
+            "upstream_subscriptions",
+            "Subscriptions held on the upstream edge",
+            self.upstream_subscriptions.clone(),
+        );
+        r.register("streams", "Streams known to this edge", self.streams.clone());
+        r.register("frames_in", "Frames received from publishers and upstreams", self.frames_in.clone());
+        r.register("bytes_in", "Payload bytes received", self.bytes_in.clone());
+        r.register("frames_out", "Frames sent to subscribers", self.frames_out.clone());
+        r.register("bytes_out", "Payload bytes sent to subscribers", self.bytes_out.clone());
+        r.register("skipped_groups", "Groups skipped by lagging subscribers", self.skipped_groups.clone());
+        r.register("stale_group_resets", "Group streams reset past max_lag", self.stale_group_resets.clone());
+        r.register("frames_dropped", "Frames refused by track buffers", self.frames_dropped.clone());
+        r.register("errors", "Connections and requests refused, by code", self.errors.clone());
+        r.register("keyframe_requests", "Keyframe requests sent upstream", self.keyframe_requests.clone());
+        r.register("buffered_bytes", "Payload bytes held in track buffers", self.buffered_bytes.clone());
+    }
+
+    /// Counts a refusal with `code`.
+    pub fn error(&self, code: ferry_proto::ErrorCode) {
+        self.errors.get_or_create(&CodeLabels { code: code.name().to_owned() }).inc();
+    }
+}
