@@ -41,6 +41,9 @@ pub struct TransportTuning {
     pub send_window: u64,
     /// Flow-control credit a receiver gives per stream.
     pub stream_receive_window: u32,
+    /// Flow-control credit a receiver gives per connection. A viewer's credit is all
+    /// an edge can push before it notices the viewer is slow, so viewers keep it small.
+    pub receive_window: u32,
     /// Group streams a peer may have open at once.
     pub max_concurrent_uni_streams: u32,
     pub idle_timeout: Duration,
@@ -52,6 +55,7 @@ impl Default for TransportTuning {
         Self {
             send_window: 4 * 1024 * 1024,
             stream_receive_window: 2 * 1024 * 1024,
+            receive_window: 8 * 1024 * 1024,
             max_concurrent_uni_streams: 256,
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
@@ -60,11 +64,17 @@ impl Default for TransportTuning {
 }
 
 impl TransportTuning {
+    /// Settings for viewers: about a second of a 8 Mbps stream in flight at most, so
+    /// a viewer that cannot keep up is noticed (and skipped) by the edge quickly.
+    pub fn viewer() -> Self {
+        Self { stream_receive_window: 1024 * 1024, receive_window: 1024 * 1024, ..Self::default() }
+    }
+
     fn transport(&self) -> Result<Arc<quinn::TransportConfig>> {
         let mut t = quinn::TransportConfig::default();
         t.send_window(self.send_window)
             .stream_receive_window(self.stream_receive_window.into())
-            .receive_window(quinn::VarInt::from_u32(self.stream_receive_window.saturating_mul(4)))
+            .receive_window(quinn::VarInt::from_u32(self.receive_window))
             .max_concurrent_uni_streams(self.max_concurrent_uni_streams.into())
             .max_concurrent_bidi_streams(4u32.into())
             .keep_alive_interval(Some(self.keep_alive))

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ferry_proto::{ErrorCode, GroupHeader, Message, StreamName, TrackInfo};
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 
 use super::ingest::ingest_group;
 use super::registry::RegisterError;
@@ -40,7 +41,14 @@ pub(super) async fn run(ctx: &Session<'_>, mut in_rx: mpsc::Receiver<Result<Mess
         return Err(Error::Refused { code: ErrorCode::Duplicate, message });
     }
     tracing::info!(session = ctx.session, %stream, tracks = producers.len(), "publishing");
-    let result = serve_groups(ctx, &stream, &producers, &mut in_rx).await;
+    let ingests = TaskTracker::new();
+    let result = serve_groups(ctx, &stream, &producers, &mut in_rx, &ingests).await;
+    // A publisher that ended cleanly may still have its last group in flight: let
+    // it land before the track ends, so viewers get every frame.
+    ingests.close();
+    if result.is_ok() {
+        let _ = tokio::time::timeout(GROUP_HEADER_TIMEOUT, ingests.wait()).await;
+    }
     ctx.state.registry.unpublish(&stream, ctx.session);
     result
 }
@@ -61,6 +69,7 @@ async fn serve_groups(
     stream: &StreamName,
     producers: &[TrackProducer],
     in_rx: &mut mpsc::Receiver<Result<Message>>,
+    ingests: &TaskTracker,
 ) -> Result<()> {
     ctx.ctl.send(Message::AnnounceOk { stream: stream.clone() }).await.ok();
     for producer in producers {
@@ -89,7 +98,7 @@ async fn serve_groups(
                 let metrics = ctx.state.metrics.clone();
                 let max_frame = ctx.state.config.max_frame;
                 let cancel = ctx.cancel.clone();
-                ctx.state.tracker.spawn(async move {
+                ctx.state.tracker.spawn(ingests.track_future(async move {
                     tokio::select! {
                         _ = cancel.cancelled() => {}
                         result = ingest_stream(recv, &producers, max_frame, &metrics) => {
@@ -102,7 +111,7 @@ async fn serve_groups(
                             }
                         }
                     }
-                });
+                }));
             }
         }
     }

@@ -1,0 +1,276 @@
+//! `ferry bench`: measurements that print one JSON object. Numbers belong in
+//! docs/benchmarks.md, never in test assertions.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use ferry_node::client::publish::{publish, PublishOptions, Source};
+use ferry_node::client::stats::Samples;
+use ferry_node::client::watch::{watch_detailed, WatchOptions};
+use ferry_node::media::synthetic::SyntheticConfig;
+use ferry_node::tls::{ClientTrust, TransportTuning};
+use ferry_proto::{ErrorCode, NodeId, StreamName, TrackName};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use crate::units;
+
+mod floor;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// One publisher → H edges (separate processes) → N viewers.
+    Fanout(FanoutArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    /// Viewers on the last edge.
+    #[arg(long, env = "FERRY_BENCH_VIEWERS", default_value_t = 50)]
+    pub viewers: usize,
+    /// Stream bit rate.
+    #[arg(long, env = "FERRY_BENCH_BITRATE", default_value = "2500k", value_parser = units::bitrate)]
+    pub bitrate: u64,
+    /// Measured time.
+    #[arg(long, env = "FERRY_BENCH_DURATION", default_value = "10s", value_parser = units::duration)]
+    pub duration: Duration,
+    /// Edges in the chain (1 = publisher and viewers on the same edge).
+    #[arg(long, env = "FERRY_BENCH_HOPS", default_value_t = 1)]
+    pub hops: usize,
+    /// Extra viewers that read at --slow-rate.
+    #[arg(long, env = "FERRY_BENCH_SLOW_VIEWERS", default_value_t = 0)]
+    pub slow_viewers: usize,
+    /// Read rate of slow viewers.
+    #[arg(long, env = "FERRY_BENCH_SLOW_RATE", default_value = "250k", value_parser = units::bitrate)]
+    pub slow_rate: u64,
+    /// Viewer latency budget.
+    #[arg(long, env = "FERRY_BENCH_MAX_LAG", default_value = "2s", value_parser = units::duration)]
+    pub max_lag: Duration,
+    /// Skip the in-process plain-QUIC baseline.
+    #[arg(long, env = "FERRY_BENCH_NO_BASELINE")]
+    pub no_baseline: bool,
+    /// The ferry binary to run edges with (default: this one).
+    #[arg(long, env = "FERRY_BENCH_BINARY")]
+    pub binary: Option<PathBuf>,
+}
+
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Fanout(args) => fanout(args).await,
+    }
+}
+
+/// An edge process, killed when dropped.
+struct EdgeProcess {
+    child: Child,
+    pid: u32,
+    quic: String,
+}
+
+async fn spawn_edge(binary: &PathBuf, id: usize, upstream: Option<&str>) -> anyhow::Result<EdgeProcess> {
+    let mut cmd = Command::new(binary);
+    cmd.args(["edge", "--node-id", &format!("bench-edge-{id}"), "--quic-listen", "127.0.0.1:0"])
+        .args(["--http-listen", "127.0.0.1:0", "--log", "warn"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    if let Some(up) = upstream {
+        cmd.args(["--upstream", up]);
+    }
+    let mut child = cmd.spawn().with_context(|| format!("cannot run {}", binary.display()))?;
+    let pid = child.id().context("edge exited at once")?;
+    let stdout = child.stdout.take().context("edge stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .context("edge did not report ready")??
+        .context("edge exited before ready")?;
+    let ready: serde_json::Value = serde_json::from_str(&line).context("edge ready line")?;
+    let quic = ready["quic"].as_str().context("ready line without quic")?.to_owned();
+    Ok(EdgeProcess { child, pid, quic })
+}
+
+/// CPU seconds (user + system) a process used so far, from /proc.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("bad /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11).context("utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("stime")?.parse()?;
+    Ok((utime + stime) / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    // USER_HZ is 100 on every Linux ABI we run on.
+    100.0
+}
+
+/// Resident set size of a process in MiB.
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn viewer_opts(edge: &str, stream: &StreamName, args: &FanoutArgs, i: usize, throttle: Option<u64>) -> anyhow::Result<WatchOptions> {
+    Ok(WatchOptions {
+        edge: edge.to_owned(),
+        stream: stream.clone(),
+        track: TrackName::video(),
+        max_lag: args.max_lag,
+        duration: Some(args.duration),
+        output: None,
+        throttle_bps: throttle,
+        trust: ClientTrust::Insecure,
+        tuning: TransportTuning::viewer(),
+        label: NodeId::new(format!("bench-viewer-{i}"))?,
+        max_frame: ferry_proto::MAX_FRAME_PAYLOAD,
+    })
+}
+
+async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
+    if args.hops == 0 || args.viewers == 0 {
+        bail!("--hops and --viewers must be at least 1");
+    }
+    let binary = match &args.binary {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?,
+    };
+    let mut edges: Vec<EdgeProcess> = Vec::new();
+    for i in 0..args.hops {
+        let upstream = edges.last().map(|e| e.quic.clone());
+        edges.push(spawn_edge(&binary, i, upstream.as_deref()).await?);
+    }
+    let first = edges.first().context("no edge")?.quic.clone();
+    let last = edges.last().context("no edge")?.quic.clone();
+    let stream = StreamName::new("bench/fanout")?;
+    let stop = CancellationToken::new();
+    let publisher = tokio::spawn(publish(
+        PublishOptions {
+            edge: first,
+            stream: stream.clone(),
+            source: Source::Synthetic(SyntheticConfig { bitrate_bps: args.bitrate, ..SyntheticConfig::default() }),
+            duration: None,
+            trust: ClientTrust::Insecure,
+            tuning: TransportTuning::default(),
+            label: NodeId::new("bench-publisher")?,
+            max_frame: ferry_proto::MAX_FRAME_PAYLOAD,
+        },
+        stop.clone(),
+    ));
+    wait_for_stream(&last, &stream, &args).await?;
+
+    let cpu_before: Vec<f64> = edges.iter().map(|e| cpu_seconds(e.pid)).collect::<anyhow::Result<_>>()?;
+    let started = std::time::Instant::now();
+    let mut viewers = tokio::task::JoinSet::new();
+    for i in 0..args.viewers + args.slow_viewers {
+        let slow = i >= args.viewers;
+        let opts = viewer_opts(&last, &stream, &args, i, slow.then_some(args.slow_rate))?;
+        let token = stop.clone();
+        viewers.spawn(async move { (slow, watch_detailed(opts, token).await) });
+    }
+    let mut latency = Samples::default();
+    let (mut bytes, mut skipped, mut lost, mut failed, mut frames) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut slow_bytes, mut slow_skipped) = (0u64, 0u64);
+    while let Some(joined) = viewers.join_next().await {
+        match joined {
+            Ok((false, Ok((stats, samples)))) => {
+                bytes += stats.bytes;
+                frames += stats.frames;
+                skipped += stats.skipped_groups;
+                lost += stats.lost_frames;
+                latency.extend(&samples);
+            }
+            Ok((true, Ok((stats, _)))) => {
+                slow_bytes += stats.bytes;
+                slow_skipped += stats.skipped_groups;
+            }
+            Ok((_, Err(e))) => {
+                tracing::warn!(error = %e, "viewer failed");
+                failed += 1;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "viewer task failed");
+                failed += 1;
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after: Vec<f64> = edges.iter().map(|e| cpu_seconds(e.pid)).collect::<anyhow::Result<_>>()?;
+    let edge_cpu: f64 = cpu_after.iter().zip(&cpu_before).map(|(a, b)| a - b).sum();
+    let rss: Vec<f64> = edges.iter().filter_map(|e| rss_mib(e.pid)).collect();
+    stop.cancel();
+    let _ = publisher.await;
+    for mut e in edges {
+        let _ = e.child.kill().await;
+    }
+    let delivered = bytes + slow_bytes;
+    let gb = delivered as f64 / 1e9;
+    let cpu_per_gb = if gb > 0.0 { edge_cpu / gb } else { f64::NAN };
+    let lat = latency.summary().unwrap_or_default();
+    let mut report = json!({
+        "scenario": "fanout",
+        "viewers": args.viewers,
+        "slow_viewers": args.slow_viewers,
+        "hops": args.hops,
+        "bitrate_bps": args.bitrate,
+        "duration_s": elapsed,
+        "delivered_mbps": delivered as f64 * 8.0 / elapsed / 1e6,
+        "expected_mbps": (args.viewers as f64) * args.bitrate as f64 / 1e6,
+        "edge_cpu_seconds": edge_cpu,
+        "edge_cpu_seconds_per_gb": cpu_per_gb,
+        "edge_rss_mib": rss,
+        "latency_ms": { "p50": lat.p50, "p99": lat.p99, "max": lat.max },
+        "frames": frames,
+        "skipped_groups": skipped,
+        "lost_frames": lost,
+        "failed_viewers": failed,
+        "slow_viewer_bytes": slow_bytes,
+        "slow_viewer_skipped_groups": slow_skipped,
+    });
+    if !args.no_baseline {
+        let floor_bytes = delivered.clamp(64 << 20, 1 << 30);
+        let floor = floor::run(floor_bytes, SyntheticConfig { bitrate_bps: args.bitrate, ..SyntheticConfig::default() }).await?;
+        report["baseline_cpu_seconds_per_gb"] = json!(floor);
+        report["relay_cost_ratio"] = json!(cpu_per_gb / floor);
+    }
+    println!("{report}");
+    eprintln!(
+        "fanout: {} viewers x {} hops: {:.1} Mbps delivered, {:.2} edge CPU-s/GB, latency p50 {:.1} ms p99 {:.1} ms, {} skipped groups, {} lost frames{}",
+        args.viewers,
+        args.hops,
+        report["delivered_mbps"].as_f64().unwrap_or(0.0),
+        cpu_per_gb,
+        lat.p50,
+        lat.p99,
+        skipped,
+        lost,
+        report["relay_cost_ratio"].as_f64().map(|r| format!(", relay costs {r:.2}x bare QUIC per byte")).unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// Waits until the stream can be subscribed on `edge` (the publisher may still be
+/// announcing). Bounded: 50 tries.
+async fn wait_for_stream(edge: &str, stream: &StreamName, args: &FanoutArgs) -> anyhow::Result<()> {
+    let mut probe_args = args.clone();
+    probe_args.duration = Duration::from_millis(300);
+    for _ in 0..50 {
+        let opts = viewer_opts(edge, stream, &probe_args, usize::MAX, None)?;
+        match watch_detailed(opts, CancellationToken::new()).await {
+            Ok((stats, _)) if stats.frames > 0 => return Ok(()),
+            Ok(_) => {}
+            Err(ferry_node::Error::Refused { code: ErrorCode::NotFound, .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("stream {stream} never became available on {edge}")
+}

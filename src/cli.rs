@@ -1,0 +1,317 @@
+//! Subcommands and their flags. Every flag also reads an environment variable
+//! (`FERRY_*`) and a key of the `--config` TOML file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use ferry_node::client::publish::{publish, PublishOptions, Source};
+use ferry_node::client::watch::{watch, WatchOptions};
+use ferry_node::edge::{default_names, BoundEdge, EdgeConfig};
+use ferry_node::media::synthetic::SyntheticConfig;
+use ferry_node::tls::{ClientTrust, ServerIdentity, TransportTuning};
+use ferry_node::track::BufferConfig;
+use ferry_proto::{NodeId, StreamName, TrackName};
+
+use crate::units;
+
+/// Ferry: a self-hosted distributed edge relay for live media.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, args_override_self = true)]
+pub struct Cli {
+    /// A TOML file with flag values (keys are long flag names, optionally in a
+    /// `[subcommand]` table). Command line and environment win over it.
+    #[arg(long, global = true, env = "FERRY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log filter (RUST_LOG syntax); RUST_LOG wins when set.
+    #[arg(long, global = true, env = "FERRY_LOG", default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a local edge with a synthetic publisher on `live/demo`.
+    Dev(crate::dev::DevArgs),
+    /// Run an edge: QUIC relay for publishers, viewers and downstream edges.
+    Edge(EdgeArgs),
+    /// Publish a stream to an edge over QUIC.
+    Publish(PublishArgs),
+    /// Watch a stream from an edge over QUIC and print what arrived.
+    Watch(WatchArgs),
+    /// Measure Ferry (see docs/benchmarks.md).
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
+    /// Generate a cluster CA and a certificate signed by it (PEM files).
+    Cert(CertArgs),
+}
+
+/// TLS trust for clients.
+#[derive(Debug, Clone, Args)]
+pub struct TrustArgs {
+    /// CA certificate(s) (PEM) to verify the edge with.
+    #[arg(long, env = "FERRY_CA_FILE", value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// Skip certificate verification (dev only; traffic stays encrypted).
+    #[arg(long, env = "FERRY_INSECURE")]
+    pub insecure: bool,
+}
+
+impl TrustArgs {
+    pub fn trust(&self) -> anyhow::Result<ClientTrust> {
+        match (&self.ca_file, self.insecure) {
+            (Some(ca), _) => Ok(ClientTrust::CaFile(ca.clone())),
+            (None, true) => Ok(ClientTrust::Insecure),
+            (None, false) => anyhow::bail!("give --ca-file PEM to verify the edge, or --insecure to skip verification"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EdgeArgs {
+    /// This edge's node id.
+    #[arg(long, env = "FERRY_NODE_ID")]
+    pub node_id: String,
+    /// Region label (placement and metrics).
+    #[arg(long, env = "FERRY_REGION", default_value = "local")]
+    pub region: String,
+    /// UDP address for QUIC.
+    #[arg(long, env = "FERRY_QUIC_LISTEN", default_value = "127.0.0.1:4433")]
+    pub quic_listen: SocketAddr,
+    /// TCP address for /healthz, /readyz, /metrics.
+    #[arg(long, env = "FERRY_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
+    /// Pull streams this edge lacks from the edge at HOST:PORT.
+    #[arg(long, env = "FERRY_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// CA to verify the upstream edge with (default: no verification, dev only).
+    #[arg(long, env = "FERRY_UPSTREAM_CA_FILE", value_name = "PEM")]
+    pub upstream_ca_file: Option<PathBuf>,
+    /// Certificate chain (PEM). Without it a self-signed certificate is generated.
+    #[arg(long, env = "FERRY_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) for --cert.
+    #[arg(long, env = "FERRY_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Connections served at once.
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Groups kept per track.
+    #[arg(long, env = "FERRY_GROUP_CACHE", default_value_t = 4)]
+    pub group_cache: usize,
+    /// Payload bytes kept per track.
+    #[arg(long, env = "FERRY_TRACK_BUFFER_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub track_buffer_bytes: usize,
+    /// Unacknowledged bytes QUIC queues per connection (bounds memory per slow viewer).
+    #[arg(long, env = "FERRY_SEND_WINDOW", default_value_t = 4 * 1024 * 1024)]
+    pub send_window: u64,
+    /// Latency budget this edge asks of its upstream.
+    #[arg(long, env = "FERRY_RELAY_MAX_LAG", default_value = "3s", value_parser = units::duration)]
+    pub relay_max_lag: Duration,
+    /// Drop relayed tracks nobody watched for this long.
+    #[arg(long, env = "FERRY_RELAY_LINGER", default_value = "10s", value_parser = units::duration)]
+    pub relay_linger: Duration,
+    /// How long shutdown waits for sessions after GOAWAY.
+    #[arg(long, env = "FERRY_SHUTDOWN_GRACE", default_value = "5s", value_parser = units::duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl EdgeArgs {
+    pub fn to_config(&self) -> anyhow::Result<EdgeConfig> {
+        let node = NodeId::new(self.node_id.clone()).context("--node-id")?;
+        let mut config = EdgeConfig::new(node.clone(), self.quic_listen, self.http_listen);
+        config.region = self.region.clone();
+        config.upstream = self.upstream.clone();
+        if let Some(ca) = &self.upstream_ca_file {
+            config.upstream_trust = ClientTrust::CaFile(ca.clone());
+        }
+        config.identity = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => ServerIdentity::Files { cert: cert.clone(), key: key.clone() },
+            _ => {
+                let mut names = default_names();
+                names.push(node.to_string());
+                ServerIdentity::SelfSigned { names }
+            }
+        };
+        config.max_connections = self.max_connections;
+        config.buffer = BufferConfig { max_groups: self.group_cache.max(1), max_bytes: self.track_buffer_bytes };
+        config.tuning = TransportTuning { send_window: self.send_window, ..TransportTuning::default() };
+        config.relay_max_lag = self.relay_max_lag;
+        config.relay_linger = self.relay_linger;
+        config.shutdown_grace = self.shutdown_grace;
+        Ok(config)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    /// Edge QUIC address, HOST:PORT.
+    #[arg(long, env = "FERRY_EDGE")]
+    pub edge: String,
+    /// Stream name, e.g. live/room1.
+    #[arg(long, env = "FERRY_STREAM")]
+    pub stream: String,
+    /// Publish Ferry's synthetic test stream (frames carry their send time).
+    #[arg(long, env = "FERRY_SYNTHETIC", conflicts_with = "input", required_unless_present = "input")]
+    pub synthetic: bool,
+    /// Publish an IVF file (VP8/VP9/AV1), `-` for standard input; paced by its timestamps.
+    #[arg(long, env = "FERRY_INPUT", value_name = "FILE.ivf|-")]
+    pub input: Option<PathBuf>,
+    /// Synthetic bit rate.
+    #[arg(long, env = "FERRY_BITRATE", default_value = "2500k", value_parser = units::bitrate)]
+    pub bitrate: u64,
+    /// Synthetic frame rate.
+    #[arg(long, env = "FERRY_FPS", default_value_t = 30)]
+    pub fps: u32,
+    /// Synthetic keyframe interval.
+    #[arg(long, env = "FERRY_GOP", default_value = "2s", value_parser = units::duration)]
+    pub gop: Duration,
+    /// Stop after this long.
+    #[arg(long, env = "FERRY_DURATION", value_parser = units::duration)]
+    pub duration: Option<Duration>,
+    /// Print the final stats as one JSON object.
+    #[arg(long, env = "FERRY_JSON")]
+    pub json: bool,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// Edge QUIC address, HOST:PORT.
+    #[arg(long, env = "FERRY_EDGE")]
+    pub edge: String,
+    /// Stream name, e.g. live/room1.
+    #[arg(long, env = "FERRY_STREAM")]
+    pub stream: String,
+    /// Track to watch.
+    #[arg(long, env = "FERRY_TRACK", default_value = "video")]
+    pub track: String,
+    /// Latency budget: fall further behind and the edge skips you to the newest keyframe.
+    #[arg(long, env = "FERRY_MAX_LAG", default_value = "2s", value_parser = units::duration)]
+    pub max_lag: Duration,
+    /// Stop after this long.
+    #[arg(long, env = "FERRY_DURATION", value_parser = units::duration)]
+    pub duration: Option<Duration>,
+    /// Print the stats as one JSON object.
+    #[arg(long, env = "FERRY_JSON")]
+    pub json: bool,
+    /// Write received frames as IVF (`-` for standard output).
+    #[arg(long, env = "FERRY_OUTPUT", value_name = "FILE.ivf|-")]
+    pub output: Option<PathBuf>,
+    /// Read at most this bit rate (emulates a slow viewer).
+    #[arg(long, env = "FERRY_THROTTLE", value_parser = units::bitrate)]
+    pub throttle: Option<u64>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CertArgs {
+    /// Directory for ca.pem, ca-key.pem, cert.pem, key.pem.
+    #[arg(long, env = "FERRY_CERT_OUT_DIR")]
+    pub out_dir: PathBuf,
+    /// Names (DNS or IP) the certificate is valid for.
+    #[arg(long = "name", env = "FERRY_CERT_NAMES", value_delimiter = ',', default_values_t = default_names())]
+    pub names: Vec<String>,
+}
+
+/// A client label unique per process, e.g. `viewer-1234`.
+pub fn label(prefix: &str) -> anyhow::Result<NodeId> {
+    Ok(NodeId::new(format!("{prefix}-{}", std::process::id()))?)
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev(args) => crate::dev::run(args).await,
+        Command::Edge(args) => run_edge(args).await,
+        Command::Publish(args) => run_publish(args).await,
+        Command::Watch(args) => run_watch(args).await,
+        Command::Bench(cmd) => crate::bench::run(cmd).await,
+        Command::Cert(args) => {
+            let files = ferry_node::tls::generate_cluster_certs(&args.out_dir, &args.names)?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "ca": files.ca_cert, "ca_key": files.ca_key, "cert": files.cert, "key": files.key
+                })
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
+    let config = args.to_config()?;
+    let edge = BoundEdge::bind(config).await.context("cannot start the edge")?;
+    // One machine-readable line so scripts and tests learn the bound ports.
+    println!(
+        "{}",
+        serde_json::json!({
+            "event": "ready", "node": args.node_id,
+            "quic": edge.quic_addr()?.to_string(), "http": edge.http_addr()?.to_string()
+        })
+    );
+    edge.run(crate::shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn run_publish(args: PublishArgs) -> anyhow::Result<()> {
+    let source = match &args.input {
+        Some(path) => Source::Ivf(path.clone()),
+        None => Source::Synthetic(SyntheticConfig { bitrate_bps: args.bitrate, fps: args.fps, gop: args.gop }),
+    };
+    let opts = PublishOptions {
+        edge: args.edge.clone(),
+        stream: StreamName::new(args.stream.clone()).context("--stream")?,
+        source,
+        duration: args.duration,
+        trust: args.trust.trust()?,
+        tuning: TransportTuning::default(),
+        label: label("publisher")?,
+        max_frame: ferry_proto::MAX_FRAME_PAYLOAD,
+    };
+    let stats = publish(opts, crate::shutdown_signal()).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&stats)?);
+    } else {
+        eprintln!(
+            "published {} frames, {} bytes, {} groups ({}); max write {:.1} ms, {} late frames",
+            stats.frames, stats.bytes, stats.groups, stats.ended, stats.max_write_ms, stats.late_frames
+        );
+    }
+    Ok(())
+}
+
+async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
+    let opts = WatchOptions {
+        edge: args.edge.clone(),
+        stream: StreamName::new(args.stream.clone()).context("--stream")?,
+        track: TrackName::new(args.track.clone()).context("--track")?,
+        max_lag: args.max_lag,
+        duration: args.duration,
+        output: args.output.clone(),
+        throttle_bps: args.throttle,
+        trust: args.trust.trust()?,
+        tuning: TransportTuning::viewer(),
+        label: label("viewer")?,
+        max_frame: ferry_proto::MAX_FRAME_PAYLOAD,
+    };
+    let stats = watch(opts, crate::shutdown_signal()).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&stats)?);
+    } else {
+        let latency = stats
+            .latency_ms
+            .map(|l| format!(", latency p50 {:.1} ms p99 {:.1} ms", l.p50, l.p99))
+            .unwrap_or_default();
+        eprintln!(
+            "watched {} frames, {} bytes, {} groups, {} skipped ({}){latency}",
+            stats.frames, stats.bytes, stats.groups, stats.skipped_groups, stats.ended
+        );
+    }
+    Ok(())
+}

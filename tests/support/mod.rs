@@ -1,0 +1,223 @@
+//! Shared test harness: real `ferry` processes on loopback, killed when dropped.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Tests that load both cores (many processes) take this lock so they do not
+/// starve each other into false failures.
+static HEAVY: Mutex<()> = Mutex::new(());
+
+pub fn heavy() -> MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn ferry_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ferry")
+}
+
+pub fn ferry() -> Command {
+    let mut cmd = Command::new(ferry_bin());
+    cmd.env("RUST_LOG", "warn").env_remove("FERRY_CONFIG");
+    cmd
+}
+
+/// A child process killed (SIGKILL) and reaped on drop, pass or fail.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { child, name: name.to_owned() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for exit with a deadline; returns the output (stdout must be piped).
+    pub fn wait_output(mut self, timeout: Duration) -> Output {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait().unwrap() {
+                Some(_) => break,
+                None if Instant::now() > deadline => {
+                    panic!("{} did not exit within {timeout:?}", self.name);
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            out.read_to_end(&mut stdout).unwrap();
+        }
+        if let Some(mut err) = self.child.stderr.take() {
+            err.read_to_end(&mut stderr).unwrap();
+        }
+        let status = self.child.wait().unwrap();
+        Output { status, stdout, stderr }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running edge and its bound addresses.
+pub struct Edge {
+    pub proc: Proc,
+    pub quic: String,
+    pub http: String,
+}
+
+impl Edge {
+    pub fn start(node: &str, extra: &[&str]) -> Edge {
+        let mut cmd = ferry();
+        cmd.args(["edge", "--node-id", node, "--quic-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut proc = Proc::spawn(&format!("edge {node}"), &mut cmd);
+        let stdout = proc.child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let ready: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("edge {node} ready line {line:?}: {e}"));
+        assert_eq!(ready["event"], "ready");
+        Edge { proc, quic: ready["quic"].as_str().unwrap().into(), http: ready["http"].as_str().unwrap().into() }
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(&self.http, "/metrics").1
+    }
+
+    /// The value of one sample line (`name{labels}`), if present.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        metric_value(&self.metrics(), sample)
+    }
+
+    /// Sum of every sample of a family (all label sets).
+    pub fn metric_sum(&self, family: &str) -> f64 {
+        metric_sum(&self.metrics(), family)
+    }
+}
+
+pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+pub fn metric_sum(text: &str, family: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.strip_prefix(family).is_some_and(|r| r.starts_with('{') || r.starts_with(' ')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A minimal HTTP/1.1 GET: (status, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// Polls `check` until it returns Some, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts `ferry publish --synthetic` (JSON stats on stdout).
+pub fn publish_synthetic(edge: &Edge, stream: &str, duration: &str) -> Proc {
+    let mut cmd = ferry();
+    cmd.args(["publish", "--edge", &edge.quic, "--stream", stream, "--synthetic", "--insecure", "--json"])
+        .args(["--duration", duration])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    Proc::spawn("publisher", &mut cmd)
+}
+
+/// Starts `ferry watch --json` with extra flags.
+pub fn watch(edge: &Edge, stream: &str, extra: &[&str]) -> Proc {
+    let mut cmd = ferry();
+    cmd.args(["watch", "--edge", &edge.quic, "--stream", stream, "--insecure", "--json"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    Proc::spawn("watcher", &mut cmd)
+}
+
+/// Waits for a JSON-printing process and parses its stdout.
+pub fn json_output(proc: Proc, timeout: Duration) -> serde_json::Value {
+    let name = proc.name.clone();
+    let out = proc.wait_output(timeout);
+    assert!(out.status.success(), "{name} failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{name} printed {:?}: {e}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Waits until `edge` carries `stream` (its publisher announced).
+pub fn wait_for_stream(edge: &Edge) {
+    wait_for("the stream to be published", Duration::from_secs(20), || {
+        (edge.metric("ferry_streams").unwrap_or(0.0) >= 1.0).then_some(())
+    });
+}
+
+/// A fresh temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let dir = std::env::temp_dir().join(format!("ferry-test-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Resident memory of a process in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
