@@ -91,7 +91,7 @@ async fn spawn_edge(binary: &PathBuf, id: usize, upstream: Option<&str>) -> anyh
         .context("edge did not report ready")??
         .context("edge exited before ready")?;
     let ready: serde_json::Value = serde_json::from_str(&line).context("edge ready line")?;
-    let quic = ready["quic"].as_str().context("ready line without quic")?.to_owned();
+    let quic = ready.get("quic").and_then(|q| q.as_str()).context("ready line without quic")?.to_owned();
     Ok(EdgeProcess { child, pid, quic })
 }
 
@@ -119,7 +119,13 @@ fn rss_mib(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn viewer_opts(edge: &str, stream: &StreamName, args: &FanoutArgs, i: usize, throttle: Option<u64>) -> anyhow::Result<WatchOptions> {
+fn viewer_opts(
+    edge: &str,
+    stream: &StreamName,
+    args: &FanoutArgs,
+    i: usize,
+    throttle: Option<u64>,
+) -> anyhow::Result<WatchOptions> {
     Ok(WatchOptions {
         edge: edge.to_owned(),
         stream: stream.clone(),
@@ -156,7 +162,10 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         PublishOptions {
             edge: first,
             stream: stream.clone(),
-            source: Source::Synthetic(SyntheticConfig { bitrate_bps: args.bitrate, ..SyntheticConfig::default() }),
+            source: Source::Synthetic(SyntheticConfig {
+                bitrate_bps: args.bitrate,
+                ..SyntheticConfig::default()
+            }),
             duration: None,
             trust: ClientTrust::Insecure,
             tuning: TransportTuning::default(),
@@ -215,14 +224,23 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     let gb = delivered as f64 / 1e9;
     let cpu_per_gb = if gb > 0.0 { edge_cpu / gb } else { f64::NAN };
     let lat = latency.summary().unwrap_or_default();
-    let mut report = json!({
+    let baseline = if args.no_baseline {
+        None
+    } else {
+        let floor_bytes = delivered.clamp(64 << 20, 1 << 30);
+        let config = SyntheticConfig { bitrate_bps: args.bitrate, ..SyntheticConfig::default() };
+        Some(floor::run(floor_bytes, config).await?)
+    };
+    let ratio = baseline.map(|floor| cpu_per_gb / floor);
+    let delivered_mbps = delivered as f64 * 8.0 / elapsed / 1e6;
+    let report = json!({
         "scenario": "fanout",
         "viewers": args.viewers,
         "slow_viewers": args.slow_viewers,
         "hops": args.hops,
         "bitrate_bps": args.bitrate,
         "duration_s": elapsed,
-        "delivered_mbps": delivered as f64 * 8.0 / elapsed / 1e6,
+        "delivered_mbps": delivered_mbps,
         "expected_mbps": (args.viewers as f64) * args.bitrate as f64 / 1e6,
         "edge_cpu_seconds": edge_cpu,
         "edge_cpu_seconds_per_gb": cpu_per_gb,
@@ -234,25 +252,18 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         "failed_viewers": failed,
         "slow_viewer_bytes": slow_bytes,
         "slow_viewer_skipped_groups": slow_skipped,
+        "baseline_cpu_seconds_per_gb": baseline,
+        "relay_cost_ratio": ratio,
     });
-    if !args.no_baseline {
-        let floor_bytes = delivered.clamp(64 << 20, 1 << 30);
-        let floor = floor::run(floor_bytes, SyntheticConfig { bitrate_bps: args.bitrate, ..SyntheticConfig::default() }).await?;
-        report["baseline_cpu_seconds_per_gb"] = json!(floor);
-        report["relay_cost_ratio"] = json!(cpu_per_gb / floor);
-    }
     println!("{report}");
     eprintln!(
-        "fanout: {} viewers x {} hops: {:.1} Mbps delivered, {:.2} edge CPU-s/GB, latency p50 {:.1} ms p99 {:.1} ms, {} skipped groups, {} lost frames{}",
+        "fanout: {} viewers x {} hops: {delivered_mbps:.1} Mbps delivered, {cpu_per_gb:.2} edge CPU-s/GB, \
+         latency p50 {:.1} ms p99 {:.1} ms, {skipped} skipped groups, {lost} lost frames{}",
         args.viewers,
         args.hops,
-        report["delivered_mbps"].as_f64().unwrap_or(0.0),
-        cpu_per_gb,
         lat.p50,
         lat.p99,
-        skipped,
-        lost,
-        report["relay_cost_ratio"].as_f64().map(|r| format!(", relay costs {r:.2}x bare QUIC per byte")).unwrap_or_default()
+        ratio.map(|r| format!(", relay costs {r:.2}x bare QUIC per byte")).unwrap_or_default()
     );
     Ok(())
 }

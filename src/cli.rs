@@ -65,7 +65,9 @@ impl TrustArgs {
         match (&self.ca_file, self.insecure) {
             (Some(ca), _) => Ok(ClientTrust::CaFile(ca.clone())),
             (None, true) => Ok(ClientTrust::Insecure),
-            (None, false) => anyhow::bail!("give --ca-file PEM to verify the edge, or --insecure to skip verification"),
+            (None, false) => {
+                anyhow::bail!("give --ca-file PEM to verify the edge, or --insecure to skip verification")
+            }
         }
     }
 }
@@ -137,7 +139,8 @@ impl EdgeArgs {
             }
         };
         config.max_connections = self.max_connections;
-        config.buffer = BufferConfig { max_groups: self.group_cache.max(1), max_bytes: self.track_buffer_bytes };
+        config.buffer =
+            BufferConfig { max_groups: self.group_cache.max(1), max_bytes: self.track_buffer_bytes };
         config.tuning = TransportTuning { send_window: self.send_window, ..TransportTuning::default() };
         config.relay_max_lag = self.relay_max_lag;
         config.relay_linger = self.relay_linger;
@@ -262,7 +265,9 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
 async fn run_publish(args: PublishArgs) -> anyhow::Result<()> {
     let source = match &args.input {
         Some(path) => Source::Ivf(path.clone()),
-        None => Source::Synthetic(SyntheticConfig { bitrate_bps: args.bitrate, fps: args.fps, gop: args.gop }),
+        None => {
+            Source::Synthetic(SyntheticConfig { bitrate_bps: args.bitrate, fps: args.fps, gop: args.gop })
+        }
     };
     let opts = PublishOptions {
         edge: args.edge.clone(),

@@ -27,7 +27,8 @@ pub struct DevArgs {
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let shutdown = crate::shutdown_signal();
     let config = EdgeConfig::new(NodeId::new("dev-edge")?, args.quic_listen, args.http_listen);
-    let edge = BoundEdge::bind(config).await.context("cannot start the dev edge (ports in use? see --help)")?;
+    let edge =
+        BoundEdge::bind(config).await.context("cannot start the dev edge (ports in use? see --help)")?;
     let quic = edge.quic_addr()?;
     let http = edge.http_addr()?;
     let edge_task = tokio::spawn(edge.run(shutdown.clone()));
@@ -44,7 +45,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let publisher = tokio::spawn(publish(opts, shutdown.clone()));
     println!("Ferry dev: edge on quic://{quic} (metrics http://{http}/metrics), publishing {stream}");
-    println!("Watch it:  cargo run --release -- watch --edge {quic} --stream {stream} --insecure --duration 10s");
+    println!(
+        "Watch it:  cargo run --release -- watch --edge {quic} --stream {stream} --insecure --duration 10s"
+    );
     println!("Stop with Ctrl-C.");
     let published = publisher.await.context("publisher task")?;
     if let Err(e) = published {

@@ -17,7 +17,8 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     } else {
         (s, 1.0)
     };
-    let value: f64 = num.trim().parse().map_err(|_| format!("invalid duration {s:?} (try 500ms, 10s, 5m)"))?;
+    let value: f64 =
+        num.trim().parse().map_err(|_| format!("invalid duration {s:?} (try 500ms, 10s, 5m)"))?;
     if !value.is_finite() || value < 0.0 {
         return Err(format!("invalid duration {s:?}"));
     }

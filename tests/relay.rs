@@ -34,8 +34,9 @@ fn three_viewers_behind_a_relay_edge_get_every_frame_in_order_over_one_upstream_
     let viewers: Vec<Proc> = (0..3).map(|_| watch(&b, "live/relay", &[])).collect();
     wait_for("three viewers subscribed on B", Duration::from_secs(20), || {
         let m = b.metrics();
-        (metric_value(&m, r#"ferry_subscriptions{stream="live/relay",track="video",role="viewer"}"#) == Some(3.0))
-            .then_some(())
+        (metric_value(&m, r#"ferry_subscriptions{stream="live/relay",track="video",role="viewer"}"#)
+            == Some(3.0))
+        .then_some(())
     });
     let on_a = a.metric(r#"ferry_subscriptions{stream="live/relay",track="video",role="edge"}"#);
     assert_eq!(on_a, Some(1.0), "A must serve exactly one subscription to B:\n{}", a.metrics());
@@ -119,9 +120,14 @@ fn ivf_from_ffmpeg_relayed_through_two_edges_comes_back_byte_identical() {
         assert_eq!(got.0, want.0, "pts of frame {i}");
         assert!(got.1 == want.1, "payload of frame {i} differs");
     }
-    let decode = Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(&output).args(["-f", "null", "-"]).output();
+    let decode =
+        Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(&output).args(["-f", "null", "-"]).output();
     let decode = decode.unwrap();
-    assert!(decode.status.success() && decode.stderr.is_empty(), "{}", String::from_utf8_lossy(&decode.stderr));
+    assert!(
+        decode.status.success() && decode.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&decode.stderr)
+    );
 }
 
 #[test]
@@ -135,7 +141,8 @@ fn a_slow_viewer_skips_groups_while_ten_normal_viewers_get_every_frame() {
     // 10 % of the 2.5 Mbps stream.
     let slow = watch(&a, "live/slow", &["--throttle", "250k"]);
     wait_for("eleven viewers subscribed", Duration::from_secs(20), || {
-        (a.metric(r#"ferry_subscriptions{stream="live/slow",track="video",role="viewer"}"#) == Some(11.0)).then_some(())
+        (a.metric(r#"ferry_subscriptions{stream="live/slow",track="video",role="viewer"}"#) == Some(11.0))
+            .then_some(())
     });
     // Sample memory while the slow viewer is falling behind.
     let (mut max_rss, mut max_buffered) = (0, 0.0f64);
@@ -144,11 +151,20 @@ fn a_slow_viewer_skips_groups_while_ten_normal_viewers_get_every_frame() {
         max_buffered = max_buffered.max(a.metric("ferry_buffered_bytes").unwrap_or(0.0));
         (a.metric_sum("ferry_skipped_groups_total") >= 1.0).then_some(())
     });
-    eprintln!("edge RSS with 11 viewers (one slow): max {max_rss} KiB; track buffer max {max_buffered} bytes");
-    assert!(max_buffered > 0.0 && max_buffered <= budget as f64, "track buffer outside its bound: {max_buffered}");
+    eprintln!(
+        "edge RSS with 11 viewers (one slow): max {max_rss} KiB; track buffer max {max_buffered} bytes"
+    );
+    assert!(
+        max_buffered > 0.0 && max_buffered <= budget as f64,
+        "track buffer outside its bound: {max_buffered}"
+    );
 
     let published = json_output(publisher, Duration::from_secs(60));
-    assert_eq!(u(&published, "frames"), 15 * 30, "the publisher must send every frame on schedule: {published}");
+    assert_eq!(
+        u(&published, "frames"),
+        15 * 30,
+        "the publisher must send every frame on schedule: {published}"
+    );
 
     for viewer in normal {
         let v = json_output(viewer, Duration::from_secs(60));

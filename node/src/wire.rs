@@ -3,8 +3,8 @@
 
 use bytes::{Bytes, BytesMut};
 use ferry_proto::{
-    decode_body, decode_frame_header, decode_length, encode_frame_header, encode_message,
-    FrameHeader, FRAME_HEADER_LEN, LENGTH_PREFIX_LEN,
+    decode_body, decode_frame_header, decode_length, encode_frame_header, encode_message, FrameHeader,
+    FRAME_HEADER_LEN, LENGTH_PREFIX_LEN,
 };
 use quinn::{ReadExactError, RecvStream, SendStream};
 use serde::{de::DeserializeOwned, Serialize};

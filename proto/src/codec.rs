@@ -37,8 +37,8 @@ fn bincode_config() -> impl bincode::config::Config {
 
 /// Encodes `msg` in the envelope of `version`.
 pub fn encode_message<T: Serialize>(version: u16, msg: &T) -> Result<Vec<u8>> {
-    let body = bincode::serde::encode_to_vec(msg, bincode_config())
-        .map_err(|e| Error::Malformed(e.to_string()))?;
+    let body =
+        bincode::serde::encode_to_vec(msg, bincode_config()).map_err(|e| Error::Malformed(e.to_string()))?;
     let len = VERSION_LEN + body.len();
     if len > MAX_CONTROL_MESSAGE {
         return Err(Error::TooLarge { len, limit: MAX_CONTROL_MESSAGE });
@@ -86,10 +86,7 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<(u16, T)> {
 ///
 /// Returns `Ok(None)` when `buf` holds only part of a message (read more and call
 /// again), or the version, the message and the number of bytes consumed.
-pub fn decode_message<T: DeserializeOwned>(
-    buf: &[u8],
-    limit: usize,
-) -> Result<Option<(u16, T, usize)>> {
+pub fn decode_message<T: DeserializeOwned>(buf: &[u8], limit: usize) -> Result<Option<(u16, T, usize)>> {
     let Some((prefix, rest)) = buf.split_first_chunk::<LENGTH_PREFIX_LEN>() else {
         return Ok(None);
     };
@@ -113,10 +110,7 @@ pub fn encode_frame_header(header: &FrameHeader) -> [u8; FRAME_HEADER_LEN] {
 }
 
 /// Decodes a frame header and checks its payload length against `max_payload`.
-pub fn decode_frame_header(
-    bytes: [u8; FRAME_HEADER_LEN],
-    max_payload: usize,
-) -> Result<FrameHeader> {
+pub fn decode_frame_header(bytes: [u8; FRAME_HEADER_LEN], max_payload: usize) -> Result<FrameHeader> {
     let (pts, rest) = bytes.split_first_chunk::<8>().ok_or(Error::Truncated { needed: 8 })?;
     let (flags, rest) = rest.split_first().ok_or(Error::Truncated { needed: 1 })?;
     let len = rest.first_chunk::<4>().ok_or(Error::Truncated { needed: 4 })?;

@@ -29,9 +29,8 @@ impl StreamName {
             if segment.is_empty() || segment == "." || segment == ".." {
                 return Err(invalid("stream name", format!("bad segment in {name:?}")));
             }
-            if let Some(c) = segment
-                .chars()
-                .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+            if let Some(c) =
+                segment.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
             {
                 return Err(invalid("stream name", format!("character {c:?} not allowed")));
             }
@@ -60,9 +59,8 @@ impl TrackName {
         if name.is_empty() || name.len() > Self::MAX_LEN {
             return Err(invalid("track name", format!("length must be 1..={}", Self::MAX_LEN)));
         }
-        if let Some(c) = name
-            .chars()
-            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-')))
+        if let Some(c) =
+            name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-')))
         {
             return Err(invalid("track name", format!("character {c:?} not allowed")));
         }
@@ -95,10 +93,7 @@ impl NodeId {
         if id.is_empty() || id.len() > Self::MAX_LEN {
             return Err(invalid("node id", format!("length must be 1..={}", Self::MAX_LEN)));
         }
-        if let Some(c) = id
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-        {
+        if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
             return Err(invalid("node id", format!("character {c:?} not allowed")));
         }
         Ok(Self(id))

@@ -17,9 +17,9 @@ pub mod media;
 pub mod message;
 
 pub use codec::{
-    decode_body, decode_frame_header, decode_length, decode_message, encode_frame_header,
-    encode_message, FRAME_HEADER_LEN, LENGTH_PREFIX_LEN, MAX_CONTROL_MESSAGE, MAX_FRAME_PAYLOAD,
-    MAX_PROTOCOL_VERSION, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    decode_body, decode_frame_header, decode_length, decode_message, encode_frame_header, encode_message,
+    FRAME_HEADER_LEN, LENGTH_PREFIX_LEN, MAX_CONTROL_MESSAGE, MAX_FRAME_PAYLOAD, MAX_PROTOCOL_VERSION,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 pub use error::{Error, ErrorCode, Result};
 pub use ids::{NodeId, SessionId, StreamName, TrackName};

@@ -10,7 +10,8 @@ use ferry_node::tls::{self, ClientTrust, ServerIdentity, TransportTuning};
 /// possible; returns CPU seconds (sender + receiver) per GB.
 pub async fn run(total: u64, config: SyntheticConfig) -> anyhow::Result<f64> {
     let tuning = TransportTuning::default();
-    let server = tls::server_config(&ServerIdentity::SelfSigned { names: vec!["localhost".into()] }, &tuning)?;
+    let server =
+        tls::server_config(&ServerIdentity::SelfSigned { names: vec!["localhost".into()] }, &tuning)?;
     let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse()?)?;
     let addr = endpoint.local_addr()?;
     let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;

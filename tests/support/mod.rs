@@ -101,7 +101,11 @@ impl Edge {
         let ready: serde_json::Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("edge {node} ready line {line:?}: {e}"));
         assert_eq!(ready["event"], "ready");
-        Edge { proc, quic: ready["quic"].as_str().unwrap().into(), http: ready["http"].as_str().unwrap().into() }
+        Edge {
+            proc,
+            quic: ready["quic"].as_str().unwrap().into(),
+            http: ready["http"].as_str().unwrap().into(),
+        }
     }
 
     pub fn metrics(&self) -> String {

@@ -29,9 +29,8 @@ pub struct Link {
 
 /// Splits `HOST:PORT` (IPv6 in brackets) and resolves it.
 pub async fn resolve(addr: &str) -> Result<(String, SocketAddr)> {
-    let (host, _) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| Error::Config(format!("address {addr:?} must be HOST:PORT")))?;
+    let (host, _) =
+        addr.rsplit_once(':').ok_or_else(|| Error::Config(format!("address {addr:?} must be HOST:PORT")))?;
     let resolved = tokio::net::lookup_host(addr)
         .await?
         .next()
@@ -40,7 +39,11 @@ pub async fn resolve(addr: &str) -> Result<(String, SocketAddr)> {
 }
 
 /// A client endpoint on an ephemeral port of the right address family.
-pub fn client_endpoint(remote: SocketAddr, trust: &ClientTrust, tuning: &TransportTuning) -> Result<quinn::Endpoint> {
+pub fn client_endpoint(
+    remote: SocketAddr,
+    trust: &ClientTrust,
+    tuning: &TransportTuning,
+) -> Result<quinn::Endpoint> {
     let bind: SocketAddr = if remote.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
         .parse()
         .map_err(|e| Error::Config(format!("{e}")))?;
@@ -81,7 +84,8 @@ async fn handshake(
     };
     let conn = endpoint.connect(remote, &server_name)?.await?;
     let (mut send, mut recv) = conn.open_bi().await?;
-    let hello = Hello { min_version: MIN_PROTOCOL_VERSION, max_version: MAX_PROTOCOL_VERSION, node, role, token };
+    let hello =
+        Hello { min_version: MIN_PROTOCOL_VERSION, max_version: MAX_PROTOCOL_VERSION, node, role, token };
     write_message(&mut send, MAX_PROTOCOL_VERSION, &Message::Hello(hello)).await?;
     match read_message::<Message>(&mut recv, MAX_CONTROL_MESSAGE).await {
         Ok(Some((_, Message::HelloOk { version, node }))) => {

@@ -127,20 +127,26 @@ pub async fn publish(opts: PublishOptions, cancel: CancellationToken) -> Result<
             height: 0,
         },
     };
-    let link = connect(&opts.edge, &opts.trust, &opts.tuning, opts.label.clone(), Role::Publisher, None).await?;
+    let link =
+        connect(&opts.edge, &opts.trust, &opts.tuning, opts.label.clone(), Role::Publisher, None).await?;
     let (conn, mut send, mut recv, version) = (link.conn, link.send, link.recv, link.version);
     write_message(&mut send, version, &Message::Announce { stream: opts.stream.clone(), tracks: vec![info] })
         .await?;
     match read_message::<Message>(&mut recv, MAX_CONTROL_MESSAGE).await {
         Ok(Some((_, Message::AnnounceOk { .. }))) => {}
-        Ok(Some((_, Message::AnnounceError { code, message, .. }))) => return Err(Error::Refused { code, message }),
-        Ok(Some((_, other))) => return Err(Error::Protocol(format!("expected announce_ok, got {}", other.kind()))),
+        Ok(Some((_, Message::AnnounceError { code, message, .. }))) => {
+            return Err(Error::Refused { code, message })
+        }
+        Ok(Some((_, other))) => {
+            return Err(Error::Protocol(format!("expected announce_ok, got {}", other.kind())))
+        }
         Ok(None) | Err(_) => return Err(closed_error(&conn)),
     }
     let keyframe_wanted = Arc::new(AtomicBool::new(false));
     let stop = cancel.child_token();
     let control = tokio::spawn(read_control(recv, Arc::clone(&keyframe_wanted), stop.clone()));
-    let mut sender = Sender { conn: conn.clone(), version, group: None, next_seq: 0, stats: PublishStats::default() };
+    let mut sender =
+        Sender { conn: conn.clone(), version, group: None, next_seq: 0, stats: PublishStats::default() };
     let deadline = opts.duration.map(|d| Instant::now() + d);
     let result = match (&opts.source, ivf.as_mut()) {
         (_, Some((reader, info))) => send_ivf(&mut sender, reader, info, deadline, &stop).await,
@@ -177,7 +183,11 @@ async fn open_ivf(path: &PathBuf, max_frame: usize) -> Result<(IvfReader<BoxedRe
     let input: BoxedRead = if path.as_os_str() == "-" {
         Box::new(tokio::io::stdin())
     } else {
-        Box::new(tokio::fs::File::open(path).await.map_err(|e| Error::Config(format!("{}: {e}", path.display())))?)
+        Box::new(
+            tokio::fs::File::open(path)
+                .await
+                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?,
+        )
     };
     let (reader, header) = IvfReader::open(input, max_frame).await?;
     let codec = Codec::from_ivf_fourcc(header.fourcc).ok_or_else(|| {
@@ -258,7 +268,11 @@ async fn send_ivf(
 
 /// Reads the edge's control messages: keyframe requests and GOAWAY. Returns the
 /// number of keyframe requests seen.
-async fn read_control(mut recv: quinn::RecvStream, keyframe_wanted: Arc<AtomicBool>, stop: CancellationToken) -> u64 {
+async fn read_control(
+    mut recv: quinn::RecvStream,
+    keyframe_wanted: Arc<AtomicBool>,
+    stop: CancellationToken,
+) -> u64 {
     let mut requests = 0;
     loop {
         let msg = tokio::select! {

@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ferry_proto::{Codec, ErrorCode, GroupHeader, Message, NodeId, Role, StreamName, TrackInfo, TrackName, MAX_CONTROL_MESSAGE};
+use ferry_proto::{
+    Codec, ErrorCode, GroupHeader, Message, NodeId, Role, StreamName, TrackInfo, TrackName,
+    MAX_CONTROL_MESSAGE,
+};
 use quinn::RecvStream;
 use serde::Serialize;
 use tokio::io::AsyncWrite;
@@ -109,13 +112,22 @@ pub async fn watch_detailed(opts: WatchOptions, cancel: CancellationToken) -> Re
     let link = connect(&opts.edge, &opts.trust, &opts.tuning, opts.label.clone(), Role::Viewer, None).await?;
     let (conn, mut send, mut recv, version) = (link.conn, link.send, link.recv, link.version);
     let max_lag_ms = u32::try_from(opts.max_lag.as_millis()).unwrap_or(u32::MAX);
-    let subscribe =
-        Message::Subscribe { id: 1, stream: opts.stream.clone(), track: opts.track.clone(), priority: 0, max_lag_ms };
+    let subscribe = Message::Subscribe {
+        id: 1,
+        stream: opts.stream.clone(),
+        track: opts.track.clone(),
+        priority: 0,
+        max_lag_ms,
+    };
     write_message(&mut send, version, &subscribe).await?;
     let info = match read_message::<Message>(&mut recv, MAX_CONTROL_MESSAGE).await {
         Ok(Some((_, Message::SubscribeOk { track, .. }))) => track,
-        Ok(Some((_, Message::SubscribeError { code, message, .. }))) => return Err(Error::Refused { code, message }),
-        Ok(Some((_, other))) => return Err(Error::Protocol(format!("expected subscribe_ok, got {}", other.kind()))),
+        Ok(Some((_, Message::SubscribeError { code, message, .. }))) => {
+            return Err(Error::Refused { code, message })
+        }
+        Ok(Some((_, other))) => {
+            return Err(Error::Protocol(format!("expected subscribe_ok, got {}", other.kind())))
+        }
         Ok(None) | Err(_) => return Err(closed_error(&conn)),
     };
     let (out, out_file) = open_output(opts.output.as_ref(), &info).await?;
@@ -150,6 +162,9 @@ pub async fn watch_detailed(opts: WatchOptions, cancel: CancellationToken) -> Re
             Ok(recv) => recv,
             Err(_) => match closed_error(&conn) {
                 Error::Refused { code: ErrorCode::GoingAway, .. } => break "edge going away".to_owned(),
+                Error::Refused { code: ErrorCode::NoError, .. } => {
+                    break "edge closed the session".to_owned()
+                }
                 e => return Err(e),
             },
         };
@@ -187,11 +202,14 @@ async fn open_output(path: Option<&PathBuf>, info: &TrackInfo) -> Result<Output>
         .codec
         .ivf_fourcc()
         .ok_or_else(|| Error::Config(format!("a {:?} track cannot be written as IVF", info.codec)))?;
-    let header = IvfHeader { fourcc, width: info.width, height: info.height, timebase: info.timebase, frame_count: 0 };
+    let header =
+        IvfHeader { fourcc, width: info.width, height: info.height, timebase: info.timebase, frame_count: 0 };
     let (writer, file): (Box<dyn AsyncWrite + Unpin + Send>, _) = if path.as_os_str() == "-" {
         (Box::new(tokio::io::stdout()), None)
     } else {
-        let file = tokio::fs::File::create(path).await.map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let file = tokio::fs::File::create(path)
+            .await
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         (Box::new(file), Some(path.clone()))
     };
     Ok((Some(IvfWriter::new(writer, &header).await?), file))

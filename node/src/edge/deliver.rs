@@ -139,7 +139,8 @@ impl Delivery {
     async fn open_group(&self, group: u64) -> Result<SendStream, ()> {
         let mut stream = self.conn.open_uni().await.map_err(|_| ())?;
         let _ = stream.set_priority(priority(group));
-        let header = encode_message(self.version, &GroupHeader { track: self.id, seq: group }).map_err(|_| ())?;
+        let header =
+            encode_message(self.version, &GroupHeader { track: self.id, seq: group }).map_err(|_| ())?;
         stream.write_chunk(Bytes::from(header)).await.map_err(|_| ())?;
         Ok(stream)
     }

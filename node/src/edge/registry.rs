@@ -69,7 +69,8 @@ impl Registry {
     /// already registered under that name, if another task won the race.
     pub fn add_relayed(&self, stream: &StreamName, track: TrackProducer) -> TrackProducer {
         let mut map = self.map();
-        let entry = map.entry(stream.clone()).or_insert_with(|| Entry { source: Source::Relay, tracks: vec![] });
+        let entry =
+            map.entry(stream.clone()).or_insert_with(|| Entry { source: Source::Relay, tracks: vec![] });
         if let Some(existing) = entry.tracks.iter().find(|t| t.info().name == track.info().name) {
             return existing.clone();
         }

@@ -92,7 +92,12 @@ fn hold(gauge: prometheus_client::metrics::gauge::Gauge) -> GaugeGuard {
     GaugeGuard(gauge)
 }
 
-async fn serve(state: &Arc<EdgeState>, conn: &Connection, session: u64, cancel: &CancellationToken) -> Result<()> {
+async fn serve(
+    state: &Arc<EdgeState>,
+    conn: &Connection,
+    session: u64,
+    cancel: &CancellationToken,
+) -> Result<()> {
     let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
         .await
         .map_err(|_| Error::Timeout("the control stream"))??;
@@ -105,7 +110,8 @@ async fn serve(state: &Arc<EdgeState>, conn: &Connection, session: u64, cancel: 
         None => return Err(Error::Protocol("control stream ended before hello".into())),
     };
     let version = negotiate(&hello)?;
-    write_message(&mut send, version, &Message::HelloOk { version, node: state.config.node_id.clone() }).await?;
+    write_message(&mut send, version, &Message::HelloOk { version, node: state.config.node_id.clone() })
+        .await?;
     let _conn_gauge =
         hold(state.metrics.connections.get_or_create(&RoleLabels { role: hello.role.name().into() }).clone());
     tracing::debug!(session, peer = %hello.node, role = hello.role.name(), version, "hello");
@@ -139,7 +145,12 @@ impl Session<'_> {
     }
 }
 
-async fn write_control(mut send: SendStream, mut rx: mpsc::Receiver<Message>, version: u16, cancel: CancellationToken) {
+async fn write_control(
+    mut send: SendStream,
+    mut rx: mpsc::Receiver<Message>,
+    version: u16,
+    cancel: CancellationToken,
+) {
     loop {
         let msg = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -178,12 +189,17 @@ async fn read_control(mut recv: RecvStream, tx: mpsc::Sender<Result<Message>>, c
     }
 }
 
-async fn subscriber_loop(ctx: &Session<'_>, role: Role, mut in_rx: mpsc::Receiver<Result<Message>>) -> Result<()> {
+async fn subscriber_loop(
+    ctx: &Session<'_>,
+    role: Role,
+    mut in_rx: mpsc::Receiver<Result<Message>>,
+) -> Result<()> {
     let limit = ctx.state.config.max_subscriptions_per_connection;
     let (done_tx, mut done_rx) = mpsc::channel::<(u64, DeliveryEnd)>(limit.max(1));
     let mut subs: HashMap<u64, CancellationToken> = HashMap::new();
     loop {
         tokio::select! {
+            biased;
             _ = ctx.cancel.cancelled() => return Err(ctx.go_away().await),
             Some((id, end)) = done_rx.recv() => {
                 subs.remove(&id);
@@ -250,7 +266,12 @@ pub(super) struct Parts {
 
 impl Session<'_> {
     fn clone_parts(&self) -> Parts {
-        Parts { state: Arc::clone(&self.state), conn: self.conn.clone(), ctl: self.ctl.clone(), version: self.version }
+        Parts {
+            state: Arc::clone(&self.state),
+            conn: self.conn.clone(),
+            ctl: self.ctl.clone(),
+            version: self.version,
+        }
     }
 }
 
@@ -290,7 +311,8 @@ async fn run_subscription(
         role: sub.role.name().to_owned(),
     };
     let _gauge = hold(state.metrics.subscriptions.get_or_create(&labels).clone());
-    let delivery = Delivery { conn, id, consumer, metrics: state.metrics.clone(), role: sub.role.name(), version };
+    let delivery =
+        Delivery { conn, id, consumer, metrics: state.metrics.clone(), role: sub.role.name(), version };
     let end = delivery.run(cancel).await;
     if end == DeliveryEnd::TrackEnded {
         let message = "the publisher left".to_owned();

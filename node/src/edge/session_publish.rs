@@ -21,6 +21,7 @@ const GROUP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(super) async fn run(ctx: &Session<'_>, mut in_rx: mpsc::Receiver<Result<Message>>) -> Result<()> {
     let (stream, tracks) = tokio::select! {
+        biased;
         _ = ctx.cancel.cancelled() => return Err(ctx.go_away().await),
         msg = in_rx.recv() => match msg {
             Some(Ok(Message::Announce { stream, tracks })) => (stream, tracks),
@@ -32,7 +33,8 @@ pub(super) async fn run(ctx: &Session<'_>, mut in_rx: mpsc::Receiver<Result<Mess
     validate_tracks(&tracks)?;
     let producers: Vec<TrackProducer> =
         tracks.into_iter().map(|info| TrackProducer::new(info, ctx.state.config.buffer)).collect();
-    if let Err(RegisterError::Taken(_)) = ctx.state.registry.publish(&stream, ctx.session, producers.clone()) {
+    if let Err(RegisterError::Taken(_)) = ctx.state.registry.publish(&stream, ctx.session, producers.clone())
+    {
         let message = format!("stream {stream} is already published");
         let _ = ctx
             .ctl
@@ -82,6 +84,7 @@ async fn serve_groups(
     }
     loop {
         tokio::select! {
+            biased;
             _ = ctx.cancel.cancelled() => return Err(ctx.go_away().await),
             msg = in_rx.recv() => match msg {
                 None => return Ok(()),

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use ferry_proto::{ErrorCode, GroupHeader, Message, NodeId, Role, StreamName, TrackName, MAX_CONTROL_MESSAGE};
+use ferry_proto::{
+    ErrorCode, GroupHeader, Message, NodeId, Role, StreamName, TrackName, MAX_CONTROL_MESSAGE,
+};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +28,8 @@ const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 const ORPHAN_GROUP_WAIT: Duration = Duration::from_secs(2);
 
 type Refusal = (ErrorCode, String);
+/// A subscribe sent upstream, waiting for its answer.
+type Pending = (StreamName, oneshot::Sender<Result<TrackProducer, Refusal>>);
 
 /// Pulls streams from one upstream edge.
 pub struct Upstream {
@@ -47,7 +51,7 @@ struct LinkState {
     ctl: mpsc::Sender<Message>,
     cancel: CancellationToken,
     next_id: AtomicU64,
-    pending: Mutex<HashMap<u64, (StreamName, oneshot::Sender<Result<TrackProducer, Refusal>>)>>,
+    pending: Mutex<HashMap<u64, Pending>>,
     tracks: Mutex<HashMap<u64, Relayed>>,
     tracks_changed: Notify,
 }
@@ -113,7 +117,8 @@ impl Upstream {
     }
 
     async fn connect(&self, state: &Arc<EdgeState>) -> Result<Arc<LinkState>> {
-        let link = connect(&self.addr, &self.trust, &self.tuning, self.node.clone(), Role::Edge, None).await?;
+        let link =
+            connect(&self.addr, &self.trust, &self.tuning, self.node.clone(), Role::Edge, None).await?;
         tracing::info!(upstream = %self.addr, peer = %link.peer, "connected upstream");
         let (ctl_tx, ctl_rx) = mpsc::channel(64);
         let shared = Arc::new(LinkState {
@@ -262,7 +267,12 @@ async fn read_upstream(state: &Arc<EdgeState>, shared: &Arc<LinkState>, mut recv
     }
 }
 
-fn spawn_keyframe_forwarder(state: &Arc<EdgeState>, shared: &Arc<LinkState>, producer: &TrackProducer, id: u64) {
+fn spawn_keyframe_forwarder(
+    state: &Arc<EdgeState>,
+    shared: &Arc<LinkState>,
+    producer: &TrackProducer,
+    id: u64,
+) {
     let (producer, shared2) = (producer.clone(), Arc::clone(shared));
     let metrics = state.metrics.clone();
     state.tracker.spawn(async move {
@@ -285,10 +295,11 @@ fn spawn_keyframe_forwarder(state: &Arc<EdgeState>, shared: &Arc<LinkState>, pro
 }
 
 async fn ingest_upstream_group(state: &EdgeState, shared: &LinkState, mut recv: quinn::RecvStream) {
-    let header = match tokio::time::timeout(ORPHAN_GROUP_WAIT, read_message::<GroupHeader>(&mut recv, 64)).await {
-        Ok(Ok(Some((_, header)))) => header,
-        _ => return,
-    };
+    let header =
+        match tokio::time::timeout(ORPHAN_GROUP_WAIT, read_message::<GroupHeader>(&mut recv, 64)).await {
+            Ok(Ok(Some((_, header)))) => header,
+            _ => return,
+        };
     let deadline = tokio::time::Instant::now() + ORPHAN_GROUP_WAIT;
     let producer = loop {
         let notified = shared.tracks_changed.notified();

@@ -2,8 +2,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::{
-    Codec, ErrorCode, GroupHeader, Hello, Message, NodeId, Role, StreamName, Timebase, TrackInfo,
-    TrackKind, TrackName,
+    Codec, ErrorCode, GroupHeader, Hello, Message, NodeId, Role, StreamName, Timebase, TrackInfo, TrackKind,
+    TrackName,
 };
 
 fn hello() -> Message {
@@ -93,7 +93,10 @@ fn invalid_names_inside_messages_are_refused() {
         Hello(u8),
         #[allow(dead_code)]
         HelloOk(u8),
-        Announce { stream: String, tracks: Vec<u8> },
+        Announce {
+            stream: String,
+            tracks: Vec<u8>,
+        },
     }
     let bytes = encode_message(1, &Fake::Announce { stream: "../x".into(), tracks: vec![] });
     let err = decode_message::<Message>(&bytes.unwrap(), MAX_CONTROL_MESSAGE).unwrap_err();
@@ -105,10 +108,7 @@ fn frame_header_roundtrips_and_limits_payload() {
     let header = FrameHeader { pts: 123_456, flags: FrameFlags::KEYFRAME, len: 1000 };
     let bytes = encode_frame_header(&header);
     assert_eq!(decode_frame_header(bytes, 1000), Ok(header));
-    assert_eq!(
-        decode_frame_header(bytes, 999),
-        Err(Error::TooLarge { len: 1000, limit: 999 })
-    );
+    assert_eq!(decode_frame_header(bytes, 999), Err(Error::TooLarge { len: 1000, limit: 999 }));
 }
 
 #[test]

@@ -47,7 +47,7 @@ fn fast_readers_see_every_frame_in_order() {
     let mut clock = Clock::new();
     let mut buffer = TrackBuffer::new(BufferConfig::default());
     buffer.begin_group(0);
-    let mut readers = vec![Cursor::new(LAG); 3];
+    let mut readers = [Cursor::new(LAG); 3];
     let mut seen = vec![Vec::new(); 3];
     let mut pts = 0;
     for g in 0..5u64 {

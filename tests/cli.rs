@@ -1,0 +1,170 @@
+//! The `ferry` command line as a user meets it: config precedence, errors and exit
+//! codes, TLS with a cluster CA, shutdown on SIGTERM, and `ferry dev`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::*;
+
+fn ready_node(cmd: &mut std::process::Command) -> String {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut proc = Proc::spawn("edge", cmd);
+    let mut line = String::new();
+    BufReader::new(proc.child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    ready["node"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn flags_come_from_the_command_line_then_the_environment_then_the_config_file() {
+    let dir = TempDir::new("config");
+    let file = dir.path().join("ferry.toml");
+    std::fs::write(
+        &file,
+        "log = \"warn\"\n[edge]\nnode-id = \"from-file\"\nquic-listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let config = file.to_str().unwrap();
+    assert_eq!(ready_node(ferry().args(["edge", "--config", config])), "from-file");
+    assert_eq!(
+        ready_node(ferry().args(["edge", "--config", config]).env("FERRY_NODE_ID", "from-env")),
+        "from-env"
+    );
+    assert_eq!(
+        ready_node(
+            ferry().args(["edge", "--config", config, "--node-id", "from-cli"]).env("FERRY_NODE_ID", "x")
+        ),
+        "from-cli"
+    );
+
+    std::fs::write(&file, "[edge]\nnode-idd = \"typo\"\n").unwrap();
+    let out = ferry().args(["edge", "--config", config]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("node-idd"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_command_lines_exit_non_zero_with_a_clear_message() {
+    let cases: [(&[&str], i32, &str); 4] = [
+        (&["publish", "--edge", "127.0.0.1:1", "--stream", "live/a", "--insecure"], 2, "--synthetic"),
+        (&["watch", "--edge", "127.0.0.1:1", "--stream", "../etc", "--insecure"], 1, "invalid stream name"),
+        (&["watch", "--edge", "127.0.0.1:1", "--stream", "live/a"], 1, "--ca-file"),
+        (
+            &["publish", "--edge", "127.0.0.1:1", "--stream", "live/a", "--synthetic", "--bitrate", "fast"],
+            2,
+            "bit rate",
+        ),
+    ];
+    for (args, code, needle) in cases {
+        let out = ferry().args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: expected {needle:?} in {stderr}");
+    }
+}
+
+#[test]
+fn watching_a_stream_nobody_publishes_fails_with_not_found() {
+    let edge = Edge::start("nf", &[]);
+    let mut cmd = ferry();
+    cmd.args(["watch", "--edge", &edge.quic, "--stream", "live/nobody", "--insecure"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = Proc::spawn("watcher", &mut cmd).wait_output(Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not_found") && stderr.contains("live/nobody"), "{stderr}");
+}
+
+#[test]
+fn clients_verify_the_edge_against_the_cluster_ca() {
+    let dir = TempDir::new("tls");
+    let good = dir.path().join("good");
+    let other = dir.path().join("other");
+    for d in [&good, &other] {
+        let out = ferry().args(["cert", "--out-dir", d.to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let cert = good.join("cert.pem");
+    let key = good.join("key.pem");
+    let edge = Edge::start("tls", &["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()]);
+    let ca = good.join("ca.pem");
+    let mut cmd = ferry();
+    cmd.args(["publish", "--edge", &edge.quic, "--stream", "live/tls", "--synthetic", "--duration", "20s"])
+        .args(["--ca-file", ca.to_str().unwrap()])
+        .stdout(Stdio::null());
+    let _publisher = Proc::spawn("publisher", &mut cmd);
+    wait_for_stream(&edge);
+
+    let mut cmd = ferry();
+    cmd.args(["watch", "--edge", &edge.quic, "--stream", "live/tls", "--json", "--duration", "2s"])
+        .args(["--ca-file", ca.to_str().unwrap()])
+        .stdout(Stdio::piped());
+    let watched = json_output(Proc::spawn("watcher", &mut cmd), Duration::from_secs(20));
+    assert!(watched["frames"].as_u64().unwrap() > 0, "{watched}");
+
+    let wrong = other.join("ca.pem");
+    let out = ferry()
+        .args(["watch", "--edge", &edge.quic, "--stream", "live/tls", "--duration", "2s"])
+        .args(["--ca-file", wrong.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+}
+
+#[test]
+fn sigterm_tells_viewers_to_go_away_and_the_edge_exits_cleanly() {
+    let edge = Edge::start("term", &["--shutdown-grace", "3s"]);
+    let _publisher = publish_synthetic(&edge, "live/term", "60s");
+    wait_for_stream(&edge);
+    let viewer = watch(&edge, "live/term", &[]);
+    wait_for("the viewer to subscribe", Duration::from_secs(20), || {
+        (edge.metric_sum("ferry_subscriptions") >= 1.0).then_some(())
+    });
+    let (status, _) = http_get(&edge.http, "/readyz");
+    assert_eq!(status, 200);
+    edge.proc.terminate();
+    let Edge { proc, .. } = edge;
+    let out = proc.wait_output(Duration::from_secs(15));
+    assert!(out.status.success(), "edge exit: {:?}", out.status);
+    let v = json_output(viewer, Duration::from_secs(15));
+    let ended = v["ended"].as_str().unwrap();
+    assert!(ended == "edge going away" || ended == "track ended", "{v}");
+    assert!(v["frames"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn ferry_dev_serves_a_demo_stream_that_ferry_watch_plays() {
+    let mut cmd = ferry();
+    cmd.args(["dev", "--quic-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut dev = Proc::spawn("ferry dev", &mut cmd);
+    let mut lines = BufReader::new(dev.child.stdout.take().unwrap()).lines();
+    let watch_line = lines
+        .by_ref()
+        .take(10)
+        .map(|l| l.unwrap())
+        .find(|l| l.contains("watch --edge"))
+        .expect("ferry dev printed no watch command");
+    let args: Vec<&str> = watch_line.split_whitespace().collect();
+    let edge = args[args.iter().position(|a| *a == "--edge").unwrap() + 1];
+    let stream = args[args.iter().position(|a| *a == "--stream").unwrap() + 1];
+    assert_eq!(stream, "live/demo");
+    let mut cmd = ferry();
+    cmd.args(["watch", "--edge", edge, "--stream", stream, "--insecure", "--json", "--duration", "2s"])
+        .stdout(Stdio::piped());
+    let v = json_output(Proc::spawn("watcher", &mut cmd), Duration::from_secs(20));
+    assert!(v["frames"].as_u64().unwrap() > 0, "{v}");
+    drop(dev);
+}
