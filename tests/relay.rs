@@ -180,3 +180,29 @@ fn a_slow_viewer_skips_groups_while_ten_normal_viewers_get_every_frame() {
     assert_eq!(u(&s, "out_of_order_frames"), 0, "{s}");
     assert!(u(&s, "frames") > 0);
 }
+
+#[test]
+fn a_viewer_joining_mid_group_gets_the_publisher_to_send_a_fresh_keyframe() {
+    let _heavy = heavy();
+    let a = Edge::start("kf-a", &[]);
+    let b = Edge::start("kf-b", &["--upstream", &a.quic]);
+    let mut cmd = ferry();
+    cmd.args(["publish", "--edge", &a.quic, "--stream", "live/kf", "--synthetic", "--insecure", "--json"])
+        .args(["--gop", "20s", "--duration", "6s"])
+        .stdout(std::process::Stdio::piped());
+    let publisher = Proc::spawn("publisher", &mut cmd);
+    // Let the only natural group age past the join threshold (half a second of frames).
+    wait_for("the first group to age", Duration::from_secs(20), || {
+        (a.metric("ferry_frames_in_total").unwrap_or(0.0) >= 30.0).then_some(())
+    });
+    let viewers: Vec<Proc> = (0..3).map(|_| watch(&b, "live/kf", &[])).collect();
+    let published = json_output(publisher, Duration::from_secs(30));
+    assert!(u(&published, "keyframe_requests") >= 1, "{published}");
+    assert!(u(&published, "groups") >= 2, "a forced keyframe starts a new group: {published}");
+    assert!(a.metric("ferry_keyframe_requests_total").unwrap_or(0.0) >= 1.0, "A asks its publisher");
+    for viewer in viewers {
+        let v = json_output(viewer, Duration::from_secs(30));
+        assert_eq!(u(&v, "groups_without_keyframe"), 0, "{v}");
+        assert_eq!(u(&v, "lost_frames"), 0, "{v}");
+    }
+}

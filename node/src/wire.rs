@@ -4,10 +4,12 @@
 use bytes::{Bytes, BytesMut};
 use ferry_proto::{
     decode_body, decode_frame_header, decode_length, encode_frame_header, encode_message, FrameHeader,
-    FRAME_HEADER_LEN, LENGTH_PREFIX_LEN,
+    Message, FRAME_HEADER_LEN, LENGTH_PREFIX_LEN,
 };
 use quinn::{ReadExactError, RecvStream, SendStream};
 use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::Result;
 
@@ -65,4 +67,31 @@ pub async fn write_frame(send: &mut SendStream, header: &FrameHeader, payload: &
     let mut chunks = [head, payload.clone()];
     send.write_all_chunks(&mut chunks).await?;
     Ok(())
+}
+
+/// Writes queued control messages until the queue closes or `cancel` fires, then
+/// flushes what is still queued (GOAWAY, SUBSCRIBE_DONE) and finishes the stream.
+/// A broken stream cancels `cancel`: the peer can no longer be told anything.
+pub async fn pump_control(
+    mut send: SendStream,
+    mut rx: mpsc::Receiver<Message>,
+    version: u16,
+    cancel: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => break,
+            msg = rx.recv() => match msg { Some(msg) => msg, None => break },
+        };
+        if write_message(&mut send, version, &msg).await.is_err() {
+            cancel.cancel();
+            return;
+        }
+    }
+    while let Ok(msg) = rx.try_recv() {
+        if write_message(&mut send, version, &msg).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
 }

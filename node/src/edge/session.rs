@@ -10,14 +10,14 @@ use ferry_proto::{
     ErrorCode, Hello, Message, Role, StreamName, TrackName, MAX_CONTROL_MESSAGE, MAX_PROTOCOL_VERSION,
     MIN_PROTOCOL_VERSION,
 };
-use quinn::{Connection, RecvStream, SendStream};
+use quinn::{Connection, RecvStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::deliver::{Delivery, DeliveryEnd};
 use super::EdgeState;
 use crate::metrics::{RoleLabels, SubscriptionLabels};
-use crate::wire::{read_message, write_message};
+use crate::wire::{pump_control, read_message, write_message};
 use crate::{Error, Result};
 
 /// Time a client gets to finish the handshake and say hello.
@@ -26,6 +26,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const CONTROL_QUEUE: usize = 64;
 /// Longest close reason we send (a close frame must fit one packet).
 const MAX_REASON: usize = 200;
+/// A subscriber joining a group older than this starts with that much backlog; ask
+/// the source for a fresh keyframe (throttled per track) so the next joiners do not.
+const KEYFRAME_ON_JOIN_AGE: Duration = Duration::from_millis(500);
 
 /// Serves one incoming connection to its end.
 pub async fn run(state: Arc<EdgeState>, incoming: quinn::Incoming, session: u64) {
@@ -118,7 +121,7 @@ async fn serve(
 
     let (ctl_tx, ctl_rx) = mpsc::channel::<Message>(CONTROL_QUEUE);
     let (in_tx, in_rx) = mpsc::channel::<Result<Message>>(CONTROL_QUEUE);
-    state.tracker.spawn(write_control(send, ctl_rx, version, cancel.clone()));
+    state.tracker.spawn(pump_control(send, ctl_rx, version, cancel.clone()));
     state.tracker.spawn(read_control(recv, in_tx, cancel.clone()));
     let ctx = Session { state: Arc::clone(state), conn: conn.clone(), session, version, ctl: ctl_tx, cancel };
     match hello.role {
@@ -143,30 +146,6 @@ impl Session<'_> {
         let _ = self.ctl.send(Message::GoAway { reason: "edge shutting down".into() }).await;
         Error::Refused { code: ErrorCode::GoingAway, message: "edge shutting down".into() }
     }
-}
-
-async fn write_control(
-    mut send: SendStream,
-    mut rx: mpsc::Receiver<Message>,
-    version: u16,
-    cancel: CancellationToken,
-) {
-    loop {
-        let msg = tokio::select! {
-            _ = cancel.cancelled() => break,
-            msg = rx.recv() => match msg { Some(msg) => msg, None => break },
-        };
-        if write_message(&mut send, version, &msg).await.is_err() {
-            break;
-        }
-    }
-    // Flush what is queued (GOAWAY, SUBSCRIBE_DONE) before the stream closes.
-    while let Ok(msg) = rx.try_recv() {
-        if write_message(&mut send, version, &msg).await.is_err() {
-            break;
-        }
-    }
-    let _ = send.finish();
 }
 
 /// Reads control messages into a channel so the role loops can `select!` on them
@@ -304,6 +283,11 @@ async fn run_subscription(
         ms => Duration::from_millis(ms.into()).min(state.config.max_lag_cap),
     };
     let consumer = producer.subscribe(max_lag);
+    if producer.newest_group_age().is_some_and(|age| age > KEYFRAME_ON_JOIN_AGE)
+        && producer.request_keyframe()
+    {
+        state.metrics.keyframe_requests.inc();
+    }
     let _ = ctl.send(Message::SubscribeOk { id, track: producer.info().clone() }).await;
     let labels = SubscriptionLabels {
         stream: sub.stream.to_string(),

@@ -19,7 +19,7 @@ use crate::client::conn::connect;
 use crate::metrics::TrackLabels;
 use crate::tls::{ClientTrust, TransportTuning};
 use crate::track::TrackProducer;
-use crate::wire::{read_message, write_message};
+use crate::wire::{pump_control, read_message};
 use crate::Result;
 
 /// How long a subscribe upstream may take before local viewers get an error.
@@ -144,7 +144,7 @@ async fn run_link(
 ) {
     let crate::client::conn::Link { endpoint, conn, send, recv, version, .. } = link;
     let cancel = shared.cancel.clone();
-    let writer = state.tracker.spawn(write_upstream(send, ctl_rx, version, cancel.clone()));
+    let writer = state.tracker.spawn(pump_control(send, ctl_rx, version, cancel.clone()));
     let mut janitor = tokio::time::interval(Duration::from_secs(1));
     let reader = read_upstream(&state, &shared, recv);
     tokio::pin!(reader);
@@ -210,25 +210,6 @@ fn drop_idle(state: &EdgeState, shared: &LinkState) {
     for id in gone {
         let _ = shared.ctl.try_send(Message::Unsubscribe { id });
     }
-}
-
-async fn write_upstream(
-    mut send: quinn::SendStream,
-    mut rx: mpsc::Receiver<Message>,
-    version: u16,
-    cancel: CancellationToken,
-) {
-    loop {
-        let msg = tokio::select! {
-            _ = cancel.cancelled() => break,
-            msg = rx.recv() => match msg { Some(m) => m, None => break },
-        };
-        if write_message(&mut send, version, &msg).await.is_err() {
-            cancel.cancel();
-            break;
-        }
-    }
-    let _ = send.finish();
 }
 
 async fn read_upstream(state: &Arc<EdgeState>, shared: &Arc<LinkState>, mut recv: quinn::RecvStream) {

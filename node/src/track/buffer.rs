@@ -236,6 +236,11 @@ impl TrackBuffer {
         self.groups.back().map(|g| g.seq)
     }
 
+    /// When the newest group's first frame arrived (how stale a joiner's start is).
+    pub fn newest_group_started(&self) -> Option<Instant> {
+        self.groups.back()?.frames.first().map(|f| f.received_at)
+    }
+
     /// Producer-side counters.
     pub fn stats(&self) -> BufferStats {
         self.stats

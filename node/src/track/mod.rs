@@ -134,6 +134,12 @@ impl TrackProducer {
         self.shared.keyframe_wanted.notified().await;
     }
 
+    /// How long ago the newest group started (`None` before the first frame).
+    pub fn newest_group_age(&self) -> Option<Duration> {
+        let started = self.shared.buffer().newest_group_started()?;
+        Some(Instant::now().saturating_duration_since(started))
+    }
+
     /// Asks the producer for a keyframe on behalf of a remote reader; throttled.
     pub fn request_keyframe(&self) -> bool {
         self.shared.request_keyframe()

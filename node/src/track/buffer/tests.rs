@@ -246,3 +246,16 @@ fn out_of_order_group_start_is_slotted_in_place() {
     assert_eq!(out, vec![(1, 10), (2, 20)]);
     assert!(!buffer.begin_group(1), "duplicates are refused");
 }
+
+#[test]
+fn newest_group_start_time_is_its_first_frame() {
+    let mut clock = Clock::new();
+    let mut buffer = TrackBuffer::new(BufferConfig::default());
+    assert_eq!(buffer.newest_group_started(), None);
+    buffer.begin_group(0);
+    let t0 = clock.now();
+    buffer.push_frame(0, frame(t0, true, 0, 10));
+    clock.advance(Duration::from_millis(100));
+    buffer.push_frame(0, frame(clock.now(), false, 1, 10));
+    assert_eq!(buffer.newest_group_started(), Some(t0));
+}
