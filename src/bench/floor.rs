@@ -17,6 +17,9 @@ pub async fn run(total: u64, config: SyntheticConfig) -> anyhow::Result<f64> {
     let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
     client.set_default_client_config(tls::client_config(&ClientTrust::Insecure, &tuning)?);
 
+    // The receiver stops once it has every byte the sender will send (which is at
+    // least `total`, rounded up to whole frames, known to the sender only): it reads
+    // until the sender closes the connection after hearing back from us.
     let receiver = tokio::spawn(async move {
         let conn = endpoint.accept().await.context("no connection")?.await?;
         let mut received = 0u64;
@@ -24,7 +27,12 @@ pub async fn run(total: u64, config: SyntheticConfig) -> anyhow::Result<f64> {
             while let Some(chunk) = stream.read_chunk(64 * 1024, true).await? {
                 received += chunk.bytes.len() as u64;
             }
+            if received >= total {
+                break;
+            }
         }
+        conn.close(0u32.into(), b"received");
+        endpoint.wait_idle().await;
         anyhow::Ok(received)
     });
 
@@ -49,9 +57,9 @@ pub async fn run(total: u64, config: SyntheticConfig) -> anyhow::Result<f64> {
     }
     if let Some(mut s) = stream.take() {
         s.finish()?;
-        let _ = s.stopped().await;
     }
-    conn.close(0u32.into(), b"done");
+    // The receiver closes the connection once it has read everything.
+    let _ = conn.closed().await;
     let received = receiver.await??;
     let cpu = super::cpu_seconds(std::process::id())? - cpu_before;
     client.wait_idle().await;
