@@ -47,6 +47,10 @@ pub enum Command {
     Bench(crate::bench::BenchCommand),
     /// Generate a cluster CA and a certificate signed by it (PEM files).
     Cert(CertArgs),
+    /// Run a control-plane voter (raft + sled + HTTP API).
+    Control(crate::control::ControlArgs),
+    /// Operate the control plane: cluster, members, edges, streams, rollouts, audit.
+    Ctl(crate::ctl::CtlArgs),
 }
 
 /// TLS trust for clients.
@@ -234,6 +238,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Publish(args) => run_publish(args).await,
         Command::Watch(args) => run_watch(args).await,
         Command::Bench(cmd) => crate::bench::run(cmd).await,
+        Command::Control(args) => crate::control::run(args).await,
+        Command::Ctl(args) => crate::ctl::run(args).await,
         Command::Cert(args) => {
             let files = ferry_node::tls::generate_cluster_certs(&args.out_dir, &args.names)?;
             println!(

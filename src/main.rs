@@ -4,6 +4,8 @@
 mod bench;
 mod cli;
 mod config;
+mod control;
+mod ctl;
 mod dev;
 mod units;
 

@@ -1,1 +1,12 @@
+//! ferry-control-plane: the cluster's source of truth.
+//!
+//! # Layout
+//! - [`state`]: the pure replicated state machine: `apply(&mut State, index, &Request) -> Outcome`.
+//! - [`storage`]: the raft log, hard state, conf state and snapshots on sled, behind [`storage::LogStore`].
 
+pub mod api;
+pub mod node;
+pub mod server;
+pub mod state;
+pub mod storage;
+pub mod transport;

@@ -103,6 +103,15 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
 
 /// A quinn server config for the relay protocol.
 pub fn server_config(identity: &ServerIdentity, tuning: &TransportTuning) -> Result<quinn::ServerConfig> {
+    server_config_for(identity, tuning, ALPN)
+}
+
+/// A quinn server config speaking protocol `alpn` (the raft transport has its own).
+pub fn server_config_for(
+    identity: &ServerIdentity,
+    tuning: &TransportTuning,
+    alpn: &[u8],
+) -> Result<quinn::ServerConfig> {
     let (chain, key) = match identity {
         ServerIdentity::Files { cert, key } => (read_certs(cert)?, read_key(key)?),
         ServerIdentity::SelfSigned { names } => {
@@ -115,7 +124,7 @@ pub fn server_config(identity: &ServerIdentity, tuning: &TransportTuning) -> Res
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(tls_err)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     tls.max_early_data_size = 0;
     let crypto = QuicServerConfig::try_from(tls).map_err(tls_err)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -125,6 +134,15 @@ pub fn server_config(identity: &ServerIdentity, tuning: &TransportTuning) -> Res
 
 /// A quinn client config for the relay protocol.
 pub fn client_config(trust: &ClientTrust, tuning: &TransportTuning) -> Result<quinn::ClientConfig> {
+    client_config_for(trust, tuning, ALPN)
+}
+
+/// A quinn client config speaking protocol `alpn`.
+pub fn client_config_for(
+    trust: &ClientTrust,
+    tuning: &TransportTuning,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig> {
     let builder = rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13]);
     let mut tls = match trust {
         ClientTrust::CaFile(path) => {
@@ -139,7 +157,7 @@ pub fn client_config(trust: &ClientTrust, tuning: &TransportTuning) -> Result<qu
             .with_custom_certificate_verifier(Arc::new(NoVerification::new()?))
             .with_no_client_auth(),
     };
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let crypto = QuicClientConfig::try_from(tls).map_err(tls_err)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(tuning.transport()?);

@@ -225,3 +225,129 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap()
 }
+
+/// An HTTP/1.1 request with an optional JSON body and bearer token: (status, JSON body).
+pub fn http_json(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = body.unwrap_or("");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        head.push_str("Content-Type: application/json\r\n");
+    }
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response);
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)))
+}
+
+/// A free UDP port on loopback (bound and released; fine for tests that start at once).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub const TOKEN: &str = "test-operator-token-0123456789";
+
+/// One control-plane voter process.
+pub struct Voter {
+    pub id: u64,
+    pub proc: Proc,
+    pub http: String,
+    pub raft: String,
+    pub data_dir: PathBuf,
+    pub peers: String,
+}
+
+impl Voter {
+    pub fn start(id: u64, peers: &str, data_dir: &Path, extra: &[&str]) -> Voter {
+        let raft = peers
+            .split(',')
+            .find_map(|p| p.strip_prefix(&format!("{id}=")))
+            .unwrap_or_else(|| panic!("no address for voter {id} in {peers}"))
+            .to_owned();
+        let mut cmd = ferry();
+        cmd.args(["control", "--id", &id.to_string(), "--peers", peers, "--http-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--snapshot-every", "50"])
+            .args(extra)
+            .env("FERRY_CONTROL_TOKEN", TOKEN)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut proc = Proc::spawn(&format!("voter {id}"), &mut cmd);
+        let mut line = String::new();
+        BufReader::new(proc.child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let ready: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("voter {id} ready line {line:?}: {e}"));
+        Voter {
+            id,
+            proc,
+            http: ready["http"].as_str().unwrap().to_owned(),
+            raft,
+            data_dir: data_dir.to_owned(),
+            peers: peers.to_owned(),
+        }
+    }
+
+    /// Kills (SIGKILL) and starts again on the same data dir and raft address.
+    pub fn restart(self) -> Voter {
+        let Voter { id, proc, data_dir, peers, .. } = self;
+        drop(proc);
+        Voter::start(id, &peers, &data_dir, &[])
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill").args([sig, &self.proc.pid().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        http_json(&self.http, "GET", path, Some(TOKEN), &[], None)
+    }
+
+    pub fn send(&self, method: &str, path: &str, key: Option<&str>, body: &str) -> (u16, serde_json::Value) {
+        let headers: Vec<(&str, &str)> = key.map(|k| vec![("Idempotency-Key", k)]).unwrap_or_default();
+        http_json(&self.http, method, path, Some(TOKEN), &headers, Some(body))
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        self.get("/v1/cluster").1
+    }
+}
+
+/// `n` voters on fresh data dirs.
+pub fn start_cluster(dir: &Path, n: u64) -> Vec<Voter> {
+    let peers: Vec<String> = (1..=n).map(|id| format!("{id}=127.0.0.1:{}", free_udp_port())).collect();
+    let peers = peers.join(",");
+    (1..=n).map(|id| Voter::start(id, &peers, &dir.join(format!("v{id}")), &[])).collect()
+}
+
+/// Waits until every voter in `voters` agrees on one leader; returns its id.
+pub fn wait_for_leader(voters: &[&Voter]) -> u64 {
+    wait_for("one leader known to every voter", Duration::from_secs(30), || {
+        let leaders: Vec<u64> = voters.iter().map(|v| v.status()["leader"].as_u64().unwrap_or(0)).collect();
+        let first = *leaders.first()?;
+        (first != 0 && leaders.iter().all(|l| *l == first)).then_some(first)
+    })
+}

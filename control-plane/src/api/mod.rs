@@ -1,0 +1,178 @@
+//! The control plane's HTTP API (JSON under `/v1`, see docs/api/openapi.yaml).
+//!
+//! Writes on any voter are proposed to raft there; raft-rs forwards proposals from
+//! followers to the leader, and the answer comes once the entry is committed,
+//! applied and flushed on the voter that took the request. Reads are linearizable
+//! (ReadIndex) unless `?stale=true`.
+
+mod error;
+mod routes;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+pub use error::ApiError;
+
+use crate::node::NodeHandle;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct Api {
+    pub node: NodeHandle,
+    pub token: Arc<String>,
+    pub metrics: Arc<ApiMetrics>,
+    pub registry: Arc<Registry>,
+    /// How long a write or linearizable read may wait for raft.
+    pub timeout: Duration,
+    pub next_request: Arc<AtomicU64>,
+}
+
+/// Raft and API metrics.
+#[derive(Default)]
+pub struct ApiMetrics {
+    pub term: Gauge,
+    pub leader: Gauge,
+    pub commit: Gauge,
+    pub applied: Gauge,
+    pub proposals: Gauge,
+    pub snapshots: Gauge,
+    pub is_leader: Gauge,
+    pub proposal_seconds: ProposalHistogram,
+}
+
+/// Proposal latency, 1 ms to ~8 s.
+pub struct ProposalHistogram(pub Histogram);
+
+impl Default for ProposalHistogram {
+    fn default() -> Self {
+        Self(Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 14)))
+    }
+}
+
+impl Api {
+    pub fn new(node: NodeHandle, token: String, timeout: Duration) -> Self {
+        let metrics = Arc::new(ApiMetrics::default());
+        let mut registry = Registry::default();
+        let r = registry.sub_registry_with_prefix("ferry_raft");
+        r.register("term", "Current raft term", metrics.term.clone());
+        r.register("leader", "Leader id known to this voter (0: none)", metrics.leader.clone());
+        r.register("commit_index", "Highest committed log index", metrics.commit.clone());
+        r.register("applied_index", "Highest applied log index", metrics.applied.clone());
+        r.register("proposals", "Proposals made through this voter", metrics.proposals.clone());
+        r.register("snapshots", "Snapshots taken by this voter", metrics.snapshots.clone());
+        r.register("is_leader", "1 on the leader", metrics.is_leader.clone());
+        r.register("proposal_seconds", "Time from proposal to applied", metrics.proposal_seconds.0.clone());
+        Self {
+            node,
+            token: Arc::new(token),
+            metrics,
+            registry: Arc::new(registry),
+            timeout,
+            next_request: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// The router: probes and metrics open, everything under `/v1` behind the token.
+    pub fn router(self) -> Router {
+        let v1 = Router::new()
+            .route("/v1/cluster", get(routes::cluster))
+            .route("/v1/cluster/members/{id}", post(routes::add_member).delete(routes::remove_member))
+            .route("/v1/edges", get(routes::list_edges))
+            .route("/v1/edges/{id}", put(routes::put_edge).get(routes::get_edge).delete(routes::delete_edge))
+            .route("/v1/streams", get(routes::list_streams))
+            .route(
+                "/v1/streams/{*name}",
+                put(routes::put_stream).get(routes::get_stream).delete(routes::delete_stream),
+            )
+            .route("/v1/rollouts", get(routes::list_rollouts).post(routes::create_rollout))
+            .route("/v1/rollouts/{id}", get(routes::get_rollout))
+            .route("/v1/rollouts/{id}/level", post(routes::set_level))
+            .route("/v1/rollouts/{id}/pause", post(routes::pause_rollout))
+            .route("/v1/rollouts/{id}/resume", post(routes::resume_rollout))
+            .route("/v1/rollouts/{id}/abort", post(routes::abort_rollout))
+            .route("/v1/audit", get(routes::audit))
+            .route("/v1/watch", get(routes::watch))
+            .route_layer(middleware::from_fn_with_state(self.clone(), authorize));
+        Router::new()
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .merge(v1)
+            .fallback(|| async { ApiError::not_found("no such route") })
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+            .with_state(self)
+    }
+}
+
+/// Every route under /v1 needs `Authorization: Bearer <operator token>`.
+async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(token) if constant_time_eq(token.as_bytes(), api.token.as_bytes()) => next.run(request).await,
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong token").into_response(),
+        None => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing Authorization: Bearer token")
+                .into_response()
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Alive: never depends on quorum.
+async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Ready: this voter knows a leader.
+async fn readyz(State(api): State<Api>) -> impl IntoResponse {
+    let status = api.node.status();
+    if status.leader != 0 {
+        (StatusCode::OK, Json(serde_json::json!({ "status": "ready", "leader": status.leader })))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "no leader" })))
+    }
+}
+
+async fn metrics(State(api): State<Api>) -> Response {
+    let s = api.node.status();
+    let m = &api.metrics;
+    let set = |g: &Gauge, v: u64| {
+        g.set(i64::try_from(v).unwrap_or(i64::MAX));
+    };
+    set(&m.term, s.term);
+    set(&m.leader, s.leader);
+    set(&m.commit, s.commit);
+    set(&m.applied, s.applied);
+    set(&m.proposals, s.proposals);
+    set(&m.snapshots, s.snapshots_taken);
+    set(&m.is_leader, u64::from(s.leader == s.id));
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &api.registry) {
+        Ok(()) => {
+            ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+                .into_response()
+        }
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()).into_response(),
+    }
+}

@@ -1,0 +1,346 @@
+//! Handlers. Each write becomes one [`Command`] in a [`Request`] with a request id
+//! (the client's `Idempotency-Key` header, or a fresh one), so a retried write is
+//! applied once.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{Api, ApiError};
+use crate::state::{Command, Outcome, Request};
+
+type Body<T> = Result<Json<T>, JsonRejection>;
+type ApiResult = Result<Response, ApiError>;
+
+fn body<T>(b: Body<T>) -> Result<T, ApiError> {
+    b.map(|Json(v)| v).map_err(ApiError::from)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Longest accepted `Idempotency-Key`.
+const MAX_REQUEST_ID: usize = 128;
+
+impl Api {
+    fn request_id(&self, headers: &HeaderMap) -> Result<String, ApiError> {
+        match headers.get("idempotency-key") {
+            Some(v) => {
+                let id = v.to_str().map_err(|_| ApiError::bad_request("Idempotency-Key must be ASCII"))?;
+                if id.is_empty() || id.len() > MAX_REQUEST_ID {
+                    return Err(ApiError::bad_request(format!(
+                        "Idempotency-Key must be 1..={MAX_REQUEST_ID} bytes"
+                    )));
+                }
+                Ok(id.to_owned())
+            }
+            None => {
+                let n = self.next_request.fetch_add(1, Ordering::Relaxed);
+                let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+                Ok(format!("auto-{}-{nanos:x}-{n}", self.node.status().id))
+            }
+        }
+    }
+
+    /// Proposes `command` and maps the outcome to a response.
+    async fn write(&self, headers: &HeaderMap, command: Command) -> ApiResult {
+        let request = Request {
+            request_id: self.request_id(headers)?,
+            actor: "operator".into(),
+            at_ms: now_ms(),
+            command,
+        };
+        let started = Instant::now();
+        let (index, outcome) = self.node.write(request, self.timeout).await?;
+        self.metrics.proposal_seconds.0.observe(started.elapsed().as_secs_f64());
+        match outcome {
+            Outcome::Ok { detail } => Ok(Json(json!({ "index": index, "result": detail })).into_response()),
+            Outcome::Rejected { code, message } => {
+                let (status, code) = match code.as_str() {
+                    "not_found" => (StatusCode::NOT_FOUND, "not_found"),
+                    "conflict" => (StatusCode::CONFLICT, "conflict"),
+                    _ => (StatusCode::BAD_REQUEST, "invalid"),
+                };
+                Err(ApiError::new(status, code, message))
+            }
+        }
+    }
+
+    /// Makes the next local read linearizable unless the caller asked for stale.
+    async fn read_fence(&self, stale: bool) -> Result<(), ApiError> {
+        if !stale {
+            self.node.linearize(self.timeout).await?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadParams {
+    #[serde(default)]
+    stale: bool,
+}
+
+fn params(p: Result<Query<ReadParams>, QueryRejection>) -> Result<ReadParams, ApiError> {
+    p.map(|Query(p)| p).map_err(ApiError::from)
+}
+
+pub async fn cluster(State(api): State<Api>) -> ApiResult {
+    let status = api.node.status();
+    let members: Vec<Value> = api
+        .node
+        .members()
+        .into_iter()
+        .map(|(id, addr)| json!({ "id": id, "raft_addr": addr, "voter": status.voters.contains(&id) }))
+        .collect();
+    Ok(Json(json!({
+        "id": status.id, "leader": status.leader, "term": status.term, "role": status.role,
+        "commit_index": status.commit, "applied_index": status.applied, "voters": status.voters,
+        "snapshot_index": status.snapshot_index, "members": members,
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    raft_addr: String,
+}
+
+pub async fn add_member(State(api): State<Api>, Path(id): Path<u64>, b: Body<AddMember>) -> ApiResult {
+    let AddMember { raft_addr } = body(b)?;
+    if id == 0 {
+        return Err(ApiError::bad_request("member ids start at 1"));
+    }
+    if !raft_addr.contains(':') {
+        return Err(ApiError::bad_request("raft_addr must be HOST:PORT"));
+    }
+    let index = api.node.add_voter(id, raft_addr, api.timeout).await?;
+    Ok(Json(json!({ "index": index, "added": id })).into_response())
+}
+
+pub async fn remove_member(State(api): State<Api>, Path(id): Path<u64>) -> ApiResult {
+    let index = api.node.remove_voter(id, api.timeout).await?;
+    Ok(Json(json!({ "index": index, "removed": id })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutEdge {
+    region: String,
+    quic_addr: String,
+    http_addr: String,
+    /// Software version the edge runs ("unknown" when not given).
+    version: Option<String>,
+    #[serde(default)]
+    capacity: u32,
+}
+
+pub async fn put_edge(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    b: Body<PutEdge>,
+) -> ApiResult {
+    let e = body(b)?;
+    let command = Command::RegisterEdge {
+        id,
+        region: e.region,
+        quic_addr: e.quic_addr,
+        http_addr: e.http_addr,
+        version: e.version.unwrap_or_else(|| "unknown".to_owned()),
+        capacity: e.capacity,
+    };
+    api.write(&headers, command).await
+}
+
+pub async fn delete_edge(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
+    api.write(&headers, Command::RemoveEdge { id }).await
+}
+
+pub async fn list_edges(State(api): State<Api>, p: Result<Query<ReadParams>, QueryRejection>) -> ApiResult {
+    api.read_fence(params(p)?.stale).await?;
+    let edges = api.node.read(|s| serde_json::to_value(s.edges.values().collect::<Vec<_>>()));
+    Ok(Json(json!({ "edges": edges.unwrap_or(Value::Null) })).into_response())
+}
+
+pub async fn get_edge(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    p: Result<Query<ReadParams>, QueryRejection>,
+) -> ApiResult {
+    api.read_fence(params(p)?.stale).await?;
+    let edge = api.node.read(|s| s.edges.get(&id).map(serde_json::to_value));
+    match edge {
+        Some(Ok(v)) => Ok(Json(v).into_response()),
+        _ => Err(ApiError::not_found(format!("edge {id} is not registered"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutStream {
+    origin: String,
+    #[serde(default)]
+    relays: BTreeMap<String, Vec<String>>,
+}
+
+pub async fn put_stream(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    b: Body<PutStream>,
+) -> ApiResult {
+    let s = body(b)?;
+    api.write(&headers, Command::PutStream { name, origin: s.origin, relays: s.relays }).await
+}
+
+pub async fn delete_stream(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    api.write(&headers, Command::DeleteStream { name }).await
+}
+
+pub async fn list_streams(State(api): State<Api>, p: Result<Query<ReadParams>, QueryRejection>) -> ApiResult {
+    api.read_fence(params(p)?.stale).await?;
+    let streams = api.node.read(|s| serde_json::to_value(s.streams.values().collect::<Vec<_>>()));
+    Ok(Json(json!({ "streams": streams.unwrap_or(Value::Null) })).into_response())
+}
+
+pub async fn get_stream(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    p: Result<Query<ReadParams>, QueryRejection>,
+) -> ApiResult {
+    api.read_fence(params(p)?.stale).await?;
+    match api.node.read(|s| s.streams.get(&name).map(serde_json::to_value)) {
+        Some(Ok(v)) => Ok(Json(v).into_response()),
+        _ => Err(ApiError::not_found(format!("stream {name} does not exist"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRollout {
+    id: String,
+    #[serde(default)]
+    spec: Value,
+}
+
+pub async fn create_rollout(State(api): State<Api>, headers: HeaderMap, b: Body<CreateRollout>) -> ApiResult {
+    let r = body(b)?;
+    api.write(&headers, Command::CreateRollout { id: r.id, spec: r.spec }).await
+}
+
+pub async fn list_rollouts(
+    State(api): State<Api>,
+    p: Result<Query<ReadParams>, QueryRejection>,
+) -> ApiResult {
+    api.read_fence(params(p)?.stale).await?;
+    let rollouts = api.node.read(|s| serde_json::to_value(s.rollouts.values().collect::<Vec<_>>()));
+    Ok(Json(json!({ "rollouts": rollouts.unwrap_or(Value::Null) })).into_response())
+}
+
+pub async fn get_rollout(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    p: Result<Query<ReadParams>, QueryRejection>,
+) -> ApiResult {
+    api.read_fence(params(p)?.stale).await?;
+    match api.node.read(|s| s.rollouts.get(&id).map(serde_json::to_value)) {
+        Some(Ok(v)) => Ok(Json(v).into_response()),
+        _ => Err(ApiError::not_found(format!("rollout {id} does not exist"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetLevel {
+    level: u8,
+}
+
+pub async fn set_level(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    b: Body<SetLevel>,
+) -> ApiResult {
+    let SetLevel { level } = body(b)?;
+    api.write(&headers, Command::SetRolloutLevel { id, level }).await
+}
+
+pub async fn pause_rollout(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
+    api.write(&headers, Command::PauseRollout { id }).await
+}
+
+pub async fn resume_rollout(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
+    api.write(&headers, Command::ResumeRollout { id }).await
+}
+
+pub async fn abort_rollout(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
+    api.write(&headers, Command::AbortRollout { id }).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    #[serde(default)]
+    stale: bool,
+    /// Newest events to return (default 100, at most 10,000).
+    limit: Option<usize>,
+}
+
+pub async fn audit(State(api): State<Api>, p: Result<Query<AuditParams>, QueryRejection>) -> ApiResult {
+    let Query(p) = p?;
+    api.read_fence(p.stale).await?;
+    let limit = p.limit.unwrap_or(100).min(10_000);
+    let events = api.node.read(|s| {
+        let skip = s.audit.len().saturating_sub(limit);
+        serde_json::to_value(s.audit.iter().skip(skip).collect::<Vec<_>>())
+    });
+    Ok(Json(json!({ "events": events.unwrap_or(Value::Null) })).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchParams {
+    /// Return changes applied after this index (0: from the start).
+    #[serde(default)]
+    since: u64,
+    /// Longest wait in milliseconds (default 30 s, at most 60 s).
+    timeout_ms: Option<u64>,
+}
+
+/// Long-poll: waits until something is applied after `since`, then returns the
+/// audit events after it and the new index to resume from. When the events after
+/// `since` are no longer retained, answers `resync: true` with the whole state.
+pub async fn watch(State(api): State<Api>, p: Result<Query<WatchParams>, QueryRejection>) -> ApiResult {
+    let Query(p) = p?;
+    let wait = Duration::from_millis(p.timeout_ms.unwrap_or(30_000).min(60_000));
+    let deadline = tokio::time::Instant::now() + wait;
+    api.node.wait_applied(p.since.saturating_add(1), deadline).await;
+    let index = api.node.status().applied;
+    let body = api.node.read(|s| {
+        let oldest = s.audit.front().map_or(u64::MAX, |e| e.index);
+        let lost = p.since.saturating_add(1) < oldest && s.audit.len() >= 10_000;
+        if lost {
+            json!({ "index": index, "resync": true, "state": serde_json::to_value(s).unwrap_or(Value::Null) })
+        } else {
+            let events: Vec<_> = s.audit.iter().filter(|e| e.index > p.since).collect();
+            json!({ "index": index, "resync": false, "events": events })
+        }
+    });
+    Ok(Json(body).into_response())
+}

@@ -1,0 +1,439 @@
+//! The node task. Ready handling follows raft-rs's order exactly: send leader
+//! messages → apply snapshot → apply committed → append entries and hard state and
+//! **flush** → answer clients → send persisted messages → `advance` → light ready →
+//! `advance_apply`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, Snapshot};
+use raft::{Config, RawNode, Storage};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{Input, Members, NodeConfig, NodeError, NodeHandle, Status};
+use crate::state::{apply, decode_request, encode_request, Outcome, State};
+use crate::storage::{LogStore, SledStore};
+use crate::transport::Transport;
+
+type WriteReply = oneshot::Sender<Result<(u64, Outcome), NodeError>>;
+type IndexReply = oneshot::Sender<Result<u64, NodeError>>;
+
+/// A ReadIndex without an answer after this long is sent again.
+const READ_RETRY: Duration = Duration::from_millis(300);
+
+/// Inputs handled per loop turn before the Ready is processed (fairness with ticks).
+const INPUT_BATCH: usize = 512;
+
+pub(super) struct Driver {
+    raw: RawNode<SledStore>,
+    rx: mpsc::Receiver<Input>,
+    state: Arc<RwLock<State>>,
+    status: watch::Sender<Status>,
+    members: Members,
+    config: NodeConfig,
+    /// Writes waiting for their entry to apply, by request id.
+    writes: HashMap<String, Vec<WriteReply>>,
+    /// ReadIndex requests by context, with when they were last sent to raft.
+    reads: HashMap<Vec<u8>, (IndexReply, Instant)>,
+    /// Conf changes waiting to apply, by context.
+    conf_changes: HashMap<Vec<u8>, IndexReply>,
+    next_ctx: u64,
+    applied: u64,
+    snapshot_index: u64,
+    snapshots_taken: u64,
+    proposals: u64,
+    /// A membership change applied: snapshot now, so a new member that needs a
+    /// snapshot gets one whose conf state includes it (raft-rs refuses others).
+    snapshot_due: bool,
+}
+
+fn storage_err(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Storage(e.to_string())
+}
+
+impl Driver {
+    pub fn open(
+        config: NodeConfig,
+        inputs: mpsc::Sender<Input>,
+        rx: mpsc::Receiver<Input>,
+    ) -> Result<(Self, NodeHandle), NodeError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(storage_err)?;
+        let mut store = SledStore::open(&config.data_dir.join("raft")).map_err(storage_err)?;
+        if store.is_empty() {
+            let voters: Vec<u64> = if config.join { vec![] } else { config.peers.keys().copied().collect() };
+            store.initialize(&voters).map_err(storage_err)?;
+        }
+        let members = Members::load(&config.data_dir, &config.peers).map_err(storage_err)?;
+        // Rebuild the state machine from the newest snapshot; raft re-delivers the
+        // committed entries after it.
+        let snapshot = store.snapshot(0, config.id).unwrap_or_default();
+        let snapshot_index = snapshot.get_metadata().index;
+        let state = if snapshot.data.is_empty() {
+            State::default()
+        } else {
+            State::from_snapshot_bytes(&snapshot.data).map_err(storage_err)?
+        };
+        let raft_config = Config {
+            id: config.id,
+            election_tick: config.election_ticks.max(2),
+            heartbeat_tick: config.heartbeat_ticks.max(1),
+            applied: snapshot_index,
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            ..Config::default()
+        };
+        raft_config.validate().map_err(storage_err)?;
+        let raw = RawNode::new(&raft_config, store, &super::log::logger()).map_err(storage_err)?;
+        let (status_tx, status_rx) = watch::channel(Status { id: config.id, ..Status::default() });
+        let state = Arc::new(RwLock::new(state));
+        let handle =
+            NodeHandle { inputs, status: status_rx, state: Arc::clone(&state), members: members.clone() };
+        let driver = Driver {
+            raw,
+            rx,
+            state,
+            status: status_tx,
+            members,
+            config,
+            writes: HashMap::new(),
+            reads: HashMap::new(),
+            conf_changes: HashMap::new(),
+            next_ctx: 1,
+            applied: snapshot_index,
+            snapshot_index,
+            snapshots_taken: 0,
+            proposals: 0,
+            snapshot_due: false,
+        };
+        Ok((driver, handle))
+    }
+
+    pub async fn run(mut self, transport: Transport, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => {
+                    self.raw.tick();
+                    self.forget_abandoned();
+                    self.reissue_reads();
+                }
+                input = self.rx.recv() => {
+                    let Some(input) = input else { break };
+                    self.handle(input);
+                    for _ in 0..INPUT_BATCH {
+                        match self.rx.try_recv() {
+                            Ok(input) => self.handle(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            if let Err(e) = self.on_ready(&transport) {
+                // Storage failed: we cannot persist, so we must not vote or ack.
+                tracing::error!(error = %e, "raft storage failure; stopping this node");
+                break;
+            }
+        }
+        let _ = self.raw.mut_store().flush();
+        for (_, replies) in self.writes.drain() {
+            for reply in replies {
+                let _ = reply.send(Err(NodeError::Stopped));
+            }
+        }
+    }
+
+    fn ctx(&mut self) -> Vec<u8> {
+        self.next_ctx += 1;
+        self.next_ctx.to_be_bytes().to_vec()
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Raft(msg) => {
+                if let Err(e) = self.raw.step(*msg) {
+                    tracing::debug!(error = %e, "raft step");
+                }
+            }
+            Input::Propose { request, reply } => {
+                let data = match encode_request(&request) {
+                    Ok(data) => data,
+                    Err(e) => {
+                        let _ = reply.send(Err(NodeError::Rejected(e.to_string())));
+                        return;
+                    }
+                };
+                if self.raw.raft.leader_id == raft::INVALID_ID {
+                    let _ = reply.send(Err(NodeError::NoLeader));
+                    return;
+                }
+                match self.raw.propose(vec![], data) {
+                    Ok(()) => {
+                        self.proposals += 1;
+                        self.writes.entry(request.request_id).or_default().push(reply);
+                    }
+                    Err(_) => {
+                        let _ = reply.send(Err(NodeError::NoLeader));
+                    }
+                }
+            }
+            Input::ReadIndex { reply } => {
+                if self.raw.raft.leader_id == raft::INVALID_ID {
+                    let _ = reply.send(Err(NodeError::NoLeader));
+                    return;
+                }
+                let ctx = self.ctx();
+                self.raw.read_index(ctx.clone());
+                self.reads.insert(ctx, (reply, Instant::now()));
+            }
+            Input::AddVoter { id, addr, reply } => {
+                self.conf_change(ConfChangeType::AddNode, id, addr.into_bytes(), reply);
+            }
+            Input::RemoveVoter { id, reply } => {
+                if !self.raw.raft.prs().conf().voters().contains(id) {
+                    let _ = reply.send(Err(NodeError::Rejected(format!("{id} is not a voter"))));
+                    return;
+                }
+                self.conf_change(ConfChangeType::RemoveNode, id, vec![], reply);
+            }
+        }
+    }
+
+    fn conf_change(&mut self, kind: ConfChangeType, id: u64, addr: Vec<u8>, reply: IndexReply) {
+        // A follower's proposal is forwarded to the leader by raft-rs; the entry
+        // keeps our context, so we answer when it applies here.
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            let _ = reply.send(Err(NodeError::NoLeader));
+            return;
+        }
+        let mut cc = ConfChange::default();
+        cc.set_change_type(kind);
+        cc.node_id = id;
+        cc.context = addr.into();
+        let ctx = self.ctx();
+        match self.raw.propose_conf_change(ctx.clone(), cc) {
+            Ok(()) => {
+                self.conf_changes.insert(ctx, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(NodeError::Rejected(e.to_string())));
+            }
+        }
+    }
+
+    /// raft-rs drops a ReadIndex silently when it cannot serve it yet (a new leader
+    /// before its first commit, a follower whose leader just died): ask again.
+    fn reissue_reads(&mut self) {
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            return;
+        }
+        let now = Instant::now();
+        let stale: Vec<Vec<u8>> = self
+            .reads
+            .iter()
+            .filter(|(_, (_, sent))| now.saturating_duration_since(*sent) >= READ_RETRY)
+            .map(|(ctx, _)| ctx.clone())
+            .collect();
+        for ctx in stale {
+            self.raw.read_index(ctx.clone());
+            if let Some((_, sent)) = self.reads.get_mut(&ctx) {
+                *sent = now;
+            }
+        }
+    }
+
+    /// Drops waiters whose callers gave up, so pending maps stay bounded.
+    fn forget_abandoned(&mut self) {
+        self.writes.retain(|_, replies| {
+            replies.retain(|r| !r.is_closed());
+            !replies.is_empty()
+        });
+        self.reads.retain(|_, (r, _)| !r.is_closed());
+        self.conf_changes.retain(|_, r| !r.is_closed());
+    }
+
+    fn on_ready(&mut self, transport: &Transport) -> Result<(), NodeError> {
+        if !self.raw.has_ready() {
+            self.publish_status();
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        transport.send(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            self.install_snapshot(ready.snapshot().clone())?;
+        }
+        for rs in ready.take_read_states() {
+            if let Some((reply, _)) = self.reads.remove(&rs.request_ctx) {
+                let _ = reply.send(Ok(rs.index));
+            }
+        }
+        let mut answers = Vec::new();
+        self.apply_committed(ready.take_committed_entries(), &mut answers)?;
+        if !ready.entries().is_empty() {
+            self.raw.mut_store().append(ready.entries()).map_err(storage_err)?;
+        }
+        if let Some(hs) = ready.hs() {
+            self.raw.mut_store().set_hard_state(hs).map_err(storage_err)?;
+        }
+        self.raw.mut_store().flush().map_err(storage_err)?;
+        answer(answers);
+        transport.send(ready.take_persisted_messages());
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            let mut hs = self.raw.raft.hard_state();
+            hs.commit = commit;
+            self.raw.mut_store().set_hard_state(&hs).map_err(storage_err)?;
+        }
+        transport.send(light.take_messages());
+        let mut answers = Vec::new();
+        self.apply_committed(light.take_committed_entries(), &mut answers)?;
+        self.raw.mut_store().flush().map_err(storage_err)?;
+        answer(answers);
+        self.raw.advance_apply();
+        self.maybe_snapshot()?;
+        self.publish_status();
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), NodeError> {
+        let index = snapshot.get_metadata().index;
+        let state = State::from_snapshot_bytes(&snapshot.data).map_err(storage_err)?;
+        self.raw.mut_store().apply_snapshot(snapshot).map_err(storage_err)?;
+        *self.state.write().unwrap_or_else(PoisonError::into_inner) = state;
+        self.applied = index;
+        self.snapshot_index = index;
+        tracing::info!(index, "installed snapshot from the leader");
+        Ok(())
+    }
+
+    fn apply_committed(&mut self, entries: Vec<Entry>, answers: &mut Vec<Answer>) -> Result<(), NodeError> {
+        for entry in entries {
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if !entry.data.is_empty() => self.apply_normal(&entry, answers),
+                EntryType::EntryNormal => {}
+                EntryType::EntryConfChange => self.apply_conf_change(&entry, answers)?,
+                EntryType::EntryConfChangeV2 => {
+                    tracing::warn!(
+                        index = entry.index,
+                        "ignoring a joint-consensus conf change (not proposed by Ferry)"
+                    );
+                }
+            }
+            self.applied = entry.index;
+        }
+        self.raw.mut_store().set_applied(self.applied).map_err(storage_err)?;
+        Ok(())
+    }
+
+    fn apply_normal(&mut self, entry: &Entry, answers: &mut Vec<Answer>) {
+        let request = match decode_request(&entry.data) {
+            Ok(request) => request,
+            Err(e) => {
+                tracing::error!(index = entry.index, error = %e, "undecodable log entry skipped");
+                return;
+            }
+        };
+        let outcome =
+            apply(&mut self.state.write().unwrap_or_else(PoisonError::into_inner), entry.index, &request);
+        if let Some(replies) = self.writes.remove(&request.request_id) {
+            for reply in replies {
+                answers.push(Answer::Write(reply, Ok((entry.index, outcome.clone()))));
+            }
+        }
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry, answers: &mut Vec<Answer>) -> Result<(), NodeError> {
+        let cc = ConfChange::parse_from_bytes(&entry.data).map_err(storage_err)?;
+        let cs = self.raw.apply_conf_change(&cc).map_err(storage_err)?;
+        self.raw.mut_store().set_conf_state(&cs).map_err(storage_err)?;
+        let addr = match cc.get_change_type() {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                Some(String::from_utf8_lossy(&cc.context).into_owned()).filter(|a| !a.is_empty())
+            }
+            ConfChangeType::RemoveNode => None,
+        };
+        self.snapshot_due = true;
+        if addr.is_some() || cc.get_change_type() == ConfChangeType::RemoveNode {
+            self.members.update(cc.node_id, addr).map_err(storage_err)?;
+        }
+        tracing::info!(index = entry.index, node = cc.node_id, change = ?cc.get_change_type(), voters = ?cs.voters, "membership changed");
+        if let Some(reply) = self.conf_changes.remove(entry.context.as_ref() as &[u8]) {
+            answers.push(Answer::Index(reply, Ok(entry.index)));
+        }
+        Ok(())
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
+        let due = self.snapshot_due || self.applied >= self.snapshot_index + self.config.snapshot_every;
+        if !due || self.applied <= self.snapshot_index {
+            return Ok(());
+        }
+        self.snapshot_due = false;
+        let data = self
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .to_snapshot_bytes()
+            .map_err(storage_err)?;
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        self.raw.mut_store().create_snapshot(self.applied, conf, data).map_err(storage_err)?;
+        self.raw.mut_store().flush().map_err(storage_err)?;
+        self.snapshot_index = self.applied;
+        self.snapshots_taken += 1;
+        tracing::info!(index = self.applied, "snapshot taken, log compacted");
+        Ok(())
+    }
+
+    fn publish_status(&self) {
+        let raft = &self.raw.raft;
+        let conf = raft.prs().conf();
+        let mut voters: Vec<u64> = conf.voters().ids().iter().collect();
+        voters.sort_unstable();
+        let mut learners: Vec<u64> = conf.learners().iter().copied().collect();
+        learners.sort_unstable();
+        let status = Status {
+            id: raft.id,
+            leader: raft.leader_id,
+            term: raft.term,
+            role: format!("{:?}", raft.state).to_lowercase(),
+            commit: raft.raft_log.committed,
+            applied: self.applied,
+            voters,
+            learners,
+            snapshot_index: self.snapshot_index,
+            snapshots_taken: self.snapshots_taken,
+            proposals: self.proposals,
+        };
+        self.status.send_if_modified(|old| {
+            let changed = *old != status;
+            *old = status;
+            changed
+        });
+    }
+}
+
+/// A client answer held until the Ready that produced it is flushed.
+enum Answer {
+    Write(WriteReply, Result<(u64, Outcome), NodeError>),
+    Index(IndexReply, Result<u64, NodeError>),
+}
+
+fn answer(answers: Vec<Answer>) {
+    for a in answers {
+        match a {
+            Answer::Write(reply, result) => {
+                let _ = reply.send(result);
+            }
+            Answer::Index(reply, result) => {
+                let _ = reply.send(result);
+            }
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The raft node: one task owns the `RawNode`, its storage and the state machine;
+//! everything else talks to it through a [`NodeHandle`].
+//!
+//! # Layout
+//! - `mod.rs`: configuration, the handle, errors.
+//! - `driver`: the loop — ticks, inputs, and the Ready handling in raft-rs's order.
+//! - `members`: the voters' raft addresses, persisted beside the log.
+//! - `log`: raft-rs's slog records into `tracing`.
+
+mod driver;
+pub mod log;
+mod members;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use raft::eraftpb::Message;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::state::{Outcome, Request, State};
+
+pub use members::Members;
+
+/// How a raft node runs.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This voter's id (1, 2, 3, ...).
+    pub id: u64,
+    /// Raft addresses of the initial voters, this one included.
+    pub peers: BTreeMap<u64, String>,
+    /// Where sled keeps the log, hard state and snapshots.
+    pub data_dir: PathBuf,
+    /// One raft tick.
+    pub tick: Duration,
+    /// Ticks without a leader before an election (randomized up to twice this).
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Applied entries between snapshots (log compaction).
+    pub snapshot_every: u64,
+    /// Start empty and wait to be added by the cluster (a new member).
+    pub join: bool,
+}
+
+impl NodeConfig {
+    /// Defaults: 100 ms ticks, elections after 0.5–1 s, snapshots every 1,000 entries.
+    pub fn new(id: u64, peers: BTreeMap<u64, String>, data_dir: PathBuf) -> Self {
+        Self {
+            id,
+            peers,
+            data_dir,
+            tick: Duration::from_millis(100),
+            election_ticks: 5,
+            heartbeat_ticks: 1,
+            snapshot_every: 1000,
+            join: false,
+        }
+    }
+}
+
+/// What the node knows about the cluster, updated after every Ready.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Status {
+    pub id: u64,
+    /// 0 when no leader is known.
+    pub leader: u64,
+    pub term: u64,
+    pub role: String,
+    pub commit: u64,
+    pub applied: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// Index of the newest snapshot taken or installed here.
+    pub snapshot_index: u64,
+    pub snapshots_taken: u64,
+    pub proposals: u64,
+}
+
+/// Why a node operation failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NodeError {
+    /// No leader is known (election in progress, or no quorum).
+    #[error("no raft leader (election in progress or no quorum)")]
+    NoLeader,
+    /// Not committed in time: the write may or may not apply later; retry with the
+    /// same request id (retries are applied once).
+    #[error("not committed within {0:?}; retry with the same request id")]
+    Timeout(Duration),
+    /// The node is shutting down.
+    #[error("the raft node stopped")]
+    Stopped,
+    /// The change is not allowed (e.g. removing an unknown member).
+    #[error("{0}")]
+    Rejected(String),
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+pub(crate) enum Input {
+    Propose { request: Request, reply: oneshot::Sender<Result<(u64, Outcome), NodeError>> },
+    ReadIndex { reply: oneshot::Sender<Result<u64, NodeError>> },
+    AddVoter { id: u64, addr: String, reply: oneshot::Sender<Result<u64, NodeError>> },
+    RemoveVoter { id: u64, reply: oneshot::Sender<Result<u64, NodeError>> },
+    Raft(Box<Message>),
+}
+
+/// Messages queued for the node task. Past this, raft messages are dropped (raft
+/// retries) and client requests get `NoLeader`-style back-pressure errors.
+const INPUT_QUEUE: usize = 4096;
+
+/// A cheap, cloneable handle to a running node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    inputs: mpsc::Sender<Input>,
+    status: watch::Receiver<Status>,
+    state: Arc<RwLock<State>>,
+    members: Members,
+}
+
+impl NodeHandle {
+    /// The latest status.
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// A watch of the status (applied index, leader, ...).
+    pub fn status_watch(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// Reads the local state machine (possibly stale; see [`NodeHandle::linearize`]).
+    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.state.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Raft addresses of the members.
+    pub fn members(&self) -> BTreeMap<u64, String> {
+        self.members.snapshot()
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, NodeError>>) -> Input,
+        timeout: Duration,
+    ) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.inputs.try_send(make(tx)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => NodeError::Timeout(Duration::ZERO),
+            mpsc::error::TrySendError::Closed(_) => NodeError::Stopped,
+        })?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(NodeError::Stopped),
+            Err(_) if self.status().leader == 0 => Err(NodeError::NoLeader),
+            Err(_) => Err(NodeError::Timeout(timeout)),
+        }
+    }
+
+    /// Proposes a write and waits until it is committed, applied and flushed here.
+    /// Returns the log index and the outcome.
+    pub async fn write(&self, request: Request, timeout: Duration) -> Result<(u64, Outcome), NodeError> {
+        self.call(|reply| Input::Propose { request, reply }, timeout).await
+    }
+
+    /// Waits until this node has applied everything committed before the call
+    /// (raft ReadIndex), so a following local read is linearizable.
+    pub async fn linearize(&self, timeout: Duration) -> Result<(), NodeError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let index = self.call(|reply| Input::ReadIndex { reply }, timeout).await?;
+        self.wait_applied(index, deadline).await.then_some(()).ok_or(NodeError::Timeout(timeout))
+    }
+
+    /// Waits until the applied index reaches `index` or the deadline passes.
+    pub async fn wait_applied(&self, index: u64, deadline: tokio::time::Instant) -> bool {
+        let mut status = self.status.clone();
+        let reached = tokio::time::timeout_at(deadline, status.wait_for(|s| s.applied >= index)).await;
+        matches!(reached, Ok(Ok(_)))
+    }
+
+    /// Adds a voter (raft conf change). Returns the index it applied at.
+    pub async fn add_voter(&self, id: u64, addr: String, timeout: Duration) -> Result<u64, NodeError> {
+        self.call(|reply| Input::AddVoter { id, addr, reply }, timeout).await
+    }
+
+    /// Removes a voter.
+    pub async fn remove_voter(&self, id: u64, timeout: Duration) -> Result<u64, NodeError> {
+        self.call(|reply| Input::RemoveVoter { id, reply }, timeout).await
+    }
+
+    /// The raft address of member `id`.
+    pub fn member_addr(&self, id: u64) -> Option<String> {
+        self.members.get(id)
+    }
+
+    /// Hands a message from a peer to the node; dropped when the queue is full.
+    pub fn deliver(&self, msg: Message) {
+        let _ = self.inputs.try_send(Input::Raft(Box::new(msg)));
+    }
+}
+
+/// Opens storage and starts the node task (and its transport) on `tracker`.
+pub async fn start(
+    config: NodeConfig,
+    transport: crate::transport::TransportConfig,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) -> Result<NodeHandle, NodeError> {
+    let (inputs, rx) = mpsc::channel(INPUT_QUEUE);
+    let (driver, handle) = driver::Driver::open(config, inputs, rx)?;
+    let handle2 = handle.clone();
+    let peers = crate::transport::Transport::start(transport, handle2, tracker, cancel.clone())
+        .await
+        .map_err(|e| NodeError::Storage(format!("raft transport: {e}")))?;
+    tracker.spawn(driver.run(peers, cancel));
+    Ok(handle)
+}

@@ -1,0 +1,420 @@
+use super::*;
+
+/// Applies requests at consecutive indexes, like a raft log would.
+struct Log {
+    state: State,
+    index: u64,
+    next_id: u64,
+}
+
+impl Log {
+    fn new() -> Self {
+        Log { state: State::default(), index: 0, next_id: 0 }
+    }
+
+    fn run(&mut self, command: Command) -> Outcome {
+        self.next_id += 1;
+        let id = format!("req-{}", self.next_id);
+        self.run_as(&id, command)
+    }
+
+    fn run_as(&mut self, request_id: &str, command: Command) -> Outcome {
+        self.index += 1;
+        let request = Request {
+            request_id: request_id.to_owned(),
+            actor: "alice".to_owned(),
+            at_ms: self.index * 1000,
+            command,
+        };
+        apply(&mut self.state, self.index, &request)
+    }
+
+    /// Runs a command that must be rejected and checks that only the applied index and the
+    /// exactly-once memory moved.
+    fn rejects(&mut self, command: Command) -> String {
+        let before = self.state.clone();
+        let outcome = self.run(command);
+        let Outcome::Rejected { code, .. } = outcome else { panic!("expected a rejection, got {outcome:?}") };
+        let mut after = self.state.clone();
+        assert_eq!(after.applied_index, self.index);
+        after.applied_index = before.applied_index;
+        after.applied_requests = before.applied_requests.clone();
+        assert_eq!(after, before, "a rejection changed the state");
+        code
+    }
+}
+
+fn register(id: &str, region: &str) -> Command {
+    Command::RegisterEdge {
+        id: id.to_owned(),
+        region: region.to_owned(),
+        quic_addr: "10.0.0.1:4433".to_owned(),
+        http_addr: "10.0.0.1:8080".to_owned(),
+        version: "0.1.0".to_owned(),
+        capacity: 100,
+    }
+}
+
+fn put_stream(name: &str, origin: &str, relays: &[(&str, &[&str])]) -> Command {
+    Command::PutStream {
+        name: name.to_owned(),
+        origin: origin.to_owned(),
+        relays: relays
+            .iter()
+            .map(|(region, edges)| (region.to_string(), edges.iter().map(|e| e.to_string()).collect()))
+            .collect(),
+    }
+}
+
+fn rollout(id: &str) -> Command {
+    Command::CreateRollout {
+        id: id.to_owned(),
+        spec: json!({"image": "ferry:0.2", "steps": [1, 5, 25, 100]}),
+    }
+}
+
+fn level(id: &str, level: u8) -> Command {
+    Command::SetRolloutLevel { id: id.to_owned(), level }
+}
+
+fn id(s: &str) -> String {
+    s.to_owned()
+}
+
+#[test]
+fn registering_an_edge_stores_it_and_audits_it() {
+    let mut log = Log::new();
+    let outcome = log.run(register("edge-a", "eu-west"));
+    assert_eq!(outcome, Outcome::Ok { detail: json!({"edge": "edge-a", "created": true}) });
+    let edge = &log.state.edges["edge-a"];
+    assert_eq!((edge.region.as_str(), edge.capacity, edge.registered_at_ms), ("eu-west", 100, 1000));
+    let event = &log.state.audit[0];
+    assert_eq!(
+        (event.id, event.index, event.action.as_str(), event.target.as_str()),
+        (1, 1, "edge.register", "edge-a")
+    );
+    assert_eq!((event.actor.as_str(), event.request_id.as_str(), event.at_ms), ("alice", "req-1", 1000));
+}
+
+#[test]
+fn re_registering_an_edge_keeps_its_registration_time() {
+    let mut log = Log::new();
+    log.run(register("edge-a", "eu-west"));
+    let outcome = log.run(register("edge-a", "us-east"));
+    assert_eq!(outcome, Outcome::Ok { detail: json!({"edge": "edge-a", "created": false}) });
+    let edge = &log.state.edges["edge-a"];
+    assert_eq!((edge.region.as_str(), edge.registered_at_ms, edge.updated_at_ms), ("us-east", 1000, 2000));
+    assert_eq!(log.state.audit.len(), 2);
+}
+
+#[test]
+fn bad_edge_fields_are_invalid() {
+    let mut log = Log::new();
+    assert_eq!(log.rejects(register("edge a", "eu")), REJECT_INVALID);
+    assert_eq!(log.rejects(register("edge-a", "")), REJECT_INVALID);
+    assert_eq!(log.rejects(register("edge-a", "eu west")), REJECT_INVALID);
+    let Command::RegisterEdge { id, region, http_addr, version, capacity, .. } = register("edge-a", "eu")
+    else {
+        unreachable!()
+    };
+    let bad_addr =
+        Command::RegisterEdge { id, region, quic_addr: "".to_owned(), http_addr, version, capacity };
+    assert_eq!(log.rejects(bad_addr), REJECT_INVALID);
+}
+
+#[test]
+fn removing_an_edge_drops_it_from_relays() {
+    let mut log = Log::new();
+    log.run(register("origin", "eu"));
+    log.run(register("relay-1", "us"));
+    log.run(register("relay-2", "us"));
+    log.run(put_stream("live/a", "origin", &[("us", &["relay-1", "relay-2"])]));
+    log.run(put_stream("live/b", "origin", &[("us", &["relay-1"])]));
+    let outcome = log.run(Command::RemoveEdge { id: id("relay-1") });
+    assert_eq!(
+        outcome,
+        Outcome::Ok { detail: json!({"edge": "relay-1", "dropped_from_relays": ["live/a", "live/b"]}) }
+    );
+    assert!(!log.state.edges.contains_key("relay-1"));
+    assert_eq!(log.state.streams["live/a"].relays["us"], vec![id("relay-2")]);
+    assert!(log.state.streams["live/b"].relays.is_empty(), "an emptied region is not kept");
+}
+
+#[test]
+fn removing_an_unknown_edge_or_an_origin_is_rejected() {
+    let mut log = Log::new();
+    assert_eq!(log.rejects(Command::RemoveEdge { id: id("ghost") }), REJECT_NOT_FOUND);
+    log.run(register("origin", "eu"));
+    log.run(put_stream("live/a", "origin", &[]));
+    assert_eq!(log.rejects(Command::RemoveEdge { id: id("origin") }), REJECT_CONFLICT);
+}
+
+#[test]
+fn putting_a_stream_places_it_and_a_second_put_replaces_it() {
+    let mut log = Log::new();
+    log.run(register("origin", "eu"));
+    log.run(register("relay-1", "us"));
+    let outcome = log.run(put_stream("live/a", "origin", &[("us", &["relay-1"]), ("ap", &[])]));
+    assert_eq!(outcome, Outcome::Ok { detail: json!({"stream": "live/a", "created": true}) });
+    let stream = &log.state.streams["live/a"];
+    assert_eq!(stream.origin, "origin");
+    assert_eq!(stream.relays.keys().collect::<Vec<_>>(), vec!["us"]);
+
+    let outcome = log.run(put_stream("live/a", "relay-1", &[]));
+    assert_eq!(outcome, Outcome::Ok { detail: json!({"stream": "live/a", "created": false}) });
+    let stream = &log.state.streams["live/a"];
+    assert_eq!((stream.origin.as_str(), stream.created_at_ms, stream.updated_at_ms), ("relay-1", 3000, 4000));
+}
+
+#[test]
+fn putting_a_stream_checks_its_name_and_edges() {
+    let mut log = Log::new();
+    log.run(register("origin", "eu"));
+    assert_eq!(log.rejects(put_stream("../etc", "origin", &[])), REJECT_INVALID);
+    assert_eq!(log.rejects(put_stream("live/a", "nobody", &[])), REJECT_NOT_FOUND);
+    assert_eq!(log.rejects(put_stream("live/a", "bad id", &[])), REJECT_INVALID);
+    assert_eq!(log.rejects(put_stream("live/a", "origin", &[("us", &["nobody"])])), REJECT_NOT_FOUND);
+    assert_eq!(log.rejects(put_stream("live/a", "origin", &[("us", &["origin", "origin"])])), REJECT_INVALID);
+    assert!(log.state.streams.is_empty());
+}
+
+#[test]
+fn deleting_a_stream() {
+    let mut log = Log::new();
+    log.run(register("origin", "eu"));
+    log.run(put_stream("live/a", "origin", &[]));
+    assert!(log.run(Command::DeleteStream { name: id("live/a") }).is_ok());
+    assert!(log.state.streams.is_empty());
+    assert_eq!(log.rejects(Command::DeleteStream { name: id("live/a") }), REJECT_NOT_FOUND);
+    assert_eq!(log.state.audit.back().map(|e| e.action.as_str()), Some("stream.delete"));
+}
+
+#[test]
+fn a_rollout_moves_through_levels_and_states() {
+    let mut log = Log::new();
+    assert!(log.run(rollout("r1")).is_ok());
+    assert_eq!(log.state.rollouts["r1"].state, RolloutState::Active);
+    assert_eq!(log.state.rollouts["r1"].spec["image"], "ferry:0.2");
+    assert!(log.run(level("r1", 2)).is_ok());
+    assert!(log.run(Command::PauseRollout { id: id("r1") }).is_ok());
+    assert_eq!(log.rejects(Command::PauseRollout { id: id("r1") }), REJECT_CONFLICT);
+    assert!(log.run(level("r1", 3)).is_ok(), "a paused rollout may still be moved by hand");
+    assert!(log.run(Command::ResumeRollout { id: id("r1") }).is_ok());
+    assert_eq!(log.rejects(Command::ResumeRollout { id: id("r1") }), REJECT_CONFLICT);
+    assert!(log.run(Command::AbortRollout { id: id("r1") }).is_ok());
+
+    let r1 = &log.state.rollouts["r1"];
+    assert_eq!((r1.level, r1.state), (3, RolloutState::Aborted));
+    let history: Vec<_> = r1.history.iter().map(|e| (e.what.as_str(), e.level)).collect();
+    assert_eq!(
+        history,
+        [
+            ("created", 0),
+            ("level 0 -> 2", 2),
+            ("paused", 2),
+            ("level 2 -> 3", 3),
+            ("resumed", 3),
+            ("aborted", 3)
+        ]
+    );
+}
+
+#[test]
+fn rollout_rejections() {
+    let mut log = Log::new();
+    assert_eq!(log.rejects(level("r1", 1)), REJECT_NOT_FOUND);
+    assert_eq!(log.rejects(Command::AbortRollout { id: id("r1") }), REJECT_NOT_FOUND);
+    assert_eq!(log.rejects(rollout("bad id")), REJECT_INVALID);
+    log.run(rollout("r1"));
+    assert_eq!(log.rejects(rollout("r1")), REJECT_CONFLICT);
+    assert_eq!(log.rejects(level("r1", 5)), REJECT_INVALID);
+    log.run(Command::AbortRollout { id: id("r1") });
+    assert_eq!(log.rejects(level("r1", 1)), REJECT_CONFLICT);
+    assert_eq!(log.rejects(Command::AbortRollout { id: id("r1") }), REJECT_CONFLICT);
+    assert_eq!(log.rejects(Command::ResumeRollout { id: id("r1") }), REJECT_CONFLICT);
+}
+
+#[test]
+fn noop_changes_nothing_but_the_applied_index() {
+    let mut log = Log::new();
+    let outcome = log.run_as("", Command::Noop);
+    assert!(outcome.is_ok());
+    assert_eq!(log.state, State { applied_index: 1, ..State::default() });
+}
+
+#[test]
+fn a_retried_request_gets_the_first_outcome_and_changes_nothing() {
+    let mut log = Log::new();
+    let first = log.run_as("same", register("edge-a", "eu"));
+    let before = log.state.clone();
+    let again = log.run_as("same", register("edge-a", "us"));
+    assert_eq!(again, first);
+    assert_eq!(log.state.edges["edge-a"].region, "eu");
+    assert_eq!(log.state.applied_index, 2);
+    assert_eq!(log.state, State { applied_index: 2, ..before });
+
+    let rejected = log.run_as("gone", Command::DeleteStream { name: id("live/x") });
+    log.run(register("origin", "eu"));
+    log.run(put_stream("live/x", "origin", &[]));
+    assert_eq!(
+        log.run_as("gone", Command::DeleteStream { name: id("live/x") }),
+        rejected,
+        "rejections are remembered too"
+    );
+    assert!(log.state.streams.contains_key("live/x"));
+}
+
+#[test]
+fn requests_without_an_id_are_not_deduplicated() {
+    let mut log = Log::new();
+    log.run_as("", register("edge-a", "eu"));
+    log.run_as("", register("edge-a", "us"));
+    assert_eq!(log.state.edges["edge-a"].region, "us");
+    assert!(log.state.applied_requests.is_empty());
+}
+
+#[test]
+fn an_oversized_request_id_is_invalid() {
+    let mut log = Log::new();
+    let outcome = log.run_as(&"x".repeat(MAX_ENVELOPE_TEXT + 1), register("edge-a", "eu"));
+    assert!(matches!(outcome, Outcome::Rejected { code, .. } if code == REJECT_INVALID));
+    assert!(log.state.edges.is_empty());
+}
+
+#[test]
+fn the_oldest_remembered_requests_are_forgotten_first() {
+    let mut log = Log::new();
+    for i in 0..MAX_APPLIED_REQUESTS + 10 {
+        log.run_as(&format!("r{i}"), Command::Noop);
+    }
+    assert_eq!(log.state.applied_requests.len(), MAX_APPLIED_REQUESTS);
+    assert!(!log.state.applied_requests.contains_key("r9"));
+    assert!(log.state.applied_requests.contains_key("r10"));
+
+    // The eviction order survives a snapshot (it is rebuilt, not stored).
+    let mut restored = State::from_snapshot_bytes(&log.state.to_snapshot_bytes().unwrap()).unwrap();
+    apply(
+        &mut restored,
+        log.index + 1,
+        &Request { request_id: id("new"), actor: id("a"), at_ms: 0, command: Command::Noop },
+    );
+    assert!(!restored.applied_requests.contains_key("r10"));
+    assert!(restored.applied_requests.contains_key("r11"));
+}
+
+#[test]
+fn the_audit_log_keeps_the_newest_events() {
+    let mut log = Log::new();
+    for i in 0..MAX_AUDIT_EVENTS + 5 {
+        log.run_as("", register(&format!("edge-{}", i % 3), "eu"));
+    }
+    assert_eq!(log.state.audit.len(), MAX_AUDIT_EVENTS);
+    assert_eq!(log.state.audit.front().map(|e| e.id), Some(6));
+    assert_eq!(log.state.audit.back().map(|e| e.id), Some(MAX_AUDIT_EVENTS as u64 + 5));
+    assert_eq!(log.state.next_audit_id, MAX_AUDIT_EVENTS as u64 + 6);
+}
+
+/// A log touching every command, including rejections and retries.
+fn busy_log() -> Log {
+    let mut log = Log::new();
+    log.run(register("origin", "eu"));
+    log.run(register("relay-1", "us"));
+    log.run(register("relay-2", "ap"));
+    log.run(put_stream("live/a", "origin", &[("us", &["relay-1"]), ("ap", &["relay-2"])]));
+    log.run(put_stream("live/b", "nobody", &[]));
+    log.run_as("retry", rollout("r1"));
+    log.run_as("retry", rollout("r1"));
+    log.run(level("r1", 4));
+    log.run(Command::PauseRollout { id: id("r1") });
+    log.run(Command::RemoveEdge { id: id("relay-2") });
+    log.run(Command::DeleteStream { name: id("live/zzz") });
+    log.run(Command::Noop);
+    log
+}
+
+#[test]
+fn a_snapshot_round_trips_the_whole_state() {
+    let state = busy_log().state;
+    let bytes = state.to_snapshot_bytes().unwrap();
+    assert_eq!(State::from_snapshot_bytes(&bytes).unwrap(), state);
+}
+
+#[test]
+fn a_damaged_snapshot_is_refused() {
+    let bytes = busy_log().state.to_snapshot_bytes().unwrap();
+    assert!(matches!(State::from_snapshot_bytes(&[]), Err(StateError::MalformedSnapshot(_))));
+    assert!(matches!(State::from_snapshot_bytes(&[9, 0]), Err(StateError::UnsupportedSnapshotVersion(9))));
+    assert!(State::from_snapshot_bytes(&bytes[..bytes.len() / 2]).is_err());
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(matches!(State::from_snapshot_bytes(&longer), Err(StateError::MalformedSnapshot(_))));
+}
+
+#[test]
+fn state_and_outcomes_serialize_as_readable_json() {
+    let state = busy_log().state;
+    let text = serde_json::to_value(&state).unwrap();
+    assert_eq!(text["rollouts"]["r1"]["spec"]["steps"][1], 5);
+    assert_eq!(text["applied_requests"]["retry"][1]["result"], "ok");
+    let back: State = serde_json::from_value(text).unwrap();
+    assert_eq!(back, state);
+
+    let rejected = Outcome::Rejected { code: id(REJECT_NOT_FOUND), message: id("no edge") };
+    let json = serde_json::to_value(&rejected).unwrap();
+    assert_eq!(json, json!({"result": "rejected", "code": "not_found", "message": "no edge"}));
+}
+
+#[test]
+fn replaying_the_same_log_gives_the_same_state() {
+    let first = busy_log();
+    let second = busy_log();
+    assert_eq!(first.state, second.state);
+    assert_eq!(first.state.to_snapshot_bytes().unwrap(), second.state.to_snapshot_bytes().unwrap());
+
+    // Restoring a snapshot taken midway and replaying the rest also agrees.
+    let requests: Vec<Request> = (1..=6)
+        .map(|i| Request {
+            request_id: format!("k{i}"),
+            actor: id("bob"),
+            at_ms: i,
+            command: register(&format!("e{i}"), "eu"),
+        })
+        .collect();
+    let mut straight = State::default();
+    for (i, request) in requests.iter().enumerate() {
+        apply(&mut straight, i as u64 + 1, request);
+    }
+    let mut restored = State::default();
+    for (i, request) in requests.iter().take(3).enumerate() {
+        apply(&mut restored, i as u64 + 1, request);
+    }
+    let mut restored = State::from_snapshot_bytes(&restored.to_snapshot_bytes().unwrap()).unwrap();
+    for (i, request) in requests.iter().enumerate().skip(3) {
+        apply(&mut restored, i as u64 + 1, request);
+    }
+    assert_eq!(restored, straight);
+}
+
+#[test]
+fn requests_round_trip_as_entry_data() {
+    let request = Request { request_id: id("r"), actor: id("ci"), at_ms: 7, command: rollout("r1") };
+    let bytes = encode_request(&request).unwrap();
+    let text = std::str::from_utf8(&bytes).unwrap();
+    assert!(text.contains(r#""type":"create_rollout""#), "{text}");
+    assert_eq!(decode_request(&bytes).unwrap(), request);
+    assert!(matches!(decode_request(b"{}"), Err(StateError::MalformedRequest(_))));
+}
+
+#[test]
+fn oversized_requests_are_refused_both_ways() {
+    let spec = json!({ "blob": "x".repeat(MAX_REQUEST_BYTES) });
+    let request = Request {
+        request_id: id("r"),
+        actor: id("ci"),
+        at_ms: 7,
+        command: Command::CreateRollout { id: id("r1"), spec },
+    };
+    assert!(matches!(encode_request(&request), Err(StateError::RequestTooLarge { .. })));
+    let bytes = vec![b' '; MAX_REQUEST_BYTES + 1];
+    assert!(matches!(decode_request(&bytes), Err(StateError::RequestTooLarge { .. })));
+}

@@ -1,0 +1,143 @@
+//! `ferry control`: one control-plane voter.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use ferry_control_plane::node::NodeConfig;
+use ferry_control_plane::server::{Control, ControlConfig};
+use ferry_control_plane::transport::TransportConfig;
+use ferry_node::tls::{ClientTrust, ServerIdentity};
+
+use crate::units;
+
+#[derive(Debug, Clone, Args)]
+pub struct ControlArgs {
+    /// This voter's id (a positive integer, unique in the cluster).
+    #[arg(long, env = "FERRY_CONTROL_ID")]
+    pub id: u64,
+    /// Every initial voter's raft address: `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`.
+    #[arg(long, env = "FERRY_CONTROL_PEERS", value_delimiter = ',', required = true)]
+    pub peers: Vec<String>,
+    /// Directory for the raft log, snapshots and membership (sled).
+    #[arg(long, env = "FERRY_CONTROL_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// TCP address of the HTTP API.
+    #[arg(long, env = "FERRY_CONTROL_HTTP_LISTEN", default_value = "127.0.0.1:9000")]
+    pub http_listen: SocketAddr,
+    /// UDP address of the raft transport (QUIC). Default: this id's address in --peers.
+    #[arg(long, env = "FERRY_CONTROL_RAFT_LISTEN")]
+    pub raft_listen: Option<SocketAddr>,
+    /// File holding the operator bearer token.
+    #[arg(long, env = "FERRY_CONTROL_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// The operator bearer token (prefer --token-file).
+    #[arg(long, env = "FERRY_CONTROL_TOKEN")]
+    pub token: Option<String>,
+    /// Join an existing cluster as a new member (start empty; add it with `ferry ctl members add`).
+    #[arg(long, env = "FERRY_CONTROL_JOIN")]
+    pub join: bool,
+    /// Raft tick.
+    #[arg(long, env = "FERRY_CONTROL_TICK", default_value = "100ms", value_parser = units::duration)]
+    pub tick: Duration,
+    /// Ticks before an election (randomized up to twice this).
+    #[arg(long, env = "FERRY_CONTROL_ELECTION_TICKS", default_value_t = 5)]
+    pub election_ticks: usize,
+    /// Applied entries between snapshots (log compaction).
+    #[arg(long, env = "FERRY_CONTROL_SNAPSHOT_EVERY", default_value_t = 1000)]
+    pub snapshot_every: u64,
+    /// How long writes and linearizable reads wait for a quorum.
+    #[arg(long, env = "FERRY_CONTROL_REQUEST_TIMEOUT", default_value = "5s", value_parser = units::duration)]
+    pub request_timeout: Duration,
+    /// Raft transport certificate (PEM); self-signed when absent.
+    #[arg(long, env = "FERRY_CONTROL_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key for --cert.
+    #[arg(long, env = "FERRY_CONTROL_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// CA to verify peer voters with; without it peers are not verified (dev only).
+    #[arg(long, env = "FERRY_CONTROL_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn parse_peers(peers: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut map = BTreeMap::new();
+    for p in peers {
+        let (id, addr) =
+            p.split_once('=').with_context(|| format!("--peers entry {p:?} must be ID=HOST:PORT"))?;
+        let id: u64 = id.trim().parse().with_context(|| format!("--peers id {id:?} is not a number"))?;
+        if id == 0 || !addr.contains(':') {
+            bail!("--peers entry {p:?} must be ID=HOST:PORT with ID >= 1");
+        }
+        if map.insert(id, addr.trim().to_owned()).is_some() {
+            bail!("--peers lists id {id} twice");
+        }
+    }
+    Ok(map)
+}
+
+pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
+    let peers = parse_peers(&args.peers)?;
+    let own =
+        peers.get(&args.id).with_context(|| format!("--peers must include this voter's id {}", args.id))?;
+    let raft_listen = match args.raft_listen {
+        Some(addr) => addr,
+        None => {
+            own.parse().with_context(|| format!("raft address {own} is not IP:PORT; give --raft-listen"))?
+        }
+    };
+    let token = match (&args.token_file, &args.token) {
+        (Some(file), _) => std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read --token-file {}", file.display()))?
+            .trim()
+            .to_owned(),
+        (None, Some(token)) => token.clone(),
+        (None, None) => bail!("give the operator token with --token-file or FERRY_CONTROL_TOKEN"),
+    };
+    if token.len() < 16 {
+        bail!("the operator token must be at least 16 characters");
+    }
+    let mut node = NodeConfig::new(args.id, peers, args.data_dir.clone());
+    node.tick = args.tick;
+    node.election_ticks = args.election_ticks;
+    node.snapshot_every = args.snapshot_every.max(1);
+    node.join = args.join;
+    let identity = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => ServerIdentity::Files { cert: cert.clone(), key: key.clone() },
+        _ => ServerIdentity::SelfSigned { names: ferry_node::edge::default_names() },
+    };
+    let trust = args.ca_file.clone().map_or(ClientTrust::Insecure, ClientTrust::CaFile);
+    let config = ControlConfig {
+        node,
+        transport: TransportConfig { listen: raft_listen, identity, trust },
+        http_listen: args.http_listen,
+        token,
+        request_timeout: args.request_timeout,
+    };
+    let cancel = crate::shutdown_signal();
+    let control = Control::start(config, cancel.clone()).await.context("cannot start the control plane")?;
+    println!(
+        "{}",
+        serde_json::json!({ "event": "ready", "id": args.id, "http": control.http_addr.to_string(), "raft": raft_listen.to_string() })
+    );
+    control.wait().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_bad_ones_are_refused() {
+        let map = parse_peers(&["1=127.0.0.1:7001".into(), "2=h:7002".into()]).unwrap();
+        assert_eq!(map.get(&2).map(String::as_str), Some("h:7002"));
+        assert!(parse_peers(&["x=1:2".into()]).is_err());
+        assert!(parse_peers(&["0=a:1".into()]).is_err());
+        assert!(parse_peers(&["1=a:1".into(), "1=b:2".into()]).is_err());
+        assert!(parse_peers(&["1=nocolon".into()]).is_err());
+    }
+}

@@ -1,0 +1,319 @@
+//! `ferry ctl`: operate the control plane over its HTTP API.
+//!
+//! Every request goes to the first `--control` URL that answers; a voter without a
+//! leader (503) or unreachable is skipped. Writes carry one `Idempotency-Key` per
+//! invocation, so trying them on several voters applies them once.
+
+mod http;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Args)]
+pub struct CtlArgs {
+    /// Control-plane API URLs, e.g. http://127.0.0.1:9000,http://127.0.0.1:9001.
+    #[arg(long, env = "FERRY_CONTROL", value_delimiter = ',', required = true)]
+    pub control: Vec<String>,
+    /// Operator bearer token.
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Print the API's JSON answer instead of a summary.
+    #[arg(long, global = true, env = "FERRY_CTL_JSON")]
+    pub json: bool,
+    /// Per-request timeout.
+    #[arg(long, env = "FERRY_CTL_TIMEOUT", default_value = "10s", value_parser = crate::units::duration)]
+    pub timeout: Duration,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum CtlCommand {
+    /// Cluster membership and raft status.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Add or remove voters.
+    #[command(subcommand)]
+    Members(MembersCmd),
+    /// Registered edges.
+    #[command(subcommand)]
+    Edges(EdgesCmd),
+    /// Streams and where they are carried.
+    #[command(subcommand)]
+    Streams(StreamsCmd),
+    /// Staged rollouts.
+    #[command(subcommand)]
+    Rollout(RolloutCmd),
+    /// The audit log (newest last).
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClusterCmd {
+    /// Leader, term, commit and applied index, members.
+    Status,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum MembersCmd {
+    /// Add voter ID with its raft address (start it first with `ferry control --join`).
+    Add { id: u64, raft_addr: String },
+    /// Remove voter ID.
+    Remove { id: u64 },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum EdgesCmd {
+    List,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum StreamsCmd {
+    List,
+    Get {
+        name: String,
+    },
+    /// Create or update a stream.
+    Put {
+        name: String,
+        /// The edge the publisher is on.
+        #[arg(long)]
+        origin: String,
+        /// Relay edges as REGION=EDGE (repeatable).
+        #[arg(long = "relay")]
+        relays: Vec<String>,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum RolloutCmd {
+    List,
+    Get {
+        id: String,
+    },
+    /// Create a rollout (level 0) with a JSON spec.
+    Create {
+        id: String,
+        #[arg(long, default_value = "{}")]
+        spec: String,
+    },
+    /// Set the level (0-4).
+    Level {
+        id: String,
+        level: u8,
+    },
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    Abort {
+        id: String,
+    },
+}
+
+struct Client {
+    urls: Vec<String>,
+    token: String,
+    timeout: Duration,
+    key: String,
+}
+
+impl Client {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let key = (method != "GET").then_some(self.key.as_str());
+        let mut last = None;
+        for url in &self.urls {
+            match http::request(url, method, path, &self.token, body.as_ref(), key, self.timeout).await {
+                Ok(r) if r.status == 503 => last = Some(describe(url, &r)),
+                Ok(r) if (200..300).contains(&r.status) => return Ok(r.body),
+                Ok(r) => bail!("{}", describe(url, &r)),
+                Err(e) => last = Some(format!("{e:#}")),
+            }
+        }
+        bail!("no control-plane voter could serve the request: {}", last.unwrap_or_default())
+    }
+}
+
+fn describe(url: &str, r: &http::Response) -> String {
+    let code = r.body.pointer("/error/code").and_then(Value::as_str).unwrap_or("error");
+    let message = r.body.pointer("/error/message").and_then(Value::as_str).unwrap_or("");
+    format!("{url}: HTTP {} {code}: {message}", r.status)
+}
+
+fn encode_path(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "/-_.".contains(c) {
+                c.to_string()
+            } else {
+                format!("%{:02X}", c as u32)
+            }
+        })
+        .collect()
+}
+
+pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let client = Client {
+        urls: args.control.clone(),
+        token: args.token.clone(),
+        timeout: args.timeout,
+        key: format!("ctl-{}-{nanos:x}", std::process::id()),
+    };
+    let (value, summary) = match args.command {
+        CtlCommand::Cluster(ClusterCmd::Status) => {
+            let v = client.call("GET", "/v1/cluster", None).await?;
+            let s = format!(
+                "leader {} term {} commit {} applied {} voters {}",
+                f(&v, "leader"),
+                f(&v, "term"),
+                f(&v, "commit_index"),
+                f(&v, "applied_index"),
+                f(&v, "voters")
+            );
+            (v, s)
+        }
+        CtlCommand::Members(MembersCmd::Add { id, raft_addr }) => {
+            let v = client
+                .call("POST", &format!("/v1/cluster/members/{id}"), Some(json!({ "raft_addr": raft_addr })))
+                .await?;
+            (v, format!("added voter {id}"))
+        }
+        CtlCommand::Members(MembersCmd::Remove { id }) => {
+            let v = client.call("DELETE", &format!("/v1/cluster/members/{id}"), None).await?;
+            (v, format!("removed voter {id}"))
+        }
+        CtlCommand::Edges(EdgesCmd::List) => {
+            let v = client.call("GET", "/v1/edges", None).await?;
+            let lines = list(f(&v, "edges"), |e| {
+                format!(
+                    "{}\t{}\t{}",
+                    f(e, "id").as_str().unwrap_or(""),
+                    f(e, "region").as_str().unwrap_or(""),
+                    f(e, "quic_addr").as_str().unwrap_or("")
+                )
+            });
+            (v, lines)
+        }
+        CtlCommand::Streams(cmd) => streams(&client, cmd).await?,
+        CtlCommand::Rollout(cmd) => rollout(&client, cmd).await?,
+        CtlCommand::Audit { limit } => {
+            let v = client.call("GET", &format!("/v1/audit?limit={limit}"), None).await?;
+            let lines = list(f(&v, "events"), |e| {
+                format!(
+                    "{}\t{}\t{}\t{}",
+                    f(e, "index"),
+                    f(e, "action").as_str().unwrap_or(""),
+                    f(e, "target").as_str().unwrap_or(""),
+                    f(e, "actor").as_str().unwrap_or("")
+                )
+            });
+            (v, lines)
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("{summary}");
+    }
+    Ok(())
+}
+
+/// A field of a JSON object, `null` when absent (JSON indexing without the panic lint).
+fn f<'a>(v: &'a Value, key: &str) -> &'a Value {
+    v.get(key).unwrap_or(&Value::Null)
+}
+
+fn list(items: &Value, line: impl Fn(&Value) -> String) -> String {
+    items.as_array().map(|a| a.iter().map(line).collect::<Vec<_>>().join("\n")).unwrap_or_default()
+}
+
+async fn streams(client: &Client, cmd: StreamsCmd) -> anyhow::Result<(Value, String)> {
+    Ok(match cmd {
+        StreamsCmd::List => {
+            let v = client.call("GET", "/v1/streams", None).await?;
+            let s = list(f(&v, "streams"), |s| {
+                format!(
+                    "{}\torigin {}",
+                    f(s, "name").as_str().unwrap_or(""),
+                    f(s, "origin").as_str().unwrap_or("")
+                )
+            });
+            (v, s)
+        }
+        StreamsCmd::Get { name } => {
+            let v = client.call("GET", &format!("/v1/streams/{}", encode_path(&name)), None).await?;
+            let s = v.to_string();
+            (v, s)
+        }
+        StreamsCmd::Put { name, origin, relays } => {
+            let mut map = serde_json::Map::new();
+            for r in relays {
+                let (region, edge) =
+                    r.split_once('=').with_context(|| format!("--relay {r:?} must be REGION=EDGE"))?;
+                let entry = map.entry(region.to_owned()).or_insert_with(|| json!([]));
+                if let Some(list) = entry.as_array_mut() {
+                    list.push(json!(edge));
+                }
+            }
+            let body = json!({ "origin": origin, "relays": map });
+            let v = client.call("PUT", &format!("/v1/streams/{}", encode_path(&name)), Some(body)).await?;
+            (v, format!("stream {name} stored"))
+        }
+        StreamsCmd::Delete { name } => {
+            let v = client.call("DELETE", &format!("/v1/streams/{}", encode_path(&name)), None).await?;
+            (v, format!("stream {name} deleted"))
+        }
+    })
+}
+
+async fn rollout(client: &Client, cmd: RolloutCmd) -> anyhow::Result<(Value, String)> {
+    Ok(match cmd {
+        RolloutCmd::List => {
+            let v = client.call("GET", "/v1/rollouts", None).await?;
+            let s = list(f(&v, "rollouts"), |r| {
+                format!("{}\tlevel {}\t{}", f(r, "id").as_str().unwrap_or(""), f(r, "level"), f(r, "state"))
+            });
+            (v, s)
+        }
+        RolloutCmd::Get { id } => {
+            let v = client.call("GET", &format!("/v1/rollouts/{}", encode_path(&id)), None).await?;
+            let s = v.to_string();
+            (v, s)
+        }
+        RolloutCmd::Create { id, spec } => {
+            let spec: Value = serde_json::from_str(&spec).context("--spec must be JSON")?;
+            let v = client.call("POST", "/v1/rollouts", Some(json!({ "id": id, "spec": spec }))).await?;
+            (v, format!("rollout {id} created at level 0"))
+        }
+        RolloutCmd::Level { id, level } => {
+            let v = client
+                .call(
+                    "POST",
+                    &format!("/v1/rollouts/{}/level", encode_path(&id)),
+                    Some(json!({ "level": level })),
+                )
+                .await?;
+            (v, format!("rollout {id} at level {level}"))
+        }
+        RolloutCmd::Pause { id } => action(client, &id, "pause").await?,
+        RolloutCmd::Resume { id } => action(client, &id, "resume").await?,
+        RolloutCmd::Abort { id } => action(client, &id, "abort").await?,
+    })
+}
+
+async fn action(client: &Client, id: &str, what: &str) -> anyhow::Result<(Value, String)> {
+    let v = client.call("POST", &format!("/v1/rollouts/{}/{what}", encode_path(id)), None).await?;
+    Ok((v, format!("rollout {id}: {what} done")))
+}

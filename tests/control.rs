@@ -1,0 +1,275 @@
+//! The raft control plane as real processes on loopback: elections, writes through
+//! any member, leader crashes under load, lost quorum, full restarts, membership,
+//! and bad requests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+fn register_edge(v: &Voter, id: &str, key: &str) -> u16 {
+    v.send(
+        "PUT",
+        &format!("/v1/edges/{id}"),
+        Some(key),
+        r#"{"region":"eu","quic_addr":"127.0.0.1:4433","http_addr":"127.0.0.1:8080"}"#,
+    )
+    .0
+}
+
+/// request_id → how many times it appears in the voter's audit log.
+fn audit_counts(v: &Voter) -> HashMap<String, usize> {
+    try_audit_counts(v).unwrap_or_else(|body| panic!("voter {}: audit read failed: {body}", v.id))
+}
+
+/// Like `audit_counts`, or the error body while the voter cannot serve reads yet.
+fn try_audit_counts(v: &Voter) -> Result<HashMap<String, usize>, Value> {
+    let (status, body) = v.get("/v1/audit?limit=10000");
+    if status != 200 {
+        return Err(body);
+    }
+    let mut counts = HashMap::new();
+    for e in body["events"].as_array().unwrap() {
+        *counts.entry(e["request_id"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    Ok(counts)
+}
+
+fn ctl(voters: &[&Voter], args: &[&str]) -> std::process::Output {
+    let urls: Vec<String> = voters.iter().map(|v| format!("http://{}", v.http)).collect();
+    ferry().args(["ctl", "--control", &urls.join(","), "--token", TOKEN]).args(args).output().unwrap()
+}
+
+#[test]
+fn three_voters_elect_one_leader_and_take_writes_through_any_member() {
+    let dir = TempDir::new("cp-basic");
+    let voters = start_cluster(dir.path(), 3);
+    let refs: Vec<&Voter> = voters.iter().collect();
+    let leader = wait_for_leader(&refs);
+
+    let out = ctl(&refs, &["--json", "cluster", "status"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["leader"].as_u64(), Some(leader));
+    assert_eq!(status["voters"], serde_json::json!([1, 2, 3]));
+
+    for (i, v) in voters.iter().enumerate() {
+        assert_eq!(
+            register_edge(v, &format!("edge-{i}"), &format!("reg-{i}")),
+            200,
+            "write via voter {}",
+            v.id
+        );
+        let (code, body) =
+            v.send("PUT", &format!("/v1/streams/live/s{i}"), None, &format!(r#"{{"origin":"edge-{i}"}}"#));
+        assert_eq!(code, 200, "{body}");
+    }
+    // Linearizable reads on every member see every write.
+    for v in &voters {
+        let (code, body) = v.get("/v1/streams");
+        assert_eq!(code, 200);
+        assert_eq!(body["streams"].as_array().unwrap().len(), 3, "voter {}: {body}", v.id);
+    }
+    // ferry ctl reads and writes too.
+    let out = ctl(&refs, &["streams", "put", "live/ctl", "--origin", "edge-0", "--relay", "us=edge-1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ctl(&refs, &["--json", "streams", "get", "live/ctl"]);
+    let stream: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stream["relays"]["us"], serde_json::json!(["edge-1"]));
+}
+
+#[test]
+fn killing_the_leader_during_writes_loses_no_acknowledged_write() {
+    let dir = TempDir::new("cp-kill");
+    let mut voters = start_cluster(dir.path(), 3);
+    let refs: Vec<&Voter> = voters.iter().collect();
+    let leader = wait_for_leader(&refs);
+
+    let mut acked = Vec::new();
+    let mut attempts = 0;
+    let mut killed = false;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while acked.len() < 120 {
+        assert!(Instant::now() < deadline, "writes did not resume after the leader died");
+        let key = format!("w-{}", acked.len());
+        // Try the members in turn; a dead one refuses the connection.
+        let alive: Vec<&Voter> = voters.iter().filter(|v| !(killed && v.id == leader)).collect();
+        let v = alive[attempts % alive.len()];
+        attempts += 1;
+        if register_edge(v, &format!("edge-{}", acked.len()), &key) == 200 {
+            acked.push(key);
+        }
+        if acked.len() == 40 && !killed {
+            let victim = voters.iter().position(|v| v.id == leader).unwrap();
+            voters[victim].signal("-KILL");
+            killed = true;
+        }
+    }
+    let survivors: Vec<&Voter> = voters.iter().filter(|v| v.id != leader).collect();
+    let new_leader = wait_for_leader(&survivors);
+    assert_ne!(new_leader, leader);
+    for v in &survivors {
+        let counts = audit_counts(v);
+        for key in &acked {
+            assert_eq!(
+                counts.get(key),
+                Some(&1),
+                "voter {}: acknowledged write {key} must appear exactly once",
+                v.id
+            );
+        }
+    }
+    // The old leader comes back and catches up.
+    let victim = voters.iter().position(|v| v.id == leader).unwrap();
+    let old = voters.remove(victim).restart();
+    wait_for("the old leader to catch up", Duration::from_secs(30), || {
+        let counts = try_audit_counts(&old).ok()?;
+        acked.iter().all(|k| counts.get(k) == Some(&1)).then_some(())
+    });
+}
+
+#[test]
+fn without_quorum_writes_fail_clearly_and_nothing_acknowledged_is_lost() {
+    let dir = TempDir::new("cp-stop");
+    let voters = start_cluster(dir.path(), 3);
+    let refs: Vec<&Voter> = voters.iter().collect();
+    wait_for_leader(&refs);
+    assert_eq!(register_edge(&voters[0], "before", "before"), 200);
+
+    voters[1].signal("-STOP");
+    voters[2].signal("-STOP");
+    let (code, body) = voters[0].send(
+        "PUT",
+        "/v1/edges/during",
+        Some("during"),
+        r#"{"region":"eu","quic_addr":"127.0.0.1:1","http_addr":"127.0.0.1:2"}"#,
+    );
+    assert_eq!(code, 503, "{body}");
+    assert!(["no_quorum", "not_committed"].contains(&body["error"]["code"].as_str().unwrap()), "{body}");
+
+    voters[1].signal("-CONT");
+    voters[2].signal("-CONT");
+    wait_for_leader(&refs);
+    // Retrying the same request id applies it at most once.
+    let (code, _) = voters[0].send(
+        "PUT",
+        "/v1/edges/during",
+        Some("during"),
+        r#"{"region":"eu","quic_addr":"127.0.0.1:1","http_addr":"127.0.0.1:2"}"#,
+    );
+    assert_eq!(code, 200);
+    for v in &voters {
+        let counts = audit_counts(v);
+        assert_eq!(counts.get("before"), Some(&1));
+        assert_eq!(counts.get("during"), Some(&1), "voter {}", v.id);
+    }
+}
+
+#[test]
+fn the_state_survives_every_voter_being_killed_and_restarted() {
+    let dir = TempDir::new("cp-restart");
+    let voters = start_cluster(dir.path(), 3);
+    let refs: Vec<&Voter> = voters.iter().collect();
+    wait_for_leader(&refs);
+    // More writes than --snapshot-every, so the restart goes through a snapshot too.
+    for i in 0..80 {
+        assert_eq!(register_edge(&voters[i % 3], &format!("e{i}"), &format!("k{i}")), 200);
+    }
+    let before = voters[0].get("/v1/edges").1;
+    let voters: Vec<Voter> = voters.into_iter().map(Voter::restart).collect();
+    let refs: Vec<&Voter> = voters.iter().collect();
+    wait_for_leader(&refs);
+    for v in &voters {
+        assert_eq!(v.get("/v1/edges").1, before, "voter {} lost state", v.id);
+    }
+    assert!(voters[0].status()["snapshot_index"].as_u64().unwrap() > 0, "a snapshot was taken");
+}
+
+#[test]
+fn a_fourth_voter_catches_up_from_a_snapshot_and_a_voter_can_be_removed() {
+    let dir = TempDir::new("cp-members");
+    let voters = start_cluster(dir.path(), 3);
+    let refs: Vec<&Voter> = voters.iter().collect();
+    wait_for_leader(&refs);
+    for i in 0..120 {
+        assert_eq!(register_edge(&voters[i % 3], &format!("e{i}"), &format!("k{i}")), 200);
+    }
+    let peers = format!("{},4=127.0.0.1:{}", voters[0].peers, free_udp_port());
+    let fourth = Voter::start(4, &peers, &dir.path().join("v4"), &["--join"]);
+    let urls: Vec<&Voter> = voters.iter().collect();
+    let out = ctl(&urls, &["members", "add", "4", &fourth.raft]);
+    // Membership changes go to the leader; ctl tries each voter.
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let expected = voters[0].get("/v1/edges").1;
+    wait_for("the new voter to catch up", Duration::from_secs(30), || {
+        (fourth.get("/v1/edges?stale=true").1 == expected).then_some(())
+    });
+    let st = fourth.status();
+    assert!(st["snapshot_index"].as_u64().unwrap() > 0, "caught up from a snapshot: {st}");
+    assert_eq!(st["voters"], serde_json::json!([1, 2, 3, 4]));
+
+    let mut all: Vec<&Voter> = voters.iter().collect();
+    all.push(&fourth);
+    let out = ctl(&all, &["members", "remove", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let remaining: Vec<&Voter> = all.iter().copied().filter(|v| v.id != 3).collect();
+    wait_for_leader(&remaining);
+    wait_for("every remaining voter to apply the removal", Duration::from_secs(20), || {
+        remaining.iter().all(|v| v.status()["voters"] == serde_json::json!([1, 2, 4])).then_some(())
+    });
+    // A client retries 503s (same idempotency key) while the new configuration settles.
+    wait_for("a write after the removal", Duration::from_secs(20), || {
+        (register_edge(&fourth, "after-removal", "after-removal") == 200).then_some(())
+    });
+    assert_eq!(audit_counts(&fourth).get("after-removal"), Some(&1));
+}
+
+#[test]
+fn bad_requests_get_json_errors_and_change_nothing() {
+    let dir = TempDir::new("cp-bad");
+    let voters = start_cluster(dir.path(), 3);
+    let refs: Vec<&Voter> = voters.iter().collect();
+    wait_for_leader(&refs);
+    let v = &voters[0];
+    assert_eq!(register_edge(v, "e1", "e1"), 200);
+    let before = v.status()["applied_index"].as_u64().unwrap();
+
+    let big = format!(r#"{{"region":"{}"}}"#, "x".repeat(100_000));
+    let cases: Vec<(&str, &str, Option<&str>, String, u16)> = vec![
+        ("PUT", "/v1/edges/e2", Some(TOKEN), "{not json".into(), 400),
+        ("PUT", "/v1/edges/e2", Some(TOKEN), r#"{"region":"eu","colour":"red"}"#.into(), 400),
+        ("PUT", "/v1/edges/e2", Some(TOKEN), big, 413),
+        (
+            "PUT",
+            "/v1/edges/e2",
+            Some("wrong-token-wrong-token"),
+            r#"{"region":"eu","quic_addr":"127.0.0.1:1","http_addr":"127.0.0.1:2"}"#.into(),
+            401,
+        ),
+        (
+            "PUT",
+            "/v1/edges/e2",
+            None,
+            r#"{"region":"eu","quic_addr":"127.0.0.1:1","http_addr":"127.0.0.1:2"}"#.into(),
+            401,
+        ),
+        ("POST", "/v1/rollouts/none/level", Some(TOKEN), r#"{"level":2}"#.into(), 404),
+    ];
+    for (method, path, token, body, want) in cases {
+        let (code, answer) = http_json(&v.http, method, path, token, &[], Some(&body));
+        assert_eq!(code, want, "{method} {path}: {answer}");
+        assert!(answer["error"]["code"].is_string() && answer["error"]["message"].is_string(), "{answer}");
+    }
+    let (code, answer) = v.get("/v1/streams/live/unknown");
+    assert_eq!(code, 404, "{answer}");
+    assert_eq!(answer["error"]["code"], "not_found");
+    let (code, _) = http_json(&v.http, "GET", "/healthz", None, &[], None);
+    assert_eq!(code, 200, "probes need no token");
+    // Only the rejected rollout write reached the log; nothing else changed.
+    assert!(v.status()["applied_index"].as_u64().unwrap() <= before + 1);
+    assert_eq!(v.get("/v1/edges").1["edges"].as_array().unwrap().len(), 1);
+}
