@@ -284,13 +284,29 @@ mod tests {
         Cli::command().mut_subcommand("edge", |s| s.mut_arg("node_id", |a| a.env(env_var)))
     }
 
-    fn write_config(body: &str) -> PathBuf {
+    /// A config file in the temp dir, removed when dropped.
+    struct TempConfig(PathBuf);
+
+    impl std::ops::Deref for TempConfig {
+        type Target = PathBuf;
+        fn deref(&self) -> &PathBuf {
+            &self.0
+        }
+    }
+
+    impl Drop for TempConfig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn write_config(body: &str) -> TempConfig {
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
         let name = format!("ferry-cfgtest-{}-{n}.toml", std::process::id());
         let path = std::env::temp_dir().join(name);
         std::fs::write(&path, body).unwrap();
-        path
+        TempConfig(path)
     }
 
     /// Expands and parses `ferry --config FILE <rest>`; summarises the leaf's args.
@@ -343,7 +359,8 @@ mod tests {
 
     #[test]
     fn config_path_from_environment_and_injection_position() {
-        std::env::set_var("FERRY_CFGTEST_CONFIG_PATH", write_config("port = 3"));
+        let file = write_config("port = 3");
+        std::env::set_var("FERRY_CFGTEST_CONFIG_PATH", file.as_os_str());
         let cmd = Cli::command().mut_arg("config", |a| a.env("FERRY_CFGTEST_CONFIG_PATH"));
         let args = ["ferry", "bench", "fanout", "--verbose"].map(OsString::from).to_vec();
         let got = args_with_config_file(&cmd, args).unwrap();
@@ -364,7 +381,8 @@ mod tests {
     #[test]
     fn missing_or_invalid_file_errors_with_path() {
         let missing = std::env::temp_dir().join("ferry-cfgtest-does-not-exist.toml");
-        for path in [missing, write_config("port = = 2")] {
+        let invalid = write_config("port = = 2");
+        for path in [missing, invalid.0.clone()] {
             let err = expand("FERRY_CFGTEST_E6", &path, &["edge"]).unwrap_err();
             let shown = path.display().to_string();
             assert!(err.to_string().contains(&shown), "{err}");

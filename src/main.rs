@@ -7,6 +7,7 @@ mod config;
 mod control;
 mod ctl;
 mod dev;
+mod http_client;
 mod units;
 
 use std::process::ExitCode;

@@ -146,17 +146,19 @@ fn sigterm_tells_viewers_to_go_away_and_the_edge_exits_cleanly() {
 #[test]
 fn ferry_dev_serves_a_demo_stream_that_ferry_watch_plays() {
     let mut cmd = ferry();
+    let dir = TempDir::new("dev");
     cmd.args(["dev", "--quic-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(["--control-listen", "127.0.0.1:0", "--raft-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let mut dev = Proc::spawn("ferry dev", &mut cmd);
     let mut lines = BufReader::new(dev.child.stdout.take().unwrap()).lines();
-    let watch_line = lines
-        .by_ref()
-        .take(10)
-        .map(|l| l.unwrap())
-        .find(|l| l.contains("watch --edge"))
-        .expect("ferry dev printed no watch command");
+    let printed: Vec<String> = lines.by_ref().take(5).map(|l| l.unwrap()).collect();
+    let watch_line =
+        printed.iter().find(|l| l.contains("watch --edge")).expect("ferry dev printed no watch command");
+    let ctl_line =
+        printed.iter().find(|l| l.contains("ctl --control")).expect("ferry dev printed no ctl command");
     let args: Vec<&str> = watch_line.split_whitespace().collect();
     let edge = args[args.iter().position(|a| *a == "--edge").unwrap() + 1];
     let stream = args[args.iter().position(|a| *a == "--stream").unwrap() + 1];
@@ -166,5 +168,13 @@ fn ferry_dev_serves_a_demo_stream_that_ferry_watch_plays() {
         .stdout(Stdio::piped());
     let v = json_output(Proc::spawn("watcher", &mut cmd), Duration::from_secs(20));
     assert!(v["frames"].as_u64().unwrap() > 0, "{v}");
+
+    // The dev edge is registered with the dev control plane.
+    let ctl_args: Vec<&str> = ctl_line.split_whitespace().skip_while(|a| *a != "ctl").collect();
+    let out =
+        ferry().args(&ctl_args[..ctl_args.len() - 2]).args(["--json", "edges", "list"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let edges: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(edges["edges"][0]["id"], "dev-edge", "{edges}");
     drop(dev);
 }

@@ -1,4 +1,4 @@
-//! A small HTTP/1.1 JSON client for `ferry ctl`: one request per connection
+//! A small HTTP/1.1 JSON client for `ferry ctl` and `ferry dev`: one request per connection
 //! (`Connection: close`), `http://HOST:PORT` endpoints, bounded response size.
 
 use std::time::Duration;
