@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Input, Members, NodeConfig, NodeError, NodeHandle, Status};
 use crate::state::{apply, decode_request, encode_request, Outcome, State};
 use crate::storage::{LogStore, SledStore};
-use crate::transport::Transport;
+use crate::transport::RaftNetwork;
 
 type WriteReply = oneshot::Sender<Result<(u64, Outcome), NodeError>>;
 type IndexReply = oneshot::Sender<Result<u64, NodeError>>;
@@ -45,6 +45,9 @@ pub(super) struct Driver {
     snapshot_index: u64,
     snapshots_taken: u64,
     proposals: u64,
+    /// Requests that arrived while no leader was known, retried once one is (until
+    /// their callers give up).
+    leaderless: Vec<Input>,
     /// A membership change applied: snapshot now, so a new member that needs a
     /// snapshot gets one whose conf state includes it (raft-rs refuses others).
     snapshot_due: bool,
@@ -109,11 +112,12 @@ impl Driver {
             snapshots_taken: 0,
             proposals: 0,
             snapshot_due: false,
+            leaderless: Vec::new(),
         };
         Ok((driver, handle))
     }
 
-    pub async fn run(mut self, transport: Transport, cancel: CancellationToken) {
+    pub async fn run(mut self, transport: Arc<dyn RaftNetwork>, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(self.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -124,6 +128,7 @@ impl Driver {
                     self.raw.tick();
                     self.forget_abandoned();
                     self.reissue_reads();
+                    self.retry_leaderless();
                 }
                 input = self.rx.recv() => {
                     let Some(input) = input else { break };
@@ -136,7 +141,7 @@ impl Driver {
                     }
                 }
             }
-            if let Err(e) = self.on_ready(&transport) {
+            if let Err(e) = self.on_ready(transport.as_ref()) {
                 // Storage failed: we cannot persist, so we must not vote or ack.
                 tracing::error!(error = %e, "raft storage failure; stopping this node");
                 break;
@@ -156,6 +161,16 @@ impl Driver {
     }
 
     fn handle(&mut self, input: Input) {
+        if self.raw.raft.leader_id == raft::INVALID_ID && !matches!(input, Input::Raft(_)) {
+            // An election is in progress: hold the request (bounded) rather than fail
+            // it; the caller's timeout still applies.
+            if self.leaderless.len() < LEADERLESS_QUEUE {
+                self.leaderless.push(input);
+            } else {
+                reject_no_leader(input);
+            }
+            return;
+        }
         match input {
             Input::Raft(msg) => {
                 if let Err(e) = self.raw.step(*msg) {
@@ -228,6 +243,17 @@ impl Driver {
         }
     }
 
+    fn retry_leaderless(&mut self) {
+        if self.raw.raft.leader_id == raft::INVALID_ID || self.leaderless.is_empty() {
+            return;
+        }
+        for input in std::mem::take(&mut self.leaderless) {
+            if !input_abandoned(&input) {
+                self.handle(input);
+            }
+        }
+    }
+
     /// raft-rs drops a ReadIndex silently when it cannot serve it yet (a new leader
     /// before its first commit, a follower whose leader just died): ask again.
     fn reissue_reads(&mut self) {
@@ -259,7 +285,7 @@ impl Driver {
         self.conf_changes.retain(|_, r| !r.is_closed());
     }
 
-    fn on_ready(&mut self, transport: &Transport) -> Result<(), NodeError> {
+    fn on_ready(&mut self, transport: &dyn RaftNetwork) -> Result<(), NodeError> {
         if !self.raw.has_ready() {
             self.publish_status();
             return Ok(());
@@ -416,6 +442,31 @@ impl Driver {
             *old = status;
             changed
         });
+    }
+}
+
+/// Requests held while no leader is known.
+const LEADERLESS_QUEUE: usize = 1024;
+
+fn reject_no_leader(input: Input) {
+    match input {
+        Input::Propose { reply, .. } => {
+            let _ = reply.send(Err(NodeError::NoLeader));
+        }
+        Input::ReadIndex { reply } | Input::AddVoter { reply, .. } | Input::RemoveVoter { reply, .. } => {
+            let _ = reply.send(Err(NodeError::NoLeader));
+        }
+        Input::Raft(_) => {}
+    }
+}
+
+fn input_abandoned(input: &Input) -> bool {
+    match input {
+        Input::Propose { reply, .. } => reply.is_closed(),
+        Input::ReadIndex { reply } | Input::AddVoter { reply, .. } | Input::RemoveVoter { reply, .. } => {
+            reply.is_closed()
+        }
+        Input::Raft(_) => true,
     }
 }
 

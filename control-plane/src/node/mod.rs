@@ -10,6 +10,8 @@
 mod driver;
 pub mod log;
 mod members;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::state::{Outcome, Request, State};
+use crate::transport::RaftNetwork;
 
 pub use members::Members;
 
@@ -203,19 +206,35 @@ impl NodeHandle {
     }
 }
 
-/// Opens storage and starts the node task (and its transport) on `tracker`.
+/// A node whose storage is open, not yet running: connect it to a network, then
+/// [`NodeRunner::run`] it.
+pub struct NodeRunner(driver::Driver);
+
+impl NodeRunner {
+    /// Drives raft until `cancel` fires, sending through `network`.
+    pub async fn run(self, network: Arc<dyn RaftNetwork>, cancel: CancellationToken) {
+        self.0.run(network, cancel).await;
+    }
+}
+
+/// Opens (or creates) the node's storage and rebuilds its state machine.
+pub fn open(config: NodeConfig) -> Result<(NodeRunner, NodeHandle), NodeError> {
+    let (inputs, rx) = mpsc::channel(INPUT_QUEUE);
+    let (driver, handle) = driver::Driver::open(config, inputs, rx)?;
+    Ok((NodeRunner(driver), handle))
+}
+
+/// Opens storage and starts the node task with the QUIC transport on `tracker`.
 pub async fn start(
     config: NodeConfig,
     transport: crate::transport::TransportConfig,
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> Result<NodeHandle, NodeError> {
-    let (inputs, rx) = mpsc::channel(INPUT_QUEUE);
-    let (driver, handle) = driver::Driver::open(config, inputs, rx)?;
-    let handle2 = handle.clone();
-    let peers = crate::transport::Transport::start(transport, handle2, tracker, cancel.clone())
+    let (runner, handle) = open(config)?;
+    let network = crate::transport::Transport::start(transport, handle.clone(), tracker, cancel.clone())
         .await
         .map_err(|e| NodeError::Storage(format!("raft transport: {e}")))?;
-    tracker.spawn(driver.run(peers, cancel));
+    tracker.spawn(runner.run(Arc::new(network), cancel));
     Ok(handle)
 }

@@ -1,0 +1,138 @@
+//! The node logic over the in-memory router: three nodes in one process, fast
+//! ticks, real sled storage in temp dirs, partitions by dropping messages.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::state::Command;
+use crate::transport::MemoryRouter;
+
+struct Cluster {
+    nodes: Vec<NodeHandle>,
+    router: MemoryRouter,
+    cancel: CancellationToken,
+    _dirs: Vec<TempDir>,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn cluster(n: u64) -> Cluster {
+    let router = MemoryRouter::default();
+    let cancel = CancellationToken::new();
+    let peers: BTreeMap<u64, String> = (1..=n).map(|id| (id, format!("mem:{id}"))).collect();
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for id in 1..=n {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let dir = std::env::temp_dir().join(format!("ferry-node-test-{}-{id}-{nanos}", std::process::id()));
+        let mut config = NodeConfig::new(id, peers.clone(), dir.clone());
+        config.tick = Duration::from_millis(10);
+        config.snapshot_every = 20;
+        let (runner, handle) = open(config).unwrap();
+        router.add(id, handle.clone());
+        tokio::spawn(runner.run(Arc::new(router.clone()), cancel.clone()));
+        nodes.push(handle);
+        dirs.push(TempDir(dir));
+    }
+    Cluster { nodes, router, cancel, _dirs: dirs }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn leader_of(nodes: &[&NodeHandle]) -> u64 {
+    leader_other_than(nodes, 0).await
+}
+
+/// Waits (bounded) until every node agrees on one leader that is not `old`.
+async fn leader_other_than(nodes: &[&NodeHandle], old: u64) -> u64 {
+    for _ in 0..500 {
+        let leaders: Vec<u64> = nodes.iter().map(|n| n.status().leader).collect();
+        if leaders[0] != 0 && leaders[0] != old && leaders.iter().all(|l| *l == leaders[0]) {
+            return leaders[0];
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no agreed leader");
+}
+
+fn edge(id: &str) -> Request {
+    Request {
+        request_id: format!("req-{id}"),
+        actor: "test".into(),
+        at_ms: 1,
+        command: Command::RegisterEdge {
+            id: id.into(),
+            region: "eu".into(),
+            quic_addr: "127.0.0.1:1".into(),
+            http_addr: "127.0.0.1:2".into(),
+            version: "t".into(),
+            capacity: 1,
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_and_every_node_applies_every_write() {
+    let c = cluster(3);
+    let all: Vec<&NodeHandle> = c.nodes.iter().collect();
+    leader_of(&all).await;
+    for (i, node) in c.nodes.iter().enumerate() {
+        let (_, outcome) = node.write(edge(&format!("e{i}")), Duration::from_secs(5)).await.unwrap();
+        assert!(outcome.is_ok(), "{outcome:?}");
+    }
+    for node in &c.nodes {
+        node.linearize(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(node.read(|s| s.edges.len()), 3);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_is_replaced_and_catches_up_after_healing() {
+    let c = cluster(3);
+    let all: Vec<&NodeHandle> = c.nodes.iter().collect();
+    let old = leader_of(&all).await;
+    c.router.partition(old);
+    let rest: Vec<&NodeHandle> = c.nodes.iter().filter(|n| n.status().id != old).collect();
+    leader_other_than(&rest, old).await;
+    // The cut-off node cannot commit.
+    let cut = &c.nodes[usize::try_from(old - 1).unwrap()];
+    let err = cut.write(edge("lost"), Duration::from_millis(500)).await.unwrap_err();
+    assert!(matches!(err, NodeError::Timeout(_) | NodeError::NoLeader), "{err:?}");
+    // The majority goes on, past a snapshot.
+    for i in 0..30 {
+        rest[i % 2].write(edge(&format!("m{i}")), Duration::from_secs(5)).await.unwrap();
+    }
+    c.router.heal(old);
+    cut.linearize(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(cut.read(|s| s.edges.len()), rest[0].read(|s| s.edges.len()));
+    assert!(cut.read(|s| !s.edges.contains_key("lost")), "an unacknowledged write must not appear by itself");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_request_id_is_applied_once() {
+    let c = cluster(3);
+    let all: Vec<&NodeHandle> = c.nodes.iter().collect();
+    leader_of(&all).await;
+    let (_, first) = c.nodes[0].write(edge("x"), Duration::from_secs(5)).await.unwrap();
+    // The retry (through another node) gets the first outcome back, not a second apply.
+    let (_, again) = c.nodes[1].write(edge("x"), Duration::from_secs(5)).await.unwrap();
+    assert_eq!(first, again);
+    for node in &c.nodes {
+        node.linearize(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(node.read(|s| s.audit.iter().filter(|e| e.request_id == "req-x").count()), 1);
+    }
+}
