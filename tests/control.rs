@@ -273,3 +273,39 @@ fn bad_requests_get_json_errors_and_change_nothing() {
     assert!(v.status()["applied_index"].as_u64().unwrap() <= before + 1);
     assert_eq!(v.get("/v1/edges").1["edges"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn watch_long_polls_return_the_changes_after_an_index_and_resume() {
+    let dir = TempDir::new("cp-watch");
+    let voters = start_cluster(dir.path(), 3);
+    let refs: Vec<&Voter> = voters.iter().collect();
+    wait_for_leader(&refs);
+    assert_eq!(register_edge(&voters[0], "w1", "w1"), 200);
+    let (code, first) = voters[1].get("/v1/watch?since=0&timeout_ms=5000");
+    assert_eq!(code, 200, "{first}");
+    let index = first["index"].as_u64().unwrap();
+    assert!(first["events"].as_array().unwrap().iter().any(|e| e["request_id"] == "w1"), "{first}");
+
+    // A watcher waiting from `index` wakes up with exactly the next change.
+    let http = voters[2].http.clone();
+    let waiter = std::thread::spawn(move || {
+        http_json(&http, "GET", &format!("/v1/watch?since={index}&timeout_ms=20000"), Some(TOKEN), &[], None)
+    });
+    let out = ctl(&refs, &["rollout", "create", "r1", "--spec", r#"{"max_lag_ms":500}"#]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, next) = waiter.join().unwrap();
+    assert_eq!(code, 200, "{next}");
+    let events = next["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{next}");
+    assert_eq!(events[0]["action"], "rollout.create");
+    assert!(next["index"].as_u64().unwrap() > index);
+
+    // The rollout's level moves through ctl and is audited.
+    let out = ctl(&refs, &["rollout", "level", "r1", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ctl(&refs, &["--json", "rollout", "get", "r1"]);
+    let rollout: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rollout["level"], 2, "{rollout}");
+    let out = ctl(&refs, &["rollout", "level", "r1", "9"]);
+    assert!(!out.status.success(), "level 9 must be refused");
+}

@@ -330,17 +330,31 @@ pub async fn watch(State(api): State<Api>, p: Result<Query<WatchParams>, QueryRe
     let Query(p) = p?;
     let wait = Duration::from_millis(p.timeout_ms.unwrap_or(30_000).min(60_000));
     let deadline = tokio::time::Instant::now() + wait;
-    api.node.wait_applied(p.since.saturating_add(1), deadline).await;
-    let index = api.node.status().applied;
-    let body = api.node.read(|s| {
-        let oldest = s.audit.front().map_or(u64::MAX, |e| e.index);
-        let lost = p.since.saturating_add(1) < oldest && s.audit.len() >= 10_000;
-        if lost {
-            json!({ "index": index, "resync": true, "state": serde_json::to_value(s).unwrap_or(Value::Null) })
-        } else {
-            let events: Vec<_> = s.audit.iter().filter(|e| e.index > p.since).collect();
-            json!({ "index": index, "resync": false, "events": events })
+    // Entries without a change (a new leader's empty entry) advance the index but
+    // carry no event: keep waiting until there is one, or the deadline.
+    let mut seen = p.since;
+    let body = loop {
+        api.node.wait_applied(seen.saturating_add(1), deadline).await;
+        let status_applied = api.node.status().applied;
+        let body = api.node.read(|s| {
+            // The state's own index: never behind the events it holds.
+            let index = s.applied_index.max(status_applied);
+            let oldest = s.audit.front().map_or(u64::MAX, |e| e.index);
+            let lost = p.since.saturating_add(1) < oldest && s.audit.len() >= crate::state::MAX_AUDIT_EVENTS;
+            if lost {
+                Some(json!({ "index": index, "resync": true, "state": serde_json::to_value(s).unwrap_or(Value::Null) }))
+            } else {
+                let events: Vec<_> = s.audit.iter().filter(|e| e.index > p.since).collect();
+                (!events.is_empty()).then(|| json!({ "index": index, "resync": false, "events": events }))
+            }
+        });
+        match body {
+            Some(body) => break body,
+            None if tokio::time::Instant::now() >= deadline => {
+                break json!({ "index": status_applied.max(p.since), "resync": false, "events": [] });
+            }
+            None => seen = status_applied.max(seen.saturating_add(1)),
         }
-    });
+    };
     Ok(Json(body).into_response())
 }
