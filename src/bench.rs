@@ -20,12 +20,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::units;
 
+mod control;
 mod floor;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// One publisher → H edges (separate processes) → N viewers.
     Fanout(FanoutArgs),
+    /// Control-plane writes/s, latency and leader failover: Ferry or etcd, 3 members.
+    Control(control::ControlArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -62,6 +65,7 @@ pub struct FanoutArgs {
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Fanout(args) => fanout(args).await,
+        BenchCommand::Control(args) => control::run(args).await,
     }
 }
 

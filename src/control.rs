@@ -47,7 +47,7 @@ pub struct ControlArgs {
     #[arg(long, env = "FERRY_CONTROL_ELECTION_TICKS", default_value_t = 5)]
     pub election_ticks: usize,
     /// Applied entries between snapshots (log compaction).
-    #[arg(long, env = "FERRY_CONTROL_SNAPSHOT_EVERY", default_value_t = 1000)]
+    #[arg(long, env = "FERRY_CONTROL_SNAPSHOT_EVERY", default_value_t = 10_000)]
     pub snapshot_every: u64,
     /// How long writes and linearizable reads wait for a quorum.
     #[arg(long, env = "FERRY_CONTROL_REQUEST_TIMEOUT", default_value = "5s", value_parser = units::duration)]

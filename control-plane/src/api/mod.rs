@@ -176,3 +176,6 @@ async fn metrics(State(api): State<Api>) -> Response {
         Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()).into_response(),
     }
 }
+
+#[cfg(test)]
+mod openapi_tests;

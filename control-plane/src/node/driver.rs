@@ -319,8 +319,9 @@ impl Driver {
         }
         transport.send(light.take_messages());
         let mut answers = Vec::new();
+        // These entries are committed and already in our flushed log (a previous
+        // Ready appended them): answering needs no second fsync.
         self.apply_committed(light.take_committed_entries(), &mut answers)?;
-        self.raw.mut_store().flush().map_err(storage_err)?;
         answer(answers);
         self.raw.advance_apply();
         self.maybe_snapshot()?;

@@ -51,7 +51,7 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// Defaults: 100 ms ticks, elections after 0.5–1 s, snapshots every 1,000 entries.
+    /// Defaults: 100 ms ticks, elections after 0.5–1 s, snapshots every 10,000 entries.
     pub fn new(id: u64, peers: BTreeMap<u64, String>, data_dir: PathBuf) -> Self {
         Self {
             id,
@@ -60,7 +60,7 @@ impl NodeConfig {
             tick: Duration::from_millis(100),
             election_ticks: 5,
             heartbeat_ticks: 1,
-            snapshot_every: 1000,
+            snapshot_every: 10_000,
             join: false,
         }
     }
