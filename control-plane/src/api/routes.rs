@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{Api, ApiError};
-use crate::state::{Command, Outcome, Request};
+use crate::state::{Command, Outcome, Request, State as MachineState};
 
 type Body<T> = Result<Json<T>, JsonRejection>;
 type ApiResult = Result<Response, ApiError>;
@@ -72,6 +72,32 @@ impl Api {
                 };
                 Err(ApiError::new(status, code, message))
             }
+        }
+    }
+
+    /// Answers `{ key: [...] }` from the state, after the read fence.
+    async fn list(
+        &self,
+        p: Result<Query<ReadParams>, QueryRejection>,
+        key: &str,
+        f: impl FnOnce(&MachineState) -> serde_json::Result<Value>,
+    ) -> ApiResult {
+        self.read_fence(params(p)?.stale).await?;
+        let items = self.node.read(f).unwrap_or(Value::Null);
+        Ok(Json(json!({ key: items })).into_response())
+    }
+
+    /// Answers one object from the state, or 404 with `missing`.
+    async fn one(
+        &self,
+        p: Result<Query<ReadParams>, QueryRejection>,
+        f: impl FnOnce(&MachineState) -> Option<serde_json::Result<Value>>,
+        missing: impl FnOnce() -> String,
+    ) -> ApiResult {
+        self.read_fence(params(p)?.stale).await?;
+        match self.node.read(f) {
+            Some(Ok(v)) => Ok(Json(v).into_response()),
+            _ => Err(ApiError::not_found(missing())),
         }
     }
 
@@ -169,9 +195,7 @@ pub async fn delete_edge(State(api): State<Api>, Path(id): Path<String>, headers
 }
 
 pub async fn list_edges(State(api): State<Api>, p: Result<Query<ReadParams>, QueryRejection>) -> ApiResult {
-    api.read_fence(params(p)?.stale).await?;
-    let edges = api.node.read(|s| serde_json::to_value(s.edges.values().collect::<Vec<_>>()));
-    Ok(Json(json!({ "edges": edges.unwrap_or(Value::Null) })).into_response())
+    api.list(p, "edges", |s| serde_json::to_value(s.edges.values().collect::<Vec<_>>())).await
 }
 
 pub async fn get_edge(
@@ -179,12 +203,8 @@ pub async fn get_edge(
     Path(id): Path<String>,
     p: Result<Query<ReadParams>, QueryRejection>,
 ) -> ApiResult {
-    api.read_fence(params(p)?.stale).await?;
-    let edge = api.node.read(|s| s.edges.get(&id).map(serde_json::to_value));
-    match edge {
-        Some(Ok(v)) => Ok(Json(v).into_response()),
-        _ => Err(ApiError::not_found(format!("edge {id} is not registered"))),
-    }
+    api.one(p, |s| s.edges.get(&id).map(serde_json::to_value), || format!("edge {id} is not registered"))
+        .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -214,9 +234,7 @@ pub async fn delete_stream(
 }
 
 pub async fn list_streams(State(api): State<Api>, p: Result<Query<ReadParams>, QueryRejection>) -> ApiResult {
-    api.read_fence(params(p)?.stale).await?;
-    let streams = api.node.read(|s| serde_json::to_value(s.streams.values().collect::<Vec<_>>()));
-    Ok(Json(json!({ "streams": streams.unwrap_or(Value::Null) })).into_response())
+    api.list(p, "streams", |s| serde_json::to_value(s.streams.values().collect::<Vec<_>>())).await
 }
 
 pub async fn get_stream(
@@ -224,11 +242,8 @@ pub async fn get_stream(
     Path(name): Path<String>,
     p: Result<Query<ReadParams>, QueryRejection>,
 ) -> ApiResult {
-    api.read_fence(params(p)?.stale).await?;
-    match api.node.read(|s| s.streams.get(&name).map(serde_json::to_value)) {
-        Some(Ok(v)) => Ok(Json(v).into_response()),
-        _ => Err(ApiError::not_found(format!("stream {name} does not exist"))),
-    }
+    api.one(p, |s| s.streams.get(&name).map(serde_json::to_value), || format!("stream {name} does not exist"))
+        .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,9 +263,7 @@ pub async fn list_rollouts(
     State(api): State<Api>,
     p: Result<Query<ReadParams>, QueryRejection>,
 ) -> ApiResult {
-    api.read_fence(params(p)?.stale).await?;
-    let rollouts = api.node.read(|s| serde_json::to_value(s.rollouts.values().collect::<Vec<_>>()));
-    Ok(Json(json!({ "rollouts": rollouts.unwrap_or(Value::Null) })).into_response())
+    api.list(p, "rollouts", |s| serde_json::to_value(s.rollouts.values().collect::<Vec<_>>())).await
 }
 
 pub async fn get_rollout(
@@ -258,11 +271,8 @@ pub async fn get_rollout(
     Path(id): Path<String>,
     p: Result<Query<ReadParams>, QueryRejection>,
 ) -> ApiResult {
-    api.read_fence(params(p)?.stale).await?;
-    match api.node.read(|s| s.rollouts.get(&id).map(serde_json::to_value)) {
-        Some(Ok(v)) => Ok(Json(v).into_response()),
-        _ => Err(ApiError::not_found(format!("rollout {id} does not exist"))),
-    }
+    api.one(p, |s| s.rollouts.get(&id).map(serde_json::to_value), || format!("rollout {id} does not exist"))
+        .await
 }
 
 #[derive(Debug, Deserialize)]
