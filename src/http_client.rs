@@ -1,14 +1,15 @@
-//! A small HTTP/1.1 JSON client for `ferry ctl` and `ferry dev`: one request per connection
-//! (`Connection: close`), `http://HOST:PORT` endpoints, bounded response size.
+//! A small HTTP/1.1 client: [`HttpConn`] (keep-alive, Content-Length or chunked
+//! bodies, bounded size) for `ferry bench control`, and [`request`], one JSON request
+//! to an `http://HOST:PORT` endpoint, for `ferry ctl`.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// Largest response body read (a full state resync fits).
-const MAX_RESPONSE: u64 = 64 * 1024 * 1024;
+const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 
 /// A response: status and parsed JSON body.
 #[derive(Debug)]
@@ -52,38 +53,9 @@ async fn send(
     body: Option<&serde_json::Value>,
     idempotency_key: Option<&str>,
 ) -> anyhow::Result<Response> {
-    let mut stream =
-        TcpStream::connect(authority).await.with_context(|| format!("cannot connect to {authority}"))?;
-    let payload = body.map(serde_json::to_vec).transpose()?.unwrap_or_default();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {token}\r\nAccept: application/json\r\nConnection: close\r\nContent-Length: {}\r\n",
-        payload.len()
-    );
-    if body.is_some() {
-        head.push_str("Content-Type: application/json\r\n");
-    }
-    if let Some(key) = idempotency_key {
-        head.push_str(&format!("Idempotency-Key: {key}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(&payload).await?;
-    let mut raw = Vec::new();
-    (&mut stream).take(MAX_RESPONSE).read_to_end(&mut raw).await?;
-    parse(&raw)
-}
-
-fn parse(raw: &[u8]) -> anyhow::Result<Response> {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").context("malformed HTTP response")?;
-    let (head, body) = raw.split_at(split);
-    let head = std::str::from_utf8(head).context("non-UTF-8 response head")?;
-    let status: u16 =
-        head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("response without a status")?;
-    let body = body.get(4..).unwrap_or_default();
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked")
-    });
-    let body = if chunked { dechunk(body)? } else { body.to_vec() };
+    let payload = body.map(serde_json::to_vec).transpose()?;
+    let mut conn = HttpConn::connect(authority, MAX_RESPONSE).await?;
+    let (status, body) = conn.request(method, path, token, idempotency_key, payload.as_deref()).await?;
     let body = if body.is_empty() {
         serde_json::Value::Null
     } else {
@@ -93,18 +65,133 @@ fn parse(raw: &[u8]) -> anyhow::Result<Response> {
     Ok(Response { status, body })
 }
 
-fn dechunk(mut body: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = body.windows(2).position(|w| w == b"\r\n").context("bad chunk")?;
-        let size_text = std::str::from_utf8(body.get(..line_end).unwrap_or_default())?;
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)?;
-        let start = line_end + 2;
-        if size == 0 {
-            return Ok(out);
+/// A minimal HTTP/1.1 client connection with keep-alive: one request at a time,
+/// bodies framed by Content-Length or chunked encoding.
+pub struct HttpConn {
+    stream: BufReader<TcpStream>,
+    host: String,
+    /// False once the server asked to close or framing was lost.
+    reusable: bool,
+    /// Largest response body accepted.
+    max_response: usize,
+}
+
+impl HttpConn {
+    /// Connects to `addr` (`HOST:PORT`), accepting bodies of at most `max_response` bytes.
+    pub async fn connect(addr: &str, max_response: usize) -> anyhow::Result<HttpConn> {
+        let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+            .await
+            .with_context(|| format!("connect to {addr} timed out"))?
+            .with_context(|| format!("cannot connect to {addr}"))?;
+        stream.set_nodelay(true)?;
+        Ok(HttpConn { stream: BufReader::new(stream), host: addr.to_owned(), reusable: true, max_response })
+    }
+
+    /// Whether another request may be sent on this connection.
+    pub fn reusable(&self) -> bool {
+        self.reusable
+    }
+
+    /// Sends one request and reads the whole response: (status, body).
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: &str,
+        idempotency_key: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
+        self.reusable = false;
+        let body = body.unwrap_or_default();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
+             Connection: keep-alive\r\nContent-Length: {}\r\n",
+            self.host,
+            body.len()
+        );
+        if !body.is_empty() {
+            head.push_str("Content-Type: application/json\r\n");
         }
-        out.extend_from_slice(body.get(start..start + size).context("truncated chunk")?);
-        body = body.get(start + size + 2..).unwrap_or_default();
+        if let Some(k) = idempotency_key {
+            head.push_str(&format!("Idempotency-Key: {k}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut request = head.into_bytes();
+        request.extend_from_slice(body);
+        self.stream.get_mut().write_all(&request).await?;
+
+        let status_line = self.line().await?;
+        let mut parts = status_line.split_whitespace();
+        let version = parts.next().unwrap_or_default().to_owned();
+        let status: u16 = parts
+            .next()
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("bad status line {status_line:?}"))?;
+        let mut keep_alive = version == "HTTP/1.1";
+        let mut length: Option<usize> = None;
+        let mut chunked = false;
+        loop {
+            let line = self.line().await?;
+            if line.is_empty() {
+                break;
+            }
+            let Some((name, value)) = line.split_once(':') else { continue };
+            let (name, value) = (name.trim().to_ascii_lowercase(), value.trim().to_ascii_lowercase());
+            match name.as_str() {
+                "content-length" => length = Some(value.parse().context("bad Content-Length")?),
+                "transfer-encoding" => chunked = value.contains("chunked"),
+                "connection" if value.contains("close") => keep_alive = false,
+                "connection" if value.contains("keep-alive") => keep_alive = true,
+                _ => {}
+            }
+        }
+        let body = if chunked {
+            let mut out = Vec::new();
+            loop {
+                let size_line = self.line().await?;
+                let hex = size_line.split(';').next().unwrap_or_default().trim();
+                let size = usize::from_str_radix(hex, 16).context("bad chunk size")?;
+                if size == 0 {
+                    while !self.line().await?.is_empty() {}
+                    break;
+                }
+                if out.len() + size > self.max_response {
+                    bail!("response larger than {} bytes", self.max_response);
+                }
+                let start = out.len();
+                out.resize(start + size, 0);
+                self.stream.read_exact(out.get_mut(start..).context("chunk")?).await?;
+                self.line().await?;
+            }
+            out
+        } else if let Some(len) = length {
+            if len > self.max_response {
+                bail!("response larger than {} bytes", self.max_response);
+            }
+            let mut out = vec![0; len];
+            self.stream.read_exact(&mut out).await?;
+            out
+        } else {
+            keep_alive = false;
+            let mut out = Vec::new();
+            (&mut self.stream).take(self.max_response as u64).read_to_end(&mut out).await?;
+            out
+        };
+        self.reusable = keep_alive;
+        Ok((status, body))
+    }
+
+    /// One header line without its CRLF.
+    async fn line(&mut self) -> anyhow::Result<String> {
+        let mut line = String::new();
+        let n = (&mut self.stream).take(16 * 1024).read_line(&mut line).await?;
+        if n == 0 {
+            bail!("connection closed by the server");
+        }
+        if !line.ends_with('\n') {
+            bail!("header line too long");
+        }
+        Ok(line.trim_end_matches(['\r', '\n']).to_owned())
     }
 }
 
@@ -112,17 +199,48 @@ fn dechunk(mut body: &[u8]) -> anyhow::Result<Vec<u8>> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_plain_and_chunked_responses() {
-        let r = parse(b"HTTP/1.1 404 Not Found\r\ncontent-length: 9\r\n\r\n{\"a\":1}  ").unwrap();
-        assert_eq!(r.status, 404);
-        assert_eq!(r.body["a"], 1);
-        let r = parse(
+    /// Serves `responses` in turn on one connection and returns the address.
+    async fn serve(responses: Vec<&'static [u8]>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            for response in responses {
+                let _ = socket.read(&mut buf).await.unwrap();
+                socket.write_all(response).await.unwrap();
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn reads_sized_and_chunked_responses_on_one_connection() {
+        let addr = serve(vec![
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 7\r\n\r\n{\"a\":1}",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"b\r\n4\r\n\":2}\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!(r.body["b"], 2);
-        assert!(parse(b"garbage").is_err());
+        ])
+        .await;
+        let mut conn = HttpConn::connect(&addr, 1024).await.unwrap();
+        let (status, body) = conn.request("GET", "/x", "t", None, None).await.unwrap();
+        assert_eq!((status, body.as_slice()), (404, &b"{\"a\":1}"[..]));
+        assert!(conn.reusable());
+        let (status, body) = conn.request("GET", "/y", "t", Some("k"), Some(b"{}")).await.unwrap();
+        assert_eq!((status, body.as_slice()), (200, &b"{\"b\":2}"[..]));
+    }
+
+    #[tokio::test]
+    async fn oversized_and_garbage_responses_are_errors() {
+        let addr = serve(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 5000\r\n\r\n"]).await;
+        let mut conn = HttpConn::connect(&addr, 1024).await.unwrap();
+        assert!(conn.request("GET", "/", "t", None, None).await.is_err());
+        let addr = serve(vec![b"garbage\r\n\r\n"]).await;
+        let mut conn = HttpConn::connect(&addr, 1024).await.unwrap();
+        assert!(conn.request("GET", "/", "t", None, None).await.is_err());
+    }
+
+    #[test]
+    fn only_plain_http_urls() {
         assert_eq!(authority("http://127.0.0.1:9000/").unwrap(), "127.0.0.1:9000");
         assert!(authority("https://x:1").is_err());
     }

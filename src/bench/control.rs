@@ -12,10 +12,10 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use ferry_node::client::stats::Samples;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
+use crate::http_client::HttpConn;
 use crate::units;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -288,7 +288,7 @@ async fn find_leader(api: &Api, endpoints: &[String]) -> anyhow::Result<usize> {
 async fn is_leader(api: &Api, endpoint: &str) -> anyhow::Result<bool> {
     match api {
         Api::Ferry { token } => {
-            let mut conn = HttpConn::connect(endpoint).await?;
+            let mut conn = HttpConn::connect(endpoint, MAX_RESPONSE).await?;
             let (status, body) = tokio::time::timeout(
                 Duration::from_secs(2),
                 conn.request("GET", "/v1/cluster", token, None, None),
@@ -324,7 +324,7 @@ impl Writer {
             Api::Ferry { token } => Ok(Writer::Ferry {
                 endpoint: endpoint.to_owned(),
                 token: token.clone(),
-                conn: Some(HttpConn::connect(endpoint).await?),
+                conn: Some(HttpConn::connect(endpoint, MAX_RESPONSE).await?),
             }),
             Api::Etcd => etcd::writer(endpoint).await,
         }
@@ -336,12 +336,12 @@ impl Writer {
             Writer::Ferry { endpoint, token, conn } => {
                 let mut c = match conn.take() {
                     Some(c) => c,
-                    None => HttpConn::connect(endpoint).await?,
+                    None => HttpConn::connect(endpoint, MAX_RESPONSE).await?,
                 };
                 let path = format!("/v1/edges/{key}");
                 let (status, body) =
                     c.request("PUT", &path, token, idempotency_key, Some(EDGE_BODY.as_bytes())).await?;
-                if c.reusable {
+                if c.reusable() {
                     *conn = Some(c);
                 }
                 if status != 200 {
@@ -665,128 +665,6 @@ impl Writer {
     }
 }
 
-/// A minimal HTTP/1.1 client connection with keep-alive: one request at a time,
-/// bodies framed by Content-Length or chunked encoding.
-struct HttpConn {
-    stream: BufReader<TcpStream>,
-    host: String,
-    /// False once the server asked to close or framing was lost.
-    reusable: bool,
-}
-
-impl HttpConn {
-    async fn connect(addr: &str) -> anyhow::Result<HttpConn> {
-        let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
-            .await
-            .with_context(|| format!("connect to {addr} timed out"))?
-            .with_context(|| format!("cannot connect to {addr}"))?;
-        stream.set_nodelay(true)?;
-        Ok(HttpConn { stream: BufReader::new(stream), host: addr.to_owned(), reusable: true })
-    }
-
-    /// Sends one request and reads the whole response: (status, body).
-    async fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        token: &str,
-        idempotency_key: Option<&str>,
-        body: Option<&[u8]>,
-    ) -> anyhow::Result<(u16, Vec<u8>)> {
-        self.reusable = false;
-        let body = body.unwrap_or_default();
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
-             Connection: keep-alive\r\nContent-Length: {}\r\n",
-            self.host,
-            body.len()
-        );
-        if !body.is_empty() {
-            head.push_str("Content-Type: application/json\r\n");
-        }
-        if let Some(k) = idempotency_key {
-            head.push_str(&format!("Idempotency-Key: {k}\r\n"));
-        }
-        head.push_str("\r\n");
-        let mut request = head.into_bytes();
-        request.extend_from_slice(body);
-        self.stream.get_mut().write_all(&request).await?;
-
-        let status_line = self.line().await?;
-        let mut parts = status_line.split_whitespace();
-        let version = parts.next().unwrap_or_default().to_owned();
-        let status: u16 = parts
-            .next()
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("bad status line {status_line:?}"))?;
-        let mut keep_alive = version == "HTTP/1.1";
-        let mut length: Option<usize> = None;
-        let mut chunked = false;
-        loop {
-            let line = self.line().await?;
-            if line.is_empty() {
-                break;
-            }
-            let Some((name, value)) = line.split_once(':') else { continue };
-            let (name, value) = (name.trim().to_ascii_lowercase(), value.trim().to_ascii_lowercase());
-            match name.as_str() {
-                "content-length" => length = Some(value.parse().context("bad Content-Length")?),
-                "transfer-encoding" => chunked = value.contains("chunked"),
-                "connection" if value.contains("close") => keep_alive = false,
-                "connection" if value.contains("keep-alive") => keep_alive = true,
-                _ => {}
-            }
-        }
-        let body = if chunked {
-            let mut out = Vec::new();
-            loop {
-                let size_line = self.line().await?;
-                let hex = size_line.split(';').next().unwrap_or_default().trim();
-                let size = usize::from_str_radix(hex, 16).context("bad chunk size")?;
-                if size == 0 {
-                    while !self.line().await?.is_empty() {}
-                    break;
-                }
-                if out.len() + size > MAX_RESPONSE {
-                    bail!("response larger than {MAX_RESPONSE} bytes");
-                }
-                let start = out.len();
-                out.resize(start + size, 0);
-                self.stream.read_exact(out.get_mut(start..).context("chunk")?).await?;
-                self.line().await?;
-            }
-            out
-        } else if let Some(len) = length {
-            if len > MAX_RESPONSE {
-                bail!("response larger than {MAX_RESPONSE} bytes");
-            }
-            let mut out = vec![0; len];
-            self.stream.read_exact(&mut out).await?;
-            out
-        } else {
-            keep_alive = false;
-            let mut out = Vec::new();
-            (&mut self.stream).take(MAX_RESPONSE as u64).read_to_end(&mut out).await?;
-            out
-        };
-        self.reusable = keep_alive;
-        Ok((status, body))
-    }
-
-    /// One header line without its CRLF.
-    async fn line(&mut self) -> anyhow::Result<String> {
-        let mut line = String::new();
-        let n = (&mut self.stream).take(16 * 1024).read_line(&mut line).await?;
-        if n == 0 {
-            bail!("connection closed by the server");
-        }
-        if !line.ends_with('\n') {
-            bail!("header line too long");
-        }
-        Ok(line.trim_end_matches(['\r', '\n']).to_owned())
-    }
-}
-
 #[cfg(feature = "etcd-bench")]
 mod etcd {
     use std::time::Duration;
@@ -829,28 +707,6 @@ mod etcd {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn http_conn_reads_length_and_chunked_bodies_on_one_connection() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let server = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut buf = vec![0u8; 4096];
-            let _ = s.read(&mut buf).await.unwrap();
-            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
-            let _ = s.read(&mut buf).await.unwrap();
-            s.write_all(b"HTTP/1.1 503 Service Unavailable\r\ntransfer-encoding: chunked\r\n\r\n3\r\nno \r\n6\r\nleader\r\n0\r\n\r\n")
-                .await
-                .unwrap();
-        });
-        let mut c = HttpConn::connect(&addr).await.unwrap();
-        let (status, body) = c.request("PUT", "/v1/edges/a", "t", None, Some(b"{}")).await.unwrap();
-        assert_eq!((status, body.as_slice(), c.reusable), (200, &b"ok"[..], true));
-        let (status, body) = c.request("GET", "/v1/cluster", "t", Some("k"), None).await.unwrap();
-        assert_eq!((status, body.as_slice()), (503, &b"no leader"[..]));
-        server.await.unwrap();
-    }
 
     #[test]
     fn keys_stay_in_a_small_set() {
