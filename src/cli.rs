@@ -1,18 +1,21 @@
 //! Subcommands and their flags. Every flag also reads an environment variable
 //! (`FERRY_*`) and a key of the `--config` TOML file.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use ferry_node::auth::TokenSecret;
 use ferry_node::client::publish::{publish, PublishOptions, Source};
 use ferry_node::client::watch::{watch, WatchOptions};
 use ferry_node::edge::{default_names, BoundEdge, EdgeConfig};
 use ferry_node::media::synthetic::SyntheticConfig;
 use ferry_node::tls::{ClientTrust, ServerIdentity, TransportTuning};
 use ferry_node::track::BufferConfig;
+use ferry_node::webrtc::WebRtcConfig;
 use ferry_proto::{NodeId, StreamName, TrackName};
 
 use crate::units;
@@ -51,6 +54,8 @@ pub enum Command {
     Control(crate::control::ControlArgs),
     /// Operate the control plane: cluster, members, edges, streams, rollouts, audit.
     Ctl(crate::ctl::CtlArgs),
+    /// Mint a signed access token (HS256 JWT) for WHIP/WHEP.
+    Token(crate::token::TokenArgs),
 }
 
 /// TLS trust for clients.
@@ -123,6 +128,64 @@ pub struct EdgeArgs {
     /// How long shutdown waits for sessions after GOAWAY.
     #[arg(long, env = "FERRY_SHUTDOWN_GRACE", default_value = "5s", value_parser = units::duration)]
     pub shutdown_grace: Duration,
+    #[command(flatten)]
+    pub webrtc: WebRtcArgs,
+}
+
+/// WHIP/WHEP settings of an edge.
+#[derive(Debug, Clone, Args)]
+pub struct WebRtcArgs {
+    /// UDP ports WebRTC sessions bind, LOW-HIGH (one port per session).
+    #[arg(long, env = "FERRY_WEBRTC_UDP_PORTS", default_value = "50000-50999", value_parser = parse_port_range)]
+    pub webrtc_udp_ports: (u16, u16),
+    /// Address WebRTC sockets bind (0.0.0.0: every non-loopback interface).
+    #[arg(long, env = "FERRY_WEBRTC_BIND", default_value = "0.0.0.0")]
+    pub webrtc_bind: IpAddr,
+    /// Address to advertise in ICE candidates instead (behind NAT, Kubernetes node IP).
+    #[arg(long, env = "FERRY_WEBRTC_PUBLIC_IP")]
+    pub webrtc_public_ip: Option<IpAddr>,
+    /// WebRTC sessions served at once; more get 503 with Retry-After.
+    #[arg(long, env = "FERRY_WEBRTC_MAX_SESSIONS", default_value_t = 500)]
+    pub webrtc_max_sessions: usize,
+    /// Latency budget of a WHEP viewer; behind by more, it skips to the newest keyframe.
+    #[arg(long, env = "FERRY_WEBRTC_MAX_LAG", default_value = "1500ms", value_parser = units::duration)]
+    pub webrtc_max_lag: Duration,
+    /// Largest SDP offer accepted, in bytes.
+    #[arg(long, env = "FERRY_WEBRTC_MAX_SDP_BYTES", default_value_t = 32 * 1024)]
+    pub webrtc_max_sdp_bytes: usize,
+    /// File holding the HS256 secret that signs WHIP/WHEP tokens (see `ferry token`).
+    #[arg(long, env = "FERRY_TOKEN_SECRET_FILE", value_name = "FILE")]
+    pub token_secret_file: Option<PathBuf>,
+    /// Serve WHIP/WHEP without a token (dev only).
+    #[arg(long, env = "FERRY_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    ferry_node::webrtc::parse_port_range(s)
+}
+
+impl WebRtcArgs {
+    pub fn to_config(&self) -> anyhow::Result<WebRtcConfig> {
+        let token_secret = match &self.token_secret_file {
+            Some(path) => Some(Arc::new(
+                TokenSecret::from_file(path)
+                    .with_context(|| format!("--token-secret-file {}", path.display()))?,
+            )),
+            None => None,
+        };
+        Ok(WebRtcConfig {
+            udp_ports: self.webrtc_udp_ports,
+            bind_ip: self.webrtc_bind,
+            public_ip: self.webrtc_public_ip,
+            max_sessions: self.webrtc_max_sessions.max(1),
+            max_sdp_bytes: self.webrtc_max_sdp_bytes,
+            viewer_max_lag: self.webrtc_max_lag,
+            token_secret,
+            allow_anonymous: self.allow_anonymous,
+            ..WebRtcConfig::default()
+        })
+    }
 }
 
 impl EdgeArgs {
@@ -149,6 +212,7 @@ impl EdgeArgs {
         config.relay_max_lag = self.relay_max_lag;
         config.relay_linger = self.relay_linger;
         config.shutdown_grace = self.shutdown_grace;
+        config.webrtc = self.webrtc.to_config()?;
         Ok(config)
     }
 }
@@ -240,6 +304,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(cmd) => crate::bench::run(cmd).await,
         Command::Control(args) => crate::control::run(args).await,
         Command::Ctl(args) => crate::ctl::run(args).await,
+        Command::Token(args) => crate::token::run(args),
         Command::Cert(args) => {
             let files = ferry_node::tls::generate_cluster_certs(&args.out_dir, &args.names)?;
             println!(

@@ -17,6 +17,7 @@ use ferry_node::client::publish::{publish, PublishOptions, Source};
 use ferry_node::edge::{default_names, BoundEdge, EdgeConfig};
 use ferry_node::media::synthetic::SyntheticConfig;
 use ferry_node::tls::{ClientTrust, ServerIdentity, TransportTuning};
+use ferry_node::webrtc::WebRtcConfig;
 use ferry_proto::{NodeId, StreamName};
 
 #[derive(Debug, Clone, Args)]
@@ -39,6 +40,10 @@ pub struct DevArgs {
     /// Stream the synthetic publisher sends.
     #[arg(long, env = "FERRY_DEV_STREAM", default_value = "live/demo")]
     pub stream: String,
+    /// UDP ports the dev edge's WebRTC sessions bind (on 127.0.0.1).
+    #[arg(long, env = "FERRY_DEV_WEBRTC_UDP_PORTS", default_value = "51000-51099",
+          value_parser = ferry_node::webrtc::parse_port_range)]
+    pub webrtc_udp_ports: (u16, u16),
 }
 
 /// The operator token of a dev cluster (local only; never use it elsewhere).
@@ -93,7 +98,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .context("the dev control plane stopped")?;
 
     // Edge, registered with the control plane.
-    let config = EdgeConfig::new(NodeId::new("dev-edge")?, args.quic_listen, args.http_listen);
+    let mut config = EdgeConfig::new(NodeId::new("dev-edge")?, args.quic_listen, args.http_listen);
+    // Local only: WebRTC on loopback, no tokens needed.
+    config.webrtc = WebRtcConfig {
+        udp_ports: args.webrtc_udp_ports,
+        bind_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+        allow_anonymous: true,
+        ..WebRtcConfig::default()
+    };
     let edge =
         BoundEdge::bind(config).await.context("cannot start the dev edge (ports in use? see --help)")?;
     let quic = edge.quic_addr()?;
@@ -135,6 +147,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!(
         "Watch it:  cargo run --release -- watch --edge {quic} --stream {stream} --insecure --duration 10s"
     );
+    println!("Publish from a browser (WHIP): http://{http}/demo/publish?stream=live/browser");
+    println!("Watch in a browser (WHEP):     http://{http}/demo/watch?stream=live/browser");
     println!("Operate:   cargo run --release -- ctl --control {control_url} --token {DEV_TOKEN} edges list");
     println!("Stop with Ctrl-C.");
     let published = publisher.await.context("publisher task")?;

@@ -8,6 +8,7 @@ mod control;
 mod ctl;
 mod dev;
 mod http_client;
+mod token;
 mod units;
 
 use std::process::ExitCode;

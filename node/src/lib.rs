@@ -9,7 +9,10 @@
 //! - [`wire`]: the relay codec on quinn streams.
 //! - [`tls`]: certificates, trust, transport tuning.
 //! - [`metrics`]: Prometheus metrics of an edge.
+//! - [`webrtc`]: WHIP publishers and WHEP viewers.
+//! - [`auth`]: HS256 access tokens for WHIP/WHEP (sans-IO: minting and checking).
 
+pub mod auth;
 pub mod client;
 pub mod edge;
 mod error;
@@ -17,6 +20,7 @@ pub mod media;
 pub mod metrics;
 pub mod tls;
 pub mod track;
+pub mod webrtc;
 pub mod wire;
 
 pub use error::{Error, Result};

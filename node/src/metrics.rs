@@ -30,6 +30,11 @@ pub struct TrackLabels {
     pub track: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: String,
+}
+
 /// Everything an edge reports at `/metrics`.
 #[derive(Clone, Default)]
 pub struct EdgeMetrics {
@@ -61,6 +66,16 @@ pub struct EdgeMetrics {
     pub keyframe_requests: Counter,
     /// Payload bytes held in track buffers.
     pub buffered_bytes: Gauge,
+    /// Live WebRTC sessions, by direction (whip, whep).
+    pub webrtc_sessions: Family<DirectionLabels, Gauge>,
+    /// RTP packets received from WHIP publishers (in) and sent to WHEP viewers (out).
+    pub rtp_packets: Family<DirectionLabels, Counter>,
+    /// RTP payload bytes, in and out.
+    pub rtp_bytes: Family<DirectionLabels, Counter>,
+    /// Keyframe requests sent to WHIP publishers (sent) and received from WHEP viewers (received).
+    pub plis: Family<DirectionLabels, Counter>,
+    /// WebRTC sessions refused or ended by an error, by reason.
+    pub webrtc_session_errors: Family<crate::webrtc::http::ReasonLabels, Counter>,
 }
 
 impl EdgeMetrics {
@@ -87,6 +102,19 @@ impl EdgeMetrics {
         r.register("errors", "Connections and requests refused, by code", self.errors.clone());
         r.register("keyframe_requests", "Keyframe requests sent upstream", self.keyframe_requests.clone());
         r.register("buffered_bytes", "Payload bytes held in track buffers", self.buffered_bytes.clone());
+        r.register("webrtc_sessions", "Live WebRTC sessions by direction", self.webrtc_sessions.clone());
+        r.register("rtp_packets", "RTP packets received (in) and sent (out)", self.rtp_packets.clone());
+        r.register("rtp_bytes", "RTP payload bytes received (in) and sent (out)", self.rtp_bytes.clone());
+        r.register(
+            "plis",
+            "Keyframe requests sent to publishers or received from viewers",
+            self.plis.clone(),
+        );
+        r.register(
+            "webrtc_session_errors",
+            "WebRTC sessions refused or failed, by reason",
+            self.webrtc_session_errors.clone(),
+        );
     }
 
     /// Counts a refusal with `code`.

@@ -30,7 +30,8 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(Http { state, metrics });
+        .with_state(Http { state: Arc::clone(&state), metrics })
+        .merge(crate::webrtc::http::routes(state));
     let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
     if let Err(e) = result {
         tracing::error!(error = %e, "http server failed");

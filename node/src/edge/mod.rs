@@ -32,9 +32,11 @@ use tokio_util::task::TaskTracker;
 use crate::metrics::EdgeMetrics;
 use crate::tls::{self, ClientTrust, ServerIdentity, TransportTuning};
 use crate::track::BufferConfig;
+use crate::webrtc::{WebRtc, WebRtcConfig};
 use crate::Result;
 
 pub use registry::Registry;
+pub(crate) use session::find_track;
 
 /// Everything an edge needs to run.
 #[derive(Debug, Clone)]
@@ -64,6 +66,8 @@ pub struct EdgeConfig {
     pub relay_linger: Duration,
     /// How long shutdown waits for sessions to finish after GOAWAY.
     pub shutdown_grace: Duration,
+    /// WHIP/WHEP sessions.
+    pub webrtc: WebRtcConfig,
 }
 
 impl EdgeConfig {
@@ -86,6 +90,7 @@ impl EdgeConfig {
             max_lag_cap: Duration::from_secs(30),
             relay_linger: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
+            webrtc: WebRtcConfig::default(),
         }
     }
 }
@@ -105,6 +110,7 @@ pub(crate) struct EdgeState {
     pub upstream: Option<upstream::Upstream>,
     pub next_session: AtomicU64,
     pub ready: AtomicBool,
+    pub webrtc: Arc<WebRtc>,
 }
 
 /// An edge whose sockets are bound; [`BoundEdge::run`] serves until shutdown.
@@ -136,6 +142,7 @@ impl BoundEdge {
             upstream,
             next_session: AtomicU64::new(1),
             ready: AtomicBool::new(false),
+            webrtc: Arc::new(WebRtc::new(config.webrtc.clone())),
             config,
         });
         Ok(Self { state, endpoint, http, metrics_registry: Arc::new(metrics_registry) })
@@ -170,6 +177,7 @@ impl BoundEdge {
         // Drain: stop accepting, tell sessions to go away, give them a deadline.
         state.ready.store(false, Ordering::Relaxed);
         state.shutdown.cancel();
+        state.webrtc.end_all();
         state.registry.close_all();
         let grace = state.config.shutdown_grace;
         let drained = tokio::time::timeout(grace, wait_for_sessions(&state)).await.is_ok();

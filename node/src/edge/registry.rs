@@ -86,6 +86,11 @@ impl Registry {
         entry.tracks.iter().find(|t| &t.info().name == track && !t.is_closed()).cloned()
     }
 
+    /// Whether the stream is known here (published or relayed) with a live track.
+    pub fn has_stream(&self, stream: &StreamName) -> bool {
+        self.map().get(stream).is_some_and(|e| e.tracks.iter().any(|t| !t.is_closed()))
+    }
+
     /// Whether the stream is published locally (not relayed).
     pub fn is_local(&self, stream: &StreamName) -> bool {
         self.map().get(stream).is_some_and(|e| matches!(e.source, Source::Publisher { .. }))

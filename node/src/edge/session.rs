@@ -305,7 +305,7 @@ async fn run_subscription(
     let _ = done.send((id, end)).await;
 }
 
-async fn find_track(
+pub(crate) async fn find_track(
     state: &Arc<EdgeState>,
     stream: &StreamName,
     track: &TrackName,

@@ -1,0 +1,772 @@
+//! Access tokens for WHIP/WHEP: HS256 JWTs signed with a secret shared by the
+//! minter (`ferry token`) and every edge.
+//!
+//! Sans-IO apart from [`TokenSecret::from_file`]: the clock is an argument.
+//! A token grants one action (`publish` or `view`) on one stream or on every
+//! stream under a prefix, until `exp`. The wire format is a compact JWS,
+//! `base64url(header).base64url(claims).base64url(HMAC-SHA256)`, with
+//! `{"alg":"HS256","typ":"JWT"}` as the only accepted header.
+
+use std::fmt;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ring::hmac;
+use serde::{Deserialize, Serialize};
+
+/// Longest token accepted; longer ones are refused before any decoding so a
+/// hostile header cannot make us parse megabytes. Ours are ~250 bytes.
+pub const MAX_TOKEN_LEN: usize = 4096;
+
+/// Shortest secret accepted. HMAC-SHA256 wants 32 random bytes; 16 is the
+/// floor below which brute force becomes realistic.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// Clock skew tolerated between the minter and the edge when checking `exp`.
+pub const CLOCK_LEEWAY: Duration = Duration::from_secs(5);
+
+/// The only algorithm we sign and accept. Accepting the header's choice is how
+/// `alg: none` and RS/HS confusion attacks work, so we never do.
+const ALG: &str = "HS256";
+
+/// What a token allows on its streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Send media (WHIP).
+    Publish,
+    /// Receive media (WHEP).
+    View,
+}
+
+impl Action {
+    /// Parses `publish` or `view` (as written in tokens and on the command line).
+    pub fn parse(s: &str) -> Option<Action> {
+        match s {
+            "publish" => Some(Action::Publish),
+            "view" => Some(Action::View),
+            _ => None,
+        }
+    }
+
+    /// The name used in tokens.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Publish => "publish",
+            Action::View => "view",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The streams a token covers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StreamScope {
+    /// Exactly this stream (`"stream"` claim).
+    Exact(String),
+    /// This stream and every stream below it, matched on `/` boundaries
+    /// (`"stream_prefix"` claim): `live/` and `live/a` both cover `live/a/b`,
+    /// but `live/a` does not cover `live/ab`. An empty prefix covers nothing.
+    Prefix(String),
+}
+
+impl StreamScope {
+    /// Whether `stream` is inside this scope.
+    pub fn covers(&self, stream: &str) -> bool {
+        match self {
+            StreamScope::Exact(name) => name == stream,
+            StreamScope::Prefix(p) if p.is_empty() => false,
+            StreamScope::Prefix(p) if p.ends_with('/') => stream.starts_with(p.as_str()),
+            StreamScope::Prefix(p) => {
+                stream.strip_prefix(p.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            }
+        }
+    }
+}
+
+impl fmt::Display for StreamScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StreamScope::Exact(name) => write!(f, "stream {name:?}"),
+            StreamScope::Prefix(p) => write!(f, "prefix {p:?}"),
+        }
+    }
+}
+
+/// The payload of a token:
+/// `{"stream": "live/room1" | "stream_prefix": "live/", "action": "publish"|"view",
+///   "exp": unix seconds, "iat": unix seconds, "sub"?: "..."}`.
+///
+/// Exactly one of `stream` and `stream_prefix` must be present; unknown claims
+/// are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawClaims", into = "RawClaims")]
+pub struct Claims {
+    /// The streams granted.
+    pub scope: StreamScope,
+    /// The action granted.
+    pub action: Action,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Issue time, seconds since the Unix epoch.
+    pub iat: u64,
+    /// Who the token was issued to (logged, not checked).
+    pub sub: Option<String>,
+}
+
+impl Claims {
+    /// Claims issued at `now`, expiring `ttl` later (whole seconds).
+    pub fn new(scope: StreamScope, action: Action, ttl: Duration, now: SystemTime) -> Self {
+        let iat = unix_secs(now);
+        Claims { scope, action, exp: iat.saturating_add(ttl.as_secs()), iat, sub: None }
+    }
+}
+
+/// The JSON shape of [`Claims`]; the two scope keys are folded into one enum.
+#[derive(Serialize, Deserialize)]
+struct RawClaims {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stream: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stream_prefix: Option<String>,
+    action: Action,
+    exp: u64,
+    iat: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sub: Option<String>,
+}
+
+impl TryFrom<RawClaims> for Claims {
+    type Error = &'static str;
+
+    fn try_from(raw: RawClaims) -> Result<Self, Self::Error> {
+        let scope = match (raw.stream, raw.stream_prefix) {
+            (Some(s), None) => StreamScope::Exact(s),
+            (None, Some(p)) => StreamScope::Prefix(p),
+            (Some(_), Some(_)) => return Err("both stream and stream_prefix"),
+            (None, None) => return Err("neither stream nor stream_prefix"),
+        };
+        Ok(Claims { scope, action: raw.action, exp: raw.exp, iat: raw.iat, sub: raw.sub })
+    }
+}
+
+impl From<Claims> for RawClaims {
+    fn from(c: Claims) -> Self {
+        let (stream, stream_prefix) = match c.scope {
+            StreamScope::Exact(s) => (Some(s), None),
+            StreamScope::Prefix(p) => (None, Some(p)),
+        };
+        RawClaims { stream, stream_prefix, action: c.action, exp: c.exp, iat: c.iat, sub: c.sub }
+    }
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    /// RFC 7515 §4.1.11: extensions marked critical must be understood; we know none.
+    #[serde(default)]
+    crit: Option<serde_json::Value>,
+}
+
+/// Why loading a secret failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("cannot read token secret {path}")]
+    Read { path: String, source: std::io::Error },
+    #[error(
+        "token secret is {len} bytes; at least {MIN_SECRET_LEN} are required (try `openssl rand -hex 32`)"
+    )]
+    TooShort { len: usize },
+}
+
+/// The shared HMAC key. Its bytes are never printed.
+#[derive(Clone)]
+pub struct TokenSecret {
+    key: hmac::Key,
+}
+
+impl fmt::Debug for TokenSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenSecret(<redacted>)")
+    }
+}
+
+impl TokenSecret {
+    /// A secret from raw bytes, refused when shorter than [`MIN_SECRET_LEN`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, SecretError> {
+        if bytes.len() < MIN_SECRET_LEN {
+            return Err(SecretError::TooShort { len: bytes.len() });
+        }
+        Ok(TokenSecret { key: hmac::Key::new(hmac::HMAC_SHA256, bytes) })
+    }
+
+    /// Reads a secret file. Trailing whitespace (the newline editors and
+    /// `echo` add) is not part of the secret.
+    pub fn from_file(path: &Path) -> Result<Self, SecretError> {
+        let bytes = std::fs::read(path)
+            .map_err(|source| SecretError::Read { path: path.display().to_string(), source })?;
+        Self::from_bytes(bytes.trim_ascii_end())
+    }
+
+    /// Encodes and signs `claims` as a compact HS256 JWT.
+    pub fn sign(&self, claims: &Claims) -> String {
+        // Serializing strings and integers into memory cannot fail; were it to,
+        // the empty payload would fail every verification rather than grant anything.
+        let payload = serde_json::to_vec(claims).unwrap_or_default();
+        let mut token = base64url::encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        token.push('.');
+        token.push_str(&base64url::encode(&payload));
+        let tag = hmac::sign(&self.key, token.as_bytes());
+        token.push('.');
+        token.push_str(&base64url::encode(tag.as_ref()));
+        token
+    }
+}
+
+/// Mints a token granting `action` on `scope` for `ttl` from `now`.
+pub fn mint(
+    secret: &TokenSecret,
+    scope: StreamScope,
+    action: Action,
+    ttl: Duration,
+    now: SystemTime,
+) -> String {
+    secret.sign(&Claims::new(scope, action, ttl, now))
+}
+
+/// Checks that `token` lets its bearer do `action` on `stream` at `now`:
+/// size, shape, `alg == HS256`, signature (constant time), expiry (with
+/// [`CLOCK_LEEWAY`]), action, and stream coverage — in that order, so nothing
+/// from the payload is trusted before the signature is.
+///
+/// `stream` must be a valid stream name; anything else (e.g. with `..`
+/// segments that would slip under a prefix) is never covered.
+pub fn authorize(
+    secret: &TokenSecret,
+    token: &str,
+    stream: &str,
+    action: Action,
+    now: SystemTime,
+) -> Result<Claims, AuthError> {
+    if token.is_empty() {
+        return Err(AuthError::Missing);
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(AuthError::Malformed("token longer than 4 KiB"));
+    }
+    let mut parts = token.split('.');
+    let (Some(header64), Some(payload64), Some(signature64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthError::Malformed("not three dot-separated segments"));
+    };
+
+    let header = base64url::decode(header64).ok_or(AuthError::Malformed("header is not base64url"))?;
+    let header: Header =
+        serde_json::from_slice(&header).map_err(|_| AuthError::Malformed("header is not a JWT header"))?;
+    if header.alg != ALG {
+        return Err(AuthError::UnsupportedAlgorithm(header.alg.chars().take(32).collect()));
+    }
+    if header.crit.is_some() {
+        return Err(AuthError::Malformed("critical header extensions are not supported"));
+    }
+
+    let signature =
+        base64url::decode(signature64).ok_or(AuthError::Malformed("signature is not base64url"))?;
+    // The signed input is `header.payload` exactly as received.
+    let signed =
+        token.get(..header64.len() + 1 + payload64.len()).ok_or(AuthError::Malformed("bad segments"))?;
+    hmac::verify(&secret.key, signed.as_bytes(), &signature).map_err(|_| AuthError::BadSignature)?;
+
+    let payload = base64url::decode(payload64).ok_or(AuthError::Malformed("payload is not base64url"))?;
+    let claims: Claims =
+        serde_json::from_slice(&payload).map_err(|_| AuthError::Malformed("payload is not valid claims"))?;
+
+    if unix_secs(now) >= claims.exp.saturating_add(CLOCK_LEEWAY.as_secs()) {
+        return Err(AuthError::Expired);
+    }
+    if claims.action != action {
+        return Err(AuthError::WrongAction { granted: claims.action, wanted: action });
+    }
+    if ferry_proto::StreamName::new(stream).is_err() || !claims.scope.covers(stream) {
+        return Err(AuthError::StreamNotCovered {
+            stream: stream.chars().take(128).collect(),
+            scope: claims.scope,
+        });
+    }
+    Ok(claims)
+}
+
+/// The token in an `Authorization` header value `Bearer <token>` (scheme
+/// case-insensitive); `None` for other schemes, no token, or extra words.
+pub fn bearer(header_value: &str) -> Option<&str> {
+    let (scheme, token) = header_value.trim().split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains(char::is_whitespace) {
+        return None;
+    }
+    Some(token)
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    // A clock before 1970 is broken; treating it as 0 only makes tokens look younger.
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Why a request's token was refused. [`AuthError::reason`] is the short code
+/// for responses and metrics; the `Display` text is for logs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no bearer token")]
+    Missing,
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    #[error("token signature does not verify")]
+    BadSignature,
+    #[error("token algorithm {0:?} is not supported (only HS256)")]
+    UnsupportedAlgorithm(String),
+    #[error("token expired")]
+    Expired,
+    #[error("token grants {granted}, not {wanted}")]
+    WrongAction { granted: Action, wanted: Action },
+    #[error("token for {scope} does not cover stream {stream:?}")]
+    StreamNotCovered { stream: String, scope: StreamScope },
+}
+
+impl AuthError {
+    /// A short machine-readable code, e.g. `token_expired`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "token_missing",
+            AuthError::Malformed(_) => "token_malformed",
+            AuthError::BadSignature => "token_bad_signature",
+            AuthError::UnsupportedAlgorithm(_) => "token_unsupported_alg",
+            AuthError::Expired => "token_expired",
+            AuthError::WrongAction { .. } => "token_wrong_action",
+            AuthError::StreamNotCovered { .. } => "token_stream_not_covered",
+        }
+    }
+}
+
+/// base64url without padding (RFC 4648 §5), strict: decoding refuses padding,
+/// other alphabets and non-zero trailing bits, so every byte string has exactly
+/// one accepted encoding (no malleable signatures).
+pub mod base64url {
+    /// Encodes `input`.
+    pub fn encode(input: &[u8]) -> String {
+        let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+        for chunk in input.chunks(3) {
+            let (n, chars) = match *chunk {
+                [a, b, c] => ((u32::from(a) << 16) | (u32::from(b) << 8) | u32::from(c), 4),
+                [a, b] => ((u32::from(a) << 16) | (u32::from(b) << 8), 3),
+                [a] => (u32::from(a) << 16, 2),
+                _ => (0, 0),
+            };
+            for i in 0..chars {
+                out.push(char::from(symbol(((n >> (18 - 6 * i)) & 0x3f) as u8)));
+            }
+        }
+        out
+    }
+
+    /// Decodes `input`, or `None` if it is not canonical unpadded base64url.
+    pub fn decode(input: &str) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(input.len() / 4 * 3 + 2);
+        for chunk in input.as_bytes().chunks(4) {
+            let mut n = 0u32;
+            for &c in chunk {
+                n = (n << 6) | u32::from(value(c)?);
+            }
+            match chunk.len() {
+                4 => out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]),
+                3 if n & 0x3 == 0 => out.extend_from_slice(&[(n >> 10) as u8, (n >> 2) as u8]),
+                2 if n & 0xf == 0 => out.push((n >> 4) as u8),
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+
+    fn symbol(v: u8) -> u8 {
+        match v {
+            0..=25 => b'A' + v,
+            26..=51 => b'a' + (v - 26),
+            52..=61 => b'0' + (v - 52),
+            62 => b'-',
+            _ => b'_',
+        }
+    }
+
+    fn value(c: u8) -> Option<u8> {
+        match c {
+            b'A'..=b'Z' => Some(c - b'A'),
+            b'a'..=b'z' => Some(c - b'a' + 26),
+            b'0'..=b'9' => Some(c - b'0' + 52),
+            b'-' => Some(62),
+            b'_' => Some(63),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn secret() -> TokenSecret {
+        TokenSecret::from_bytes(SECRET).unwrap()
+    }
+
+    fn t0() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    }
+
+    fn exact(s: &str) -> StreamScope {
+        StreamScope::Exact(s.to_owned())
+    }
+
+    fn prefix(s: &str) -> StreamScope {
+        StreamScope::Prefix(s.to_owned())
+    }
+
+    /// A token with arbitrary (already encoded) header and payload segments, correctly signed.
+    fn sign_segments(header64: &str, payload64: &str) -> String {
+        let signed = format!("{header64}.{payload64}");
+        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, SECRET), signed.as_bytes());
+        format!("{signed}.{}", base64url::encode(tag.as_ref()))
+    }
+
+    fn sign_json(header: &str, payload: &str) -> String {
+        sign_segments(&base64url::encode(header.as_bytes()), &base64url::encode(payload.as_bytes()))
+    }
+
+    const HS256: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
+
+    #[test]
+    fn minted_token_authorizes_its_stream_and_action() {
+        let token = mint(&secret(), exact("live/room1"), Action::Publish, Duration::from_secs(3600), t0());
+        let claims = authorize(&secret(), &token, "live/room1", Action::Publish, t0()).unwrap();
+        assert_eq!(claims.scope, exact("live/room1"));
+        assert_eq!(claims.action, Action::Publish);
+        assert_eq!(claims.iat, 1_700_000_000);
+        assert_eq!(claims.exp, 1_700_003_600);
+        assert_eq!(claims.sub, None);
+    }
+
+    #[test]
+    fn signed_claims_use_the_documented_json() {
+        let mut claims = Claims::new(prefix("live/"), Action::View, Duration::from_secs(60), t0());
+        claims.sub = Some("alice".into());
+        let token = secret().sign(&claims);
+        let segments: Vec<&str> = token.split('.').collect();
+        let header = base64url::decode(segments[0]).unwrap();
+        assert_eq!(header, HS256.as_bytes());
+        let payload: serde_json::Value =
+            serde_json::from_slice(&base64url::decode(segments[1]).unwrap()).unwrap();
+        assert_eq!(
+            payload,
+            serde_json::json!({
+                "stream_prefix": "live/", "action": "view", "exp": 1_700_000_060u64,
+                "iat": 1_700_000_000u64, "sub": "alice"
+            })
+        );
+        assert_eq!(authorize(&secret(), &token, "live/x", Action::View, t0()).unwrap(), claims);
+    }
+
+    #[test]
+    fn tampered_payload_is_refused() {
+        let token = mint(&secret(), exact("live/a"), Action::View, Duration::from_secs(60), t0());
+        let segments: Vec<&str> = token.split('.').collect();
+        let forged = Claims::new(prefix("live/"), Action::Publish, Duration::from_secs(99_999), t0());
+        let forged = base64url::encode(&serde_json::to_vec(&forged).unwrap());
+        let tampered = format!("{}.{forged}.{}", segments[0], segments[2]);
+        assert_eq!(
+            authorize(&secret(), &tampered, "live/a", Action::Publish, t0()),
+            Err(AuthError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn tampered_signature_is_refused() {
+        let token = mint(&secret(), exact("live/a"), Action::View, Duration::from_secs(60), t0());
+        let (signed, sig) = token.rsplit_once('.').unwrap();
+        let flipped = if sig.starts_with('A') { "B" } else { "A" };
+        let tampered = format!("{signed}.{flipped}{}", &sig[1..]);
+        assert_eq!(
+            authorize(&secret(), &tampered, "live/a", Action::View, t0()),
+            Err(AuthError::BadSignature)
+        );
+        let truncated = format!("{signed}.{}", &sig[..40]); // 30 of the 32 bytes
+        assert_eq!(
+            authorize(&secret(), &truncated, "live/a", Action::View, t0()),
+            Err(AuthError::BadSignature)
+        );
+        let empty = format!("{signed}.");
+        assert_eq!(authorize(&secret(), &empty, "live/a", Action::View, t0()), Err(AuthError::BadSignature));
+    }
+
+    #[test]
+    fn token_from_another_secret_is_refused() {
+        let other = TokenSecret::from_bytes(b"another secret of enough length").unwrap();
+        let token = mint(&other, exact("live/a"), Action::View, Duration::from_secs(60), t0());
+        assert_eq!(authorize(&secret(), &token, "live/a", Action::View, t0()), Err(AuthError::BadSignature));
+    }
+
+    #[test]
+    fn alg_none_and_other_algorithms_are_refused() {
+        let payload = r#"{"stream":"live/a","action":"view","exp":1800000000,"iat":1700000000}"#;
+        let p64 = base64url::encode(payload.as_bytes());
+        let none = format!("{}.{p64}.", base64url::encode(br#"{"alg":"none","typ":"JWT"}"#));
+        assert_eq!(
+            authorize(&secret(), &none, "live/a", Action::View, t0()),
+            Err(AuthError::UnsupportedAlgorithm("none".into()))
+        );
+        for alg in ["HS512", "hs256", "RS256", ""] {
+            let token = sign_json(&format!(r#"{{"alg":"{alg}"}}"#), payload);
+            let err = authorize(&secret(), &token, "live/a", Action::View, t0()).unwrap_err();
+            assert_eq!(err, AuthError::UnsupportedAlgorithm(alg.into()), "alg {alg:?}");
+            assert_eq!(err.reason(), "token_unsupported_alg");
+        }
+        let no_alg = sign_json(r#"{"typ":"JWT"}"#, payload);
+        assert!(matches!(
+            authorize(&secret(), &no_alg, "live/a", Action::View, t0()),
+            Err(AuthError::Malformed(_))
+        ));
+        let crit = sign_json(r#"{"alg":"HS256","crit":["exp"]}"#, payload);
+        assert!(matches!(
+            authorize(&secret(), &crit, "live/a", Action::View, t0()),
+            Err(AuthError::Malformed(_))
+        ));
+        // A bare header without typ is fine.
+        let bare = sign_json(r#"{"alg":"HS256"}"#, payload);
+        assert!(authorize(&secret(), &bare, "live/a", Action::View, t0()).is_ok());
+    }
+
+    #[test]
+    fn expired_token_is_refused_after_the_leeway() {
+        let token = mint(&secret(), exact("live/a"), Action::View, Duration::from_secs(60), t0());
+        let leeway = CLOCK_LEEWAY.as_secs();
+        let at = |s: u64| t0() + Duration::from_secs(s);
+        assert!(authorize(&secret(), &token, "live/a", Action::View, at(59)).is_ok());
+        assert!(authorize(&secret(), &token, "live/a", Action::View, at(60 + leeway - 1)).is_ok());
+        let err = authorize(&secret(), &token, "live/a", Action::View, at(60 + leeway)).unwrap_err();
+        assert_eq!(err, AuthError::Expired);
+        assert_eq!(err.reason(), "token_expired");
+        let zero = mint(&secret(), exact("live/a"), Action::View, Duration::ZERO, t0());
+        assert_eq!(authorize(&secret(), &zero, "live/a", Action::View, at(leeway)), Err(AuthError::Expired));
+    }
+
+    #[test]
+    fn wrong_action_is_refused() {
+        let token = mint(&secret(), exact("live/a"), Action::View, Duration::from_secs(60), t0());
+        let err = authorize(&secret(), &token, "live/a", Action::Publish, t0()).unwrap_err();
+        assert_eq!(err, AuthError::WrongAction { granted: Action::View, wanted: Action::Publish });
+        assert_eq!(err.to_string(), "token grants view, not publish");
+    }
+
+    #[test]
+    fn prefixes_cover_streams_on_slash_boundaries() {
+        let cases = [
+            (exact("live/a"), "live/a", true),
+            (exact("live/a"), "live/ab", false),
+            (exact("live/a"), "live/a/b", false),
+            (prefix("live/"), "live/a", true),
+            (prefix("live/"), "live/a/b", true),
+            (prefix("live/"), "live", false),
+            (prefix("live/"), "lives/a", false),
+            (prefix("live/a"), "live/a", true),
+            (prefix("live/a"), "live/a/b", true),
+            (prefix("live/a"), "live/ab", false),
+            (prefix("live/a/"), "live/a", false),
+            (prefix("live"), "live/x", true),
+            (prefix("live"), "livestream", false),
+            (prefix(""), "live/a", false),
+        ];
+        for (scope, stream, covered) in cases {
+            assert_eq!(scope.covers(stream), covered, "{scope} vs {stream:?}");
+            let token = mint(&secret(), scope.clone(), Action::View, Duration::from_secs(60), t0());
+            let result = authorize(&secret(), &token, stream, Action::View, t0());
+            assert_eq!(result.is_ok(), covered, "{scope} vs {stream:?}: {result:?}");
+            if let Err(err) = result {
+                assert_eq!(err.reason(), "token_stream_not_covered");
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_stream_names_are_never_covered() {
+        let token = mint(&secret(), prefix("live/"), Action::View, Duration::from_secs(60), t0());
+        for stream in ["live/../admin", "live//a", "live/./a", "live/a b", ""] {
+            let err = authorize(&secret(), &token, stream, Action::View, t0()).unwrap_err();
+            assert!(matches!(err, AuthError::StreamNotCovered { .. }), "{stream:?}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_tokens_are_refused() {
+        let valid = mint(&secret(), exact("live/a"), Action::View, Duration::from_secs(60), t0());
+        let h64 = valid.split('.').next().unwrap();
+        assert_eq!(authorize(&secret(), "", "live/a", Action::View, t0()), Err(AuthError::Missing));
+        for token in [
+            "abc",
+            "a.b",
+            &format!("{valid}.extra"),
+            "!!!.e30.AAAA",
+            "e30.e30.AAAA",              // `{}` is no JWT header
+            &format!("{h64}.e30.A"),     // signature of impossible length
+            &format!("{h64}.e30.AAA="),  // padding
+            &format!("{h64}.e30.AA+/"),  // standard alphabet
+            &sign_segments(h64, "e30="), // signed, but the payload has padding
+            &sign_segments(h64, "*"),    // signed, but the payload is not base64
+            &sign_json(HS256, "{}"),     // no claims
+            &sign_json(HS256, "not json"),
+            &sign_json(
+                HS256,
+                r#"{"stream":"live/a","stream_prefix":"live/","action":"view","exp":1800000000,"iat":0}"#,
+            ),
+            &sign_json(HS256, r#"{"action":"view","exp":1800000000,"iat":0}"#),
+            &sign_json(HS256, r#"{"stream":"live/a","action":"admin","exp":1800000000,"iat":0}"#),
+            &sign_json(HS256, r#"{"stream":"live/a","action":"view","exp":-1,"iat":0}"#),
+            &sign_json(HS256, r#"{"stream":"live/a","action":"view","exp":"soon","iat":0}"#),
+        ] {
+            let err = authorize(&secret(), token, "live/a", Action::View, t0()).unwrap_err();
+            assert!(matches!(err, AuthError::Malformed(_)), "{token:?}: {err:?}");
+            assert_eq!(err.reason(), "token_malformed");
+        }
+    }
+
+    #[test]
+    fn unknown_claims_are_ignored() {
+        let token =
+            sign_json(HS256, r#"{"stream":"live/a","action":"view","exp":1800000000,"iat":0,"jti":"x"}"#);
+        assert!(authorize(&secret(), &token, "live/a", Action::View, t0()).is_ok());
+    }
+
+    #[test]
+    fn oversized_tokens_are_refused_before_decoding() {
+        let huge = "A".repeat(MAX_TOKEN_LEN + 1);
+        assert_eq!(
+            authorize(&secret(), &huge, "live/a", Action::View, t0()),
+            Err(AuthError::Malformed("token longer than 4 KiB"))
+        );
+        let mut claims = Claims::new(exact("live/a"), Action::View, Duration::from_secs(60), t0());
+        claims.sub = Some("x".repeat(MAX_TOKEN_LEN));
+        let signed = secret().sign(&claims);
+        assert_eq!(
+            authorize(&secret(), &signed, "live/a", Action::View, t0()),
+            Err(AuthError::Malformed("token longer than 4 KiB"))
+        );
+    }
+
+    #[test]
+    fn bearer_header_values_parse() {
+        assert_eq!(bearer("Bearer abc.def.ghi"), Some("abc.def.ghi"));
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer"), None);
+        assert_eq!(bearer("Bearer "), None);
+        assert_eq!(bearer("Bearer a b"), None);
+        assert_eq!(bearer("Bearerabc"), None);
+        assert_eq!(bearer(""), None);
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        assert!(matches!(TokenSecret::from_bytes(b"too short"), Err(SecretError::TooShort { len: 9 })));
+        assert!(TokenSecret::from_bytes(&[0u8; MIN_SECRET_LEN]).is_ok());
+    }
+
+    #[test]
+    fn secret_files_drop_trailing_newline_and_refuse_short_ones() {
+        let dir = std::env::temp_dir().join(format!("ferry-auth-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secret");
+        std::fs::write(&file, [SECRET, b"\r\n"].concat()).unwrap();
+        let from_file = TokenSecret::from_file(&file).unwrap();
+        let token = mint(&from_file, exact("live/a"), Action::View, Duration::from_secs(60), t0());
+        assert!(authorize(&secret(), &token, "live/a", Action::View, t0()).is_ok());
+
+        std::fs::write(&file, b"0123456789abcde\n").unwrap();
+        let err = TokenSecret::from_file(&file).unwrap_err();
+        assert!(err.to_string().contains("at least 16"), "{err}");
+        let err = TokenSecret::from_file(&dir.join("missing")).unwrap_err();
+        assert!(matches!(err, SecretError::Read { .. }), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        assert_eq!(format!("{:?}", secret()), "TokenSecret(<redacted>)");
+    }
+
+    #[test]
+    fn reasons_are_distinct() {
+        let errors = [
+            AuthError::Missing,
+            AuthError::Malformed("x"),
+            AuthError::BadSignature,
+            AuthError::UnsupportedAlgorithm("none".into()),
+            AuthError::Expired,
+            AuthError::WrongAction { granted: Action::View, wanted: Action::Publish },
+            AuthError::StreamNotCovered { stream: "a".into(), scope: exact("b") },
+        ];
+        let reasons: std::collections::HashSet<_> = errors.iter().map(AuthError::reason).collect();
+        assert_eq!(reasons.len(), errors.len());
+    }
+
+    #[test]
+    fn base64url_matches_rfc4648_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg"),
+            ("fo", "Zm8"),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg"),
+            ("fooba", "Zm9vYmE"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64url::encode(plain.as_bytes()), encoded);
+            assert_eq!(base64url::decode(encoded).unwrap(), plain.as_bytes());
+        }
+        assert_eq!(base64url::encode(&[0xfb, 0xff]), "-_8");
+        assert_eq!(base64url::decode("-_8").unwrap(), [0xfb, 0xff]);
+    }
+
+    #[test]
+    fn base64url_refuses_non_canonical_input() {
+        for bad in ["Z", "Zg==", "Zh", "Zm9", "Zm+v", "Zm/v", "Zm9v\n", " Zm9v", "Zm9vY"] {
+            assert_eq!(base64url::decode(bad), None, "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn base64url_round_trips(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let encoded = base64url::encode(&bytes);
+            prop_assert!(encoded.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+            prop_assert_eq!(encoded.len(), (bytes.len() * 4).div_ceil(3));
+            prop_assert_eq!(base64url::decode(&encoded), Some(bytes));
+        }
+
+        #[test]
+        fn base64url_decode_is_canonical(text in "[A-Za-z0-9_=+/.-]{0,64}") {
+            if let Some(bytes) = base64url::decode(&text) {
+                prop_assert_eq!(base64url::encode(&bytes), text);
+            }
+        }
+
+        #[test]
+        fn arbitrary_tokens_never_panic(token in "\\PC{0,300}", stream in "[a-z/.]{0,20}") {
+            let _ = authorize(&secret(), &token, &stream, Action::View, t0());
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! Building peer connections: codecs, interceptors, sockets, and the event handler
+//! that turns the crate's callbacks into channels a session task can `select!` on.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_proto::Codec;
+use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
+use rtc::peer_connection::transport::RTCIceCandidateType;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
+use rtc::sansio::Protocol;
+use tokio::sync::{mpsc, watch};
+use webrtc::media_stream::track_remote::TrackRemote;
+use webrtc::peer_connection::{
+    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceGatheringState, RTCPeerConnectionState,
+    Registry, SettingEngineBuilder,
+};
+
+use super::{SessionLease, WebRtc};
+
+/// The codecs Ferry passes through, with the payload types it offers them under.
+pub(crate) const CODECS: [(Codec, u8); 3] = [(Codec::Vp8, 96), (Codec::H264, 102), (Codec::Opus, 111)];
+
+/// The SDP mime type of a codec, for the codecs WebRTC sessions carry.
+pub(crate) fn mime_type(codec: Codec) -> Option<&'static str> {
+    match codec {
+        Codec::Vp8 => Some("video/VP8"),
+        Codec::H264 => Some("video/H264"),
+        Codec::Opus => Some("audio/opus"),
+        Codec::Vp9 | Codec::Av1 | Codec::Synthetic => None,
+    }
+}
+
+/// The codec a negotiated mime type names.
+pub(crate) fn codec_of_mime(mime: &str) -> Option<Codec> {
+    CODECS.iter().map(|(c, _)| *c).find(|c| mime_type(*c).is_some_and(|m| m.eq_ignore_ascii_case(mime)))
+}
+
+fn codec_parameters(codec: Codec, payload_type: u8) -> Option<(RTCRtpCodecParameters, RtpCodecKind)> {
+    let feedback = |typ: &str, parameter: &str| RTCPFeedback { typ: typ.into(), parameter: parameter.into() };
+    let video_feedback = vec![
+        feedback("nack", ""),
+        feedback("nack", "pli"),
+        feedback("ccm", "fir"),
+        feedback("transport-cc", ""),
+    ];
+    let (clock_rate, channels, fmtp, rtcp_feedback, kind) = match codec {
+        Codec::Vp8 => (90_000, 0, "", video_feedback, RtpCodecKind::Video),
+        Codec::H264 => (
+            90_000,
+            0,
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+            video_feedback,
+            RtpCodecKind::Video,
+        ),
+        Codec::Opus => {
+            (48_000, 2, "minptime=10;useinbandfec=1", vec![feedback("transport-cc", "")], RtpCodecKind::Audio)
+        }
+        Codec::Vp9 | Codec::Av1 | Codec::Synthetic => return None,
+    };
+    let rtp_codec = RTCRtpCodec {
+        mime_type: mime_type(codec)?.to_owned(),
+        clock_rate,
+        channels,
+        sdp_fmtp_line: fmtp.to_owned(),
+        rtcp_feedback,
+    };
+    Some((RTCRtpCodecParameters { rtp_codec, payload_type }, kind))
+}
+
+/// The `RTCRtpCodec` a local track of `codec` is created with.
+pub(crate) fn rtp_codec(codec: Codec) -> Option<RTCRtpCodec> {
+    let pt = CODECS.iter().find(|(c, _)| *c == codec)?.1;
+    codec_parameters(codec, pt).map(|(p, _)| p.rtp_codec)
+}
+
+/// Peer connection events a session waits on.
+pub(crate) struct Events {
+    /// Remote tracks as they start (WHIP).
+    pub tracks: mpsc::Receiver<Arc<dyn TrackRemote>>,
+    pub state: watch::Receiver<RTCPeerConnectionState>,
+    pub gathering: watch::Receiver<RTCIceGatheringState>,
+}
+
+struct Handler {
+    tracks: mpsc::Sender<Arc<dyn TrackRemote>>,
+    state: watch::Sender<RTCPeerConnectionState>,
+    gathering: watch::Sender<RTCIceGatheringState>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        self.gathering.send_replace(state);
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        self.state.send_replace(state);
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        // A session has a handful of tracks; a full queue means the session is gone.
+        if self.tracks.try_send(track).is_err() {
+            tracing::debug!("remote track dropped: session not listening");
+        }
+    }
+}
+
+/// Why a peer connection could not be built.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BuildError {
+    #[error("no free UDP port for WebRTC")]
+    NoPort,
+    #[error("webrtc: {0}")]
+    WebRtc(#[from] webrtc::error::Error),
+}
+
+/// A peer connection on the lease's port that negotiates exactly `codecs`.
+pub(crate) async fn build(
+    webrtc: &WebRtc,
+    lease: &mut SessionLease,
+    codecs: &[Codec],
+) -> Result<(Arc<dyn PeerConnection>, Events), BuildError> {
+    let (tracks_tx, tracks) = mpsc::channel(8);
+    let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
+    let (gathering_tx, gathering) = watch::channel(RTCIceGatheringState::New);
+    let handler = Arc::new(Handler { tracks: tracks_tx, state: state_tx, gathering: gathering_tx });
+    let config = &webrtc.config;
+    // A port another process holds is skipped; a few attempts, then give up.
+    for _ in 0..8 {
+        let addr = SocketAddr::new(config.bind_ip, lease.port);
+        if std::net::UdpSocket::bind(addr).is_err() {
+            lease.port = webrtc.port_in_use(lease.port).ok_or(BuildError::NoPort)?;
+            continue;
+        }
+        let mut media = MediaEngine::default();
+        for codec in codecs {
+            let pt = CODECS.iter().find(|(c, _)| c == codec).map(|(_, pt)| *pt);
+            if let Some((params, kind)) = pt.and_then(|pt| codec_parameters(*codec, pt)) {
+                media.register_codec(params, kind)?;
+            }
+        }
+        let registry = register_default_interceptors(Registry::new(), &mut media)?
+            .with(Slot::from(14_000), KeyframeRequests::default());
+        let mut settings = SettingEngineBuilder::new()
+            .with_include_loopback_candidate(config.bind_ip.is_loopback())
+            .with_ice_timeouts(
+                Some(Duration::from_secs(3)),
+                Some(Duration::from_secs(6)),
+                Some(Duration::from_secs(1)),
+            );
+        if let Some(ip) = config.public_ip {
+            settings = settings.with_nat_1to1_ips(vec![ip.to_string()], RTCIceCandidateType::Host);
+        }
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(media)
+            .with_setting_engine(settings.build())
+            .with_interceptor_registry(registry)
+            .with_handler(Arc::clone(&handler) as Arc<dyn PeerConnectionEventHandler>)
+            .with_udp_addrs(vec![addr])
+            .build()
+            .await;
+        match pc {
+            Ok(pc) => return Ok((Arc::new(pc), Events { tracks, state, gathering })),
+            Err(e) => {
+                tracing::debug!(port = lease.port, error = %e, "peer connection bind failed; next port");
+                lease.port = webrtc.port_in_use(lease.port).ok_or(BuildError::NoPort)?;
+            }
+        }
+    }
+    Err(BuildError::NoPort)
+}
+
+/// Waits until ICE gathering completes or `timeout` passes (the answer then carries
+/// the candidates gathered so far).
+pub(crate) async fn gathered(events: &mut Events, timeout: Duration) {
+    let done = events.gathering.wait_for(|s| *s == RTCIceGatheringState::Complete);
+    let _ = tokio::time::timeout(timeout, done).await;
+}
+
+/// Hands viewers' PLI and FIR to the application (the crate keeps inbound RTCP to its
+/// interceptors otherwise); everything else passes through untouched.
+#[derive(Default)]
+struct KeyframeRequests {
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+/// Bound on queued packets per direction: the driver polls after every handle call,
+/// so more than a few queued means something is wrong; drop the oldest.
+const QUEUE_LIMIT: usize = 1024;
+
+fn push_bounded(queue: &mut VecDeque<TaggedPacket>, packet: TaggedPacket) {
+    if queue.len() >= QUEUE_LIMIT {
+        queue.pop_front();
+    }
+    queue.push_back(packet);
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet {
+            let wanted = packets.iter().any(|p| {
+                let any = p.as_any();
+                any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+            });
+            if wanted {
+                msg.message.add(Attribute::DeliverToApplication);
+            }
+        }
+        push_bounded(&mut self.read, msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        push_bounded(&mut self.write, msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for KeyframeRequests {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+/// Whether an RTCP batch from a viewer asks for a keyframe.
+pub(crate) fn asks_for_keyframe(packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
+    packets.iter().any(|p| {
+        let any = p.as_any();
+        any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+    })
+}

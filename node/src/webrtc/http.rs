@@ -1,0 +1,315 @@
+//! WHIP/WHEP over HTTP: `POST /whip/{stream}` and `POST /whep/{stream}` take an SDP
+//! offer and answer `201 Created` with the SDP answer and a `Location` to `DELETE`.
+//! Every refusal is a status with a JSON body `{"error": "...", "reason": "..."}`.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use ferry_proto::StreamName;
+use prometheus_client::encoding::EncodeLabelSet;
+
+use super::engine::BuildError;
+use super::sdp::SdpError;
+use super::{whep, whip, Direction, LeaseError};
+use crate::auth::{self, Action};
+use crate::edge::EdgeState;
+
+/// Labels for session errors.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+impl ReasonLabels {
+    pub fn new(reason: &str) -> Self {
+        Self { reason: reason.to_owned() }
+    }
+}
+
+/// A refusal: status, machine-readable reason, human message.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    reason: &'static str,
+    message: String,
+    retry_after: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Self { status, reason, message: message.into(), retry_after: None }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    pub fn sdp(e: SdpError) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, e.reason(), e.to_string())
+    }
+
+    pub fn webrtc_offer(e: webrtc::error::Error) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "offer_rejected", format!("the offer could not be applied: {e}"))
+    }
+
+    pub fn webrtc_internal(e: webrtc::error::Error) -> Self {
+        Self::internal(format!("webrtc: {e}"))
+    }
+
+    pub fn lease(e: LeaseError) -> Self {
+        let (reason, message) = match e {
+            LeaseError::TooManySessions => {
+                ("too_many_sessions", "this edge serves its maximum of WebRTC sessions")
+            }
+            LeaseError::NoFreePort => ("no_free_port", "every WebRTC UDP port of this edge is in use"),
+        };
+        Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, reason, message) }
+    }
+
+    pub fn build(e: BuildError) -> Self {
+        match e {
+            BuildError::NoPort => Self::lease(LeaseError::NoFreePort),
+            BuildError::WebRtc(e) => Self::internal(format!("peer connection: {e}")),
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        self.reason
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(serde_json::json!({ "error": self.message, "reason": self.reason }));
+        let mut response = (self.status, body).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+/// The WHIP/WHEP and demo routes, with CORS for browsers on other origins.
+pub(crate) fn routes(state: Arc<EdgeState>) -> Router {
+    Router::new()
+        .route("/whip/{*stream}", post(post_whip).options(preflight))
+        .route("/whep/{*stream}", post(post_whep).options(preflight))
+        .route("/sessions/whip/{id}", delete(delete_whip).patch(patch).options(preflight))
+        .route("/sessions/whep/{id}", delete(delete_whep).patch(patch).options(preflight))
+        .route("/demo", get(demo_index))
+        .route("/demo/publish", get(demo_publish))
+        .route("/demo/watch", get(demo_watch))
+        .layer(axum::middleware::from_fn(cors))
+        .with_state(state)
+}
+
+async fn cors(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Location, ETag, Link, Retry-After, Ferry-Variant"),
+    );
+    response
+}
+
+async fn preflight() -> impl IntoResponse {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (header::ACCESS_CONTROL_ALLOW_METHODS, "POST, DELETE, PATCH, OPTIONS"),
+            (header::ACCESS_CONTROL_ALLOW_HEADERS, "Authorization, Content-Type, If-Match"),
+            (header::ACCESS_CONTROL_MAX_AGE, "600"),
+            (header::HeaderName::from_static("accept-post"), "application/sdp"),
+        ],
+    )
+}
+
+/// Trickle ICE is not needed (answers carry every candidate); RFC 9725 §4.3.1 says
+/// to answer 405 then.
+async fn patch() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "trickle_not_supported",
+        "trickle ICE is not supported: send every candidate in the offer",
+    )
+}
+
+async fn post_whip(
+    State(state): State<Arc<EdgeState>>,
+    path: Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    post_session(state, Direction::Whip, path.0, headers, body).await
+}
+
+async fn post_whep(
+    State(state): State<Arc<EdgeState>>,
+    path: Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    post_session(state, Direction::Whep, path.0, headers, body).await
+}
+
+async fn post_session(
+    state: Arc<EdgeState>,
+    direction: Direction,
+    stream: String,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let result = offer(&state, direction, stream, &headers, body).await;
+    match result {
+        Ok((stream, answer)) => {
+            let location = format!("/sessions/{}/{}", direction.name(), answer.id);
+            tracing::debug!(%stream, %location, "webrtc session created");
+            (
+                StatusCode::CREATED,
+                [
+                    (header::CONTENT_TYPE, "application/sdp".to_owned()),
+                    (header::LOCATION, location),
+                    (header::ETAG, format!("\"{}\"", answer.id)),
+                ],
+                answer.sdp,
+            )
+                .into_response()
+        }
+        Err(e) => {
+            state.metrics.webrtc_session_errors.get_or_create(&ReasonLabels::new(e.reason())).inc();
+            e.into_response()
+        }
+    }
+}
+
+async fn offer(
+    state: &Arc<EdgeState>,
+    direction: Direction,
+    stream: String,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<(StreamName, whip::Answer), ApiError> {
+    let stream = StreamName::new(stream)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_stream_name", e.to_string()))?;
+    let action = match direction {
+        Direction::Whip => Action::Publish,
+        Direction::Whep => Action::View,
+    };
+    authorize(state, headers, &stream, action)?;
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !content_type.trim().to_ascii_lowercase().starts_with("application/sdp") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content_type",
+            "the offer must be sent as Content-Type: application/sdp",
+        ));
+    }
+    let limit = state.webrtc.config.max_sdp_bytes;
+    if body.len() > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "sdp_too_large",
+            format!("the offer is {} bytes; the limit is {limit}", body.len()),
+        ));
+    }
+    let sdp = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::sdp(SdpError::Malformed("it is not UTF-8 text")))?;
+    let answer = match direction {
+        Direction::Whip => whip::start(state, stream.clone(), sdp).await?,
+        Direction::Whep => whep::start(state, stream.clone(), sdp).await?,
+    };
+    Ok((stream, answer))
+}
+
+fn authorize(
+    state: &EdgeState,
+    headers: &HeaderMap,
+    stream: &StreamName,
+    action: Action,
+) -> Result<(), ApiError> {
+    let config = &state.webrtc.config;
+    let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let refuse =
+        |status: StatusCode, reason: &'static str, message: String| ApiError::new(status, reason, message);
+    match (&config.token_secret, header) {
+        (_, None) if config.allow_anonymous => Ok(()),
+        (None, _) if config.allow_anonymous => Ok(()),
+        (None, _) => Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "auth_not_configured",
+            "this edge has no token secret (--token-secret-file) and does not allow anonymous access".into(),
+        )),
+        (Some(_), None) => Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "token_missing",
+            "an Authorization: Bearer token is required".into(),
+        )),
+        (Some(secret), Some(value)) => {
+            let token = auth::bearer(value).ok_or_else(|| {
+                refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "token_malformed",
+                    "Authorization must be 'Bearer <token>'".into(),
+                )
+            })?;
+            auth::authorize(secret, token, stream.as_str(), action, SystemTime::now()).map(|_| ()).map_err(
+                |e| {
+                    let status = match e {
+                        auth::AuthError::WrongAction { .. } | auth::AuthError::StreamNotCovered { .. } => {
+                            StatusCode::FORBIDDEN
+                        }
+                        _ => StatusCode::UNAUTHORIZED,
+                    };
+                    refuse(status, e.reason(), e.to_string())
+                },
+            )
+        }
+    }
+}
+
+async fn delete_whip(State(state): State<Arc<EdgeState>>, Path(id): Path<String>) -> Response {
+    end_session(&state, Direction::Whip, &id)
+}
+
+async fn delete_whep(State(state): State<Arc<EdgeState>>, Path(id): Path<String>) -> Response {
+    end_session(&state, Direction::Whep, &id)
+}
+
+fn end_session(state: &EdgeState, direction: Direction, id: &str) -> Response {
+    if state.webrtc.end(direction, id) {
+        StatusCode::OK.into_response()
+    } else {
+        ApiError::new(StatusCode::NOT_FOUND, "no_session", format!("no {} session {id}", direction.name()))
+            .into_response()
+    }
+}
+
+const DEMO_PUBLISH: &str = include_str!("demo/publish.html");
+const DEMO_WATCH: &str = include_str!("demo/watch.html");
+
+async fn demo_index() -> Html<&'static str> {
+    Html(
+        "<!doctype html><meta charset=utf-8><title>Ferry demo</title>\
+         <h1>Ferry</h1><ul>\
+         <li><a href=\"/demo/publish?stream=live/demo\">Publish live/demo (camera, WHIP)</a>\
+         <li><a href=\"/demo/publish?stream=live/demo&source=canvas\">Publish live/demo (generated, WHIP)</a>\
+         <li><a href=\"/demo/watch?stream=live/demo\">Watch live/demo (WHEP)</a></ul>",
+    )
+}
+
+async fn demo_publish() -> Html<&'static str> {
+    Html(DEMO_PUBLISH)
+}
+
+async fn demo_watch() -> Html<&'static str> {
+    Html(DEMO_WATCH)
+}

@@ -1,0 +1,355 @@
+//! A WHEP viewer: reads the stream's track buffers through its own cursors (the same
+//! per-viewer backpressure as QUIC viewers) and packetizes each frame for its own
+//! peer connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use ferry_proto::{Codec, StreamName, TrackKind, TrackName};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState, RTCSessionDescription};
+
+use super::engine::{self, Events};
+use super::http::{ApiError, ReasonLabels};
+use super::rtp::{clock_rate, FramePacketizer};
+use super::whip::{direction_labels, flow, Answer};
+use super::{random_u32, sdp, Direction, SessionLease};
+use crate::edge::EdgeState;
+use crate::metrics::{EdgeMetrics, RoleLabels};
+use crate::track::{Read, TrackProducer};
+
+/// Joining a group older than this asks the source for a fresh keyframe.
+const KEYFRAME_ON_JOIN_AGE: Duration = Duration::from_millis(500);
+/// RTP payload budget: leaves room for SRTP, extensions and tunnels under 1500.
+const MTU: usize = 1200;
+
+/// One outgoing track of a viewer.
+struct Outgoing {
+    producer: TrackProducer,
+    local: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    payload_type: u8,
+}
+
+/// Starts a viewer session for `stream` from an SDP offer.
+pub(crate) async fn start(
+    state: &Arc<EdgeState>,
+    stream: StreamName,
+    offer: String,
+) -> Result<Answer, ApiError> {
+    let producers = find_tracks(state, &stream).await?;
+    let stream_codecs: Vec<(TrackKind, Codec)> =
+        producers.iter().map(|p| (p.info().kind, p.info().codec)).collect();
+    let sendable = sdp::check_view_offer(&offer, &stream_codecs).map_err(ApiError::sdp)?;
+    let cancel = state.shutdown.child_token();
+    let mut lease =
+        state.webrtc.lease(Direction::Whep, stream.as_str(), cancel.clone()).map_err(ApiError::lease)?;
+    let (pc, mut events) =
+        engine::build(&state.webrtc, &mut lease, &sendable).await.map_err(ApiError::build)?;
+    match negotiate(state, &pc, &mut events, offer, producers, &sendable).await {
+        Ok((answer, outgoing)) => {
+            let id = lease.id.clone();
+            let session = Session { state: Arc::clone(state), stream, pc, events, outgoing, lease, cancel };
+            state.tracker.spawn(session.run());
+            Ok(Answer { id, sdp: answer })
+        }
+        Err(e) => {
+            let _ = pc.close().await;
+            Err(e)
+        }
+    }
+}
+
+/// The stream's WebRTC-capable tracks, pulled from upstream if this edge lacks them.
+async fn find_tracks(state: &Arc<EdgeState>, stream: &StreamName) -> Result<Vec<TrackProducer>, ApiError> {
+    let mut found = Vec::new();
+    let mut last_refusal = None;
+    for name in ["video", "audio"] {
+        let name = TrackName::new(name).map_err(|e| ApiError::internal(e.to_string()))?;
+        match crate::edge::find_track(state, stream, &name).await {
+            Ok(producer) => found.push(producer),
+            Err(refusal) => last_refusal = Some(refusal),
+        }
+    }
+    if found.is_empty() {
+        let (code, message) = last_refusal.unwrap_or((ferry_proto::ErrorCode::NotFound, String::new()));
+        let status = if code == ferry_proto::ErrorCode::NotFound {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        return Err(ApiError::new(status, code.name(), format!("{stream}: {message}")));
+    }
+    let webrtc: Vec<TrackProducer> =
+        found.iter().filter(|p| engine::mime_type(p.info().codec).is_some()).cloned().collect();
+    if webrtc.is_empty() {
+        let codecs: Vec<String> = found.iter().map(|p| format!("{:?}", p.info().codec)).collect();
+        return Err(ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "codec_not_webrtc",
+            format!("{stream} carries {} which WebRTC cannot play (VP8, H264, opus can)", codecs.join(", ")),
+        ));
+    }
+    Ok(webrtc)
+}
+
+async fn negotiate(
+    state: &EdgeState,
+    pc: &Arc<dyn PeerConnection>,
+    events: &mut Events,
+    offer: String,
+    producers: Vec<TrackProducer>,
+    sendable: &[Codec],
+) -> Result<(String, Vec<Outgoing>), ApiError> {
+    let offer = RTCSessionDescription::offer(offer).map_err(ApiError::webrtc_offer)?;
+    pc.set_remote_description(offer).await.map_err(ApiError::webrtc_offer)?;
+    let mut pending = Vec::new();
+    for producer in producers.into_iter().filter(|p| sendable.contains(&p.info().codec)) {
+        let info = producer.info();
+        let kind = match info.kind {
+            TrackKind::Video => RtpCodecKind::Video,
+            TrackKind::Audio => RtpCodecKind::Audio,
+            TrackKind::Data => continue,
+        };
+        let Some(codec) = engine::rtp_codec(info.codec) else { continue };
+        let ssrc = random_u32();
+        let encoding = RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+            codec,
+            ..Default::default()
+        };
+        let name = info.name.to_string();
+        let track = MediaStreamTrack::new("ferry".into(), name.clone(), name, kind, vec![encoding]);
+        let local = Arc::new(TrackLocalStaticRTP::new(track));
+        let sender =
+            pc.add_track(Arc::clone(&local) as Arc<dyn TrackLocal>).await.map_err(ApiError::webrtc_offer)?;
+        pending.push((producer, local, ssrc, sender));
+    }
+    let answer = pc.create_answer(None).await.map_err(ApiError::webrtc_offer)?;
+    pc.set_local_description(answer).await.map_err(ApiError::webrtc_internal)?;
+    engine::gathered(events, state.webrtc.config.ice_gather_timeout).await;
+    let answer = pc
+        .local_description()
+        .await
+        .ok_or_else(|| ApiError::internal("no local description after negotiation"))?
+        .sdp;
+    let mut outgoing = Vec::new();
+    for (producer, local, ssrc, sender) in pending {
+        let Ok(params) = sender.get_parameters().await else { continue };
+        let Some(mime) = engine::mime_type(producer.info().codec) else { continue };
+        let pt =
+            params.rtp_parameters.codecs.iter().find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime));
+        if let Some(pt) = pt {
+            outgoing.push(Outgoing { producer, local, ssrc, payload_type: pt.payload_type });
+        }
+    }
+    if outgoing.is_empty() {
+        return Err(ApiError::sdp(sdp::SdpError::CodecMismatch {
+            wanted: format!("{sendable:?}"),
+            offered: "nothing negotiated".into(),
+        }));
+    }
+    Ok((answer, outgoing))
+}
+
+struct Session {
+    state: Arc<EdgeState>,
+    stream: StreamName,
+    pc: Arc<dyn PeerConnection>,
+    events: Events,
+    outgoing: Vec<Outgoing>,
+    lease: SessionLease,
+    cancel: CancellationToken,
+}
+
+impl Session {
+    async fn run(mut self) {
+        let metrics = self.state.metrics.clone();
+        let gauge = metrics.webrtc_sessions.get_or_create(&direction_labels(Direction::Whep)).clone();
+        gauge.inc();
+        tracing::info!(stream = %self.stream, session = %self.lease.id, port = self.lease.port, "whep session");
+        let reason = self.serve(&metrics).await;
+        tracing::info!(stream = %self.stream, session = %self.lease.id, reason, "whep session ended");
+        if !matches!(reason, "closed" | "peer_closed" | "track_ended") {
+            metrics.webrtc_session_errors.get_or_create(&ReasonLabels::new(reason)).inc();
+        }
+        self.cancel.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.pc.close()).await;
+        gauge.dec();
+    }
+
+    async fn serve(&mut self, metrics: &EdgeMetrics) -> &'static str {
+        let connect = tokio::time::sleep(self.state.webrtc.config.connect_timeout);
+        tokio::pin!(connect);
+        // Media starts once ICE and DTLS are up: writes before that fail ("not binding yet").
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return "closed",
+                _ = &mut connect => return "connect_timeout",
+                changed = self.events.state.changed() => {
+                    if changed.is_err() { return "closed"; }
+                    match *self.events.state.borrow_and_update() {
+                        RTCPeerConnectionState::Connected => break,
+                        RTCPeerConnectionState::Failed => return "ice_failed",
+                        RTCPeerConnectionState::Closed => return "peer_closed",
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let mut tasks = JoinSet::new();
+        let mut live_egress = self.outgoing.len();
+        for out in self.outgoing.drain(..) {
+            let wants_keyframe = Arc::new(Notify::new());
+            tasks.spawn(feedback(Arc::clone(&out.local), Arc::clone(&wants_keyframe), metrics.clone()));
+            let egress = Egress {
+                out,
+                wants_keyframe,
+                metrics: metrics.clone(),
+                max_lag: self.state.webrtc.config.viewer_max_lag,
+                cancel: self.cancel.child_token(),
+            };
+            tasks.spawn(egress.run());
+        }
+        let reason = loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => break "closed",
+                changed = self.events.state.changed() => {
+                    if changed.is_err() { break "closed"; }
+                    match *self.events.state.borrow_and_update() {
+                        RTCPeerConnectionState::Failed => break "ice_failed",
+                        RTCPeerConnectionState::Closed => break "peer_closed",
+                        _ => {}
+                    }
+                }
+                done = tasks.join_next() => match done {
+                    // Every media track ended: the publisher left.
+                    Some(Ok(EgressEnd::TrackEnded | EgressEnd::Cancelled)) => {
+                        live_egress = live_egress.saturating_sub(1);
+                        if live_egress == 0 { break "track_ended"; }
+                    }
+                    Some(Ok(EgressEnd::WriteFailed)) => break "write_failed",
+                    Some(Ok(EgressEnd::Feedback)) => {}
+                    Some(Err(_)) => break "task_failed",
+                    None => break "track_ended",
+                },
+            }
+        };
+        self.cancel.cancel();
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        reason
+    }
+}
+
+/// How a per-track task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EgressEnd {
+    TrackEnded,
+    WriteFailed,
+    Cancelled,
+    Feedback,
+}
+
+/// Viewer RTCP: PLI/FIR wake the egress, which asks the source for a keyframe.
+async fn feedback(
+    local: Arc<TrackLocalStaticRTP>,
+    wants_keyframe: Arc<Notify>,
+    metrics: EdgeMetrics,
+) -> EgressEnd {
+    let received = metrics.plis.get_or_create(&flow("received")).clone();
+    while let Some(event) = local.poll().await {
+        let TrackLocalEvent::OnRtcpPacket(packets) = event else { continue };
+        if engine::asks_for_keyframe(&packets) {
+            received.inc();
+            wants_keyframe.notify_one();
+        }
+    }
+    EgressEnd::Feedback
+}
+
+struct Egress {
+    out: Outgoing,
+    wants_keyframe: Arc<Notify>,
+    metrics: EdgeMetrics,
+    max_lag: Duration,
+    cancel: CancellationToken,
+}
+
+impl Egress {
+    async fn run(self) -> EgressEnd {
+        let Outgoing { producer, local, ssrc, payload_type } = self.out;
+        let info = producer.info().clone();
+        let Some(rate) = clock_rate(info.codec) else { return EgressEnd::Cancelled };
+        let first_sequence = (random_u32() & 0x7fff) as u16;
+        let Some(mut packetizer) = FramePacketizer::new(
+            info.codec,
+            ssrc,
+            payload_type,
+            info.timebase,
+            rate,
+            MTU,
+            first_sequence,
+            random_u32(),
+        ) else {
+            return EgressEnd::Cancelled;
+        };
+        let mut consumer = producer.subscribe(self.max_lag);
+        if producer.newest_group_age().is_some_and(|age| age > KEYFRAME_ON_JOIN_AGE)
+            && producer.request_keyframe()
+        {
+            self.metrics.keyframe_requests.inc();
+        }
+        let packets_out = self.metrics.rtp_packets.get_or_create(&flow("out")).clone();
+        let bytes_out = self.metrics.rtp_bytes.get_or_create(&flow("out")).clone();
+        let skips = self.metrics.skipped_groups.get_or_create(&RoleLabels { role: "whep".into() }).clone();
+        loop {
+            let read = tokio::select! {
+                _ = self.cancel.cancelled() => return EgressEnd::Cancelled,
+                _ = self.wants_keyframe.notified() => {
+                    // The viewer cannot decode the rest of this group: wait for the next
+                    // keyframe, and ask the source for one now (throttled per track).
+                    consumer.skip_current_group();
+                    if consumer.request_keyframe() {
+                        self.metrics.keyframe_requests.inc();
+                    }
+                    continue;
+                }
+                read = consumer.next() => read,
+            };
+            let frame = match read {
+                Read::Frame { frame, .. } => frame,
+                Read::Skipped { groups, .. } => {
+                    skips.inc_by(groups);
+                    continue;
+                }
+                Read::Closed => return EgressEnd::TrackEnded,
+                Read::Pending => continue,
+            };
+            let packets = match packetizer.packetize(frame.header.pts, &frame.payload) {
+                Ok(packets) => packets,
+                Err(e) => {
+                    tracing::debug!(error = %e, "frame not packetizable; skipped");
+                    continue;
+                }
+            };
+            self.metrics.frames_out.inc();
+            self.metrics.bytes_out.inc_by(frame.payload.len() as u64);
+            for packet in packets {
+                let len = packet.payload.len() as u64;
+                if local.write_rtp(packet).await.is_err() {
+                    return EgressEnd::WriteFailed;
+                }
+                packets_out.inc();
+                bytes_out.inc_by(len);
+            }
+        }
+    }
+}
