@@ -52,8 +52,15 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(filter: &str) {
+    // The WebRTC stack logs every state change at info and benign conditions at warn;
+    // keep its errors only unless the filter names it.
+    let filter = if filter.contains("rtc") {
+        filter.to_owned()
+    } else {
+        format!("{filter},rtc=error,rtc_ice=error,rtc_dtls=error,rtc_sctp=error,webrtc=error")
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&filter))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }

@@ -249,14 +249,23 @@ fn wait_decoding(viewer: &browser::Browser, what: &str) -> f64 {
 
 /// Frames decoded keep increasing for several seconds, audio keeps arriving.
 fn assert_playing(viewer: &browser::Browser, what: &str) {
+    assert_playing_with(viewer, what, true);
+}
+
+fn assert_playing_with(viewer: &browser::Browser, what: &str, audio_too: bool) {
     let mut frames = stat(viewer, "framesDecoded");
     let mut audio = stat(viewer, "audioPacketsReceived");
     for second in 1..=4 {
         let (before_frames, before_audio) = (frames, audio);
+        let audio_check = if audio_too {
+            format!(" && window.ferry.stats.audioPacketsReceived > {before_audio}")
+        } else {
+            String::new()
+        };
         viewer.wait_until(
             &format!("{what}: more frames decoded (second {second})"),
             Duration::from_secs(5),
-            &format!("return window.ferry.stats.framesDecoded > {before_frames} && window.ferry.stats.audioPacketsReceived > {before_audio};"),
+            &format!("return window.ferry.stats.framesDecoded > {before_frames}{audio_check};"),
         );
         frames = stat(viewer, "framesDecoded");
         audio = stat(viewer, "audioPacketsReceived");
@@ -316,4 +325,96 @@ fn browser_publishes_over_whip_and_another_watches_over_whep_through_a_second_ed
     let again_ms = wait_decoding(&viewer, "a new viewer to decode after the publisher returned");
     println!("time to first frame after the publisher returned: {again_ms:.0} ms");
     assert_playing(&viewer, "new viewer on B");
+
+    // Edge B drains on SIGTERM: it exits on its own and its WHEP viewer sees the end.
+    let Edge { proc, .. } = b;
+    proc.terminate();
+    let out = proc.wait_output(Duration::from_secs(30));
+    assert!(out.status.success(), "edge B exit: {:?}", out.status);
+    viewer.wait_until(
+        "the viewer to see edge B go away",
+        Duration::from_secs(30),
+        "return window.ferry.state === 'ended';",
+    );
+}
+
+fn require_ffmpeg() {
+    let ok = std::process::Command::new("ffmpeg")
+        .arg("-version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(ok, "ffmpeg is required for this test (apt-get install ffmpeg; .ci/run installs it)");
+}
+
+#[test]
+fn quic_publishers_play_in_the_browser_and_whip_publishers_record_over_quic() {
+    require_ffmpeg();
+    let _heavy = heavy();
+    let dir = TempDir::new("webrtc-cross");
+    let input = dir.path().join("in.ivf");
+    let output = dir.path().join("out.ivf");
+    let status = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=640x360:rate=30"])
+        .args(["-c:v", "libvpx", "-g", "30", "-t", "30", "-f", "ivf"])
+        .arg(&input)
+        .status()
+        .unwrap();
+    assert!(status.success(), "ffmpeg failed");
+    let edge = webrtc_edge("edge-x", dir.path(), &[]);
+    let now = SystemTime::now();
+
+    // A refusal reaches the page as its reason.
+    let viewer = browser::Browser::start();
+    let view_missing = token("vod/missing", Action::View, Duration::from_secs(600), now);
+    viewer.open(&format!("http://{}/demo/watch?stream=vod/missing&token={view_missing}", edge.http));
+    let error = viewer.wait_until(
+        "the page to show the refusal",
+        Duration::from_secs(20),
+        "return window.ferry && window.ferry.state === 'error' && window.ferry.error;",
+    );
+    assert!(error.as_str().unwrap_or("").contains("not_found"), "{error}");
+
+    // IVF (VP8) in over QUIC, WebRTC out.
+    let mut cmd = ferry();
+    cmd.args(["publish", "--edge", &edge.quic, "--stream", "vod/x", "--insecure", "--json", "--input"])
+        .arg(&input)
+        .stdout(std::process::Stdio::null());
+    let _publisher = Proc::spawn("ivf publisher", &mut cmd);
+    wait_for_stream(&edge);
+    let view = token("vod/x", Action::View, Duration::from_secs(600), now);
+    viewer.open(&format!("http://{}/demo/watch?stream=vod/x&token={view}", edge.http));
+    let first = wait_decoding(&viewer, "the browser to decode the QUIC publisher's VP8");
+    println!("time to first frame (QUIC IVF publisher → WHEP): {first:.0} ms");
+    assert_playing_with(&viewer, "browser watching a QUIC publisher", false);
+    let size = viewer.eval("return [window.ferry.stats.width, window.ferry.stats.height];");
+    assert_eq!(size, serde_json::json!([640, 360]), "the browser decodes the IVF's frames");
+
+    // WebRTC in, IVF out over QUIC.
+    let publisher = browser::Browser::start();
+    let publish = token("live/w", Action::Publish, Duration::from_secs(600), now);
+    publisher.open(&format!("http://{}/demo/publish?stream=live/w&token={publish}", edge.http));
+    publisher.wait_until(
+        "the WHIP publisher to go live",
+        Duration::from_secs(30),
+        "return window.ferry && window.ferry.state === 'live';",
+    );
+    let watcher = watch(
+        &edge,
+        "live/w",
+        &["--track", "video", "--duration", "4s", "--output", output.to_str().unwrap()],
+    );
+    let watched = json_output(watcher, Duration::from_secs(60));
+    assert!(watched["frames"].as_u64().unwrap_or(0) >= 30, "{watched}");
+    let decode = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&output)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        decode.status.success() && decode.stderr.is_empty(),
+        "ffmpeg could not decode the recording: {}",
+        String::from_utf8_lossy(&decode.stderr)
+    );
 }
