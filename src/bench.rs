@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 use ferry_node::client::publish::{publish, PublishOptions, Source};
 use ferry_node::client::stats::Samples;
 use ferry_node::client::watch::{watch_detailed, WatchOptions};
+use ferry_node::client::whep::{watch_whep, WhepOptions};
 use ferry_node::media::synthetic::SyntheticConfig;
 use ferry_node::tls::{ClientTrust, TransportTuning};
 use ferry_proto::{ErrorCode, NodeId, StreamName, TrackName};
@@ -60,6 +61,16 @@ pub struct FanoutArgs {
     /// The ferry binary to run edges with (default: this one).
     #[arg(long, env = "FERRY_BENCH_BINARY")]
     pub binary: Option<PathBuf>,
+    /// How viewers watch: QUIC (`ferry watch`) or WebRTC (WHEP viewers built on the
+    /// webrtc crate, receiving the synthetic stream labelled VP8).
+    #[arg(long, env = "FERRY_BENCH_TRANSPORT", value_enum, default_value = "quic")]
+    pub transport: Transport,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    Quic,
+    Webrtc,
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -74,9 +85,15 @@ struct EdgeProcess {
     child: Child,
     pid: u32,
     quic: String,
+    http: String,
 }
 
-async fn spawn_edge(binary: &PathBuf, id: usize, upstream: Option<&str>) -> anyhow::Result<EdgeProcess> {
+async fn spawn_edge(
+    binary: &PathBuf,
+    id: usize,
+    upstream: Option<&str>,
+    webrtc_sessions: usize,
+) -> anyhow::Result<EdgeProcess> {
     let mut cmd = Command::new(binary);
     cmd.args(["edge", "--node-id", &format!("bench-edge-{id}"), "--quic-listen", "127.0.0.1:0"])
         .args(["--http-listen", "127.0.0.1:0", "--log", "warn"])
@@ -85,6 +102,14 @@ async fn spawn_edge(binary: &PathBuf, id: usize, upstream: Option<&str>) -> anyh
         .kill_on_drop(true);
     if let Some(up) = upstream {
         cmd.args(["--upstream", up]);
+    }
+    if webrtc_sessions > 0 {
+        // A port range of its own per edge: sessions plus headroom for ports in use.
+        let low = 52_000 + id * 2_000;
+        let high = low + webrtc_sessions + 200;
+        cmd.args(["--allow-anonymous", "--webrtc-bind", "127.0.0.1"])
+            .args(["--webrtc-udp-ports", &format!("{low}-{high}")])
+            .args(["--webrtc-max-sessions", &(webrtc_sessions + 10).to_string()]);
     }
     let mut child = cmd.spawn().with_context(|| format!("cannot run {}", binary.display()))?;
     let pid = child.id().context("edge exited at once")?;
@@ -95,8 +120,14 @@ async fn spawn_edge(binary: &PathBuf, id: usize, upstream: Option<&str>) -> anyh
         .context("edge did not report ready")??
         .context("edge exited before ready")?;
     let ready: serde_json::Value = serde_json::from_str(&line).context("edge ready line")?;
-    let quic = ready.get("quic").and_then(|q| q.as_str()).context("ready line without quic")?.to_owned();
-    Ok(EdgeProcess { child, pid, quic })
+    let field = |name: &str| -> anyhow::Result<String> {
+        Ok(ready
+            .get(name)
+            .and_then(|q| q.as_str())
+            .with_context(|| format!("ready line without {name}"))?
+            .to_owned())
+    };
+    Ok(EdgeProcess { child, pid, quic: field("quic")?, http: field("http")? })
 }
 
 /// CPU seconds (user + system) a process used so far, from /proc.
@@ -153,23 +184,33 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         Some(b) => b.clone(),
         None => std::env::current_exe()?,
     };
+    let webrtc = args.transport == Transport::Webrtc;
+    if webrtc && args.slow_viewers > 0 {
+        bail!("--slow-viewers is QUIC only (a WebRTC viewer's pace is its network's)");
+    }
     let mut edges: Vec<EdgeProcess> = Vec::new();
     for i in 0..args.hops {
         let upstream = edges.last().map(|e| e.quic.clone());
-        edges.push(spawn_edge(&binary, i, upstream.as_deref()).await?);
+        let sessions = if webrtc && i + 1 == args.hops { args.viewers } else { 0 };
+        edges.push(spawn_edge(&binary, i, upstream.as_deref(), sessions).await?);
     }
     let first = edges.first().context("no edge")?.quic.clone();
     let last = edges.last().context("no edge")?.quic.clone();
+    let last_http = edges.last().context("no edge")?.http.clone();
     let stream = StreamName::new("bench/fanout")?;
     let stop = CancellationToken::new();
     let publisher = tokio::spawn(publish(
         PublishOptions {
             edge: first,
             stream: stream.clone(),
-            source: Source::Synthetic(SyntheticConfig {
-                bitrate_bps: args.bitrate,
-                ..SyntheticConfig::default()
-            }),
+            source: {
+                let config = SyntheticConfig { bitrate_bps: args.bitrate, ..SyntheticConfig::default() };
+                if webrtc {
+                    Source::SyntheticVp8(config)
+                } else {
+                    Source::Synthetic(config)
+                }
+            },
             duration: None,
             trust: ClientTrust::Insecure,
             tuning: TransportTuning::default(),
@@ -183,15 +224,53 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     let cpu_before: Vec<f64> = edges.iter().map(|e| cpu_seconds(e.pid)).collect::<anyhow::Result<_>>()?;
     let started = std::time::Instant::now();
     let mut viewers = tokio::task::JoinSet::new();
+    let mut whep_viewers = tokio::task::JoinSet::new();
     for i in 0..args.viewers + args.slow_viewers {
         let slow = i >= args.viewers;
-        let opts = viewer_opts(&last, &stream, &args, i, slow.then_some(args.slow_rate))?;
         let token = stop.clone();
-        viewers.spawn(async move { (slow, watch_detailed(opts, token).await) });
+        if webrtc {
+            let opts = WhepOptions {
+                url: format!("http://{last_http}/whep/{stream}"),
+                token: None,
+                duration: Some(args.duration),
+                bind_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+                connect_timeout: Duration::from_secs(20),
+            };
+            whep_viewers.spawn(watch_whep(opts, token));
+        } else {
+            let opts = viewer_opts(&last, &stream, &args, i, slow.then_some(args.slow_rate))?;
+            viewers.spawn(async move { (slow, watch_detailed(opts, token).await) });
+        }
     }
     let mut latency = Samples::default();
     let (mut bytes, mut skipped, mut lost, mut failed, mut frames) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let (mut slow_bytes, mut slow_skipped) = (0u64, 0u64);
+    let mut first_frame = Samples::default();
+    while let Some(joined) = whep_viewers.join_next().await {
+        match joined {
+            Ok(Ok(stats)) if stats.frames > 0 => {
+                bytes += stats.bytes;
+                frames += stats.frames;
+                lost += stats.lost_frames;
+                latency.extend(&stats.latency);
+                if let Some(ms) = stats.first_frame_ms {
+                    first_frame.push((ms * 1e3) as u64);
+                }
+            }
+            Ok(Ok(stats)) => {
+                tracing::warn!(ended = %stats.ended, "WHEP viewer got no frames");
+                failed += 1;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "WHEP viewer failed");
+                failed += 1;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "viewer task failed");
+                failed += 1;
+            }
+        }
+    }
     while let Some(joined) = viewers.join_next().await {
         match joined {
             Ok((false, Ok((stats, samples)))) => {
@@ -237,8 +316,10 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     };
     let ratio = baseline.map(|floor| cpu_per_gb / floor);
     let delivered_mbps = delivered as f64 * 8.0 / elapsed / 1e6;
+    let first_frame = first_frame.summary().unwrap_or_default();
     let report = json!({
         "scenario": "fanout",
+        "transport": if webrtc { "webrtc" } else { "quic" },
         "viewers": args.viewers,
         "slow_viewers": args.slow_viewers,
         "hops": args.hops,
@@ -250,6 +331,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         "edge_cpu_seconds_per_gb": cpu_per_gb,
         "edge_rss_mib": rss,
         "latency_ms": { "p50": lat.p50, "p99": lat.p99, "max": lat.max },
+        "first_frame_ms": if webrtc { json!({ "p50": first_frame.p50, "p99": first_frame.p99 }) } else { json!(null) },
         "frames": frames,
         "skipped_groups": skipped,
         "lost_frames": lost,
@@ -261,8 +343,9 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     });
     println!("{report}");
     eprintln!(
-        "fanout: {} viewers x {} hops: {delivered_mbps:.1} Mbps delivered, {cpu_per_gb:.2} edge CPU-s/GB, \
+        "fanout ({}): {} viewers x {} hops: {delivered_mbps:.1} Mbps delivered, {cpu_per_gb:.2} edge CPU-s/GB, \
          latency p50 {:.1} ms p99 {:.1} ms, {skipped} skipped groups, {lost} lost frames{}",
+        if webrtc { "webrtc" } else { "quic" },
         args.viewers,
         args.hops,
         lat.p50,

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use ferry_node::auth::TokenSecret;
 use ferry_node::client::publish::{publish, PublishOptions, Source};
 use ferry_node::client::watch::{watch, WatchOptions};
+use ferry_node::client::whep::{watch_whep, WhepOptions};
 use ferry_node::edge::{default_names, BoundEdge, EdgeConfig};
 use ferry_node::media::synthetic::SyntheticConfig;
 use ferry_node::tls::{ClientTrust, ServerIdentity, TransportTuning};
@@ -240,6 +241,10 @@ pub struct PublishArgs {
     /// Synthetic keyframe interval.
     #[arg(long, env = "FERRY_GOP", default_value = "2s", value_parser = units::duration)]
     pub gop: Duration,
+    /// Label the synthetic stream VP8 (behind a VP8 frame tag) so WHEP viewers can
+    /// receive it; for benchmarks — no decoder can show it.
+    #[arg(long, env = "FERRY_SYNTHETIC_VP8", requires = "synthetic")]
+    pub synthetic_vp8: bool,
     /// Stop after this long.
     #[arg(long, env = "FERRY_DURATION", value_parser = units::duration)]
     pub duration: Option<Duration>,
@@ -253,11 +258,17 @@ pub struct PublishArgs {
 #[derive(Debug, Clone, Args)]
 pub struct WatchArgs {
     /// Edge QUIC address, HOST:PORT.
-    #[arg(long, env = "FERRY_EDGE")]
-    pub edge: String,
+    #[arg(long, env = "FERRY_EDGE", required_unless_present = "whep")]
+    pub edge: Option<String>,
     /// Stream name, e.g. live/room1.
-    #[arg(long, env = "FERRY_STREAM")]
-    pub stream: String,
+    #[arg(long, env = "FERRY_STREAM", required_unless_present = "whep")]
+    pub stream: Option<String>,
+    /// Watch over WebRTC instead: the WHEP endpoint, e.g. http://HOST:PORT/whep/live/room1.
+    #[arg(long, env = "FERRY_WHEP", conflicts_with_all = ["edge", "output", "throttle"])]
+    pub whep: Option<String>,
+    /// Access token for --whep (see `ferry token`).
+    #[arg(long, env = "FERRY_WHEP_TOKEN", requires = "whep")]
+    pub token: Option<String>,
     /// Track to watch.
     #[arg(long, env = "FERRY_TRACK", default_value = "video")]
     pub track: String,
@@ -337,7 +348,12 @@ async fn run_publish(args: PublishArgs) -> anyhow::Result<()> {
     let source = match &args.input {
         Some(path) => Source::Ivf(path.clone()),
         None => {
-            Source::Synthetic(SyntheticConfig { bitrate_bps: args.bitrate, fps: args.fps, gop: args.gop })
+            let config = SyntheticConfig { bitrate_bps: args.bitrate, fps: args.fps, gop: args.gop };
+            if args.synthetic_vp8 {
+                Source::SyntheticVp8(config)
+            } else {
+                Source::Synthetic(config)
+            }
         }
     };
     let opts = PublishOptions {
@@ -363,9 +379,12 @@ async fn run_publish(args: PublishArgs) -> anyhow::Result<()> {
 }
 
 async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
+    if let Some(url) = &args.whep {
+        return run_watch_whep(&args, url).await;
+    }
     let opts = WatchOptions {
-        edge: args.edge.clone(),
-        stream: StreamName::new(args.stream.clone()).context("--stream")?,
+        edge: args.edge.clone().context("--edge is required")?,
+        stream: StreamName::new(args.stream.clone().context("--stream is required")?).context("--stream")?,
         track: TrackName::new(args.track.clone()).context("--track")?,
         max_lag: args.max_lag,
         duration: args.duration,
@@ -390,4 +409,38 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+async fn run_watch_whep(args: &WatchArgs, url: &str) -> anyhow::Result<()> {
+    let opts = WhepOptions {
+        url: url.to_owned(),
+        token: args.token.clone(),
+        duration: args.duration,
+        bind_ip: whep_bind_ip(url),
+        connect_timeout: Duration::from_secs(10),
+    };
+    let stats = watch_whep(opts, crate::shutdown_signal()).await.with_context(|| format!("WHEP {url}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&stats)?);
+    } else {
+        eprintln!(
+            "watched {} frames ({} keyframes, {} lost), {} bytes, {} audio packets over WHEP ({})",
+            stats.frames, stats.keyframes, stats.lost_frames, stats.bytes, stats.audio_packets, stats.ended
+        );
+    }
+    if stats.frames == 0 && stats.audio_packets == 0 {
+        anyhow::bail!("no media arrived ({})", stats.ended);
+    }
+    Ok(())
+}
+
+/// Loopback endpoints get a loopback media socket; anything else every interface.
+fn whep_bind_ip(url: &str) -> IpAddr {
+    let host = url.trim_start_matches("http://").split(['/', ':']).next().unwrap_or("");
+    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        IpAddr::from([0, 0, 0, 0])
+    }
 }

@@ -40,6 +40,9 @@ pub enum Error {
     Timeout(&'static str),
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// WebRTC signalling or the webrtc crate failed.
+    #[error("webrtc: {0}")]
+    WebRtc(String),
 }
 
 impl Error {

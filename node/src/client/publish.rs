@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::conn::{closed_error, connect};
 use crate::media::ivf::IvfReader;
 use crate::media::keyframe::is_keyframe;
-use crate::media::synthetic::{unix_micros_now, SyntheticConfig, SyntheticSource};
+use crate::media::synthetic::{unix_micros_now, vp8_framed, SyntheticConfig, SyntheticSource};
 use crate::tls::{ClientTrust, TransportTuning};
 use crate::wire::{read_message, write_frame, write_message};
 use crate::{Error, Result};
@@ -29,6 +29,9 @@ use crate::{Error, Result};
 #[derive(Debug, Clone)]
 pub enum Source {
     Synthetic(SyntheticConfig),
+    /// The synthetic stream labelled VP8 behind a VP8 frame tag, so WebRTC viewers
+    /// can receive it (benchmarks; not decodable video).
+    SyntheticVp8(SyntheticConfig),
     /// An IVF file (VP8/VP9/AV1), or standard input for `-`.
     Ivf(PathBuf),
 }
@@ -114,14 +117,14 @@ impl Sender {
 pub async fn publish(opts: PublishOptions, cancel: CancellationToken) -> Result<PublishStats> {
     let mut ivf = match &opts.source {
         Source::Ivf(path) => Some(open_ivf(path, opts.max_frame).await?),
-        Source::Synthetic(_) => None,
+        Source::Synthetic(_) | Source::SyntheticVp8(_) => None,
     };
     let info = match (&opts.source, &ivf) {
         (_, Some((_, info))) => info.clone(),
-        (Source::Synthetic(_), None) | (Source::Ivf(_), None) => TrackInfo {
+        (source, None) => TrackInfo {
             name: TrackName::video(),
             kind: TrackKind::Video,
-            codec: Codec::Synthetic,
+            codec: if matches!(source, Source::SyntheticVp8(_)) { Codec::Vp8 } else { Codec::Synthetic },
             timebase: Timebase::MICROS,
             width: 0,
             height: 0,
@@ -151,7 +154,10 @@ pub async fn publish(opts: PublishOptions, cancel: CancellationToken) -> Result<
     let result = match (&opts.source, ivf.as_mut()) {
         (_, Some((reader, info))) => send_ivf(&mut sender, reader, info, deadline, &stop).await,
         (Source::Synthetic(config), None) => {
-            send_synthetic(&mut sender, config.clone(), &keyframe_wanted, deadline, &stop).await
+            send_synthetic(&mut sender, config.clone(), false, &keyframe_wanted, deadline, &stop).await
+        }
+        (Source::SyntheticVp8(config), None) => {
+            send_synthetic(&mut sender, config.clone(), true, &keyframe_wanted, deadline, &stop).await
         }
         (Source::Ivf(_), None) => Ok("no source".to_owned()),
     };
@@ -207,6 +213,7 @@ async fn open_ivf(path: &PathBuf, max_frame: usize) -> Result<(IvfReader<BoxedRe
 async fn send_synthetic(
     sender: &mut Sender,
     config: SyntheticConfig,
+    vp8: bool,
     keyframe_wanted: &AtomicBool,
     deadline: Option<Instant>,
     stop: &CancellationToken,
@@ -231,7 +238,8 @@ async fn send_synthetic(
             source.force_keyframe();
         }
         let frame = source.next_frame(unix_micros_now());
-        sender.send(frame.pts_micros, frame.keyframe, frame.payload).await?;
+        let payload = if vp8 { vp8_framed(&frame) } else { frame.payload };
+        sender.send(frame.pts_micros, frame.keyframe, payload).await?;
         n = n.saturating_add(1);
     }
 }

@@ -146,6 +146,20 @@ fn clamp_len(bytes: u128) -> usize {
     usize::try_from(bytes).unwrap_or(usize::MAX).clamp(HEADER, MAX_PAYLOAD)
 }
 
+/// The payload behind a one-byte VP8 frame tag (bit 0 clear on keyframes), so WebRTC
+/// carries synthetic frames as VP8. For benchmarks only: no decoder can show them.
+pub fn vp8_framed(frame: &SyntheticFrame) -> Bytes {
+    let mut payload = BytesMut::with_capacity(frame.payload.len() + 1);
+    payload.put_u8(if frame.keyframe { 0x00 } else { 0x01 });
+    payload.put_slice(&frame.payload);
+    payload.freeze()
+}
+
+/// Reads the stamp of a [`vp8_framed`] payload.
+pub fn parse_vp8_framed(payload: &[u8]) -> Option<SyntheticStamp> {
+    parse(payload.get(1..)?)
+}
+
 /// Reads the stamp of a synthetic payload; `None` if it is not one.
 pub fn parse(payload: &[u8]) -> Option<SyntheticStamp> {
     let (magic, rest) = payload.split_first_chunk::<4>()?;

@@ -120,17 +120,69 @@ pub(crate) enum BuildError {
     WebRtc(#[from] webrtc::error::Error),
 }
 
+fn new_handler() -> (Arc<Handler>, Events) {
+    let (tracks_tx, tracks) = mpsc::channel(8);
+    let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
+    let (gathering_tx, gathering) = watch::channel(RTCIceGatheringState::New);
+    let handler = Arc::new(Handler { tracks: tracks_tx, state: state_tx, gathering: gathering_tx });
+    (handler, Events { tracks, state, gathering })
+}
+
+async fn peer_connection(
+    addr: SocketAddr,
+    codecs: &[Codec],
+    public_ip: Option<std::net::IpAddr>,
+    handler: Arc<Handler>,
+) -> Result<Arc<dyn PeerConnection>, BuildError> {
+    let mut media = MediaEngine::default();
+    for codec in codecs {
+        let pt = CODECS.iter().find(|(c, _)| c == codec).map(|(_, pt)| *pt);
+        if let Some((params, kind)) = pt.and_then(|pt| codec_parameters(*codec, pt)) {
+            media.register_codec(params, kind)?;
+        }
+    }
+    let registry = register_default_interceptors(Registry::new(), &mut media)?
+        .with(Slot::from(14_000), KeyframeRequests::default());
+    let mut settings = SettingEngineBuilder::new()
+        .with_include_loopback_candidate(addr.ip().is_loopback())
+        .with_ice_timeouts(
+            Some(Duration::from_secs(3)),
+            Some(Duration::from_secs(6)),
+            Some(Duration::from_secs(1)),
+        );
+    if let Some(ip) = public_ip {
+        settings = settings.with_nat_1to1_ips(vec![ip.to_string()], RTCIceCandidateType::Host);
+    }
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(media)
+        .with_setting_engine(settings.build())
+        .with_interceptor_registry(registry)
+        .with_handler(handler as Arc<dyn PeerConnectionEventHandler>)
+        .with_udp_addrs(vec![addr])
+        .build()
+        .await?;
+    Ok(Arc::new(pc))
+}
+
+/// A client peer connection on an ephemeral port of `ip` (WHEP viewers, benchmarks).
+pub(crate) async fn build_client(
+    ip: std::net::IpAddr,
+    codecs: &[Codec],
+) -> Result<(Arc<dyn PeerConnection>, Events), BuildError> {
+    let (handler, events) = new_handler();
+    let pc = peer_connection(SocketAddr::new(ip, 0), codecs, None, handler).await?;
+    Ok((pc, events))
+}
+
 /// A peer connection on the lease's port that negotiates exactly `codecs`.
 pub(crate) async fn build(
     webrtc: &WebRtc,
     lease: &mut SessionLease,
     codecs: &[Codec],
 ) -> Result<(Arc<dyn PeerConnection>, Events), BuildError> {
-    let (tracks_tx, tracks) = mpsc::channel(8);
-    let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
-    let (gathering_tx, gathering) = watch::channel(RTCIceGatheringState::New);
-    let handler = Arc::new(Handler { tracks: tracks_tx, state: state_tx, gathering: gathering_tx });
     let config = &webrtc.config;
+    let (handler, events) = new_handler();
     // A port another process holds is skipped; a few attempts, then give up.
     for _ in 0..8 {
         let addr = SocketAddr::new(config.bind_ip, lease.port);
@@ -138,36 +190,8 @@ pub(crate) async fn build(
             lease.port = webrtc.port_in_use(lease.port).ok_or(BuildError::NoPort)?;
             continue;
         }
-        let mut media = MediaEngine::default();
-        for codec in codecs {
-            let pt = CODECS.iter().find(|(c, _)| c == codec).map(|(_, pt)| *pt);
-            if let Some((params, kind)) = pt.and_then(|pt| codec_parameters(*codec, pt)) {
-                media.register_codec(params, kind)?;
-            }
-        }
-        let registry = register_default_interceptors(Registry::new(), &mut media)?
-            .with(Slot::from(14_000), KeyframeRequests::default());
-        let mut settings = SettingEngineBuilder::new()
-            .with_include_loopback_candidate(config.bind_ip.is_loopback())
-            .with_ice_timeouts(
-                Some(Duration::from_secs(3)),
-                Some(Duration::from_secs(6)),
-                Some(Duration::from_secs(1)),
-            );
-        if let Some(ip) = config.public_ip {
-            settings = settings.with_nat_1to1_ips(vec![ip.to_string()], RTCIceCandidateType::Host);
-        }
-        let pc = PeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
-            .with_media_engine(media)
-            .with_setting_engine(settings.build())
-            .with_interceptor_registry(registry)
-            .with_handler(Arc::clone(&handler) as Arc<dyn PeerConnectionEventHandler>)
-            .with_udp_addrs(vec![addr])
-            .build()
-            .await;
-        match pc {
-            Ok(pc) => return Ok((Arc::new(pc), Events { tracks, state, gathering })),
+        match peer_connection(addr, codecs, config.public_ip, Arc::clone(&handler)).await {
+            Ok(pc) => return Ok((pc, events)),
             Err(e) => {
                 tracing::debug!(port = lease.port, error = %e, "peer connection bind failed; next port");
                 lease.port = webrtc.port_in_use(lease.port).ok_or(BuildError::NoPort)?;

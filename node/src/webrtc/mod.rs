@@ -19,7 +19,7 @@
 //! [`TrackProducer`]: crate::track::TrackProducer
 //! [`TrackConsumer`]: crate::track::TrackConsumer
 
-mod engine;
+pub(crate) mod engine;
 pub(crate) mod http;
 pub mod rtp;
 pub mod sdp;
