@@ -220,6 +220,44 @@ impl WebRtc {
     }
 }
 
+/// Counts a session in `ferry_webrtc_sessions{direction}` while held, and logs its
+/// start and end.
+pub(crate) struct LiveSession {
+    gauge: prometheus_client::metrics::gauge::Gauge,
+    direction: Direction,
+    stream: String,
+    id: String,
+}
+
+impl LiveSession {
+    pub fn start(
+        metrics: &crate::metrics::EdgeMetrics,
+        direction: Direction,
+        stream: &str,
+        lease: &SessionLease,
+    ) -> Self {
+        let labels = crate::metrics::DirectionLabels { direction: direction.name().to_owned() };
+        let gauge = metrics.webrtc_sessions.get_or_create(&labels).clone();
+        gauge.inc();
+        tracing::info!(stream, session = %lease.id, port = lease.port, "{} session", direction.name());
+        Self { gauge, direction, stream: stream.to_owned(), id: lease.id.clone() }
+    }
+
+    /// Logs why the session ended; failures also count in `ferry_webrtc_session_errors`.
+    pub fn ended(&self, metrics: &crate::metrics::EdgeMetrics, reason: &str) {
+        tracing::info!(stream = %self.stream, session = %self.id, reason, "{} session ended", self.direction.name());
+        if !matches!(reason, "closed" | "peer_closed" | "track_ended") {
+            metrics.webrtc_session_errors.get_or_create(&http::ReasonLabels::new(reason)).inc();
+        }
+    }
+}
+
+impl Drop for LiveSession {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
 /// Session ids: 128 random bits, hex.
 pub(crate) fn random_id() -> String {
     let mut bytes = [0u8; 16];

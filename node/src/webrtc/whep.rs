@@ -17,10 +17,10 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState, RTCSessionDescription};
 
 use super::engine::{self, Events};
-use super::http::{ApiError, ReasonLabels};
+use super::http::ApiError;
 use super::rtp::{clock_rate, FramePacketizer};
-use super::whip::{direction_labels, flow, Answer};
-use super::{random_u32, sdp, Direction, SessionLease};
+use super::whip::{flow, Answer};
+use super::{random_u32, sdp, Direction, LiveSession, SessionLease};
 use crate::edge::EdgeState;
 use crate::metrics::{EdgeMetrics, RoleLabels};
 use crate::track::{Read, TrackProducer};
@@ -172,17 +172,11 @@ struct Session {
 impl Session {
     async fn run(mut self) {
         let metrics = self.state.metrics.clone();
-        let gauge = metrics.webrtc_sessions.get_or_create(&direction_labels(Direction::Whep)).clone();
-        gauge.inc();
-        tracing::info!(stream = %self.stream, session = %self.lease.id, port = self.lease.port, "whep session");
+        let live = LiveSession::start(&metrics, Direction::Whep, self.stream.as_str(), &self.lease);
         let reason = self.serve(&metrics).await;
-        tracing::info!(stream = %self.stream, session = %self.lease.id, reason, "whep session ended");
-        if !matches!(reason, "closed" | "peer_closed" | "track_ended") {
-            metrics.webrtc_session_errors.get_or_create(&ReasonLabels::new(reason)).inc();
-        }
+        live.ended(&metrics, reason);
         self.cancel.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.pc.close()).await;
-        gauge.dec();
     }
 
     async fn serve(&mut self, metrics: &EdgeMetrics) -> &'static str {

@@ -18,7 +18,7 @@ use super::engine::{self, Events};
 use super::http::ApiError;
 use super::rtp::{clock_rate, FrameAssembler};
 use super::sdp;
-use super::{Direction, SessionLease};
+use super::{Direction, LiveSession, SessionLease};
 use crate::edge::EdgeState;
 use crate::metrics::EdgeMetrics;
 use crate::track::{Frame, TrackProducer};
@@ -122,9 +122,7 @@ struct Session {
 impl Session {
     async fn run(mut self) {
         let metrics = self.state.metrics.clone();
-        let gauge = metrics.webrtc_sessions.get_or_create(&direction_labels(Direction::Whip)).clone();
-        gauge.inc();
-        tracing::info!(stream = %self.stream, session = %self.lease.id, port = self.lease.port, "whip session");
+        let live = LiveSession::start(&metrics, Direction::Whip, self.stream.as_str(), &self.lease);
         let connect_deadline = tokio::time::Instant::now() + self.state.webrtc.config.connect_timeout;
         let mut connected = false;
         let mut ingest = JoinSet::new();
@@ -160,21 +158,14 @@ impl Session {
                 }
             }
         };
-        tracing::info!(stream = %self.stream, session = %self.lease.id, reason, "whip session ended");
-        if reason != "closed" && reason != "peer_closed" {
-            metrics.webrtc_session_errors.get_or_create(&super::http::ReasonLabels::new(reason)).inc();
-        }
+        live.ended(&metrics, reason);
         self.cancel.cancel();
         self.state.registry.unpublish(&self.stream, self.session);
         while ingest.join_next().await.is_some() {}
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.pc.close()).await;
-        gauge.dec();
+        drop(live);
         drop(self.lease);
     }
-}
-
-pub(crate) fn direction_labels(direction: Direction) -> crate::metrics::DirectionLabels {
-    crate::metrics::DirectionLabels { direction: direction.name().to_owned() }
 }
 
 /// Audio groups span this much media time (DESIGN.md §3: audio-only streams).
