@@ -154,7 +154,17 @@ fn ferry_dev_serves_a_demo_stream_that_ferry_watch_plays() {
         .stderr(Stdio::inherit());
     let mut dev = Proc::spawn("ferry dev", &mut cmd);
     let mut lines = BufReader::new(dev.child.stdout.take().unwrap()).lines();
-    let printed: Vec<String> = lines.by_ref().take(5).map(|l| l.unwrap()).collect();
+    let printed: Vec<String> = lines.by_ref().take(7).map(|l| l.unwrap()).collect();
+    // The browser demo pages it points to are served.
+    for label in ["Publish from a browser", "Watch in a browser"] {
+        let line =
+            printed.iter().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("no {label:?} line"));
+        let url = line.split_whitespace().last().unwrap();
+        let (addr, path) = url.trim_start_matches("http://").split_once('/').unwrap();
+        let (status, body) = http_get(addr, &format!("/{path}"));
+        assert_eq!(status, 200, "{url}");
+        assert!(body.contains("window.ferry"), "{url} is not a demo page");
+    }
     let watch_line =
         printed.iter().find(|l| l.contains("watch --edge")).expect("ferry dev printed no watch command");
     let ctl_line =
