@@ -418,3 +418,281 @@ fn quic_publishers_play_in_the_browser_and_whip_publishers_record_over_quic() {
         String::from_utf8_lossy(&decode.stderr)
     );
 }
+
+/// Keeps every `RTCPeerConnection` a page creates in `window.__ferryTestPcs`, so the
+/// test reads `getStats()` of pages that do not expose their connection.
+const PC_TAP: &str = r#"(() => {
+  const Native = window.RTCPeerConnection;
+  if (!Native || window.__ferryTestPcs) return;
+  const pcs = window.__ferryTestPcs = [];
+  window.RTCPeerConnection = class extends Native {
+    constructor(...args) { super(...args); pcs.push(this); }
+  };
+})();"#;
+
+/// Counters of the page's newest peer connection from one `getStats()` report: video
+/// frames encoded (publisher) or decoded (viewer) and the viewer's keyframe and loss
+/// counters; `bytes` covers every RTP stream, audio included.
+const VIDEO_TOTALS: &str = r#"
+const pcs = window.__ferryTestPcs || [];
+const pc = pcs[pcs.length - 1];
+if (!pc) return null;
+return pc.getStats().then((report) => {
+  const t = { at: 0, encoded: 0, decoded: 0, keyframes: 0, plis: 0, nacks: 0, freezes: 0, bytes: 0 };
+  report.forEach((s) => {
+    if (s.type === "outbound-rtp") t.bytes += s.bytesSent || 0;
+    if (s.type === "inbound-rtp") t.bytes += s.bytesReceived || 0;
+    if (s.kind !== "video") return;
+    if (s.type === "outbound-rtp") { t.at = s.timestamp; t.encoded = s.framesEncoded || 0; }
+    if (s.type === "inbound-rtp") {
+      t.at = s.timestamp;
+      t.decoded = s.framesDecoded || 0;
+      t.keyframes = s.keyFramesDecoded || 0;
+      t.plis = (s.pliCount || 0) + (s.firCount || 0);
+      t.nacks = s.nackCount || 0;
+      t.freezes = s.freezeCount || 0;
+    }
+  });
+  return t;
+});
+"#;
+
+/// One reading of [`VIDEO_TOTALS`].
+#[derive(Debug, Clone, Copy)]
+struct VideoTotals {
+    /// The stats clock (ms): rates use the browser's own time, not WebDriver round trips.
+    at: f64,
+    encoded: f64,
+    decoded: f64,
+    keyframes: f64,
+    plis: f64,
+    nacks: f64,
+    freezes: f64,
+    bytes: f64,
+}
+
+impl VideoTotals {
+    fn read(browser: &browser::Browser) -> VideoTotals {
+        let v = browser.eval(VIDEO_TOTALS);
+        let n = |k: &str| v[k].as_f64().unwrap_or(0.0);
+        VideoTotals {
+            at: n("at"),
+            encoded: n("encoded"),
+            decoded: n("decoded"),
+            keyframes: n("keyframes"),
+            plis: n("plis"),
+            nacks: n("nacks"),
+            freezes: n("freezes"),
+            bytes: n("bytes"),
+        }
+    }
+
+    fn seconds_since(&self, earlier: &VideoTotals) -> f64 {
+        ((self.at - earlier.at) / 1000.0).max(0.001)
+    }
+
+    fn encoded_fps_since(&self, earlier: &VideoTotals) -> f64 {
+        (self.encoded - earlier.encoded) / self.seconds_since(earlier)
+    }
+
+    fn decoded_fps_since(&self, earlier: &VideoTotals) -> f64 {
+        (self.decoded - earlier.decoded) / self.seconds_since(earlier)
+    }
+
+    fn kbps_since(&self, earlier: &VideoTotals) -> f64 {
+        (self.bytes - earlier.bytes) * 8.0 / 1000.0 / self.seconds_since(earlier)
+    }
+}
+
+/// The stream's payload rate (kbit/s) and frame rate at `viewer` once the publisher's
+/// bandwidth estimate has ramped up: two 2-second samples within 15% of each other, or
+/// the last of ten (a later, higher rate only makes a limited link slower still).
+fn settled_rate(viewer: &browser::Browser) -> (f64, f64) {
+    let mut before = VideoTotals::read(viewer);
+    let mut last_kbps: Option<f64> = None;
+    let mut rate = (0.0, 0.0);
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = VideoTotals::read(viewer);
+        rate = (now.kbps_since(&before), now.decoded_fps_since(&before));
+        if last_kbps.is_some_and(|last| (rate.0 - last).abs() <= 0.15 * last) {
+            break;
+        }
+        last_kbps = Some(rate.0);
+        before = now;
+    }
+    rate
+}
+
+/// The slow viewer's link, as a share of the stream's measured rate: well below it.
+const SLOW_LINK_SHARE: f64 = 0.45;
+/// Token-bucket depth (bytes): about a dozen full packets back to back.
+const SLOW_LINK_BURST: u64 = 16_000;
+/// Queue (bytes) before the link drops: over a second at the limited rate, room for a
+/// keyframe burst once the queue drains.
+const SLOW_LINK_QUEUE: u64 = 64_000;
+/// How long the three browsers are compared while the link is limited.
+const SLOW_WINDOW: Duration = Duration::from_secs(10);
+const SLOW_WINDOW_STEPS: u32 = 5;
+
+/// One viewer sits behind a link far slower than the stream (a veth into a network
+/// namespace, limited by `tc tbf`; this kernel has no netem). The others must not pay
+/// for it: the fast viewer decodes what the publisher encodes. The slow one is clearly
+/// degraded but recovers at keyframes: its loss reports (NACK, PLI) reach the edge,
+/// which gets it keyframes (asking the publisher for them) while its link stays slow,
+/// so it keeps decoding in every part of the window. Once the link is fast again it
+/// plays at the full rate.
+#[test]
+fn a_slow_whep_viewer_recovers_at_keyframes_while_others_play_at_full_rate() {
+    let _heavy = heavy();
+    let dir = TempDir::new("webrtc-slow");
+    let ns = netns::NetNs::create("slowview");
+    let host_ip = ns.host_ip().to_string();
+    // Media and HTTP on the link's host end: the host's browsers reach it over loopback
+    // routing, the namespace's browser over the (limited) veth.
+    let http_listen = format!("{host_ip}:0");
+    let edge =
+        webrtc_edge("edge-slow", dir.path(), &["--webrtc-bind", &host_ip, "--http-listen", &http_listen]);
+    let now = SystemTime::now();
+    let publish = token("live/slow", Action::Publish, Duration::from_secs(3600), now);
+    let view = token("live/slow", Action::View, Duration::from_secs(3600), now);
+    let watch_url = format!("http://{}/demo/watch?stream=live/slow&token={view}", edge.http);
+
+    // The canvas source: getUserMedia needs a secure context, and http://10.x is not one.
+    let publisher = browser::Browser::start();
+    publisher.run_on_every_page(PC_TAP);
+    publisher
+        .open(&format!("http://{}/demo/publish?stream=live/slow&token={publish}&source=canvas", edge.http));
+    publisher.wait_until(
+        "the WHIP publisher to go live",
+        Duration::from_secs(30),
+        "return window.ferry && window.ferry.state === 'live';",
+    );
+    let fast = browser::Browser::start();
+    fast.run_on_every_page(PC_TAP);
+    fast.open(&watch_url);
+    wait_decoding(&fast, "the fast viewer to decode a frame");
+    let slow = browser::Browser::start_in(&ns);
+    slow.run_on_every_page(PC_TAP);
+    slow.open(&watch_url);
+    wait_decoding(&slow, "the viewer in the namespace to decode a frame before its link is limited");
+
+    let (stream_kbps, stream_fps) = settled_rate(&fast);
+    let link_kbps = (stream_kbps * SLOW_LINK_SHARE) as u64;
+    // Only UDP is limited: the WebDriver session into the namespace is TCP.
+    ns.limit_udp_to_ns(link_kbps, SLOW_LINK_BURST, SLOW_LINK_QUEUE);
+    // Let the link's queue fill before measuring.
+    std::thread::sleep(Duration::from_secs(2));
+
+    let metrics_before = edge.metrics();
+    let (_, dropped_before) = ns.tbf_counters();
+    let (pub0, fast0, slow0) =
+        (VideoTotals::read(&publisher), VideoTotals::read(&fast), VideoTotals::read(&slow));
+    let mut slow_steps = Vec::new();
+    let mut slow_prev = slow0;
+    for _ in 0..SLOW_WINDOW_STEPS {
+        std::thread::sleep(SLOW_WINDOW / SLOW_WINDOW_STEPS);
+        let s = VideoTotals::read(&slow);
+        slow_steps.push(s.decoded - slow_prev.decoded);
+        slow_prev = s;
+    }
+    let (pub1, fast1, slow1) =
+        (VideoTotals::read(&publisher), VideoTotals::read(&fast), VideoTotals::read(&slow));
+    let (sent_bytes, dropped_after) = ns.tbf_counters();
+
+    let publisher_fps = pub1.encoded_fps_since(&pub0);
+    let fast_fps = fast1.decoded_fps_since(&fast0);
+    let slow_fps = slow1.decoded_fps_since(&slow0);
+    println!(
+        "stream {stream_kbps:.0} kbit/s at {stream_fps:.1} fps; slow link {link_kbps} kbit/s \
+         (tbf burst {SLOW_LINK_BURST} B, queue {SLOW_LINK_QUEUE} B)"
+    );
+    println!(
+        "over {SLOW_WINDOW:?}: publisher {publisher_fps:.1} fps encoded, fast viewer {fast_fps:.1} fps \
+         ({:.2}x), slow viewer {slow_fps:.1} fps ({:.2}x of fast; per {:?}: {slow_steps:?} frames); \
+         slow: +{} keyframes decoded, +{} PLI/FIR sent, +{} NACKs, +{} freezes, {:.0} kbit/s; \
+         link dropped {} packets, carried {} bytes in all",
+        fast_fps / publisher_fps,
+        slow_fps / fast_fps.max(0.001),
+        SLOW_WINDOW / SLOW_WINDOW_STEPS,
+        slow1.keyframes - slow0.keyframes,
+        slow1.plis - slow0.plis,
+        slow1.nacks - slow0.nacks,
+        slow1.freezes - slow0.freezes,
+        slow1.kbps_since(&slow0),
+        dropped_after - dropped_before,
+        sent_bytes,
+    );
+    assert!(
+        publisher_fps >= 5.0,
+        "the publisher hardly encodes ({publisher_fps:.1} fps): nothing to compare"
+    );
+    assert!(
+        fast_fps >= 0.8 * publisher_fps,
+        "the fast viewer decoded {fast_fps:.1} fps while the publisher encoded {publisher_fps:.1}: \
+         a slow viewer cost the others"
+    );
+    assert!(dropped_after > dropped_before, "the limited link dropped nothing: it was not the bottleneck");
+    assert!(
+        slow_fps <= 0.5 * fast_fps,
+        "the viewer behind {link_kbps} kbit/s decoded {slow_fps:.1} fps, the fast one {fast_fps:.1}: \
+         the limit did not bite"
+    );
+
+    // It recovers at keyframes while its link stays slow: keyframes decoded, and
+    // frames decoded in most parts of the window (not one burst then a freeze).
+    let keyframes = slow1.keyframes - slow0.keyframes;
+    assert!(keyframes >= 2.0, "the slow viewer decoded {keyframes} keyframes in {SLOW_WINDOW:?}");
+    let parts_decoding = slow_steps.iter().filter(|&&frames| frames > 0.0).count();
+    assert!(
+        parts_decoding as u32 >= SLOW_WINDOW_STEPS - 1,
+        "the slow viewer decoded frames in only {parts_decoding} of {SLOW_WINDOW_STEPS} parts: {slow_steps:?}"
+    );
+
+    // Its loss reports reach the edge, which asks the publisher for keyframes (throttled).
+    let sample = |text: &str, name: &str| metric_value(text, name).unwrap_or(0.0);
+    let plis_in = "ferry_plis_total{direction=\"received\"}";
+    let nacks_in = "ferry_nacks_total";
+    let plis_out = "ferry_plis_total{direction=\"sent\"}";
+    let requests = "ferry_keyframe_requests_total";
+    let metrics_after = edge.metrics();
+    let grew = |name: &str| sample(&metrics_after, name) > sample(&metrics_before, name);
+    assert!(grew(plis_in) || grew(nacks_in), "no loss report from the slow viewer reached the edge");
+    assert!(grew(requests) && grew(plis_out), "the edge did not ask the publisher for keyframes");
+    let skips = "ferry_skipped_groups_total{role=\"whep\"}";
+    println!(
+        "edge: viewer NACKs {} -> {}, PLI/FIR received {} -> {}, keyframe requests {} -> {}, \
+         PLIs sent to the publisher {} -> {}, WHEP skipped groups {} -> {}",
+        sample(&metrics_before, nacks_in),
+        sample(&metrics_after, nacks_in),
+        sample(&metrics_before, plis_in),
+        sample(&metrics_after, plis_in),
+        sample(&metrics_before, requests),
+        sample(&metrics_after, requests),
+        sample(&metrics_before, plis_out),
+        sample(&metrics_after, plis_out),
+        sample(&metrics_before, skips),
+        sample(&metrics_after, skips),
+    );
+
+    // The slow viewer is served, not dropped.
+    assert_eq!(slow.eval("return window.ferry.state;"), "live", "{:?}", slow.console_log());
+    assert_eq!(metric_value(&metrics_after, "ferry_webrtc_sessions{direction=\"whep\"}"), Some(2.0));
+
+    // The link heals: the viewer is back to the full rate within a few keyframes.
+    ns.clear_limit();
+    let mut healed = None;
+    for _ in 0..15 {
+        let (f0, s0) = (VideoTotals::read(&fast), VideoTotals::read(&slow));
+        std::thread::sleep(Duration::from_secs(2));
+        let (f1, s1) = (VideoTotals::read(&fast), VideoTotals::read(&slow));
+        let (fast_fps, slow_fps) = (f1.decoded_fps_since(&f0), s1.decoded_fps_since(&s0));
+        if slow_fps >= 0.8 * fast_fps {
+            healed = Some((fast_fps, slow_fps));
+            break;
+        }
+    }
+    let (fast_fps, slow_fps) =
+        healed.expect("the slow viewer did not get back to the full rate after its link healed");
+    println!("after the link healed: fast {fast_fps:.1} fps, formerly slow {slow_fps:.1} fps");
+}

@@ -74,6 +74,8 @@ pub struct EdgeMetrics {
     pub rtp_bytes: Family<DirectionLabels, Counter>,
     /// Keyframe requests sent to WHIP publishers (sent) and received from WHEP viewers (received).
     pub plis: Family<DirectionLabels, Counter>,
+    /// NACKs received from WHEP viewers (loss reports; not answered with retransmissions).
+    pub nacks: Counter,
     /// WebRTC sessions refused or ended by an error, by reason.
     pub webrtc_session_errors: Family<crate::webrtc::http::ReasonLabels, Counter>,
 }
@@ -110,6 +112,7 @@ impl EdgeMetrics {
             "Keyframe requests sent to publishers or received from viewers",
             self.plis.clone(),
         );
+        r.register("nacks", "NACKs received from WHEP viewers", self.nacks.clone());
         r.register(
             "webrtc_session_errors",
             "WebRTC sessions refused or failed, by reason",

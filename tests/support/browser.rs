@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::netns::NetNs;
 use super::{wait_for, Proc, TempDir};
 
 /// Browser binary handed to chromedriver (override: `FERRY_TEST_CHROMIUM`).
@@ -57,7 +58,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(150);
 
 /// A WebDriver session on a fresh headless Chromium; everything dies on drop.
 pub struct Browser {
-    /// `127.0.0.1:port` of chromedriver.
+    /// `ip:port` of chromedriver: loopback, or the namespace's address for [`Browser::start_in`].
     driver: String,
     /// WebDriver session id; empty until the session exists.
     session: String,
@@ -70,6 +71,18 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver and a Chromium session; panics if either is missing.
     pub fn start() -> Browser {
+        Browser::launch(None)
+    }
+
+    /// Like [`Browser::start`], but chromedriver and Chromium run inside `ns`, so the
+    /// browser's traffic crosses the namespace's veth link (and any limit on it).
+    /// chromedriver listens on the namespace's address and admits only the host end of
+    /// the link. Dropping the [`NetNs`] also kills anything this left in the namespace.
+    pub fn start_in(ns: &NetNs) -> Browser {
+        Browser::launch(Some(ns))
+    }
+
+    fn launch(ns: Option<&NetNs>) -> Browser {
         let chromium = std::env::var("FERRY_TEST_CHROMIUM").unwrap_or_else(|_| CHROMIUM.to_owned());
         let chromedriver =
             std::env::var("FERRY_TEST_CHROMEDRIVER").unwrap_or_else(|_| CHROMEDRIVER.to_owned());
@@ -81,9 +94,18 @@ impl Browser {
             );
         }
 
+        // A port free on the host is as good as any in a fresh namespace.
         let port = free_tcp_port();
         let home = TempDir::new("chromium");
-        let mut cmd = Command::new(&chromedriver);
+        let (mut cmd, driver) = match ns {
+            None => (Command::new(&chromedriver), format!("127.0.0.1:{port}")),
+            Some(ns) => {
+                let mut cmd = ns.command(&chromedriver);
+                // Without an allow-list chromedriver listens on loopback only.
+                cmd.arg(format!("--allowed-ips={}", ns.host_ip()));
+                (cmd, format!("{}:{port}", ns.ns_ip()))
+            }
+        };
         cmd.arg(format!("--port={port}")).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         // Crash reports and caches land in the temporary directory, not in ~/.config.
         cmd.env("XDG_CONFIG_HOME", home.path().join("config"))
@@ -92,7 +114,6 @@ impl Browser {
         // crashpad handlers start their own sessions; they exit when Chromium dies.)
         cmd.process_group(0);
         let proc = Proc::spawn("chromedriver", &mut cmd);
-        let driver = format!("127.0.0.1:{port}");
 
         // From here on a panic must still clean up, so build the guard before waiting.
         let mut browser = Browser { driver, session: String::new(), proc, home };
@@ -120,6 +141,14 @@ impl Browser {
         let timeouts = json!({ "script": SCRIPT_TIMEOUT_MS, "pageLoad": SCRIPT_TIMEOUT_MS });
         browser.session_command("POST", "/timeouts", Some(&timeouts));
         browser
+    }
+
+    /// Runs `js` at the start of every page this session opens from now on, before the
+    /// page's own scripts (DevTools `Page.addScriptToEvaluateOnNewDocument`): a way to
+    /// instrument a page without changing it.
+    pub fn run_on_every_page(&self, js: &str) {
+        let body = json!({ "cmd": "Page.addScriptToEvaluateOnNewDocument", "params": { "source": js } });
+        self.session_command("POST", "/goog/cdp/execute", Some(&body));
     }
 
     /// Navigates and waits for the page's load event.

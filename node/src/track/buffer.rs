@@ -100,6 +100,11 @@ impl Cursor {
         self.max_lag
     }
 
+    /// Whether some of the current group has been read (so abandoning it drops frames).
+    pub fn mid_group(&self) -> bool {
+        self.group.is_some() && self.index > 0
+    }
+
     /// Abandons the rest of the current group (its delivery failed or stalled) and
     /// waits for the next one. Counts as a skip.
     pub fn skip_current_group(&mut self) {

@@ -186,6 +186,11 @@ impl TrackConsumer {
         self.cursor.skip_current_group();
     }
 
+    /// Whether some of the current group has been read.
+    pub fn mid_group(&self) -> bool {
+        self.cursor.mid_group()
+    }
+
     /// Groups skipped so far by this reader.
     pub fn skipped_groups(&self) -> u64 {
         self.cursor.skipped_groups()

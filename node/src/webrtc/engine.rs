@@ -11,11 +11,13 @@ use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedP
 use rtc::peer_connection::transport::RTCIceCandidateType;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 use rtc::sansio::Protocol;
 use tokio::sync::{mpsc, watch};
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
+    configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
     PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceGatheringState, RTCPeerConnectionState,
     Registry, SettingEngineBuilder,
@@ -41,14 +43,28 @@ pub(crate) fn codec_of_mime(mime: &str) -> Option<Codec> {
     CODECS.iter().map(|(c, _)| *c).find(|c| mime_type(*c).is_some_and(|m| m.eq_ignore_ascii_case(mime)))
 }
 
-fn codec_parameters(codec: Codec, payload_type: u8) -> Option<(RTCRtpCodecParameters, RtpCodecKind)> {
+/// Whether a peer connection answers NACKs with retransmissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Nack {
+    /// Publishers and clients: negotiate NACK (the crate's generator and responder).
+    On,
+    /// WHEP viewers: no NACK. Retransmitting into a link that is already too slow for
+    /// the stream only floods it (each lost packet is asked for again every round
+    /// trip); viewers ask for a keyframe instead and the edge catches them up.
+    Off,
+}
+
+fn codec_parameters(
+    codec: Codec,
+    payload_type: u8,
+    nack: Nack,
+) -> Option<(RTCRtpCodecParameters, RtpCodecKind)> {
     let feedback = |typ: &str, parameter: &str| RTCPFeedback { typ: typ.into(), parameter: parameter.into() };
-    let video_feedback = vec![
-        feedback("nack", ""),
-        feedback("nack", "pli"),
-        feedback("ccm", "fir"),
-        feedback("transport-cc", ""),
-    ];
+    let mut video_feedback =
+        vec![feedback("nack", "pli"), feedback("ccm", "fir"), feedback("transport-cc", "")];
+    if nack == Nack::On {
+        video_feedback.insert(0, feedback("nack", ""));
+    }
     let (clock_rate, channels, fmtp, rtcp_feedback, kind) = match codec {
         Codec::Vp8 => (90_000, 0, "", video_feedback, RtpCodecKind::Video),
         Codec::H264 => (
@@ -76,7 +92,7 @@ fn codec_parameters(codec: Codec, payload_type: u8) -> Option<(RTCRtpCodecParame
 /// The `RTCRtpCodec` a local track of `codec` is created with.
 pub(crate) fn rtp_codec(codec: Codec) -> Option<RTCRtpCodec> {
     let pt = CODECS.iter().find(|(c, _)| *c == codec)?.1;
-    codec_parameters(codec, pt).map(|(p, _)| p.rtp_codec)
+    codec_parameters(codec, pt, Nack::Off).map(|(p, _)| p.rtp_codec)
 }
 
 /// Peer connection events a session waits on.
@@ -132,17 +148,26 @@ async fn peer_connection(
     addr: SocketAddr,
     codecs: &[Codec],
     public_ip: Option<std::net::IpAddr>,
+    nack: Nack,
     handler: Arc<Handler>,
 ) -> Result<Arc<dyn PeerConnection>, BuildError> {
     let mut media = MediaEngine::default();
     for codec in codecs {
         let pt = CODECS.iter().find(|(c, _)| c == codec).map(|(_, pt)| *pt);
-        if let Some((params, kind)) = pt.and_then(|pt| codec_parameters(*codec, pt)) {
+        if let Some((params, kind)) = pt.and_then(|pt| codec_parameters(*codec, pt, nack)) {
             media.register_codec(params, kind)?;
         }
     }
-    let registry = register_default_interceptors(Registry::new(), &mut media)?
-        .with(Slot::from(14_000), KeyframeRequests::default());
+    // The crate's default set, without NACK where it is off.
+    let registry = match nack {
+        Nack::On => register_default_interceptors(Registry::new(), &mut media)?,
+        Nack::Off => {
+            configure_simulcast_extension_headers(&mut media)?;
+            let registry = configure_twcc_receiver_only(Registry::new(), &mut media)?;
+            configure_rtcp_reports(registry)
+        }
+    };
+    let registry = registry.with(Slot::from(14_000), KeyframeRequests::default());
     let mut settings = SettingEngineBuilder::new()
         .with_include_loopback_candidate(addr.ip().is_loopback())
         .with_ice_timeouts(
@@ -171,7 +196,7 @@ pub(crate) async fn build_client(
     codecs: &[Codec],
 ) -> Result<(Arc<dyn PeerConnection>, Events), BuildError> {
     let (handler, events) = new_handler();
-    let pc = peer_connection(SocketAddr::new(ip, 0), codecs, None, handler).await?;
+    let pc = peer_connection(SocketAddr::new(ip, 0), codecs, None, Nack::On, handler).await?;
     Ok((pc, events))
 }
 
@@ -180,6 +205,7 @@ pub(crate) async fn build(
     webrtc: &WebRtc,
     lease: &mut SessionLease,
     codecs: &[Codec],
+    nack: Nack,
 ) -> Result<(Arc<dyn PeerConnection>, Events), BuildError> {
     let config = &webrtc.config;
     let (handler, events) = new_handler();
@@ -190,7 +216,7 @@ pub(crate) async fn build(
             lease.port = webrtc.port_in_use(lease.port).ok_or(BuildError::NoPort)?;
             continue;
         }
-        match peer_connection(addr, codecs, config.public_ip, Arc::clone(&handler)).await {
+        match peer_connection(addr, codecs, config.public_ip, nack, Arc::clone(&handler)).await {
             Ok(pc) => return Ok((pc, events)),
             Err(e) => {
                 tracing::debug!(port = lease.port, error = %e, "peer connection bind failed; next port");
@@ -208,8 +234,8 @@ pub(crate) async fn gathered(events: &mut Events, timeout: Duration) {
     let _ = tokio::time::timeout(timeout, done).await;
 }
 
-/// Hands viewers' PLI and FIR to the application (the crate keeps inbound RTCP to its
-/// interceptors otherwise); everything else passes through untouched.
+/// Hands viewers' PLI, FIR and NACK to the application (the crate keeps inbound RTCP to
+/// its interceptors otherwise); everything passes on through the chain untouched.
 #[derive(Default)]
 struct KeyframeRequests {
     read: VecDeque<TaggedPacket>,
@@ -236,11 +262,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet {
-            let wanted = packets.iter().any(|p| {
-                let any = p.as_any();
-                any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
-            });
-            if wanted {
+            if loss_feedback(packets).is_some() {
                 msg.message.add(Attribute::DeliverToApplication);
             }
         }
@@ -269,10 +291,24 @@ impl Interceptor for KeyframeRequests {
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
-/// Whether an RTCP batch from a viewer asks for a keyframe.
-pub(crate) fn asks_for_keyframe(packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
-    packets.iter().any(|p| {
-        let any = p.as_any();
-        any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
-    })
+/// What a viewer's RTCP says about loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LossFeedback {
+    /// PLI or FIR: it wants a keyframe.
+    KeyframeRequest,
+    /// NACK: it lost packets. WHEP viewers get no retransmissions, so a lost video
+    /// packet means it cannot decode until the next keyframe either.
+    Nack,
+}
+
+/// The strongest loss signal in an RTCP batch, if any.
+pub(crate) fn loss_feedback(packets: &[Box<dyn rtc::rtcp::Packet>]) -> Option<LossFeedback> {
+    let is = |f: fn(&dyn std::any::Any) -> bool| packets.iter().any(|p| f(p.as_any()));
+    if is(|a| a.is::<PictureLossIndication>() || a.is::<FullIntraRequest>()) {
+        Some(LossFeedback::KeyframeRequest)
+    } else if is(|a| a.is::<TransportLayerNack>()) {
+        Some(LossFeedback::Nack)
+    } else {
+        None
+    }
 }

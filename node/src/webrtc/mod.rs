@@ -13,12 +13,14 @@
 //! - `engine`: media engine, interceptors and peer connection construction.
 //! - `sdp`: cheap checks on offers before any WebRTC state is built.
 //! - `rtp`: sans-IO frame assembly (ingest) and packetization (egress).
+//! - `catchup`: sans-IO policy for viewers that lost packets (keyframes only until calm).
 //! - `whip` / `whep`: one publisher / viewer session.
 //! - `http`: the HTTP handlers, errors as JSON, CORS, demo pages.
 //!
 //! [`TrackProducer`]: crate::track::TrackProducer
 //! [`TrackConsumer`]: crate::track::TrackConsumer
 
+pub mod catchup;
 pub(crate) mod engine;
 pub(crate) mod http;
 pub mod rtp;

@@ -3,7 +3,7 @@
 //! peer connection.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use ferry_proto::{Codec, StreamName, TrackKind, TrackName};
@@ -16,6 +16,7 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState, RTCSessionDescription};
 
+use super::catchup::{Admit, CatchUp, KEYFRAME_RETRY};
 use super::engine::{self, Events};
 use super::http::ApiError;
 use super::rtp::{clock_rate, FramePacketizer};
@@ -51,8 +52,9 @@ pub(crate) async fn start(
     let cancel = state.shutdown.child_token();
     let mut lease =
         state.webrtc.lease(Direction::Whep, stream.as_str(), cancel.clone()).map_err(ApiError::lease)?;
-    let (pc, mut events) =
-        engine::build(&state.webrtc, &mut lease, &sendable).await.map_err(ApiError::build)?;
+    let (pc, mut events) = engine::build(&state.webrtc, &mut lease, &sendable, engine::Nack::Off)
+        .await
+        .map_err(ApiError::build)?;
     match negotiate(state, &pc, &mut events, offer, producers, &sendable).await {
         Ok((answer, outgoing)) => {
             let id = lease.id.clone();
@@ -252,19 +254,22 @@ enum EgressEnd {
     Feedback,
 }
 
-/// Viewer RTCP: PLI/FIR wake the egress, which asks the source for a keyframe.
+/// Viewer RTCP: PLI/FIR and NACK wake the egress, which catches the viewer up.
 async fn feedback(
     local: Arc<TrackLocalStaticRTP>,
     wants_keyframe: Arc<Notify>,
     metrics: EdgeMetrics,
 ) -> EgressEnd {
-    let received = metrics.plis.get_or_create(&flow("received")).clone();
+    let plis = metrics.plis.get_or_create(&flow("received")).clone();
+    let nacks = metrics.nacks.clone();
     while let Some(event) = local.poll().await {
         let TrackLocalEvent::OnRtcpPacket(packets) = event else { continue };
-        if engine::asks_for_keyframe(&packets) {
-            received.inc();
-            wants_keyframe.notify_one();
-        }
+        match engine::loss_feedback(&packets) {
+            Some(engine::LossFeedback::KeyframeRequest) => plis.inc(),
+            Some(engine::LossFeedback::Nack) => nacks.inc(),
+            None => continue,
+        };
+        wants_keyframe.notify_one();
     }
     EgressEnd::Feedback
 }
@@ -304,16 +309,30 @@ impl Egress {
         let packets_out = self.metrics.rtp_packets.get_or_create(&flow("out")).clone();
         let bytes_out = self.metrics.rtp_bytes.get_or_create(&flow("out")).clone();
         let skips = self.metrics.skipped_groups.get_or_create(&RoleLabels { role: "whep".into() }).clone();
+        let mut catch_up = CatchUp::default();
+        let mut retry = tokio::time::interval(KEYFRAME_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let request_keyframe = |consumer: &crate::track::TrackConsumer| {
+            if consumer.request_keyframe() {
+                self.metrics.keyframe_requests.inc();
+            }
+        };
         loop {
             let read = tokio::select! {
                 _ = self.cancel.cancelled() => return EgressEnd::Cancelled,
                 _ = self.wants_keyframe.notified() => {
-                    // The viewer cannot decode the rest of this group: wait for the next
-                    // keyframe, and ask the source for one now (throttled per track).
-                    consumer.skip_current_group();
-                    if consumer.request_keyframe() {
-                        self.metrics.keyframe_requests.inc();
+                    // The viewer lost something and cannot decode until a keyframe: drop
+                    // the rest of this group; repeated losses get keyframes only until calm.
+                    if consumer.mid_group() {
+                        consumer.skip_current_group();
+                        skips.inc();
                     }
+                    catch_up.keyframe_requested(Instant::now());
+                    request_keyframe(&consumer);
+                    continue;
+                }
+                _ = retry.tick(), if catch_up.active() => {
+                    request_keyframe(&consumer);
                     continue;
                 }
                 read = consumer.next() => read,
@@ -327,6 +346,9 @@ impl Egress {
                 Read::Closed => return EgressEnd::TrackEnded,
                 Read::Pending => continue,
             };
+            if catch_up.admit(frame.header.is_keyframe(), Instant::now()) == Admit::HoldBack {
+                continue;
+            }
             let packets = match packetizer.packetize(frame.header.pts, &frame.payload) {
                 Ok(packets) => packets,
                 Err(e) => {

@@ -48,7 +48,7 @@ pub(crate) async fn start(
         state.webrtc.lease(Direction::Whip, stream.as_str(), cancel.clone()).map_err(ApiError::lease)?;
     let codecs: Vec<Codec> = engine::CODECS.iter().map(|(c, _)| *c).collect();
     let (pc, mut events) =
-        engine::build(&state.webrtc, &mut lease, &codecs).await.map_err(ApiError::build)?;
+        engine::build(&state.webrtc, &mut lease, &codecs, engine::Nack::On).await.map_err(ApiError::build)?;
     match negotiate(state, &pc, &mut events, offer).await {
         Ok((answer, tracks)) => {
             let session = state.next_session.fetch_add(1, Ordering::Relaxed);
