@@ -98,10 +98,18 @@ fn vp8_offer(direction: &str) -> String {
 fn bad_webrtc_requests_get_clear_refusals_and_the_edge_keeps_serving() {
     let _heavy = heavy();
     let dir = TempDir::new("webrtc-bad");
+    // The advertised address is not the bound one (NAT, Kubernetes node IP).
     let edge = webrtc_edge(
         "edge-bad",
         dir.path(),
-        &["--webrtc-max-sessions", "1", "--webrtc-max-sdp-bytes", "4096"],
+        &[
+            "--webrtc-max-sessions",
+            "1",
+            "--webrtc-max-sdp-bytes",
+            "4096",
+            "--webrtc-public-ip",
+            "203.0.113.7",
+        ],
     );
     let now = SystemTime::now();
     let publish = token("live/a", Action::Publish, Duration::from_secs(3600), now);
@@ -192,6 +200,11 @@ fn bad_webrtc_requests_get_clear_refusals_and_the_edge_keeps_serving() {
     assert_eq!(status, 201, "{answer}");
     assert!(answer.starts_with("v=0"), "{answer}");
     assert!(answer.contains("a=candidate:"), "the answer carries candidates: {answer}");
+    let candidates: Vec<&str> = answer.lines().filter(|l| l.starts_with("a=candidate:")).collect();
+    assert!(
+        candidates.iter().all(|c| c.contains(" 203.0.113.7 ") && !c.contains("127.0.0.1")),
+        "candidates advertise --webrtc-public-ip only: {candidates:?}"
+    );
     let location = header(&hdrs, "location").expect("Location").to_owned();
     let publish_b = format!("Bearer {}", token("live/b", Action::Publish, Duration::from_secs(60), now));
     let hdrs = expect(

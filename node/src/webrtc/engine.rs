@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use ferry_proto::Codec;
 use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
-use rtc::peer_connection::transport::RTCIceCandidateType;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
@@ -147,7 +146,6 @@ fn new_handler() -> (Arc<Handler>, Events) {
 async fn peer_connection(
     addr: SocketAddr,
     codecs: &[Codec],
-    public_ip: Option<std::net::IpAddr>,
     nack: Nack,
     handler: Arc<Handler>,
 ) -> Result<Arc<dyn PeerConnection>, BuildError> {
@@ -168,16 +166,13 @@ async fn peer_connection(
         }
     };
     let registry = registry.with(Slot::from(14_000), KeyframeRequests::default());
-    let mut settings = SettingEngineBuilder::new()
+    let settings = SettingEngineBuilder::new()
         .with_include_loopback_candidate(addr.ip().is_loopback())
         .with_ice_timeouts(
             Some(Duration::from_secs(3)),
             Some(Duration::from_secs(6)),
             Some(Duration::from_secs(1)),
         );
-    if let Some(ip) = public_ip {
-        settings = settings.with_nat_1to1_ips(vec![ip.to_string()], RTCIceCandidateType::Host);
-    }
     let pc = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(media)
@@ -196,7 +191,7 @@ pub(crate) async fn build_client(
     codecs: &[Codec],
 ) -> Result<(Arc<dyn PeerConnection>, Events), BuildError> {
     let (handler, events) = new_handler();
-    let pc = peer_connection(SocketAddr::new(ip, 0), codecs, None, Nack::On, handler).await?;
+    let pc = peer_connection(SocketAddr::new(ip, 0), codecs, Nack::On, handler).await?;
     Ok((pc, events))
 }
 
@@ -216,7 +211,7 @@ pub(crate) async fn build(
             lease.port = webrtc.port_in_use(lease.port).ok_or(BuildError::NoPort)?;
             continue;
         }
-        match peer_connection(addr, codecs, config.public_ip, nack, Arc::clone(&handler)).await {
+        match peer_connection(addr, codecs, nack, Arc::clone(&handler)).await {
             Ok(pc) => return Ok((pc, events)),
             Err(e) => {
                 tracing::debug!(port = lease.port, error = %e, "peer connection bind failed; next port");

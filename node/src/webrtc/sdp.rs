@@ -178,6 +178,45 @@ pub fn negotiated(answer: &str) -> Vec<(TrackKind, Codec)> {
     out
 }
 
+/// The answer as the peer must see it behind a 1:1 NAT: host candidates (and `c=`
+/// lines) carry `public` instead of the bound address. The session itself keeps the
+/// bound address, which is what the NAT delivers to. (The webrtc crate stores its
+/// `nat_1to1_ips` setting but never applies it, so Ferry rewrites the answer.)
+pub fn advertise_public_ip(sdp: &str, public: std::net::IpAddr) -> String {
+    let family = if public.is_ipv4() { "IP4" } else { "IP6" };
+    let mut out = String::with_capacity(sdp.len() + 64);
+    for line in sdp.split_inclusive('\n') {
+        let (text, ending) = match line.strip_suffix("\r\n") {
+            Some(t) => (t, "\r\n"),
+            None => line.strip_suffix('\n').map_or((line, ""), |t| (t, "\n")),
+        };
+        if let Some(rest) = text.strip_prefix("a=candidate:") {
+            let mut fields: Vec<&str> = rest.split(' ').collect();
+            let host = fields.windows(2).any(|w| w == ["typ", "host"]);
+            let public = public.to_string();
+            if host {
+                if let Some(address) = fields.get_mut(4) {
+                    *address = &public;
+                }
+            }
+            out.push_str("a=candidate:");
+            out.push_str(&fields.join(" "));
+        } else if let Some(address) =
+            text.strip_prefix("c=IN ").and_then(|r| r.split_once(' ')).map(|(_, a)| a)
+        {
+            if address == "0.0.0.0" || address == "::" {
+                out.push_str(text);
+            } else {
+                out.push_str(&format!("c=IN {family} {public}"));
+            }
+        } else {
+            out.push_str(text);
+        }
+        out.push_str(ending);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +251,19 @@ mod tests {
         assert_eq!(check_view_offer(OFFER, &stream).unwrap(), vec![Codec::Vp8, Codec::Opus]);
         let av1 = [(TrackKind::Video, Codec::Av1)];
         assert_eq!(check_view_offer(OFFER, &av1).unwrap_err().reason(), "codec_mismatch");
+    }
+
+    #[test]
+    fn host_candidates_advertise_the_public_ip() {
+        let answer = "v=0\r\nc=IN IP4 10.0.0.5\r\na=candidate:1 1 udp 2130706431 10.0.0.5 50000 typ host\r\n\
+            a=candidate:2 1 udp 1694498815 198.51.100.1 50000 typ srflx raddr 10.0.0.5 rport 50000\r\n";
+        let public: std::net::IpAddr = "203.0.113.7".parse().unwrap();
+        let out = advertise_public_ip(answer, public);
+        assert_eq!(
+            out,
+            "v=0\r\nc=IN IP4 203.0.113.7\r\na=candidate:1 1 udp 2130706431 203.0.113.7 50000 typ host\r\n\
+             a=candidate:2 1 udp 1694498815 198.51.100.1 50000 typ srflx raddr 10.0.0.5 rport 50000\r\n"
+        );
     }
 
     #[test]

@@ -142,6 +142,10 @@ async fn negotiate(
         .await
         .ok_or_else(|| ApiError::internal("no local description after negotiation"))?
         .sdp;
+    let answer = match state.webrtc.config.public_ip {
+        Some(ip) => sdp::advertise_public_ip(&answer, ip),
+        None => answer,
+    };
     let mut outgoing = Vec::new();
     for (producer, local, ssrc, sender) in pending {
         let Ok(params) = sender.get_parameters().await else { continue };

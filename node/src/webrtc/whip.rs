@@ -89,6 +89,10 @@ async fn negotiate(
         .await
         .ok_or_else(|| ApiError::internal("no local description after negotiation"))?
         .sdp;
+    let answer = match state.webrtc.config.public_ip {
+        Some(ip) => sdp::advertise_public_ip(&answer, ip),
+        None => answer,
+    };
     let mut tracks = Vec::new();
     for (kind, codec) in sdp::negotiated(&answer) {
         let (name, kind) = match kind {
