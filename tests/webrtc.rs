@@ -430,6 +430,22 @@ fn quic_publishers_play_in_the_browser_and_whip_publishers_record_over_quic() {
         "ffmpeg could not decode the recording: {}",
         String::from_utf8_lossy(&decode.stderr)
     );
+
+    // H.264 (constrained baseline) through WHIP and WHEP: STAP-A/FU-A in, Annex-B in the
+    // track buffer, packetized again per viewer.
+    let publish = token("live/h264", Action::Publish, Duration::from_secs(600), now);
+    publisher.open(&format!("http://{}/demo/publish?stream=live/h264&codec=h264&token={publish}", edge.http));
+    publisher.wait_until(
+        "the H.264 publisher to go live",
+        Duration::from_secs(30),
+        "return window.ferry && window.ferry.state === 'live';",
+    );
+    assert_eq!(publisher.eval("return window.ferry.codec;"), "video/H264");
+    let view = token("live/h264", Action::View, Duration::from_secs(600), now);
+    viewer.open(&format!("http://{}/demo/watch?stream=live/h264&token={view}", edge.http));
+    let first = wait_decoding(&viewer, "the browser to decode H.264 over WHEP");
+    println!("time to first frame (H.264 WHIP → WHEP): {first:.0} ms");
+    assert_playing(&viewer, "browser watching H.264");
 }
 
 /// Keeps every `RTCPeerConnection` a page creates in `window.__ferryTestPcs`, so the

@@ -106,6 +106,7 @@ pub(crate) fn routes(state: Arc<EdgeState>) -> Router {
         .route("/demo", get(demo_index))
         .route("/demo/publish", get(demo_publish))
         .route("/demo/watch", get(demo_watch))
+        .route("/demo/ferry.js", get(demo_script))
         .layer(axum::middleware::from_fn(cors))
         .with_state(state)
 }
@@ -295,6 +296,7 @@ fn end_session(state: &EdgeState, direction: Direction, id: &str) -> Response {
 
 const DEMO_PUBLISH: &str = include_str!("demo/publish.html");
 const DEMO_WATCH: &str = include_str!("demo/watch.html");
+const DEMO_SCRIPT: &str = include_str!("demo/ferry.js");
 
 async fn demo_index() -> Html<&'static str> {
     Html(
@@ -312,4 +314,8 @@ async fn demo_publish() -> Html<&'static str> {
 
 async fn demo_watch() -> Html<&'static str> {
     Html(DEMO_WATCH)
+}
+
+async fn demo_script() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/javascript; charset=utf-8")], DEMO_SCRIPT)
 }
