@@ -725,3 +725,64 @@ fn a_slow_whep_viewer_recovers_at_keyframes_while_others_play_at_full_rate() {
         healed.expect("the slow viewer did not get back to the full rate after its link healed");
     println!("after the link healed: fast {fast_fps:.1} fps, formerly slow {slow_fps:.1} fps");
 }
+
+/// `ferry token` output is what the edge accepts, and `ferry watch --whep` (a WHEP
+/// client built on the webrtc crate) watches a QUIC publisher's VP8-labelled synthetic
+/// stream: whole frames, keyframes, publisher-to-viewer latency, nothing lost.
+#[test]
+fn ferry_watch_over_whep_with_a_token_from_ferry_token() {
+    let _heavy = heavy();
+    let dir = TempDir::new("webrtc-cli");
+    let edge = webrtc_edge("edge-cli", dir.path(), &[]);
+    let secret = dir.path().join("secret");
+    let mint = |action: &str| {
+        let out = ferry()
+            .args([
+                "token",
+                "--secret-file",
+                secret.to_str().unwrap(),
+                "--stream",
+                "live/cli",
+                "--action",
+                action,
+            ])
+            .args(["--ttl", "10m"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ferry token: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (view, publish) = (mint("view"), mint("publish"));
+
+    let mut cmd = ferry();
+    cmd.args(["publish", "--edge", &edge.quic, "--stream", "live/cli", "--synthetic", "--synthetic-vp8"])
+        .args(["--bitrate", "1500k", "--insecure", "--duration", "30s"])
+        .stdout(std::process::Stdio::null());
+    let _publisher = Proc::spawn("synthetic VP8 publisher", &mut cmd);
+    wait_for_stream(&edge);
+
+    let url = format!("http://{}/whep/live/cli", edge.http);
+    let watch = |token: &str| {
+        let mut cmd = ferry();
+        cmd.args(["watch", "--whep", &url, "--token", token, "--duration", "4s", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        Proc::spawn("whep viewer", &mut cmd).wait_output(Duration::from_secs(60))
+    };
+    let out = watch(&view);
+    assert!(out.status.success(), "ferry watch --whep: {}", String::from_utf8_lossy(&out.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    println!("ferry watch --whep: {stats}");
+    assert_eq!(stats["codec"], "Vp8", "{stats}");
+    assert!(stats["frames"].as_u64().unwrap() >= 60, "{stats}");
+    assert!(stats["keyframes"].as_u64().unwrap() >= 2, "{stats}");
+    assert_eq!(stats["lost_frames"], 0, "{stats}");
+    assert!(stats["latency_ms"]["samples"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(stats["ended"], "duration reached", "{stats}");
+
+    // A publish token does not let you watch: a clear refusal and a non-zero exit.
+    let out = watch(&publish);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("403") && stderr.contains("token_wrong_action"), "{stderr}");
+}
