@@ -163,7 +163,13 @@ fn ferry_dev_serves_a_demo_stream_that_ferry_watch_plays() {
         let (addr, path) = url.trim_start_matches("http://").split_once('/').unwrap();
         let (status, body) = http_get(addr, &format!("/{path}"));
         assert_eq!(status, 200, "{url}");
-        assert!(body.contains("window.ferry"), "{url} is not a demo page");
+        assert!(
+            body.contains("/demo/ferry.js") && body.contains("RTCPeerConnection"),
+            "{url} is not a demo page"
+        );
+        let (status, script) = http_get(addr, "/demo/ferry.js");
+        assert_eq!(status, 200);
+        assert!(script.contains("window.ferry"), "the pages' shared script");
     }
     let watch_line =
         printed.iter().find(|l| l.contains("watch --edge")).expect("ferry dev printed no watch command");
