@@ -23,6 +23,8 @@ use crate::wire::{pump_control, read_message};
 use crate::Result;
 
 /// How long a subscribe upstream may take before local viewers get an error.
+/// How long a finished relayed track stays open for its last group streams to land.
+const END_OF_TRACK_DRAIN: Duration = Duration::from_millis(500);
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a group stream may precede its SUBSCRIBE_OK (different QUIC streams).
 const ORPHAN_GROUP_WAIT: Duration = Duration::from_secs(2);
@@ -234,10 +236,22 @@ async fn read_upstream(state: &Arc<EdgeState>, shared: &Arc<LinkState>, mut recv
                 }
             }
             Message::SubscribeDone { id, .. } => {
-                let removed = lock(&shared.tracks).remove(&id);
-                if let Some(r) = removed {
-                    forget(state, &r);
-                }
+                // The upstream sends this once it has written the track's last frames,
+                // which may still be in flight on their group streams (streams are not
+                // ordered with the control stream). Keep the track a moment so they
+                // land, then end it for local viewers.
+                let (state, shared) = (Arc::clone(state), Arc::clone(shared));
+                let drain = tokio::time::sleep(END_OF_TRACK_DRAIN);
+                state.tracker.clone().spawn(async move {
+                    tokio::select! {
+                        _ = shared.cancel.cancelled() => {}
+                        _ = drain => {}
+                    }
+                    let removed = lock(&shared.tracks).remove(&id);
+                    if let Some(r) = removed {
+                        forget(&state, &r);
+                    }
+                });
             }
             Message::GoAway { reason } => {
                 tracing::info!(%reason, "upstream going away");
