@@ -74,11 +74,6 @@ fn read_ivf(path: &std::path::Path) -> (Vec<u8>, Vec<(u64, Vec<u8>)>) {
     (header, frames)
 }
 
-fn require_ffmpeg() {
-    let ok = Command::new("ffmpeg").arg("-version").output().map(|o| o.status.success()).unwrap_or(false);
-    assert!(ok, "ffmpeg is required for this test (apt-get install ffmpeg; .ci/run installs it)");
-}
-
 #[test]
 fn ivf_from_ffmpeg_relayed_through_two_edges_comes_back_byte_identical() {
     require_ffmpeg();

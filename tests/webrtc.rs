@@ -351,15 +351,6 @@ fn browser_publishes_over_whip_and_another_watches_over_whep_through_a_second_ed
     );
 }
 
-fn require_ffmpeg() {
-    let ok = std::process::Command::new("ffmpeg")
-        .arg("-version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(ok, "ffmpeg is required for this test (apt-get install ffmpeg; .ci/run installs it)");
-}
-
 #[test]
 fn quic_publishers_play_in_the_browser_and_whip_publishers_record_over_quic() {
     require_ffmpeg();

@@ -353,3 +353,9 @@ pub fn wait_for_leader(voters: &[&Voter]) -> u64 {
         (first != 0 && leaders.iter().all(|l| *l == first)).then_some(first)
     })
 }
+
+/// Panics (never skips) when ffmpeg is missing: the IVF tests encode real VP8 with it.
+pub fn require_ffmpeg() {
+    let ok = Command::new("ffmpeg").arg("-version").output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(ok, "ffmpeg is required for this test (apt-get install ffmpeg; .ci/run installs it)");
+}

@@ -96,6 +96,27 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Creates and applies the answer, waits for ICE gathering (the answer carries every
+/// candidate), and returns it as the peer must see it (`--webrtc-public-ip`).
+pub(crate) async fn answer(
+    state: &EdgeState,
+    pc: &Arc<dyn webrtc::peer_connection::PeerConnection>,
+    events: &mut super::engine::Events,
+) -> Result<String, ApiError> {
+    let answer = pc.create_answer(None).await.map_err(ApiError::webrtc_offer)?;
+    pc.set_local_description(answer).await.map_err(ApiError::webrtc_internal)?;
+    super::engine::gathered(events, state.webrtc.config.ice_gather_timeout).await;
+    let answer = pc
+        .local_description()
+        .await
+        .ok_or_else(|| ApiError::internal("no local description after negotiation"))?
+        .sdp;
+    Ok(match state.webrtc.config.public_ip {
+        Some(ip) => super::sdp::advertise_public_ip(&answer, ip),
+        None => answer,
+    })
+}
+
 /// The WHIP/WHEP and demo routes, with CORS for browsers on other origins.
 pub(crate) fn routes(state: Arc<EdgeState>) -> Router {
     Router::new()

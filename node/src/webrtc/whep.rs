@@ -134,18 +134,7 @@ async fn negotiate(
             pc.add_track(Arc::clone(&local) as Arc<dyn TrackLocal>).await.map_err(ApiError::webrtc_offer)?;
         pending.push((producer, local, ssrc, sender));
     }
-    let answer = pc.create_answer(None).await.map_err(ApiError::webrtc_offer)?;
-    pc.set_local_description(answer).await.map_err(ApiError::webrtc_internal)?;
-    engine::gathered(events, state.webrtc.config.ice_gather_timeout).await;
-    let answer = pc
-        .local_description()
-        .await
-        .ok_or_else(|| ApiError::internal("no local description after negotiation"))?
-        .sdp;
-    let answer = match state.webrtc.config.public_ip {
-        Some(ip) => sdp::advertise_public_ip(&answer, ip),
-        None => answer,
-    };
+    let answer = super::http::answer(state, pc, events).await?;
     let mut outgoing = Vec::new();
     for (producer, local, ssrc, sender) in pending {
         let Ok(params) = sender.get_parameters().await else { continue };

@@ -81,18 +81,7 @@ async fn negotiate(
 ) -> Result<(String, Vec<TrackProducer>), ApiError> {
     let offer = RTCSessionDescription::offer(offer).map_err(ApiError::webrtc_offer)?;
     pc.set_remote_description(offer).await.map_err(ApiError::webrtc_offer)?;
-    let answer = pc.create_answer(None).await.map_err(ApiError::webrtc_offer)?;
-    pc.set_local_description(answer).await.map_err(ApiError::webrtc_internal)?;
-    engine::gathered(events, state.webrtc.config.ice_gather_timeout).await;
-    let answer = pc
-        .local_description()
-        .await
-        .ok_or_else(|| ApiError::internal("no local description after negotiation"))?
-        .sdp;
-    let answer = match state.webrtc.config.public_ip {
-        Some(ip) => sdp::advertise_public_ip(&answer, ip),
-        None => answer,
-    };
+    let answer = super::http::answer(state, pc, events).await?;
     let mut tracks = Vec::new();
     for (kind, codec) in sdp::negotiated(&answer) {
         let (name, kind) = match kind {
