@@ -19,6 +19,23 @@ impl TempDir {
     fn open(&self) -> SledStore {
         SledStore::open(&self.0).unwrap()
     }
+
+    /// Opens the store again after the previous handle was dropped. sled
+    /// releases its file lock only when its background threads let go of the
+    /// last reference, which can be a moment after `drop` returns (CI once saw
+    /// `WouldBlock`), so wait for the lock — bounded — instead of failing.
+    fn reopen(&self) -> SledStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SledStore::open(&self.0) {
+                Ok(store) => return store,
+                Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("reopening {}: {e}", self.0.display()),
+            }
+        }
+    }
 }
 
 impl Drop for TempDir {
@@ -94,7 +111,7 @@ fn appending_over_a_conflicting_suffix_replaces_it() {
 
     // And the truncation is on disk, not just in the cache.
     drop(store);
-    let store = dir.open();
+    let store = dir.reopen();
     assert_eq!(store.last_index().unwrap(), 3);
     assert_eq!(read(&store, 1, 4, None).unwrap(), vec![(1, 1), (2, 1), (3, 2)]);
 }
@@ -142,7 +159,7 @@ fn hard_state_conf_state_and_applied_survive_reopen() {
     store.flush().unwrap();
     drop(store);
 
-    let mut store = dir.open();
+    let mut store = dir.reopen();
     assert!(!store.is_empty());
     let state = store.initial_state().unwrap();
     assert_eq!(state.hard_state, hard_state(4, 2, 0));
@@ -154,7 +171,7 @@ fn hard_state_conf_state_and_applied_survive_reopen() {
     store.append(&entries(1..=2, 4)).unwrap();
     store.set_applied(2).unwrap();
     drop(store);
-    let store = dir.open();
+    let store = dir.reopen();
     assert_eq!(store.conf_state().voters, vec![1, 2, 3, 4]);
     assert_eq!(store.applied(), 2);
 }
@@ -237,7 +254,7 @@ fn a_snapshot_from_the_leader_drops_the_old_log() {
     assert_eq!((hs.term, hs.vote, hs.commit), (5, 1, 6), "the term never goes backwards");
     drop(store);
 
-    let store = dir.open();
+    let store = dir.reopen();
     assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (7, 6));
     assert_eq!(store_error(store.term(8)), StorageError::Unavailable);
 }
@@ -269,7 +286,7 @@ fn reopening_after_everything_gives_the_same_view() {
     let snapshot = store.snapshot(0, 1).unwrap();
     drop(store);
 
-    let store = dir.open();
+    let store = dir.reopen();
     assert_eq!(view(&store), before);
     assert_eq!(before.4, vec![(10, 2), (11, 2), (12, 2)]);
     assert_eq!(store.snapshot(0, 1).unwrap(), snapshot);
@@ -287,7 +304,7 @@ fn a_compaction_cut_short_by_a_crash_is_finished_on_open() {
         store.entries.insert(index_key(e.index), e.write_to_bytes().unwrap()).unwrap();
     }
     drop(store);
-    let store = dir.open();
+    let store = dir.reopen();
     assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (5, 6));
     assert_eq!(read(&store, 5, 7, None).unwrap(), vec![(5, 1), (6, 1)]);
 }
