@@ -132,18 +132,7 @@ async fn spawn_edge(
 
 /// CPU seconds (user + system) a process used so far, from /proc.
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("bad /proc stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11).context("utime")?.parse()?;
-    let stime: f64 = fields.get(12).context("stime")?.parse()?;
-    Ok((utime + stime) / clock_ticks())
-}
-
-fn clock_ticks() -> f64 {
-    // USER_HZ is 100 on every Linux ABI we run on.
-    100.0
+    ferry_node::cluster::load::cpu_seconds(pid).with_context(|| format!("no CPU figures in /proc/{pid}/stat"))
 }
 
 /// Resident set size of a process in MiB.
@@ -173,6 +162,7 @@ fn viewer_opts(
         tuning: TransportTuning::viewer(),
         label: NodeId::new(format!("bench-viewer-{i}"))?,
         max_frame: ferry_proto::MAX_FRAME_PAYLOAD,
+        stall_timeout: None,
     })
 }
 

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use ferry_node::auth::TokenSecret;
 use ferry_node::client::publish::{publish, PublishOptions, Source};
+use ferry_node::client::routed::{publish_routed, watch_routed, RouteOptions};
 use ferry_node::client::watch::{watch, WatchOptions};
 use ferry_node::client::whep::{watch_whep, WhepOptions};
 use ferry_node::edge::{default_names, BoundEdge, EdgeConfig};
@@ -131,6 +132,10 @@ pub struct EdgeArgs {
     pub shutdown_grace: Duration,
     #[command(flatten)]
     pub webrtc: WebRtcArgs,
+    #[command(flatten)]
+    pub gossip: crate::cluster_args::GossipArgs,
+    #[command(flatten)]
+    pub control: crate::cluster_args::ControlPlaneArgs,
 }
 
 /// WHIP/WHEP settings of an edge.
@@ -214,15 +219,49 @@ impl EdgeArgs {
         config.relay_linger = self.relay_linger;
         config.shutdown_grace = self.shutdown_grace;
         config.webrtc = self.webrtc.to_config()?;
+        config.gossip = self.gossip.to_config(&self.node_id);
+        (config.control_plane, config.control_token) = self.control.resolve()?;
+        config.capacity = self.control.capacity;
         Ok(config)
+    }
+}
+
+/// Routing through the control plane, with failover.
+#[derive(Debug, Clone, Args)]
+pub struct RouteArgs {
+    /// Ask the control plane (http://HOST:PORT,...) for the edge, and ask again
+    /// whenever the edge fails (conflicts with --edge).
+    #[arg(long, env = "FERRY_CONTROL_PLANE", value_delimiter = ',', conflicts_with = "edge")]
+    pub control_plane: Vec<String>,
+    /// Region to be routed in.
+    #[arg(long, env = "FERRY_CLIENT_REGION", requires = "control_plane")]
+    pub region: Option<String>,
+    /// With --control-plane: silence after which the edge counts as dead and the
+    /// client moves on.
+    #[arg(long, env = "FERRY_FAILOVER_AFTER", default_value = "1500ms", value_parser = units::duration)]
+    pub failover_after: Duration,
+    /// With --control-plane: give up after this many sessions in a row fail.
+    #[arg(long, env = "FERRY_MAX_FAILURES", default_value_t = 20)]
+    pub max_failures: u32,
+}
+
+impl RouteArgs {
+    fn options(&self) -> Option<RouteOptions> {
+        (!self.control_plane.is_empty()).then(|| RouteOptions {
+            control_plane: self.control_plane.clone(),
+            region: self.region.clone(),
+            max_failures: Some(self.max_failures),
+        })
     }
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct PublishArgs {
     /// Edge QUIC address, HOST:PORT.
-    #[arg(long, env = "FERRY_EDGE")]
-    pub edge: String,
+    #[arg(long, env = "FERRY_EDGE", required_unless_present = "control_plane")]
+    pub edge: Option<String>,
+    #[command(flatten)]
+    pub route: RouteArgs,
     /// Stream name, e.g. live/room1.
     #[arg(long, env = "FERRY_STREAM")]
     pub stream: String,
@@ -258,8 +297,10 @@ pub struct PublishArgs {
 #[derive(Debug, Clone, Args)]
 pub struct WatchArgs {
     /// Edge QUIC address, HOST:PORT.
-    #[arg(long, env = "FERRY_EDGE", required_unless_present = "whep")]
+    #[arg(long, env = "FERRY_EDGE", required_unless_present_any = ["whep", "control_plane"])]
     pub edge: Option<String>,
+    #[command(flatten)]
+    pub route: RouteArgs,
     /// Stream name, e.g. live/room1.
     #[arg(long, env = "FERRY_STREAM", required_unless_present = "whep")]
     pub stream: Option<String>,
@@ -356,16 +397,36 @@ async fn run_publish(args: PublishArgs) -> anyhow::Result<()> {
             }
         }
     };
+    let routed = args.route.options();
+    let tuning = match routed {
+        Some(_) => TransportTuning::default().failing_over(args.route.failover_after),
+        None => TransportTuning::default(),
+    };
     let opts = PublishOptions {
-        edge: args.edge.clone(),
+        edge: args.edge.clone().unwrap_or_default(),
         stream: StreamName::new(args.stream.clone()).context("--stream")?,
         source,
         duration: args.duration,
         trust: args.trust.trust()?,
-        tuning: TransportTuning::default(),
+        tuning,
         label: label("publisher")?,
         max_frame: ferry_proto::MAX_FRAME_PAYLOAD,
     };
+    if let Some(route) = routed {
+        let sessions = publish_routed(opts, route, crate::shutdown_signal()).await?;
+        let frames: u64 = sessions.iter().map(|(_, s)| s.frames).sum();
+        if args.json {
+            let list: Vec<_> =
+                sessions.iter().map(|(edge, s)| serde_json::json!({ "edge": edge, "stats": s })).collect();
+            println!("{}", serde_json::json!({ "frames": frames, "sessions": list }));
+        } else {
+            eprintln!("published {frames} frames in {} sessions", sessions.len());
+        }
+        if frames == 0 {
+            anyhow::bail!("no frame was published");
+        }
+        return Ok(());
+    }
     let stats = publish(opts, crate::shutdown_signal()).await?;
     if args.json {
         println!("{}", serde_json::to_string(&stats)?);
@@ -382,8 +443,12 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
     if let Some(url) = &args.whep {
         return run_watch_whep(&args, url).await;
     }
+    let routed = args.route.options();
     let opts = WatchOptions {
-        edge: args.edge.clone().context("--edge is required")?,
+        edge: match routed {
+            Some(_) => String::new(),
+            None => args.edge.clone().context("--edge is required")?,
+        },
         stream: StreamName::new(args.stream.clone().context("--stream is required")?).context("--stream")?,
         track: TrackName::new(args.track.clone()).context("--track")?,
         max_lag: args.max_lag,
@@ -391,10 +456,33 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
         output: args.output.clone(),
         throttle_bps: args.throttle,
         trust: args.trust.trust()?,
-        tuning: TransportTuning::viewer(),
+        tuning: match routed {
+            Some(_) => TransportTuning::viewer().failing_over(args.route.failover_after),
+            None => TransportTuning::viewer(),
+        },
         label: label("viewer")?,
         max_frame: ferry_proto::MAX_FRAME_PAYLOAD,
+        stall_timeout: routed.as_ref().map(|_| args.route.failover_after),
     };
+    if let Some(route) = routed {
+        let stats = watch_routed(opts, route, crate::shutdown_signal()).await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&stats)?);
+        } else {
+            eprintln!(
+                "watched {} frames on {} legs ({} reconnects), {} skipped groups ({})",
+                stats.frames,
+                stats.legs.len(),
+                stats.reconnects,
+                stats.skipped_groups,
+                stats.ended
+            );
+        }
+        if stats.frames == 0 {
+            anyhow::bail!("no frame arrived ({})", stats.ended);
+        }
+        return Ok(());
+    }
     let stats = watch(opts, crate::shutdown_signal()).await?;
     if args.json {
         println!("{}", serde_json::to_string(&stats)?);

@@ -52,6 +52,8 @@ pub struct ControlArgs {
     /// How long writes and linearizable reads wait for a quorum.
     #[arg(long, env = "FERRY_CONTROL_REQUEST_TIMEOUT", default_value = "5s", value_parser = units::duration)]
     pub request_timeout: Duration,
+    #[command(flatten)]
+    pub gossip: crate::cluster_args::GossipArgs,
     /// Raft transport certificate (PEM); self-signed when absent.
     #[arg(long, env = "FERRY_CONTROL_CERT", requires = "key")]
     pub cert: Option<PathBuf>,
@@ -116,6 +118,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
         http_listen: args.http_listen,
         token,
         request_timeout: args.request_timeout,
+        gossip: args.gossip.to_config(&format!("voter-{}", args.id)),
     };
     let cancel = crate::shutdown_signal();
     let control = Control::start(config, cancel.clone()).await.context("cannot start the control plane")?;

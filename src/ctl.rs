@@ -4,7 +4,7 @@
 //! leader (503) or unreachable is skipped. Writes carry one `Idempotency-Key` per
 //! invocation, so trying them on several voters applies them once.
 
-use crate::http_client as http;
+use ferry_node::http_client as http;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

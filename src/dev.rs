@@ -85,6 +85,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             http_listen: args.control_listen,
             token: DEV_TOKEN.to_owned(),
             request_timeout: Duration::from_secs(5),
+            gossip: None,
         },
         shutdown.clone(),
     )

@@ -3,11 +3,11 @@
 
 mod bench;
 mod cli;
+mod cluster_args;
 mod config;
 mod control;
 mod ctl;
 mod dev;
-mod http_client;
 mod token;
 mod units;
 

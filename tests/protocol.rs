@@ -106,6 +106,7 @@ async fn still_serves(edge: &Edge, stream: &str) {
         tuning: TransportTuning::viewer(),
         label: NodeId::new("checker").unwrap(),
         max_frame: 1 << 20,
+        stall_timeout: None,
     };
     let stats = watch(opts, Default::default()).await.unwrap();
     assert!(stats.frames > 0, "the edge stopped serving others: {stats:?}");

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod node;
+pub mod placement;
 pub mod server;
 pub mod state;
 pub mod storage;

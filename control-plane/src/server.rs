@@ -4,6 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use ferry_node::cluster::gossip::{Gossip, GossipConfig, GossipMetrics, SelfInfo};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -20,6 +23,8 @@ pub struct ControlConfig {
     pub token: String,
     /// How long writes and linearizable reads wait for raft.
     pub request_timeout: Duration,
+    /// Health gossip (none: this voter does not gossip, routing trusts registration).
+    pub gossip: Option<GossipConfig>,
 }
 
 /// A started voter.
@@ -37,6 +42,8 @@ pub enum StartError {
     Node(#[from] node::NodeError),
     #[error("http listener on {addr}: {source}")]
     Http { addr: SocketAddr, source: std::io::Error },
+    #[error("gossip: {0}")]
+    Gossip(String),
 }
 
 impl Control {
@@ -49,7 +56,28 @@ impl Control {
         let http_addr =
             listener.local_addr().map_err(|source| StartError::Http { addr: config.http_listen, source })?;
         let node = node::start(config.node, config.transport, &tracker, cancel.clone()).await?;
-        let router = Api::new(node.clone(), config.token, config.request_timeout).router();
+        let mut api = Api::new(node.clone(), config.token, config.request_timeout);
+        if let Some(gossip_config) = config.gossip {
+            let metrics = GossipMetrics::default();
+            api.register_gossip_metrics(&metrics);
+            let info = SelfInfo {
+                role: "voter".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                http_addr: http_addr.to_string(),
+                ..SelfInfo::default()
+            };
+            let gossip = Gossip::start(
+                gossip_config,
+                Arc::new(move || info.clone()),
+                metrics,
+                &tracker,
+                cancel.clone(),
+            )
+            .await
+            .map_err(|e| StartError::Gossip(e.to_string()))?;
+            api = api.with_gossip(gossip);
+        }
+        let router = api.router();
         let http = tokio::spawn(async move {
             let served = axum::serve(listener, router).with_graceful_shutdown(cancel.cancelled_owned()).await;
             if let Err(e) = served {

@@ -11,11 +11,16 @@
 //! - [`metrics`]: Prometheus metrics of an edge.
 //! - [`webrtc`]: WHIP publishers and WHEP viewers.
 //! - [`auth`]: HS256 access tokens for WHIP/WHEP (sans-IO: minting and checking).
+//! - [`cluster`]: joining a cluster: gossip (chitchat), registration and watch on the
+//!   control plane, and the view of peers and stream origins both feed.
+//! - [`http_client`]: a small HTTP/1.1 client for the control-plane API.
 
 pub mod auth;
 pub mod client;
+pub mod cluster;
 pub mod edge;
 mod error;
+pub mod http_client;
 pub mod media;
 pub mod metrics;
 pub mod tls;

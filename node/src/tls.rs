@@ -70,6 +70,13 @@ impl TransportTuning {
         Self { stream_receive_window: 1024 * 1024, receive_window: 1024 * 1024, ..Self::default() }
     }
 
+    /// For clients that fail over through routing: a dead edge is noticed after
+    /// `idle` of silence (QUIC uses the smaller idle timeout of the two ends), and
+    /// keep-alives keep a quiet but live connection open.
+    pub fn failing_over(self, idle: Duration) -> Self {
+        Self { idle_timeout: idle, keep_alive: idle / 4, ..self }
+    }
+
     fn transport(&self) -> Result<Arc<quinn::TransportConfig>> {
         let mut t = quinn::TransportConfig::default();
         t.send_window(self.send_window)

@@ -265,6 +265,10 @@ pub fn http_json(
 }
 
 /// A free UDP port on loopback (bound and released; fine for tests that start at once).
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -279,6 +283,7 @@ pub struct Voter {
     pub raft: String,
     pub data_dir: PathBuf,
     pub peers: String,
+    pub extra: Vec<String>,
 }
 
 impl Voter {
@@ -289,8 +294,11 @@ impl Voter {
             .unwrap_or_else(|| panic!("no address for voter {id} in {peers}"))
             .to_owned();
         let mut cmd = ferry();
-        cmd.args(["control", "--id", &id.to_string(), "--peers", peers, "--http-listen", "127.0.0.1:0"])
-            .arg("--data-dir")
+        cmd.args(["control", "--id", &id.to_string(), "--peers", peers]);
+        if !extra.contains(&"--http-listen") {
+            cmd.args(["--http-listen", "127.0.0.1:0"]);
+        }
+        cmd.arg("--data-dir")
             .arg(data_dir)
             .args(["--snapshot-every", "50"])
             .args(extra)
@@ -309,14 +317,16 @@ impl Voter {
             raft,
             data_dir: data_dir.to_owned(),
             peers: peers.to_owned(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         }
     }
 
     /// Kills (SIGKILL) and starts again on the same data dir and raft address.
     pub fn restart(self) -> Voter {
-        let Voter { id, proc, data_dir, peers, .. } = self;
+        let Voter { id, proc, data_dir, peers, extra, .. } = self;
         drop(proc);
-        Voter::start(id, &peers, &data_dir, &[])
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        Voter::start(id, &peers, &data_dir, &extra)
     }
 
     pub fn signal(&self, sig: &str) {

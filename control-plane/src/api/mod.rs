@@ -7,6 +7,7 @@
 
 mod error;
 mod routes;
+pub mod routing;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -24,6 +25,8 @@ use prometheus_client::registry::Registry;
 
 pub use error::ApiError;
 
+use ferry_node::cluster::gossip::{Gossip, GossipMetrics};
+
 use crate::node::NodeHandle;
 
 /// Largest request body accepted.
@@ -39,6 +42,8 @@ pub struct Api {
     /// How long a write or linearizable read may wait for raft.
     pub timeout: Duration,
     pub next_request: Arc<AtomicU64>,
+    /// Health gossip, when this voter takes part.
+    pub gossip: Option<Arc<Gossip>>,
 }
 
 /// Raft and API metrics.
@@ -83,7 +88,21 @@ impl Api {
             registry: Arc::new(registry),
             timeout,
             next_request: Arc::new(AtomicU64::new(1)),
+            gossip: None,
         }
+    }
+
+    /// Registers the gossip metrics; call before [`Api::with_gossip`].
+    pub fn register_gossip_metrics(&mut self, metrics: &GossipMetrics) {
+        if let Some(registry) = Arc::get_mut(&mut self.registry) {
+            metrics.register(registry);
+        }
+    }
+
+    /// Routing and `/v1/edges` use what gossip says about edges.
+    pub fn with_gossip(mut self, gossip: Arc<Gossip>) -> Self {
+        self.gossip = Some(gossip);
+        self
     }
 
     /// The router: probes and metrics open, everything under `/v1` behind the token.
@@ -106,8 +125,15 @@ impl Api {
             .route("/v1/rollouts/{id}/abort", post(routes::abort_rollout))
             .route("/v1/audit", get(routes::audit))
             .route("/v1/watch", get(routes::watch))
+            .route("/v1/members", get(routing::members))
             .route_layer(middleware::from_fn_with_state(self.clone(), authorize));
+        // Viewer- and publisher-facing: no operator token (the edge checks access tokens).
+        let public = Router::new()
+            .route("/v1/route/{*stream}", get(routing::route))
+            .route("/whep/{*stream}", post(routing::redirect_whep))
+            .route("/whip/{*stream}", post(routing::redirect_whip));
         Router::new()
+            .merge(public)
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))

@@ -14,6 +14,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::routing::gossip_fields;
 use super::{Api, ApiError};
 use crate::state::{Command, Outcome, Request, State as MachineState};
 
@@ -194,8 +195,21 @@ pub async fn delete_edge(State(api): State<Api>, Path(id): Path<String>, headers
     api.write(&headers, Command::RemoveEdge { id }).await
 }
 
+/// Registered edges, each with what gossip says about it (`gossip`: null when gossip
+/// has not seen it).
 pub async fn list_edges(State(api): State<Api>, p: Result<Query<ReadParams>, QueryRejection>) -> ApiResult {
-    api.list(p, "edges", |s| serde_json::to_value(s.edges.values().collect::<Vec<_>>())).await
+    let members = api.gossip.as_ref().map(|g| g.members()).unwrap_or_default();
+    api.list(p, "edges", |s| {
+        let edges = s.edges.values().map(|e| {
+            let mut v = serde_json::to_value(e)?;
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("gossip".into(), gossip_fields(members.iter().find(|m| m.id == e.id)));
+            }
+            Ok(v)
+        });
+        edges.collect::<serde_json::Result<Vec<Value>>>().map(Value::Array)
+    })
+    .await
 }
 
 pub async fn get_edge(

@@ -3,6 +3,7 @@
 
 pub mod conn;
 pub mod publish;
+pub mod routed;
 pub mod stats;
 pub mod watch;
 pub mod whep;

@@ -163,12 +163,16 @@ pub async fn publish(opts: PublishOptions, cancel: CancellationToken) -> Result<
     };
     sender.finish().await;
     stop.cancel();
-    let requests = control.await.unwrap_or(0);
+    let (requests, edge_ended) = control.await.unwrap_or((0, None));
     let mut stats = sender.stats;
     stats.keyframe_requests = requests;
     match result {
         Ok(ended) => {
-            stats.ended = ended;
+            // Stopped by the edge, not by us: say why, so routed publishers move on.
+            stats.ended = match edge_ended {
+                Some(reason) if ended == "stopped" && !cancel.is_cancelled() => reason.to_owned(),
+                _ => ended,
+            };
             let _ = send.finish();
             // Let the edge read the last group before we close.
             let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
@@ -280,11 +284,11 @@ async fn read_control(
     mut recv: quinn::RecvStream,
     keyframe_wanted: Arc<AtomicBool>,
     stop: CancellationToken,
-) -> u64 {
+) -> (u64, Option<&'static str>) {
     let mut requests = 0;
     loop {
         let msg = tokio::select! {
-            _ = stop.cancelled() => return requests,
+            _ = stop.cancelled() => return (requests, None),
             msg = read_message::<Message>(&mut recv, MAX_CONTROL_MESSAGE) => msg,
         };
         match msg {
@@ -295,12 +299,12 @@ async fn read_control(
             Ok(Some((_, Message::GoAway { reason }))) => {
                 tracing::info!(%reason, "edge sent GOAWAY");
                 stop.cancel();
-                return requests;
+                return (requests, Some("edge going away"));
             }
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => {
                 stop.cancel();
-                return requests;
+                return (requests, Some("connection lost"));
             }
         }
     }

@@ -2,6 +2,8 @@
 //! optionally write the frames back out as IVF.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_proto::{
@@ -42,6 +44,9 @@ pub struct WatchOptions {
     pub tuning: TransportTuning,
     pub label: NodeId,
     pub max_frame: usize,
+    /// End the session ("stalled") when no frame arrives for this long: a dead edge
+    /// is noticed well before QUIC's idle timeout. None: wait for the idle timeout.
+    pub stall_timeout: Option<Duration>,
 }
 
 /// What a viewer saw. Printed by `ferry watch --json`.
@@ -62,8 +67,12 @@ pub struct WatchStats {
     /// Media timestamp of the first and last frame received.
     pub first_pts: Option<u64>,
     pub last_pts: Option<u64>,
-    /// Time from connecting to the first frame.
+    /// Time from connecting to the first and the last frame.
     pub first_frame_ms: Option<f64>,
+    pub last_frame_ms: Option<f64>,
+    /// Synthetic sequence numbers of the first and last frame (synthetic sources only).
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
     /// Publisher-to-viewer latency, synthetic sources only, from the second group on
     /// (the first group is the backlog a joining viewer starts with).
     pub latency_ms: Option<LatencySummary>,
@@ -84,6 +93,8 @@ struct Viewer {
     throttle: Option<Throttle>,
     out: Option<IvfWriter<Box<dyn AsyncWrite + Unpin + Send>>>,
     connected_at: Instant,
+    /// Milliseconds from `connected_at` to the last frame (read by the stall watchdog).
+    activity: Arc<AtomicU64>,
 }
 
 /// Paces reads to a bit rate (a deliberately slow viewer).
@@ -141,7 +152,16 @@ pub async fn watch_detailed(opts: WatchOptions, cancel: CancellationToken) -> Re
         throttle: opts.throttle_bps.map(|bps| Throttle { bps, start: Instant::now(), bytes: 0 }),
         out,
         connected_at: started,
+        activity: Arc::new(AtomicU64::new(0)),
     };
+    let activity = Arc::clone(&viewer.activity);
+    let stalled = async {
+        match opts.stall_timeout {
+            Some(stall) => watchdog(started, &activity, stall).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(stalled);
     let done = CancellationToken::new();
     let control = tokio::spawn(read_control(recv, done.clone()));
     let deadline = opts.duration.map(|d| started + d);
@@ -156,6 +176,7 @@ pub async fn watch_detailed(opts: WatchOptions, cancel: CancellationToken) -> Re
                 continue;
             }
             _ = sleep_until_opt(drain_deadline) => break "track ended".to_owned(),
+            _ = &mut stalled => break "stalled".to_owned(),
             accepted = conn.accept_uni() => accepted,
         };
         let recv = match next {
@@ -172,6 +193,7 @@ pub async fn watch_detailed(opts: WatchOptions, cancel: CancellationToken) -> Re
             biased;
             _ = cancel.cancelled() => break "stopped".to_owned(),
             _ = sleep_until_opt(deadline) => break "duration reached".to_owned(),
+            _ = &mut stalled => break "stalled".to_owned(),
             result = viewer.read_group(recv, opts.max_frame) => result?,
         }
     };
@@ -185,6 +207,18 @@ pub async fn watch_detailed(opts: WatchOptions, cancel: CancellationToken) -> Re
     // Let the close frame reach the edge so it frees the session now, not at idle timeout.
     let _ = tokio::time::timeout(Duration::from_secs(1), link.endpoint.wait_idle()).await;
     Ok((stats, latency))
+}
+
+/// Resolves once `stall` passes without a frame (the first frame may take `stall` too).
+async fn watchdog(started: Instant, activity: &AtomicU64, stall: Duration) {
+    loop {
+        let last = started + Duration::from_millis(activity.load(Ordering::Relaxed));
+        let due = last + stall;
+        if Instant::now() >= due {
+            return;
+        }
+        tokio::time::sleep_until(due).await;
+    }
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
@@ -259,6 +293,9 @@ impl Viewer {
             }
             self.stats.frames += 1;
             self.stats.bytes += payload.len() as u64;
+            let since_connect = self.connected_at.elapsed();
+            self.stats.last_frame_ms = Some(since_connect.as_secs_f64() * 1000.0);
+            self.activity.store(since_connect.as_millis() as u64, Ordering::Relaxed);
             self.stats.first_pts.get_or_insert(header.pts);
             self.stats.last_pts = Some(header.pts);
             if self.codec == Codec::Synthetic {
@@ -276,7 +313,9 @@ impl Viewer {
                         }
                         _ => {}
                     }
+                    self.stats.first_seq.get_or_insert(stamp.seq);
                     if self.last_seq.is_none_or(|last| stamp.seq > last) {
+                        self.stats.last_seq = Some(stamp.seq);
                         self.last_seq = Some(stamp.seq);
                         self.skipped_since_last = false;
                     }

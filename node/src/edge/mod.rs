@@ -20,7 +20,7 @@ mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ferry_proto::{ErrorCode, NodeId};
@@ -29,7 +29,11 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::metrics::EdgeMetrics;
+use crate::cluster::control::{ControlLink, Registration};
+use crate::cluster::gossip::{Gossip, GossipConfig, GossipMetrics, SelfInfo, SelfInfoFn};
+use crate::cluster::load::{cpu_seconds, Rates};
+use crate::cluster::ClusterView;
+use crate::metrics::{EdgeMetrics, RoleLabels};
 use crate::tls::{self, ClientTrust, ServerIdentity, TransportTuning};
 use crate::track::BufferConfig;
 use crate::webrtc::{WebRtc, WebRtcConfig};
@@ -68,6 +72,14 @@ pub struct EdgeConfig {
     pub shutdown_grace: Duration,
     /// WHIP/WHEP sessions.
     pub webrtc: WebRtcConfig,
+    /// Health gossip (none: this edge does not gossip).
+    pub gossip: Option<GossipConfig>,
+    /// Control-plane API URLs (`http://HOST:PORT`); empty: not registered anywhere.
+    pub control_plane: Vec<String>,
+    /// Bearer token for the control-plane API.
+    pub control_token: String,
+    /// Relative capacity registered for placement.
+    pub capacity: u32,
 }
 
 impl EdgeConfig {
@@ -91,6 +103,10 @@ impl EdgeConfig {
             relay_linger: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             webrtc: WebRtcConfig::default(),
+            gossip: None,
+            control_plane: Vec::new(),
+            control_token: String::new(),
+            capacity: 100,
         }
     }
 }
@@ -107,10 +123,62 @@ pub(crate) struct EdgeState {
     pub registry: Registry,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
-    pub upstream: Option<upstream::Upstream>,
+    pub upstreams: upstream::Upstreams,
+    /// Health gossip, once started.
+    pub gossip: OnceLock<Arc<Gossip>>,
+    /// Registration and watch on the control plane.
+    pub control: Option<Arc<ControlLink>>,
+    /// Stops background work (gossip, control link) after the sessions drained.
+    pub background: CancellationToken,
+    rates: Rates,
     pub next_session: AtomicU64,
     pub ready: AtomicBool,
     pub webrtc: Arc<WebRtc>,
+}
+
+impl EdgeState {
+    /// What the cluster sees of this edge.
+    pub fn cluster(&self) -> ClusterView {
+        ClusterView { gossip: self.gossip.get().cloned(), control: self.control.clone() }
+    }
+
+    /// A local publisher started or stopped: the control plane should hear now.
+    pub fn streams_changed(&self) {
+        if let Some(control) = &self.control {
+            control.poke();
+        }
+    }
+
+    /// Sessions served now: QUIC publishers and viewers, WebRTC sessions.
+    pub fn sessions(&self) -> u64 {
+        let quic: i64 = ["publisher", "viewer"]
+            .iter()
+            .map(|role| {
+                self.metrics.connections.get_or_create(&RoleLabels { role: (*role).to_owned() }).get()
+            })
+            .sum();
+        u64::try_from(quic).unwrap_or(0) + self.webrtc.session_count() as u64
+    }
+
+    /// The keys this edge gossips.
+    fn self_info(&self, me: &Registration) -> SelfInfo {
+        let (origins, carries) = self.registry.stream_names();
+        let cpu_total = cpu_seconds(std::process::id()).unwrap_or(0.0);
+        let (cpu, bytes_per_s) = self.rates.sample(cpu_total, self.metrics.bytes_out.get());
+        SelfInfo {
+            role: "edge".into(),
+            region: me.region.clone(),
+            version: me.version.clone(),
+            quic_addr: me.quic_addr.clone(),
+            http_addr: me.http_addr.clone(),
+            draining: !self.ready.load(Ordering::Relaxed) && self.shutdown.is_cancelled(),
+            sessions: self.sessions(),
+            cpu,
+            bytes_per_s,
+            origins,
+            carries,
+        }
+    }
 }
 
 /// An edge whose sockets are bound; [`BoundEdge::run`] serves until shutdown.
@@ -130,21 +198,48 @@ impl BoundEdge {
         let metrics = EdgeMetrics::default();
         let mut metrics_registry = MetricsRegistry::default();
         metrics.register(&mut metrics_registry);
-        let upstream = match &config.upstream {
-            Some(addr) => Some(upstream::Upstream::new(addr.clone(), &config)?),
-            None => None,
+        let gossip_metrics = GossipMetrics::default();
+        gossip_metrics.register(&mut metrics_registry);
+        let upstreams = upstream::Upstreams::new(&config)?;
+        let quic_addr = endpoint.local_addr()?;
+        let http_addr = http.local_addr()?;
+        let registration = Registration {
+            id: config.node_id.to_string(),
+            region: config.region.clone(),
+            quic_addr: quic_addr.to_string(),
+            http_addr: http_addr.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            capacity: config.capacity,
         };
+        let control = (!config.control_plane.is_empty()).then(|| {
+            ControlLink::new(config.control_plane.clone(), config.control_token.clone(), registration.clone())
+        });
         let state = Arc::new(EdgeState {
             registry: Registry::new(metrics.clone()),
             metrics,
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
-            upstream,
+            background: CancellationToken::new(),
+            upstreams,
+            gossip: OnceLock::new(),
+            control,
             next_session: AtomicU64::new(1),
             ready: AtomicBool::new(false),
             webrtc: Arc::new(WebRtc::new(config.webrtc.clone())),
             config,
+            rates: Rates::default(),
         });
+        if let Some(gossip_config) = state.config.gossip.clone() {
+            let weak = Arc::downgrade(&state);
+            let info: SelfInfoFn = Arc::new(move || match weak.upgrade() {
+                Some(state) => state.self_info(&registration),
+                None => SelfInfo::default(),
+            });
+            let gossip =
+                Gossip::start(gossip_config, info, gossip_metrics, &state.tracker, state.background.clone())
+                    .await?;
+            let _ = state.gossip.set(gossip);
+        }
         Ok(Self { state, endpoint, http, metrics_registry: Arc::new(metrics_registry) })
     }
 
@@ -169,6 +264,11 @@ impl BoundEdge {
             metrics_registry,
             http_shutdown.clone(),
         ));
+        if let Some(control) = state.control.clone() {
+            let weak = Arc::downgrade(&state);
+            let originated = move || weak.upgrade().map(|s| s.registry.stream_names().0).unwrap_or_default();
+            state.tracker.spawn(control.run(originated, state.background.clone()));
+        }
         state.ready.store(true, Ordering::Relaxed);
         tracing::info!(node = %state.config.node_id, quic = ?endpoint.local_addr().ok(), "edge serving");
 
@@ -182,6 +282,10 @@ impl BoundEdge {
         let grace = state.config.shutdown_grace;
         let drained = tokio::time::timeout(grace, wait_for_sessions(&state)).await.is_ok();
         endpoint.close(ErrorCode::GoingAway.as_u32().into(), b"edge shutting down");
+        state.background.cancel();
+        if let Some(gossip) = state.gossip.get() {
+            gossip.shutdown().await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         http_shutdown.cancel();
         state.tracker.close();
@@ -195,9 +299,11 @@ impl BoundEdge {
 }
 
 async fn wait_for_sessions(state: &EdgeState) {
-    // Sessions end once their peers leave after GOAWAY; only the HTTP task remains.
+    // Sessions end once their peers leave after GOAWAY; only the HTTP task and the
+    // background tasks (gossip, control link) remain.
+    let background = 1 + usize::from(state.gossip.get().is_some()) + usize::from(state.control.is_some());
     let mut tick = tokio::time::interval(Duration::from_millis(50));
-    while state.tracker.len() > 1 {
+    while state.tracker.len() > background {
         tick.tick().await;
     }
 }

@@ -1,6 +1,6 @@
 //! The streams this edge knows: published here, or relayed from upstream.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use ferry_proto::{StreamName, TrackName};
@@ -58,7 +58,13 @@ impl Registry {
     ) -> Result<(), RegisterError> {
         let mut map = self.map();
         if let Some(existing) = map.get(stream) {
-            return Err(RegisterError::Taken(existing.source));
+            // A publisher takes over from a relayed copy (its origin died and the
+            // publisher came here) or from a stream whose tracks all ended.
+            let stale = existing.tracks.iter().all(|t| t.is_closed());
+            if existing.source != Source::Relay && !stale {
+                return Err(RegisterError::Taken(existing.source));
+            }
+            existing.tracks.iter().for_each(TrackProducer::close);
         }
         map.insert(stream.clone(), Entry { source: Source::Publisher { session }, tracks });
         self.update_gauge(&map);
@@ -89,6 +95,22 @@ impl Registry {
     /// Whether the stream is known here (published or relayed) with a live track.
     pub fn has_stream(&self, stream: &StreamName) -> bool {
         self.map().get(stream).is_some_and(|e| e.tracks.iter().any(|t| !t.is_closed()))
+    }
+
+    /// Names of the streams with a live track: (originated here, relayed here).
+    pub fn stream_names(&self) -> (BTreeSet<String>, BTreeSet<String>) {
+        let mut origins = BTreeSet::new();
+        let mut relayed = BTreeSet::new();
+        for (name, entry) in self.map().iter() {
+            if entry.tracks.iter().all(|t| t.is_closed()) {
+                continue;
+            }
+            match entry.source {
+                Source::Publisher { .. } => origins.insert(name.to_string()),
+                Source::Relay => relayed.insert(name.to_string()),
+            };
+        }
+        (origins, relayed)
     }
 
     /// Whether the stream is published locally (not relayed).

@@ -313,8 +313,5 @@ pub(crate) async fn find_track(
     if let Some(producer) = state.registry.find(stream, track) {
         return Ok(producer);
     }
-    match &state.upstream {
-        Some(upstream) => upstream.track(state, stream, track).await,
-        None => Err((ErrorCode::NotFound, format!("stream {stream} track {track} is not published here"))),
-    }
+    state.upstreams.track(state, stream, track).await
 }

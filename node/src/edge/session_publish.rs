@@ -43,6 +43,7 @@ pub(super) async fn run(ctx: &Session<'_>, mut in_rx: mpsc::Receiver<Result<Mess
         return Err(Error::Refused { code: ErrorCode::Duplicate, message });
     }
     tracing::info!(session = ctx.session, %stream, tracks = producers.len(), "publishing");
+    ctx.state.streams_changed();
     let ingests = TaskTracker::new();
     let result = serve_groups(ctx, &stream, &producers, &mut in_rx, &ingests).await;
     // A publisher that ended cleanly may still have its last group in flight: let
@@ -52,6 +53,7 @@ pub(super) async fn run(ctx: &Session<'_>, mut in_rx: mpsc::Receiver<Result<Mess
         let _ = tokio::time::timeout(GROUP_HEADER_TIMEOUT, ingests.wait()).await;
     }
     ctx.state.registry.unpublish(&stream, ctx.session);
+    ctx.state.streams_changed();
     result
 }
 

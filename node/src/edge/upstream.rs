@@ -26,12 +26,66 @@ use crate::Result;
 /// How long a finished relayed track stays open for its last group streams to land.
 const END_OF_TRACK_DRAIN: Duration = Duration::from_millis(500);
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Silence after which the link to an upstream counts as dead (keep-alives every 500 ms).
+const UPSTREAM_IDLE: Duration = Duration::from_secs(2);
 /// How long a group stream may precede its SUBSCRIBE_OK (different QUIC streams).
 const ORPHAN_GROUP_WAIT: Duration = Duration::from_secs(2);
 
 type Refusal = (ErrorCode, String);
 /// A subscribe sent upstream, waiting for its answer.
 type Pending = (StreamName, oneshot::Sender<Result<TrackProducer, Refusal>>);
+
+/// Where an edge pulls the streams it lacks from: one fixed upstream (`--upstream`),
+/// or each stream's origin as the cluster knows it (gossip, then the control plane).
+pub struct Upstreams {
+    fixed: Option<Arc<Upstream>>,
+    /// Links to origins by QUIC address. Bounded by the number of edges: idle links to
+    /// addresses no longer in use are dropped whenever a new one is added.
+    by_addr: Mutex<HashMap<String, Arc<Upstream>>>,
+}
+
+impl Upstreams {
+    pub fn new(config: &super::EdgeConfig) -> Result<Self> {
+        let fixed = match &config.upstream {
+            Some(addr) => Some(Arc::new(Upstream::new(addr.clone(), config)?)),
+            None => None,
+        };
+        Ok(Self { fixed, by_addr: Mutex::new(HashMap::new()) })
+    }
+
+    /// The relayed track, subscribing at the fixed upstream or the stream's origin.
+    pub async fn track(
+        &self,
+        state: &Arc<EdgeState>,
+        stream: &StreamName,
+        track: &TrackName,
+    ) -> std::result::Result<TrackProducer, Refusal> {
+        let upstream = match &self.fixed {
+            Some(fixed) => Arc::clone(fixed),
+            None => {
+                let origin = state.cluster().origin_of(stream.as_str(), state.config.node_id.as_str());
+                let Some(origin) = origin else {
+                    return Err((
+                        ErrorCode::NotFound,
+                        format!("stream {stream} is not published in the cluster"),
+                    ));
+                };
+                let mut links = lock(&self.by_addr);
+                if !links.contains_key(&origin.quic_addr) {
+                    links.retain(|_, up| !up.idle());
+                    let up = Upstream::new(origin.quic_addr.clone(), &state.config)
+                        .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+                    links.insert(origin.quic_addr.clone(), Arc::new(up));
+                }
+                match links.get(&origin.quic_addr) {
+                    Some(up) => Arc::clone(up),
+                    None => return Err((ErrorCode::Internal, "upstream link vanished".into())),
+                }
+            }
+        };
+        upstream.track(state, stream, track).await
+    }
+}
 
 /// Pulls streams from one upstream edge.
 pub struct Upstream {
@@ -67,10 +121,19 @@ impl Upstream {
         Ok(Self {
             addr,
             trust: config.upstream_trust.clone(),
-            tuning: config.tuning,
+            // A dead upstream must end its relayed tracks quickly, so viewers move on.
+            tuning: config.tuning.failing_over(UPSTREAM_IDLE),
             node: config.node_id.clone(),
             link: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// Whether no link is open (or being opened) to this upstream.
+    fn idle(&self) -> bool {
+        match self.link.try_lock() {
+            Ok(link) => link.as_ref().is_none_or(|l| l.cancel.is_cancelled()),
+            Err(_) => false,
+        }
     }
 
     /// The relayed track, subscribing upstream if this edge does not carry it yet.

@@ -210,6 +210,11 @@ impl WebRtc {
         }
     }
 
+    /// Sessions (publishers and viewers) now.
+    pub fn session_count(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
     /// Ends every session (edge shutdown).
     pub fn end_all(&self) {
         lock(&self.sessions).values().for_each(|e| e.cancel.cancel());

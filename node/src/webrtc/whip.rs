@@ -60,6 +60,7 @@ pub(crate) async fn start(
                     format!("{stream} is already published ({e:?})"),
                 ));
             }
+            state.streams_changed();
             let id = lease.id.clone();
             let session_state = Arc::clone(state);
             let task = Session { state: session_state, stream, session, pc, events, tracks, lease, cancel };
@@ -154,6 +155,7 @@ impl Session {
         live.ended(&metrics, reason);
         self.cancel.cancel();
         self.state.registry.unpublish(&self.stream, self.session);
+        self.state.streams_changed();
         while ingest.join_next().await.is_some() {}
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.pc.close()).await;
         drop(live);

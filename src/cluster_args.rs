@@ -1,0 +1,81 @@
+//! Flags shared by every cluster process: gossip, and (for edges) the control plane.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use ferry_node::cluster::gossip::{GossipConfig, DEFAULT_INTERVAL};
+
+use crate::units;
+
+/// Health gossip (chitchat over UDP).
+#[derive(Debug, Clone, Args)]
+pub struct GossipArgs {
+    /// UDP address to gossip on; without it this process does not gossip.
+    #[arg(long, env = "FERRY_GOSSIP_LISTEN")]
+    pub gossip_listen: Option<SocketAddr>,
+    /// Address peers reach this process's gossip at (default: --gossip-listen).
+    #[arg(long, env = "FERRY_GOSSIP_ADVERTISE", requires = "gossip_listen")]
+    pub gossip_advertise: Option<SocketAddr>,
+    /// Gossip addresses of a few other processes, HOST:PORT,...
+    #[arg(long, env = "FERRY_GOSSIP_SEEDS", value_delimiter = ',', requires = "gossip_listen")]
+    pub gossip_seeds: Vec<String>,
+    /// Processes gossip only with others of the same cluster id.
+    #[arg(long, env = "FERRY_CLUSTER_ID", default_value = "ferry")]
+    pub cluster_id: String,
+    /// Gossip round interval; a dead process is noticed after about 8 rounds.
+    #[arg(long, env = "FERRY_GOSSIP_INTERVAL", default_value = "100ms", value_parser = units::duration)]
+    pub gossip_interval: Duration,
+}
+
+impl GossipArgs {
+    /// The gossip settings for process `node_id`, if gossip is on.
+    pub fn to_config(&self, node_id: &str) -> Option<GossipConfig> {
+        Some(GossipConfig {
+            node_id: node_id.to_owned(),
+            listen: self.gossip_listen?,
+            advertise: self.gossip_advertise,
+            seeds: self.gossip_seeds.clone(),
+            cluster_id: self.cluster_id.clone(),
+            interval: if self.gossip_interval.is_zero() { DEFAULT_INTERVAL } else { self.gossip_interval },
+        })
+    }
+}
+
+/// How an edge reaches the control plane.
+#[derive(Debug, Clone, Args)]
+pub struct ControlPlaneArgs {
+    /// Control-plane API URLs, http://HOST:PORT,... (any voter; the edge moves on when one fails).
+    #[arg(long, env = "FERRY_CONTROL_PLANE", value_delimiter = ',')]
+    pub control_plane: Vec<String>,
+    /// File holding the control plane's bearer token.
+    #[arg(long, env = "FERRY_CONTROL_TOKEN_FILE", conflicts_with = "control_token")]
+    pub control_token_file: Option<PathBuf>,
+    /// The control plane's bearer token (prefer --control-token-file).
+    #[arg(long, env = "FERRY_CONTROL_TOKEN")]
+    pub control_token: Option<String>,
+    /// Relative capacity this edge registers for placement.
+    #[arg(long, env = "FERRY_CAPACITY", default_value_t = 100)]
+    pub capacity: u32,
+}
+
+impl ControlPlaneArgs {
+    /// The URLs (checked) and the token; empty URLs when no control plane is given.
+    pub fn resolve(&self) -> anyhow::Result<(Vec<String>, String)> {
+        for url in &self.control_plane {
+            ferry_node::http_client::authority(url).with_context(|| format!("--control-plane {url}"))?;
+        }
+        let token = match (&self.control_token_file, &self.control_token) {
+            (Some(file), _) => std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read --control-token-file {}", file.display()))?
+                .trim()
+                .to_owned(),
+            (None, Some(token)) => token.clone(),
+            (None, None) if self.control_plane.is_empty() => String::new(),
+            (None, None) => bail!("--control-plane needs --control-token-file or FERRY_CONTROL_TOKEN"),
+        };
+        Ok((self.control_plane.clone(), token))
+    }
+}
