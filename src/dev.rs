@@ -1,6 +1,7 @@
-//! `ferry dev`: Ferry on one machine — a single-voter control plane (sled data in a
-//! temp dir, or `--data-dir`), one edge registered with it, and a synthetic
-//! publisher on `live/demo`. Later issues grow it into a whole local cluster.
+//! `ferry dev`: a whole Ferry cluster on one machine — a single-voter control plane
+//! (sled data in a temp dir, or `--data-dir`), two edges in two regions that register
+//! with it and gossip with it and each other, and a synthetic publisher on `live/demo`
+//! at the first edge. The second edge pulls the stream from its origin on demand.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,9 +12,9 @@ use anyhow::{bail, Context};
 use clap::Args;
 use ferry_control_plane::node::NodeConfig;
 use ferry_control_plane::server::{Control, ControlConfig};
-use ferry_control_plane::state::{Command, Outcome, Request};
 use ferry_control_plane::transport::TransportConfig;
 use ferry_node::client::publish::{publish, PublishOptions, Source};
+use ferry_node::cluster::gossip::{GossipConfig, DEFAULT_INTERVAL};
 use ferry_node::edge::{default_names, BoundEdge, EdgeConfig};
 use ferry_node::media::synthetic::SyntheticConfig;
 use ferry_node::tls::{ClientTrust, ServerIdentity, TransportTuning};
@@ -28,6 +29,12 @@ pub struct DevArgs {
     /// TCP address for the edge's HTTP port.
     #[arg(long, env = "FERRY_DEV_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
     pub http_listen: SocketAddr,
+    /// UDP address for the second edge's QUIC port (region local-b).
+    #[arg(long, env = "FERRY_DEV_EDGE_B_QUIC_LISTEN", default_value = "127.0.0.1:4434")]
+    pub edge_b_quic_listen: SocketAddr,
+    /// TCP address for the second edge's HTTP port.
+    #[arg(long, env = "FERRY_DEV_EDGE_B_HTTP_LISTEN", default_value = "127.0.0.1:8081")]
+    pub edge_b_http_listen: SocketAddr,
     /// TCP address of the control plane's HTTP API.
     #[arg(long, env = "FERRY_DEV_CONTROL_LISTEN", default_value = "127.0.0.1:9000")]
     pub control_listen: SocketAddr,
@@ -40,7 +47,7 @@ pub struct DevArgs {
     /// Stream the synthetic publisher sends.
     #[arg(long, env = "FERRY_DEV_STREAM", default_value = "live/demo")]
     pub stream: String,
-    /// UDP ports the dev edge's WebRTC sessions bind (on 127.0.0.1).
+    /// UDP ports the dev edges' WebRTC sessions bind (on 127.0.0.1), split between them.
     #[arg(long, env = "FERRY_DEV_WEBRTC_UDP_PORTS", default_value = "51000-51099",
           value_parser = ferry_node::webrtc::parse_port_range)]
     pub webrtc_udp_ports: (u16, u16),
@@ -60,6 +67,12 @@ impl Drop for TempData {
     }
 }
 
+/// A free UDP port on loopback (bound, then released for gossip to bind).
+fn free_udp_port() -> anyhow::Result<SocketAddr> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").context("no free UDP port for gossip")?;
+    Ok(socket.local_addr()?)
+}
+
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let shutdown = crate::shutdown_signal();
     let (data_dir, _cleanup) = match &args.data_dir {
@@ -68,6 +81,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             let dir = std::env::temp_dir().join(format!("ferry-dev-{}", std::process::id()));
             (dir.clone(), TempData(Some(dir)))
         }
+    };
+
+    // Gossip ports, picked now so every process can seed from the voter's.
+    let voter_gossip = free_udp_port()?;
+    let gossip = |id: &str, listen: SocketAddr| GossipConfig {
+        node_id: id.to_owned(),
+        listen,
+        advertise: None,
+        seeds: vec![voter_gossip.to_string()],
+        cluster_id: "ferry-dev".into(),
+        interval: DEFAULT_INTERVAL,
     };
 
     // Control plane: one voter.
@@ -85,7 +109,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             http_listen: args.control_listen,
             token: DEV_TOKEN.to_owned(),
             request_timeout: Duration::from_secs(5),
-            gossip: None,
+            gossip: Some(gossip("voter-1", voter_gossip)),
         },
         shutdown.clone(),
     )
@@ -97,38 +121,47 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .await
         .context("the dev control plane elected no leader")?
         .context("the dev control plane stopped")?;
+    let control_url = format!("http://{}", control.http_addr);
 
-    // Edge, registered with the control plane.
-    let mut config = EdgeConfig::new(NodeId::new("dev-edge")?, args.quic_listen, args.http_listen);
-    // Local only: WebRTC on loopback, no tokens needed.
-    config.webrtc = WebRtcConfig {
-        udp_ports: args.webrtc_udp_ports,
-        bind_ip: std::net::IpAddr::from([127, 0, 0, 1]),
-        allow_anonymous: true,
-        ..WebRtcConfig::default()
-    };
-    let edge =
-        BoundEdge::bind(config).await.context("cannot start the dev edge (ports in use? see --help)")?;
-    let quic = edge.quic_addr()?;
-    let http = edge.http_addr()?;
-    let register = Request {
-        request_id: format!("dev-register-{}", std::process::id()),
-        actor: "ferry dev".into(),
-        at_ms: 0,
-        command: Command::RegisterEdge {
-            id: "dev-edge".into(),
-            region: "local".into(),
-            quic_addr: quic.to_string(),
-            http_addr: http.to_string(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            capacity: 0,
-        },
-    };
-    match node.write(register, Duration::from_secs(5)).await.context("registering the dev edge")? {
-        (_, Outcome::Ok { .. }) => {}
-        (_, Outcome::Rejected { message, .. }) => bail!("the control plane refused the dev edge: {message}"),
+    // Two edges in two regions; they register themselves through the watch loop.
+    let (low, high) = args.webrtc_udp_ports;
+    let mid = low + (high.saturating_sub(low)) / 2;
+    let specs = [
+        ("dev-edge", "local-a", args.quic_listen, args.http_listen, (low, mid)),
+        (
+            "dev-edge-b",
+            "local-b",
+            args.edge_b_quic_listen,
+            args.edge_b_http_listen,
+            (mid.saturating_add(1).min(high), high),
+        ),
+    ];
+    let mut edges = Vec::new();
+    for (id, region, quic, http, ports) in specs {
+        let mut config = EdgeConfig::new(NodeId::new(id)?, quic, http);
+        config.region = region.into();
+        // Local only: WebRTC on loopback, no tokens needed.
+        config.webrtc = WebRtcConfig {
+            udp_ports: ports,
+            bind_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            allow_anonymous: true,
+            ..WebRtcConfig::default()
+        };
+        config.gossip = Some(gossip(id, free_udp_port()?));
+        config.control_plane = vec![control_url.clone()];
+        config.control_token = DEV_TOKEN.to_owned();
+        let edge = BoundEdge::bind(config)
+            .await
+            .with_context(|| format!("cannot start the dev edge {id} (ports in use? see --help)"))?;
+        edges.push((edge.quic_addr()?, edge.http_addr()?, edge));
     }
-    let edge_task = tokio::spawn(edge.run(shutdown.clone()));
+    let mut edge_tasks = Vec::new();
+    let mut addrs = Vec::new();
+    for (quic, http, edge) in edges {
+        addrs.push((quic, http));
+        edge_tasks.push(tokio::spawn(edge.run(shutdown.clone())));
+    }
+    let [(quic, http), (quic_b, http_b)] = addrs[..] else { bail!("dev edges did not start") };
 
     let stream = StreamName::new(args.stream.clone()).context("--stream")?;
     let opts = PublishOptions {
@@ -142,14 +175,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         max_frame: ferry_proto::MAX_FRAME_PAYLOAD,
     };
     let publisher = tokio::spawn(publish(opts, shutdown.clone()));
-    let control_url = format!("http://{}", control.http_addr);
-    println!("Ferry dev: edge on quic://{quic} (metrics http://{http}/metrics), publishing {stream}");
+    println!("Ferry dev: edges dev-edge (local-a) quic://{quic} http://{http}, dev-edge-b (local-b) quic://{quic_b} http://{http_b}; publishing {stream} at dev-edge");
     println!("Control plane (1 voter, data in {}): {control_url}", data_dir.display());
     println!(
         "Watch it:  cargo run --release -- watch --edge {quic} --stream {stream} --insecure --duration 10s"
     );
+    println!("Routed:    cargo run --release -- watch --control-plane {control_url} --region local-b --stream {stream} --insecure --duration 10s");
     println!("Publish from a browser (WHIP): http://{http}/demo/publish?stream=live/browser");
-    println!("Watch in a browser (WHEP):     http://{http}/demo/watch?stream=live/browser");
+    println!("Watch in a browser (WHEP):     http://{http_b}/demo/watch?stream=live/browser");
     println!("Operate:   cargo run --release -- ctl --control {control_url} --token {DEV_TOKEN} edges list");
     println!("Stop with Ctrl-C.");
     let published = publisher.await.context("publisher task")?;
@@ -157,7 +190,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         tracing::error!(error = %e, "dev publisher stopped");
     }
     shutdown.cancel();
-    edge_task.await.context("edge task")??;
+    for task in edge_tasks {
+        task.await.context("edge task")??;
+    }
     control.wait().await;
     Ok(())
 }

@@ -148,13 +148,14 @@ fn ferry_dev_serves_a_demo_stream_that_ferry_watch_plays() {
     let mut cmd = ferry();
     let dir = TempDir::new("dev");
     cmd.args(["dev", "--quic-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(["--edge-b-quic-listen", "127.0.0.1:0", "--edge-b-http-listen", "127.0.0.1:0"])
         .args(["--control-listen", "127.0.0.1:0", "--raft-listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let mut dev = Proc::spawn("ferry dev", &mut cmd);
     let mut lines = BufReader::new(dev.child.stdout.take().unwrap()).lines();
-    let printed: Vec<String> = lines.by_ref().take(7).map(|l| l.unwrap()).collect();
+    let printed: Vec<String> = lines.by_ref().take(8).map(|l| l.unwrap()).collect();
     // The browser demo pages it points to are served.
     for label in ["Publish from a browser", "Watch in a browser"] {
         let line =
@@ -185,12 +186,22 @@ fn ferry_dev_serves_a_demo_stream_that_ferry_watch_plays() {
     let v = json_output(Proc::spawn("watcher", &mut cmd), Duration::from_secs(20));
     assert!(v["frames"].as_u64().unwrap() > 0, "{v}");
 
-    // The dev edge is registered with the dev control plane.
+    // The routed command lands on the second edge, which pulls from the first.
+    let routed_line = printed.iter().find(|l| l.starts_with("Routed:")).expect("no routed watch line");
+    let routed: Vec<&str> = routed_line.split_whitespace().skip_while(|a| *a != "watch").collect();
+    let mut cmd = ferry();
+    cmd.args(&routed).args(["--json"]).stdout(Stdio::piped());
+    let v = json_output(Proc::spawn("routed watcher", &mut cmd), Duration::from_secs(30));
+    assert!(v["frames"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["legs"][0]["edge"], "dev-edge-b", "{v}");
+
+    // Both dev edges registered themselves with the dev control plane.
     let ctl_args: Vec<&str> = ctl_line.split_whitespace().skip_while(|a| *a != "ctl").collect();
     let out =
         ferry().args(&ctl_args[..ctl_args.len() - 2]).args(["--json", "edges", "list"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let edges: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(edges["edges"][0]["id"], "dev-edge", "{edges}");
+    assert_eq!(edges["edges"][1]["id"], "dev-edge-b", "{edges}");
     drop(dev);
 }

@@ -238,6 +238,19 @@ fn a_cluster_routes_fails_over_and_keeps_playing_without_its_control_plane() {
         (viewers >= 20.0 && now > frames_after_origin + 20.0 * 30.0).then_some(())
     });
 
+    // --- Drain (SIGTERM) the other edge: it exits cleanly, its viewers move.
+    let drained_id = edges.keys().find(|id| **id != new_origin.as_str()).copied().unwrap();
+    let drained = edges.remove(drained_id).unwrap();
+    let moving = viewer_connections(&drained);
+    println!("draining {drained_id} with {moving} viewers");
+    drained.proc.terminate();
+    let out = drained.proc.wait_output(Duration::from_secs(30));
+    assert!(out.status.success(), "drained edge exit: {:?}", out.status);
+    let last = &edges[new_origin.as_str()];
+    wait_for("all viewers on the remaining edge", Duration::from_secs(20), || {
+        (viewer_connections(last) == 20.0).then_some(())
+    });
+
     // Stop the viewers (SIGTERM ends them cleanly with their stats) and check each.
     let mut gaps = Vec::new();
     for (region, viewer) in viewers {
@@ -246,14 +259,17 @@ fn a_cluster_routes_fails_over_and_keeps_playing_without_its_control_plane() {
         let legs = out["legs"].as_array().unwrap();
         assert!(out["frames"].as_u64().unwrap() > 0, "{region} viewer: {out}");
         assert!(legs.last().unwrap()["frames"].as_u64().unwrap() > 0, "the last leg plays: {out}");
-        assert_eq!(out["skipped_groups"], 0, "no skips on loopback: {out}");
+        // Within a leg nothing is lost; a group may be skipped where a leg begins
+        // (joining a relay mid-failover), never more than once per leg.
+        assert_eq!(out["lost_frames"], 0, "{out}");
+        assert!(out["skipped_groups"].as_u64().unwrap() <= legs.len() as u64, "{out}");
         for leg in legs.iter().skip(1) {
             if let Some(gap) = leg["gap_ms"].as_f64() {
                 gaps.push(gap);
             }
         }
-        // Legs end only for the failures we caused: the dead edge, the dead origin.
-        assert!(legs.len() <= 4, "too many reconnects: {out}");
+        // Legs end only for what we caused: the dead edge, the dead origin, the drain.
+        assert!(legs.len() <= 5, "too many reconnects: {out}");
     }
     drop(publisher);
     gaps.sort_by(f64::total_cmp);

@@ -121,6 +121,21 @@ pub async fn watch(opts: WatchOptions, cancel: CancellationToken) -> Result<Watc
 pub async fn watch_detailed(opts: WatchOptions, cancel: CancellationToken) -> Result<(WatchStats, Samples)> {
     let started = Instant::now();
     let link = connect(&opts.edge, &opts.trust, &opts.tuning, opts.label.clone(), Role::Viewer, None).await?;
+    let (conn, endpoint) = (link.conn.clone(), link.endpoint.clone());
+    let result = session(&opts, link, started, &cancel).await;
+    // Close on every path (errors too), and let the close frame reach the edge so it
+    // frees the session now, not at its idle timeout.
+    conn.close(ErrorCode::NoError.as_u32().into(), b"bye");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    result
+}
+
+async fn session(
+    opts: &WatchOptions,
+    link: super::conn::Link,
+    started: Instant,
+    cancel: &CancellationToken,
+) -> Result<(WatchStats, Samples)> {
     let (conn, mut send, mut recv, version) = (link.conn, link.send, link.recv, link.version);
     let max_lag_ms = u32::try_from(opts.max_lag.as_millis()).unwrap_or(u32::MAX);
     let subscribe = Message::Subscribe {
@@ -198,14 +213,11 @@ pub async fn watch_detailed(opts: WatchOptions, cancel: CancellationToken) -> Re
         }
     };
     let _ = send.finish();
-    conn.close(ErrorCode::NoError.as_u32().into(), b"bye");
     control.abort();
     let latency = viewer.latency.clone();
     let mut stats = viewer.finish(out_file).await?;
     stats.ended = ended;
     stats.duration_s = started.elapsed().as_secs_f64();
-    // Let the close frame reach the edge so it frees the session now, not at idle timeout.
-    let _ = tokio::time::timeout(Duration::from_secs(1), link.endpoint.wait_idle()).await;
     Ok((stats, latency))
 }
 

@@ -116,6 +116,9 @@ pub fn default_names() -> Vec<String> {
     vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
 }
 
+/// Gossip rounds a draining edge keeps serving so every peer learns it is draining.
+const DRAIN_ANNOUNCE_ROUNDS: u32 = 5;
+
 /// State shared by every task of one edge.
 pub(crate) struct EdgeState {
     pub config: EdgeConfig,
@@ -133,6 +136,8 @@ pub(crate) struct EdgeState {
     rates: Rates,
     pub next_session: AtomicU64,
     pub ready: AtomicBool,
+    /// Shutting down: gossiped so routing sends new sessions elsewhere.
+    pub draining: AtomicBool,
     pub webrtc: Arc<WebRtc>,
 }
 
@@ -171,7 +176,7 @@ impl EdgeState {
             version: me.version.clone(),
             quic_addr: me.quic_addr.clone(),
             http_addr: me.http_addr.clone(),
-            draining: !self.ready.load(Ordering::Relaxed) && self.shutdown.is_cancelled(),
+            draining: self.draining.load(Ordering::Relaxed),
             sessions: self.sessions(),
             cpu,
             bytes_per_s,
@@ -225,6 +230,7 @@ impl BoundEdge {
             control,
             next_session: AtomicU64::new(1),
             ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             webrtc: Arc::new(WebRtc::new(config.webrtc.clone())),
             config,
             rates: Rates::default(),
@@ -274,8 +280,16 @@ impl BoundEdge {
 
         accept_loop(&state, &endpoint, &shutdown).await;
 
-        // Drain: stop accepting, tell sessions to go away, give them a deadline.
+        // Drain. First say so in gossip (routing stops sending sessions here) while
+        // still serving for a few rounds; then stop accepting, tell sessions to go
+        // away (they re-route), and give them a deadline.
         state.ready.store(false, Ordering::Relaxed);
+        state.draining.store(true, Ordering::Relaxed);
+        if let Some(gossip) = &state.config.gossip {
+            let announce = gossip.interval * DRAIN_ANNOUNCE_ROUNDS;
+            let keep_serving = CancellationToken::new();
+            let _ = tokio::time::timeout(announce, accept_loop(&state, &endpoint, &keep_serving)).await;
+        }
         state.shutdown.cancel();
         state.webrtc.end_all();
         state.registry.close_all();
