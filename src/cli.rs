@@ -15,7 +15,7 @@ use ferry_node::client::watch::{watch, WatchOptions};
 use ferry_node::client::whep::{watch_whep, WhepOptions};
 use ferry_node::edge::{default_names, BoundEdge, EdgeConfig};
 use ferry_node::media::synthetic::SyntheticConfig;
-use ferry_node::tls::{ClientTrust, ServerIdentity, TransportTuning};
+use ferry_node::tls::{ClientTrust, ClusterTls, ServerIdentity, TransportTuning};
 use ferry_node::track::BufferConfig;
 use ferry_node::webrtc::WebRtcConfig;
 use ferry_proto::{NodeId, StreamName, TrackName};
@@ -39,10 +39,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a local edge with a synthetic publisher on `live/demo`.
+    /// Run a local cluster: one voter, two edges in two regions, a synthetic publisher on `live/demo`.
     Dev(crate::dev::DevArgs),
     /// Run an edge: QUIC relay for publishers, viewers and downstream edges.
-    Edge(EdgeArgs),
+    Edge(Box<EdgeArgs>),
     /// Publish a stream to an edge over QUIC.
     Publish(PublishArgs),
     /// Watch a stream from an edge over QUIC and print what arrived.
@@ -52,6 +52,9 @@ pub enum Command {
     Bench(crate::bench::BenchCommand),
     /// Generate a cluster CA and a certificate signed by it (PEM files).
     Cert(CertArgs),
+    /// The cluster CA for mutual TLS: `ca init`, `ca issue --node ID`.
+    #[command(subcommand)]
+    Ca(crate::ca::CaCommand),
     /// Run a control-plane voter (raft + sled + HTTP API).
     Control(crate::control::ControlArgs),
     /// Operate the control plane: cluster, members, edges, streams, rollouts, audit.
@@ -101,8 +104,19 @@ pub struct EdgeArgs {
     #[arg(long, env = "FERRY_UPSTREAM")]
     pub upstream: Option<String>,
     /// CA to verify the upstream edge with (default: no verification, dev only).
-    #[arg(long, env = "FERRY_UPSTREAM_CA_FILE", value_name = "PEM")]
+    #[arg(long, env = "FERRY_UPSTREAM_CA_FILE", value_name = "PEM", conflicts_with = "cluster_ca")]
     pub upstream_ca_file: Option<PathBuf>,
+    /// Cluster CA (PEM, from `ferry ca init`): upstreams are verified against it and
+    /// downstream edges must present a certificate it signed.
+    #[arg(long, env = "FERRY_CLUSTER_CA", requires_all = ["cluster_cert", "cluster_key"])]
+    pub cluster_ca: Option<PathBuf>,
+    /// This edge's cluster certificate (PEM, from `ferry ca issue`); also its QUIC
+    /// server certificate unless --cert is given.
+    #[arg(long, env = "FERRY_CLUSTER_CERT", requires = "cluster_ca")]
+    pub cluster_cert: Option<PathBuf>,
+    /// Private key for --cluster-cert.
+    #[arg(long, env = "FERRY_CLUSTER_KEY", requires = "cluster_ca")]
+    pub cluster_key: Option<PathBuf>,
     /// Certificate chain (PEM). Without it a self-signed certificate is generated.
     #[arg(long, env = "FERRY_CERT", requires = "key")]
     pub cert: Option<PathBuf>,
@@ -203,8 +217,14 @@ impl EdgeArgs {
         if let Some(ca) = &self.upstream_ca_file {
             config.upstream_trust = ClientTrust::CaFile(ca.clone());
         }
-        config.identity = match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => ServerIdentity::Files { cert: cert.clone(), key: key.clone() },
+        if let (Some(ca), Some(cert), Some(key)) = (&self.cluster_ca, &self.cluster_cert, &self.cluster_key) {
+            let cluster = ClusterTls { ca: ca.clone(), cert: cert.clone(), key: key.clone() };
+            config.upstream_trust = ClientTrust::Cluster(cluster.clone());
+            config.cluster_tls = Some(cluster);
+        }
+        config.identity = match (&self.cert, &self.key, &config.cluster_tls) {
+            (Some(cert), Some(key), _) => ServerIdentity::Files { cert: cert.clone(), key: key.clone() },
+            (_, _, Some(c)) => ServerIdentity::Files { cert: c.cert.clone(), key: c.key.clone() },
             _ => {
                 let mut names = default_names();
                 names.push(node.to_string());
@@ -350,13 +370,14 @@ pub fn label(prefix: &str) -> anyhow::Result<NodeId> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => crate::dev::run(args).await,
-        Command::Edge(args) => run_edge(args).await,
+        Command::Edge(args) => run_edge(*args).await,
         Command::Publish(args) => run_publish(args).await,
         Command::Watch(args) => run_watch(args).await,
         Command::Bench(cmd) => crate::bench::run(cmd).await,
         Command::Control(args) => crate::control::run(args).await,
         Command::Ctl(args) => crate::ctl::run(args).await,
         Command::Token(args) => crate::token::run(args),
+        Command::Ca(cmd) => crate::ca::run(cmd),
         Command::Cert(args) => {
             let files = ferry_node::tls::generate_cluster_certs(&args.out_dir, &args.names)?;
             println!(

@@ -10,7 +10,7 @@ use clap::Args;
 use ferry_control_plane::node::NodeConfig;
 use ferry_control_plane::server::{Control, ControlConfig};
 use ferry_control_plane::transport::TransportConfig;
-use ferry_node::tls::{ClientTrust, ServerIdentity};
+use ferry_node::tls::{ClientTrust, ClusterTls, ServerIdentity};
 
 use crate::units;
 
@@ -61,6 +61,8 @@ pub struct ControlArgs {
     #[arg(long, env = "FERRY_CONTROL_KEY", requires = "cert")]
     pub key: Option<PathBuf>,
     /// CA to verify peer voters with; without it peers are not verified (dev only).
+    /// With --cert and --key too, the raft transport is mutual TLS: voters present
+    /// their certificate and refuse peers without one from this CA (`ferry ca`).
     #[arg(long, env = "FERRY_CONTROL_CA_FILE")]
     pub ca_file: Option<PathBuf>,
 }
@@ -111,7 +113,13 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
         (Some(cert), Some(key)) => ServerIdentity::Files { cert: cert.clone(), key: key.clone() },
         _ => ServerIdentity::SelfSigned { names: ferry_node::edge::default_names() },
     };
-    let trust = args.ca_file.clone().map_or(ClientTrust::Insecure, ClientTrust::CaFile);
+    let trust = match (&args.ca_file, &args.cert, &args.key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            ClientTrust::Cluster(ClusterTls { ca: ca.clone(), cert: cert.clone(), key: key.clone() })
+        }
+        (Some(ca), _, _) => ClientTrust::CaFile(ca.clone()),
+        (None, _, _) => ClientTrust::Insecure,
+    };
     let config = ControlConfig {
         node,
         transport: TransportConfig { listen: raft_listen, identity, trust },

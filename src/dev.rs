@@ -17,7 +17,7 @@ use ferry_node::client::publish::{publish, PublishOptions, Source};
 use ferry_node::cluster::gossip::{GossipConfig, DEFAULT_INTERVAL};
 use ferry_node::edge::{default_names, BoundEdge, EdgeConfig};
 use ferry_node::media::synthetic::SyntheticConfig;
-use ferry_node::tls::{ClientTrust, ServerIdentity, TransportTuning};
+use ferry_node::tls::{ClientTrust, ClusterTls, ServerIdentity, TransportTuning};
 use ferry_node::webrtc::WebRtcConfig;
 use ferry_proto::{NodeId, StreamName};
 
@@ -94,6 +94,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         interval: DEFAULT_INTERVAL,
     };
 
+    // A cluster CA and a certificate per node: relay and raft are mutual TLS.
+    let ca_dir = data_dir.join("ca");
+    if !ca_dir.join("ca.pem").exists() {
+        ferry_node::tls::init_ca(&ca_dir).context("creating the dev cluster CA")?;
+    }
+    let cluster_tls = |node: &str| -> anyhow::Result<ClusterTls> {
+        let (cert, key) = ferry_node::tls::issue_node_cert(&ca_dir, node, &default_names(), &ca_dir)
+            .with_context(|| format!("issuing the dev certificate for {node}"))?;
+        Ok(ClusterTls { ca: ca_dir.join("ca.pem"), cert, key })
+    };
+    let voter_tls = cluster_tls("voter-1")?;
+
     // Control plane: one voter.
     let raft = std::net::UdpSocket::bind(args.raft_listen).and_then(|s| s.local_addr());
     let raft = raft.with_context(|| format!("cannot bind the raft port {}", args.raft_listen))?;
@@ -103,8 +115,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             node: NodeConfig::new(1, peers, data_dir.clone()),
             transport: TransportConfig {
                 listen: raft,
-                identity: ServerIdentity::SelfSigned { names: default_names() },
-                trust: ClientTrust::Insecure,
+                identity: ServerIdentity::Files { cert: voter_tls.cert.clone(), key: voter_tls.key.clone() },
+                trust: ClientTrust::Cluster(voter_tls.clone()),
             },
             http_listen: args.control_listen,
             token: DEV_TOKEN.to_owned(),
@@ -150,6 +162,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         config.gossip = Some(gossip(id, free_udp_port()?));
         config.control_plane = vec![control_url.clone()];
         config.control_token = DEV_TOKEN.to_owned();
+        let tls = cluster_tls(id)?;
+        config.identity = ServerIdentity::Files { cert: tls.cert.clone(), key: tls.key.clone() };
+        config.upstream_trust = ClientTrust::Cluster(tls.clone());
+        config.cluster_tls = Some(tls);
         let edge = BoundEdge::bind(config)
             .await
             .with_context(|| format!("cannot start the dev edge {id} (ports in use? see --help)"))?;

@@ -2,6 +2,7 @@
 //! `--config` TOML file > defaults), then hand over to the library crates.
 
 mod bench;
+mod ca;
 mod cli;
 mod cluster_args;
 mod config;

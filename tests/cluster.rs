@@ -14,6 +14,8 @@ use support::*;
 
 /// Every process's gossip address, known up front so each can seed from all.
 struct Plan {
+    /// The cluster CA directory (`ferry ca init`).
+    ca: std::path::PathBuf,
     voter_gossip: Vec<String>,
     edge_gossip: BTreeMap<&'static str, String>,
 }
@@ -27,23 +29,52 @@ impl Plan {
 fn start_edge(plan: &Plan, id: &'static str, region: &str, control: &str) -> Edge {
     let gossip = &plan.edge_gossip[id];
     let seeds = plan.seeds();
-    Edge::start(
-        id,
-        &[
-            "--region",
-            region,
-            "--gossip-listen",
-            gossip,
-            "--gossip-seeds",
-            &seeds,
-            "--control-plane",
-            control,
-            "--control-token",
-            TOKEN,
-            "--relay-linger",
-            "2s",
-        ],
-    )
+    let mut args: Vec<String> = [
+        "--region",
+        region,
+        "--gossip-listen",
+        gossip,
+        "--gossip-seeds",
+        &seeds,
+        "--control-plane",
+        control,
+        "--control-token",
+        TOKEN,
+        "--relay-linger",
+        "2s",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(cluster_cert_args(&plan.ca, id, "cluster"));
+    Edge::start(id, &strs(&args))
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// `ferry ca issue` for `node`; returns the flags that use the result: for edges
+/// (`kind` "cluster") --cluster-ca/-cert/-key, for voters --ca-file/--cert/--key.
+fn cluster_cert_args(ca: &std::path::Path, node: &str, kind: &str) -> Vec<String> {
+    let out = ferry().args(["ca", "issue", "--node", node, "--dir"]).arg(ca).output().unwrap();
+    assert!(out.status.success(), "ca issue: {}", String::from_utf8_lossy(&out.stderr));
+    let files: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let path = |k: &str| files[k].as_str().unwrap().to_owned();
+    let flags = if kind == "cluster" {
+        ["--cluster-ca", "--cluster-cert", "--cluster-key"]
+    } else {
+        ["--ca-file", "--cert", "--key"]
+    };
+    vec![flags[0].into(), path("ca"), flags[1].into(), path("cert"), flags[2].into(), path("key")]
+}
+
+/// `ferry ca init` in `dir`; a second init must refuse to overwrite it.
+fn ca_init(dir: &std::path::Path) -> std::path::PathBuf {
+    let out = ferry().args(["ca", "init", "--dir"]).arg(dir).output().unwrap();
+    assert!(out.status.success(), "ca init: {}", String::from_utf8_lossy(&out.stderr));
+    let again = ferry().args(["ca", "init", "--dir"]).arg(dir).output().unwrap();
+    assert!(!again.status.success(), "ca init overwrote a CA");
+    dir.to_owned()
 }
 
 fn viewer_connections(edge: &Edge) -> f64 {
@@ -74,6 +105,7 @@ fn a_cluster_routes_fails_over_and_keeps_playing_without_its_control_plane() {
     let _heavy = heavy();
     let dir = TempDir::new("cluster");
     let plan = Plan {
+        ca: ca_init(&dir.path().join("ca")),
         voter_gossip: (0..3).map(|_| format!("127.0.0.1:{}", free_udp_port())).collect(),
         edge_gossip: ["e1", "e2", "e3"]
             .into_iter()
@@ -88,7 +120,13 @@ fn a_cluster_routes_fails_over_and_keeps_playing_without_its_control_plane() {
             let gossip = plan.voter_gossip[id as usize - 1].clone();
             // Fixed HTTP ports: the edges' --control-plane URLs must survive restarts.
             let http = format!("127.0.0.1:{}", free_tcp_port());
-            let extra = ["--gossip-listen", &gossip, "--gossip-seeds", &seeds, "--http-listen", &http];
+            // Raft between voters is mutual TLS with the cluster CA.
+            let mut extra: Vec<String> =
+                ["--gossip-listen", &gossip, "--gossip-seeds", &seeds, "--http-listen", &http]
+                    .map(String::from)
+                    .to_vec();
+            extra.extend(cluster_cert_args(&plan.ca, &format!("voter-{id}"), "voter"));
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
             Voter::start(id, &peers, &dir.path().join(format!("v{id}")), &extra)
         })
         .collect();
@@ -285,4 +323,199 @@ fn a_cluster_routes_fails_over_and_keeps_playing_without_its_control_plane() {
 
 fn leak(s: &str) -> &'static str {
     Box::leak(s.to_owned().into_boxed_str())
+}
+
+/// Relaying is internal: only an edge with a certificate from the cluster CA may pull
+/// from another edge; a process that joins the gossip without registering is never
+/// routed to.
+#[test]
+fn only_cluster_members_relay_and_get_routed() {
+    let dir = TempDir::new("mtls");
+    let ca = ca_init(&dir.path().join("ca"));
+    let rogue_ca = ca_init(&dir.path().join("rogue-ca"));
+    let member = |id: &str| cluster_cert_args(&ca, id, "cluster");
+
+    let a = Edge::start("a", &strs(&member("a")));
+    let _publisher = publish_synthetic(&a, "live/m", "60s");
+    wait_for_stream(&a);
+
+    // A member relays.
+    let mut b_args = member("b");
+    b_args.extend(["--upstream".to_owned(), a.quic.clone()]);
+    let b = Edge::start("b", &b_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = json_output(watch(&b, "live/m", &["--duration", "1s"]), Duration::from_secs(30));
+    assert!(out["frames"].as_u64().unwrap() > 0, "{out}");
+
+    // No client certificate (the upstream itself verified against the cluster CA): refused.
+    let ca_pem = ca.join("ca.pem").to_string_lossy().into_owned();
+    let c = Edge::start("c", &["--upstream", &a.quic, "--upstream-ca-file", &ca_pem]);
+    let mut cmd = ferry();
+    cmd.args(["watch", "--edge", &c.quic, "--stream", "live/m", "--insecure", "--duration", "1s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = Proc::spawn("watcher", &mut cmd).wait_output(Duration::from_secs(30));
+    assert!(!out.status.success(), "an edge without a cluster certificate relayed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cluster certificate"), "{stderr}");
+    assert!(a.metric("ferry_errors_total{code=\"unauthorized\"}").unwrap_or(0.0) >= 1.0);
+
+    // A certificate from another CA: the handshake fails both ways.
+    let mut d_args = cluster_cert_args(&rogue_ca, "d", "cluster");
+    d_args.extend(["--upstream".to_owned(), a.quic.clone()]);
+    let d = Edge::start("d", &d_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = watch(&d, "live/m", &["--duration", "1s"]).wait_output(Duration::from_secs(30));
+    assert!(!out.status.success(), "an edge with a foreign certificate relayed");
+
+    // Gossip alone does not make an edge routable: a voter and a registered edge in
+    // r1, and an unregistered process gossiping as an edge in r9.
+    let voter_gossip = format!("127.0.0.1:{}", free_udp_port());
+    let peers = format!("1=127.0.0.1:{}", free_udp_port());
+    let voter = Voter::start(1, &peers, &dir.path().join("v1"), &["--gossip-listen", &voter_gossip]);
+    wait_for_leader(&[&voter]);
+    let control = format!("http://{}", voter.http);
+    let gossip = |port: u16| format!("127.0.0.1:{port}");
+    let (g1, g2) = (gossip(free_udp_port()), gossip(free_udp_port()));
+    let _registered = Edge::start(
+        "registered",
+        &[
+            "--region",
+            "r1",
+            "--gossip-listen",
+            &g1,
+            "--gossip-seeds",
+            &voter_gossip,
+            "--control-plane",
+            &control,
+            "--control-token",
+            TOKEN,
+        ],
+    );
+    let _rogue =
+        Edge::start("rogue", &["--region", "r9", "--gossip-listen", &g2, "--gossip-seeds", &voter_gossip]);
+    wait_for("the voter to see both through gossip", Duration::from_secs(20), || {
+        let (_, body) = voter.get("/v1/members");
+        let alive =
+            body["members"].as_array()?.iter().filter(|m| m["role"] == "edge" && m["alive"] == true).count();
+        let (_, edges) = voter.get("/v1/edges?stale=true");
+        (alive == 2 && edges["edges"].as_array()?.len() == 1).then_some(())
+    });
+    let (status, body) =
+        http_json(&voter.http, "GET", "/v1/route/live/x?region=r9&kind=quic", None, &[], None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["edge"].as_str(), body["reason"].as_str()),
+        (Some("registered"), Some("other_region")),
+        "{body}"
+    );
+}
+
+/// A network partition (netns): the edge inside the namespace is cut off from
+/// everyone, is marked dead, its viewers fail over; healed, it rejoins and serves.
+#[test]
+fn a_partitioned_edge_is_failed_over_and_rejoins_when_healed() {
+    let _heavy = heavy();
+    let dir = TempDir::new("partition");
+    let ns = netns::NetNs::create("partition");
+    let (host, inside) = (ns.host_ip().to_string(), ns.ns_ip().to_string());
+    let on_host = |port: u16| format!("{host}:{port}");
+
+    let voter_gossip = on_host(free_udp_port());
+    let peers = format!("1=127.0.0.1:{}", free_udp_port());
+    let http = on_host(free_tcp_port());
+    let voter = Voter::start(
+        1,
+        &peers,
+        &dir.path().join("v1"),
+        &["--gossip-listen", &voter_gossip, "--http-listen", &http],
+    );
+    wait_for_leader(&[&voter]);
+    let control = format!("http://{}", voter.http);
+    let edge_args = |region: &str, ip: &str| -> Vec<String> {
+        [
+            "--region",
+            region,
+            "--quic-listen",
+            &format!("{ip}:0"),
+            "--http-listen",
+            &format!("{ip}:0"),
+            "--gossip-listen",
+            &format!("{ip}:{}", free_udp_port()),
+            "--gossip-seeds",
+            &voter_gossip,
+            "--control-plane",
+            &control,
+            "--control-token",
+            TOKEN,
+            "--relay-linger",
+            "2s",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let host_edge = Edge::start("h1", &strs(&edge_args("r1", &host)));
+    let cut_edge = Edge::start_with(ns.command(ferry_bin()), "n1", &strs(&edge_args("r2", &inside)));
+
+    let stream = "live/partition";
+    let _publisher = publish_synthetic(&host_edge, stream, "120s");
+    wait_for("the origin committed", Duration::from_secs(20), || {
+        let (_, body) = voter.get(&format!("/v1/streams/{stream}?stale=true"));
+        (body["origin"] == "h1").then_some(())
+    });
+    wait_for("both edges alive in gossip", Duration::from_secs(20), || {
+        let (_, body) = voter.get("/v1/edges?stale=true");
+        let edges = body["edges"].as_array()?;
+        (edges.len() == 2 && edges.iter().all(|e| e["gossip"]["alive"] == true)).then_some(())
+    });
+
+    let viewers: Vec<Proc> = (0..6)
+        .map(|i| {
+            let mut cmd = ferry();
+            cmd.args(["watch", "--control-plane", &control, "--region", "r2", "--stream", stream])
+                .args(["--insecure", "--json", "--duration", "100s"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit());
+            Proc::spawn(&format!("viewer {i}"), &mut cmd)
+        })
+        .collect();
+    wait_for("6 viewers on the edge in the namespace", Duration::from_secs(30), || {
+        (viewer_connections(&cut_edge) == 6.0).then_some(())
+    });
+
+    // Partition.
+    ns.set_link(false);
+    let cut_at = std::time::Instant::now();
+    wait_for("the voter marks the cut edge dead", Duration::from_secs(10), || {
+        let (_, body) = voter.get("/v1/members");
+        let m = body["members"].as_array()?.iter().find(|m| m["id"] == "n1")?.clone();
+        (m["alive"] == false).then_some(())
+    });
+    wait_for("the host edge marks it dead", Duration::from_secs(10), || {
+        (host_edge.metric("ferry_gossip_members{state=\"dead\"}").unwrap_or(0.0) >= 1.0).then_some(())
+    });
+    println!("partitioned edge dead after {:?}", cut_at.elapsed());
+    wait_for("its viewers on the host edge", Duration::from_secs(20), || {
+        (viewer_connections(&host_edge) == 6.0).then_some(())
+    });
+    println!("viewers moved after {:?}", cut_at.elapsed());
+    let (_, body) = voter.get(&format!("/v1/streams/{stream}"));
+    assert_eq!(body["origin"], "h1", "the stream keeps its origin: {body}");
+
+    // Heal: it is alive again and serves a new viewer (pulling from the origin).
+    ns.set_link(true);
+    wait_for("the healed edge alive again", Duration::from_secs(20), || {
+        let (_, body) = voter.get("/v1/members");
+        let m = body["members"].as_array()?.iter().find(|m| m["id"] == "n1")?.clone();
+        (m["alive"] == true).then_some(())
+    });
+    let out = json_output(watch(&cut_edge, stream, &["--duration", "2s"]), Duration::from_secs(30));
+    assert!(out["frames"].as_u64().unwrap() > 0, "the healed edge serves: {out}");
+    let (_, body) = voter.get(&format!("/v1/streams/{stream}"));
+    assert_eq!(body["origin"], "h1", "{body}");
+
+    for viewer in viewers {
+        viewer.terminate();
+        let out = json_output(viewer, Duration::from_secs(20));
+        assert!(out["legs"].as_array().unwrap().last().unwrap()["frames"].as_u64().unwrap() > 0, "{out}");
+        assert_eq!(out["lost_frames"], 0, "{out}");
+    }
 }

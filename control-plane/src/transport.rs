@@ -119,7 +119,13 @@ impl Transport {
             keep_alive: Duration::from_secs(1),
             ..TransportTuning::default()
         };
-        let server = tls::server_config_for(&config.identity, &tuning, RAFT_ALPN)?;
+        // With a cluster CA and this voter's certificate (mTLS), every peer must present
+        // a certificate from the same CA.
+        let client_auth = match &config.trust {
+            tls::ClientTrust::Cluster(c) => tls::ClientAuth::Required(c.ca.clone()),
+            _ => tls::ClientAuth::None,
+        };
+        let server = tls::server_config_with(&config.identity, &tuning, RAFT_ALPN, &client_auth)?;
         let mut endpoint = quinn::Endpoint::server(server, config.listen)?;
         endpoint.set_default_client_config(tls::client_config_for(&config.trust, &tuning, RAFT_ALPN)?);
         tracker.spawn(accept(endpoint.clone(), node.clone(), tracker.clone(), cancel.clone()));

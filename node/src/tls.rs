@@ -25,13 +25,54 @@ pub enum ServerIdentity {
     SelfSigned { names: Vec<String> },
 }
 
-/// How a client checks the server.
+/// How a client checks the server (and, inside the cluster, proves who it is).
 #[derive(Debug, Clone)]
 pub enum ClientTrust {
     /// Verify against the CA certificates in this PEM file.
     CaFile(PathBuf),
+    /// Mutual TLS inside the cluster: verify the server against the cluster CA and
+    /// present this node's certificate (issued by `ferry ca issue`).
+    Cluster(ClusterTls),
     /// Accept any certificate. Only with an explicit `--insecure`.
     Insecure,
+}
+
+/// A node's cluster credentials: the cluster CA, and its own certificate and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Whether a server asks clients for a certificate.
+#[derive(Debug, Clone)]
+pub enum ClientAuth {
+    /// No client certificates (viewer-facing only).
+    None,
+    /// Clients may present a certificate; one that does must chain to this CA. The
+    /// session then decides what an unauthenticated client may do (see
+    /// [`peer_has_cluster_cert`]).
+    Optional(PathBuf),
+    /// Every client must present a certificate chaining to this CA (raft transport).
+    Required(PathBuf),
+}
+
+/// Whether the peer of `conn` presented a client certificate. With
+/// [`ClientAuth::Optional`] or [`ClientAuth::Required`] rustls has verified it against the
+/// cluster CA, so presence means a cluster member.
+pub fn peer_has_cluster_cert(conn: &quinn::Connection) -> bool {
+    conn.peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .is_some_and(|certs| !certs.is_empty())
+}
+
+fn roots(ca: &Path) -> Result<Arc<rustls::RootCertStore>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_certs(ca)? {
+        roots.add(cert).map_err(tls_err)?;
+    }
+    Ok(Arc::new(roots))
 }
 
 /// Relay connection tuning shared by servers and clients.
@@ -119,6 +160,16 @@ pub fn server_config_for(
     tuning: &TransportTuning,
     alpn: &[u8],
 ) -> Result<quinn::ServerConfig> {
+    server_config_with(identity, tuning, alpn, &ClientAuth::None)
+}
+
+/// A quinn server config that also asks clients for certificates per `client_auth`.
+pub fn server_config_with(
+    identity: &ServerIdentity,
+    tuning: &TransportTuning,
+    alpn: &[u8],
+    client_auth: &ClientAuth,
+) -> Result<quinn::ServerConfig> {
     let (chain, key) = match identity {
         ServerIdentity::Files { cert, key } => (read_certs(cert)?, read_key(key)?),
         ServerIdentity::SelfSigned { names } => {
@@ -127,10 +178,20 @@ pub fn server_config_for(
             (vec![certified.cert.der().clone()], key.into())
         }
     };
-    let mut tls = rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(tls_err)?;
+    let builder = rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13]);
+    let builder = match client_auth {
+        ClientAuth::None => builder.with_no_client_auth(),
+        ClientAuth::Optional(ca) => builder.with_client_cert_verifier(
+            rustls::server::WebPkiClientVerifier::builder(roots(ca)?)
+                .allow_unauthenticated()
+                .build()
+                .map_err(tls_err)?,
+        ),
+        ClientAuth::Required(ca) => builder.with_client_cert_verifier(
+            rustls::server::WebPkiClientVerifier::builder(roots(ca)?).build().map_err(tls_err)?,
+        ),
+    };
+    let mut tls = builder.with_single_cert(chain, key).map_err(tls_err)?;
     tls.alpn_protocols = vec![alpn.to_vec()];
     tls.max_early_data_size = 0;
     let crypto = QuicServerConfig::try_from(tls).map_err(tls_err)?;
@@ -152,13 +213,11 @@ pub fn client_config_for(
 ) -> Result<quinn::ClientConfig> {
     let builder = rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13]);
     let mut tls = match trust {
-        ClientTrust::CaFile(path) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in read_certs(path)? {
-                roots.add(cert).map_err(tls_err)?;
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
+        ClientTrust::CaFile(path) => builder.with_root_certificates(roots(path)?).with_no_client_auth(),
+        ClientTrust::Cluster(c) => builder
+            .with_root_certificates(roots(&c.ca)?)
+            .with_client_auth_cert(read_certs(&c.cert)?, read_key(&c.key)?)
+            .map_err(tls_err)?,
         ClientTrust::Insecure => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification::new()?))
@@ -237,33 +296,90 @@ pub struct CertFiles {
 /// Generates a cluster CA and one leaf certificate for `names` signed by it, and
 /// writes them as PEM into `dir` (created if missing; keys are mode 0600).
 pub fn generate_cluster_certs(dir: &Path, names: &[String]) -> Result<CertFiles> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let (ca_cert, ca_key) = write_ca(dir)?;
+    let node = names.first().map_or("ferry", String::as_str);
+    let (cert, key) = issue_into(dir, node, names, &dir.join("cert.pem"), &dir.join("key.pem"))?;
+    Ok(CertFiles { ca_cert, ca_key, cert, key })
+}
 
+/// The CA's fixed subject; issuing rebuilds the issuer from it and the CA key.
+const CA_NAME: &str = "Ferry cluster CA";
+
+fn ca_params() -> Result<rcgen::CertificateParams> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
+    params.distinguished_name.push(DnType::CommonName, CA_NAME);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(params)
+}
+
+fn write_ca(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(dir)?;
-    let ca_key = KeyPair::generate().map_err(tls_err)?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
-    ca_params.distinguished_name.push(DnType::CommonName, "Ferry cluster CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca_params.self_signed(&ca_key).map_err(tls_err)?;
-    let issuer = Issuer::new(ca_params, &ca_key);
+    let key = rcgen::KeyPair::generate().map_err(tls_err)?;
+    let cert = ca_params()?.self_signed(&key).map_err(tls_err)?;
+    let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+    std::fs::write(&cert_path, cert.pem())?;
+    write_private(&key_path, &key.serialize_pem())?;
+    Ok((cert_path, key_path))
+}
 
-    let leaf_key = KeyPair::generate().map_err(tls_err)?;
-    let mut leaf_params = CertificateParams::new(names.to_vec()).map_err(tls_err)?;
-    leaf_params.distinguished_name.push(DnType::CommonName, names.first().map_or("ferry", String::as_str));
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer).map_err(tls_err)?;
+/// `ferry ca init`: a new cluster CA in `dir` (`ca.pem`, `ca-key.pem`). Refuses to
+/// overwrite an existing CA: every node certificate depends on it.
+pub fn init_ca(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    if dir.join("ca-key.pem").exists() || dir.join("ca.pem").exists() {
+        return Err(tls_err(format!("{} already holds a CA; not overwriting it", dir.display())));
+    }
+    write_ca(dir)
+}
 
-    let files = CertFiles {
-        ca_cert: dir.join("ca.pem"),
-        ca_key: dir.join("ca-key.pem"),
-        cert: dir.join("cert.pem"),
-        key: dir.join("key.pem"),
+/// `ferry ca issue`: a certificate for cluster node `node`, valid as a server (for
+/// `names` and the node id) and as a client, signed by the CA in `ca_dir`. Writes
+/// `{out_dir}/{node}.pem` (leaf then CA) and `{out_dir}/{node}-key.pem`.
+pub fn issue_node_cert(
+    ca_dir: &Path,
+    node: &str,
+    names: &[String],
+    out_dir: &Path,
+) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(out_dir)?;
+    issue_into(
+        ca_dir,
+        node,
+        names,
+        &out_dir.join(format!("{node}.pem")),
+        &out_dir.join(format!("{node}-key.pem")),
+    )
+}
+
+fn issue_into(
+    ca_dir: &Path,
+    node: &str,
+    names: &[String],
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(PathBuf, PathBuf)> {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair};
+    let read = |name: &str| {
+        let path = ca_dir.join(name);
+        std::fs::read_to_string(&path).map_err(|e| tls_err(format!("{}: {e}", path.display())))
     };
-    std::fs::write(&files.ca_cert, ca_cert.pem())?;
-    write_private(&files.ca_key, &ca_key.serialize_pem())?;
-    std::fs::write(&files.cert, format!("{}{}", leaf.pem(), ca_cert.pem()))?;
-    write_private(&files.key, &leaf_key.serialize_pem())?;
-    Ok(files)
+    let ca_key = KeyPair::from_pem(&read("ca-key.pem")?).map_err(tls_err)?;
+    let ca_pem = read("ca.pem")?;
+    let issuer = Issuer::new(ca_params()?, &ca_key);
+    let mut sans: Vec<String> = names.to_vec();
+    if !sans.iter().any(|n| n == node) {
+        sans.push(node.to_owned());
+    }
+    let key = KeyPair::generate().map_err(tls_err)?;
+    let mut params = CertificateParams::new(sans).map_err(tls_err)?;
+    params.distinguished_name.push(DnType::CommonName, node);
+    params.extended_key_usages =
+        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).map_err(tls_err)?;
+    std::fs::write(cert_path, format!("{}{ca_pem}", cert.pem()))?;
+    write_private(key_path, &key.serialize_pem())?;
+    Ok((cert_path.to_owned(), key_path.to_owned()))
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<()> {

@@ -91,11 +91,20 @@ pub struct Edge {
 
 impl Edge {
     pub fn start(node: &str, extra: &[&str]) -> Edge {
-        let mut cmd = ferry();
-        cmd.args(["edge", "--node-id", node, "--quic-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        Edge::start_with(ferry(), node, extra)
+    }
+
+    /// Starts an edge from `cmd` (e.g. inside a network namespace). `--quic-listen`
+    /// and `--http-listen` default to 127.0.0.1:0 unless `extra` gives them.
+    pub fn start_with(mut cmd: Command, node: &str, extra: &[&str]) -> Edge {
+        cmd.env("RUST_LOG", "warn").env_remove("FERRY_CONFIG");
+        cmd.args(["edge", "--node-id", node]);
+        for flag in ["--quic-listen", "--http-listen"] {
+            if !extra.contains(&flag) {
+                cmd.args([flag, "127.0.0.1:0"]);
+            }
+        }
+        cmd.args(extra).stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut proc = Proc::spawn(&format!("edge {node}"), &mut cmd);
         let stdout = proc.child.stdout.take().unwrap();
         let mut line = String::new();

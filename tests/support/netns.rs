@@ -132,6 +132,12 @@ impl NetNs {
         tc(&["filter", "add", "dev", dev, "parent", "1:"], &udp.map(String::from));
     }
 
+    /// Cuts (`false`) or restores (`true`) the link between host and namespace: a
+    /// partition. The addresses stay; the kernel restores the connected route on up.
+    pub fn set_link(&self, up: bool) {
+        ip(&["link", "set", "dev", &self.host_veth, if up { "up" } else { "down" }]);
+    }
+
     /// Removes any limit (the veth is unshaped again).
     pub fn clear_limit(&self) {
         let _ = run_bounded(Command::new("tc").args(["qdisc", "del", "dev", &self.host_veth, "root"]));

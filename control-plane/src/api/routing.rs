@@ -61,7 +61,7 @@ struct EdgeInfo {
 }
 
 impl Api {
-    /// Candidates for `stream`: every registered edge, plus edges only gossip knows yet.
+    /// Candidates for `stream`: every registered edge, with gossip's view of it.
     fn candidates(&self, stream: &str) -> (Vec<Candidate>, BTreeMap<String, EdgeInfo>) {
         let registered: Vec<EdgeInfo> = self.node.read(|s| {
             s.edges
@@ -81,17 +81,9 @@ impl Api {
             }
             None => BTreeMap::new(),
         };
-        let mut infos: BTreeMap<String, EdgeInfo> =
-            registered.into_iter().map(|e| (e.id.clone(), e)).collect();
-        for m in members.values() {
-            infos.entry(m.id.clone()).or_insert_with(|| EdgeInfo {
-                id: m.id.clone(),
-                region: m.region.clone(),
-                quic_addr: m.quic_addr.clone(),
-                http_addr: m.http_addr.clone(),
-                capacity: 100,
-            });
-        }
+        // Only registered edges (registration needs the operator token): a process
+        // that merely joins the gossip is never routed to.
+        let infos: BTreeMap<String, EdgeInfo> = registered.into_iter().map(|e| (e.id.clone(), e)).collect();
         let candidates = infos
             .values()
             .map(|e| {

@@ -34,7 +34,7 @@ use crate::cluster::gossip::{Gossip, GossipConfig, GossipMetrics, SelfInfo, Self
 use crate::cluster::load::{cpu_seconds, Rates};
 use crate::cluster::ClusterView;
 use crate::metrics::{EdgeMetrics, RoleLabels};
-use crate::tls::{self, ClientTrust, ServerIdentity, TransportTuning};
+use crate::tls::{self, ClientAuth, ClientTrust, ClusterTls, ServerIdentity, TransportTuning};
 use crate::track::BufferConfig;
 use crate::webrtc::{WebRtc, WebRtcConfig};
 use crate::Result;
@@ -80,6 +80,9 @@ pub struct EdgeConfig {
     pub control_token: String,
     /// Relative capacity registered for placement.
     pub capacity: u32,
+    /// Cluster CA and this edge's certificate: downstream edges must present a cluster
+    /// certificate, and this edge presents its own to its upstreams.
+    pub cluster_tls: Option<ClusterTls>,
 }
 
 impl EdgeConfig {
@@ -107,6 +110,7 @@ impl EdgeConfig {
             control_plane: Vec::new(),
             control_token: String::new(),
             capacity: 100,
+            cluster_tls: None,
         }
     }
 }
@@ -197,7 +201,12 @@ pub struct BoundEdge {
 impl BoundEdge {
     /// Binds the QUIC and HTTP sockets.
     pub async fn bind(config: EdgeConfig) -> Result<Self> {
-        let server = tls::server_config(&config.identity, &config.tuning)?;
+        let client_auth = match &config.cluster_tls {
+            Some(c) => ClientAuth::Optional(c.ca.clone()),
+            None => ClientAuth::None,
+        };
+        let server =
+            tls::server_config_with(&config.identity, &config.tuning, ferry_proto::ALPN, &client_auth)?;
         let endpoint = quinn::Endpoint::server(server, config.quic_listen)?;
         let http = tokio::net::TcpListener::bind(config.http_listen).await?;
         let metrics = EdgeMetrics::default();

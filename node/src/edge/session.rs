@@ -113,6 +113,17 @@ async fn serve(
         None => return Err(Error::Protocol("control stream ended before hello".into())),
     };
     let version = negotiate(&hello)?;
+    // Relaying is internal traffic: with a cluster CA configured, only a peer that
+    // presented a cluster certificate may subscribe as an edge.
+    if hello.role == Role::Edge
+        && state.config.cluster_tls.is_some()
+        && !crate::tls::peer_has_cluster_cert(conn)
+    {
+        return Err(Error::Refused {
+            code: ErrorCode::Unauthorized,
+            message: "relaying needs a cluster certificate (ferry ca issue)".into(),
+        });
+    }
     write_message(&mut send, version, &Message::HelloOk { version, node: state.config.node_id.clone() })
         .await?;
     let _conn_gauge =

@@ -1,0 +1,57 @@
+//! `ferry ca init` and `ferry ca issue`: the cluster CA behind mutual TLS between
+//! edges (relay) and between voters (raft transport).
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum CaCommand {
+    /// Create a cluster CA (ca.pem, ca-key.pem) in --dir; never overwrites one.
+    Init(InitArgs),
+    /// Issue a node certificate ({node}.pem, {node}-key.pem) signed by the CA in --dir.
+    Issue(IssueArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InitArgs {
+    /// Directory for the CA files (created if missing).
+    #[arg(long, env = "FERRY_CA_DIR")]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IssueArgs {
+    /// Directory holding ca.pem and ca-key.pem.
+    #[arg(long, env = "FERRY_CA_DIR")]
+    pub dir: PathBuf,
+    /// The node id (edge id, or voter-N); it becomes the certificate's CN and a name.
+    #[arg(long)]
+    pub node: String,
+    /// DNS names or IPs the node serves under (repeat or comma-separate).
+    #[arg(long = "name", value_delimiter = ',', default_values_t = ferry_node::edge::default_names())]
+    pub names: Vec<String>,
+    /// Where to write the files (default: --dir).
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+}
+
+pub fn run(cmd: CaCommand) -> anyhow::Result<()> {
+    match cmd {
+        CaCommand::Init(args) => {
+            let (cert, key) = ferry_node::tls::init_ca(&args.dir)?;
+            println!("{}", serde_json::json!({ "ca": cert, "ca_key": key }));
+        }
+        CaCommand::Issue(args) => {
+            ferry_proto::NodeId::new(args.node.clone())
+                .map_err(|e| anyhow::anyhow!("--node {:?}: {e}", args.node))?;
+            let out = args.out_dir.clone().unwrap_or_else(|| args.dir.clone());
+            let (cert, key) = ferry_node::tls::issue_node_cert(&args.dir, &args.node, &args.names, &out)?;
+            println!(
+                "{}",
+                serde_json::json!({ "node": args.node, "cert": cert, "key": key, "ca": args.dir.join("ca.pem") })
+            );
+        }
+    }
+    Ok(())
+}
