@@ -54,6 +54,10 @@ pub struct ControlArgs {
     pub request_timeout: Duration,
     #[command(flatten)]
     pub gossip: crate::cluster_args::GossipArgs,
+    /// How long this voter's gossip must show an edge dead before the leader commits
+    /// the failover (its streams' origin lost, its relay slots freed).
+    #[arg(long, env = "FERRY_FAILOVER_GRACE", default_value = "1s", value_parser = units::duration)]
+    pub failover_grace: Duration,
     /// Raft transport certificate (PEM); self-signed when absent.
     #[arg(long, env = "FERRY_CONTROL_CERT", requires = "key")]
     pub cert: Option<PathBuf>,
@@ -127,6 +131,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
         token,
         request_timeout: args.request_timeout,
         gossip: args.gossip.to_config(&format!("voter-{}", args.id)),
+        failover_grace: args.failover_grace,
     };
     let cancel = crate::shutdown_signal();
     let control = Control::start(config, cancel.clone()).await.context("cannot start the control plane")?;

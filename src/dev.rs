@@ -122,6 +122,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             token: DEV_TOKEN.to_owned(),
             request_timeout: Duration::from_secs(5),
             gossip: Some(gossip("voter-1", voter_gossip)),
+            failover_grace: ferry_control_plane::failover::DEFAULT_GRACE,
         },
         shutdown.clone(),
     )

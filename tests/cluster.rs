@@ -161,7 +161,7 @@ fn a_cluster_routes_fails_over_and_keeps_playing_without_its_control_plane() {
             "--insecure",
             "--json",
         ])
-        .args(["--duration", "150s", "--bitrate", "300k"])
+        .args(["--duration", "400s", "--bitrate", "300k"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let publisher = Proc::spawn("publisher", &mut publisher);
@@ -190,7 +190,7 @@ fn a_cluster_routes_fails_over_and_keeps_playing_without_its_control_plane() {
         let region = if i % 2 == 0 { "r1" } else { "r2" };
         let mut cmd = ferry();
         cmd.args(["watch", "--control-plane", &control, "--region", region, "--stream", stream])
-            .args(["--insecure", "--json", "--duration", "100s"])
+            .args(["--insecure", "--json", "--duration", "300s"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         viewers.push((region, Proc::spawn(&format!("viewer {i}"), &mut cmd)));
@@ -231,7 +231,8 @@ fn a_cluster_routes_fails_over_and_keeps_playing_without_its_control_plane() {
     });
     println!("viewers back after {:?}", killed_at.elapsed());
 
-    // --- Kill -9 every voter: the data plane keeps going on its own.
+    // --- Kill -9 every voter for 60 s: the data plane keeps going on its own.
+    let voters_down_at = unix_ms();
     let frames_before: f64 = edges.values().map(|e| e.metric("ferry_frames_out_total").unwrap_or(0.0)).sum();
     for v in &voters {
         v.signal("-KILL");
@@ -250,6 +251,15 @@ fn a_cluster_routes_fails_over_and_keeps_playing_without_its_control_plane() {
         (now > frames_before + 20.0 * 30.0).then_some(())
     });
     edges.insert(leak(&victim), reborn);
+    // Stay without a control plane for 60 s in all, frames flowing throughout.
+    while unix_ms() < voters_down_at + 60_000 {
+        let before: f64 = edges.values().map(|e| e.metric("ferry_frames_out_total").unwrap_or(0.0)).sum();
+        wait_for("frames while the control plane is down", Duration::from_secs(10), || {
+            let now: f64 = edges.values().map(|e| e.metric("ferry_frames_out_total").unwrap_or(0.0)).sum();
+            (now > before + 20.0 * 30.0).then_some(())
+        });
+    }
+    let voters_up_at = unix_ms();
 
     // Voters come back; edges re-sync (the restarted edge registers its new address).
     voters = voters.into_iter().map(Voter::restart).collect();
@@ -301,6 +311,12 @@ fn a_cluster_routes_fails_over_and_keeps_playing_without_its_control_plane() {
         // (joining a relay mid-failover), never more than once per leg.
         assert_eq!(out["lost_frames"], 0, "{out}");
         assert!(out["skipped_groups"].as_u64().unwrap() <= legs.len() as u64, "{out}");
+        // No viewer of the stream noticed the control plane was gone.
+        let ended_while_down = legs.iter().filter(|l| {
+            let t = l["ended_unix_ms"].as_u64().unwrap();
+            t > voters_down_at && t < voters_up_at
+        });
+        assert_eq!(ended_while_down.count(), 0, "a leg ended while the voters were down: {out}");
         for leg in legs.iter().skip(1) {
             if let Some(gap) = leg["gap_ms"].as_f64() {
                 gaps.push(gap);
@@ -319,6 +335,10 @@ fn a_cluster_routes_fails_over_and_keeps_playing_without_its_control_plane() {
         percentile(&gaps, 0.99),
         gaps.last().unwrap()
     );
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 fn leak(s: &str) -> &'static str {
@@ -518,4 +538,25 @@ fn a_partitioned_edge_is_failed_over_and_rejoins_when_healed() {
         assert!(out["legs"].as_array().unwrap().last().unwrap()["frames"].as_u64().unwrap() > 0, "{out}");
         assert_eq!(out["lost_frames"], 0, "{out}");
     }
+
+    // The origin dies with a publisher that cannot move (static --edge): the leader
+    // commits "origin lost"; a routed publisher then takes the stream over elsewhere.
+    drop(host_edge);
+    wait_for("the stream marked origin lost", Duration::from_secs(20), || {
+        let (_, body) = voter.get(&format!("/v1/streams/{stream}"));
+        (body["origin_lost"] == true && body["origin"] == "h1").then_some(())
+    });
+    let (_, audit) = voter.get("/v1/audit");
+    let failed = audit["events"].as_array().unwrap().iter().find(|e| e["action"] == "edge.failed").cloned();
+    assert_eq!(failed.as_ref().map(|e| e["actor"].clone()), Some(Value::from("failover")), "{audit}");
+    let mut cmd = ferry();
+    cmd.args(["publish", "--control-plane", &control, "--stream", stream, "--synthetic", "--insecure"])
+        .args(["--duration", "60s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let _new_publisher = Proc::spawn("routed publisher", &mut cmd);
+    wait_for("the stream's origin found again", Duration::from_secs(20), || {
+        let (_, body) = voter.get(&format!("/v1/streams/{stream}"));
+        (body["origin"] == "n1" && body["origin_lost"] == false).then_some(())
+    });
 }

@@ -5,6 +5,7 @@
 //! - [`storage`]: the raft log, hard state, conf state and snapshots on sled, behind [`storage::LogStore`].
 
 pub mod api;
+pub mod failover;
 pub mod node;
 pub mod placement;
 pub mod server;

@@ -4,14 +4,18 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_node::cluster::gossip::{Gossip, GossipConfig, GossipMetrics, SelfInfo};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::Api;
+use crate::failover::{Failover, Observed};
 use crate::node::{self, NodeConfig, NodeHandle};
+use crate::state::{Command, Request};
 use crate::transport::TransportConfig;
 
 /// Everything a voter needs.
@@ -25,6 +29,9 @@ pub struct ControlConfig {
     pub request_timeout: Duration,
     /// Health gossip (none: this voter does not gossip, routing trusts registration).
     pub gossip: Option<GossipConfig>,
+    /// How long the leader's own gossip view must show an edge dead before it commits
+    /// the failover reaction.
+    pub failover_grace: Duration,
 }
 
 /// A started voter.
@@ -75,6 +82,12 @@ impl Control {
             )
             .await
             .map_err(|e| StartError::Gossip(e.to_string()))?;
+            tracker.spawn(failover_loop(
+                node.clone(),
+                Arc::clone(&gossip),
+                config.failover_grace,
+                cancel.clone(),
+            ));
             api = api.with_gossip(gossip);
         }
         let router = api.router();
@@ -93,6 +106,64 @@ impl Control {
         self.tracker.close();
         if tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await.is_err() {
             tracing::warn!("control-plane tasks still running at exit");
+        }
+    }
+}
+
+/// How often the leader looks at gossip for dead edges.
+const FAILOVER_TICK: Duration = Duration::from_millis(250);
+
+/// On the leader: commits [`Command::EdgeFailed`] for edges gossip has shown dead for
+/// the grace period (see [`crate::failover`]). Followers only keep their view fresh.
+async fn failover_loop(node: NodeHandle, gossip: Arc<Gossip>, grace: Duration, cancel: CancellationToken) {
+    let mut failover = Failover::new(grace);
+    let mut tick = tokio::time::interval(FAILOVER_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let view: Vec<Observed> = gossip
+            .members()
+            .into_iter()
+            .filter(|m| m.role == "edge")
+            .map(|m| Observed { id: m.id, generation: m.generation, alive: m.alive })
+            .collect();
+        let status = node.status();
+        let (registered, work): (BTreeSet<String>, BTreeSet<String>) = node.read(|s| {
+            let registered = s.edges.keys().cloned().collect();
+            let mut work = BTreeSet::new();
+            for stream in s.streams.values() {
+                if !stream.origin_lost {
+                    work.insert(stream.origin.clone());
+                }
+                work.extend(stream.relays.values().flatten().cloned());
+            }
+            (registered, work)
+        });
+        let due =
+            failover.observe(Instant::now(), &view, |id| registered.contains(id), |id| work.contains(id));
+        if status.leader != status.id {
+            continue;
+        }
+        for (edge, generation) in due {
+            let request = Request {
+                request_id: format!("failover-{edge}-{generation}"),
+                actor: "failover".into(),
+                at_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0),
+                command: Command::EdgeFailed { id: edge.clone() },
+            };
+            match node.write(request, Duration::from_secs(5)).await {
+                Ok((index, outcome)) => {
+                    tracing::warn!(%edge, index, ?outcome, "failover: committed the reaction to a dead edge");
+                    failover.committed(&edge, generation);
+                }
+                Err(e) => tracing::warn!(%edge, "failover: commit failed, retrying: {e}"),
+            }
         }
     }
 }

@@ -45,7 +45,7 @@ const MAX_LABEL: usize = 64;
 /// Longest advertised address (`host:port`).
 const MAX_ADDR: usize = 256;
 /// First byte of every snapshot, bumped when the encoding of [`State`] changes.
-const SNAPSHOT_VERSION: u8 = 1;
+const SNAPSHOT_VERSION: u8 = 2;
 
 /// Why a request or snapshot could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +131,10 @@ pub struct Stream {
     pub origin: String,
     /// Relay edge ids by region. Regions with no relays are not stored.
     pub relays: BTreeMap<String, Vec<String>>,
+    /// The origin edge died (committed by the leader's failover) and no publisher has
+    /// come back yet. Cleared when a new origin is put.
+    #[serde(default)]
+    pub origin_lost: bool,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
 }
@@ -209,6 +213,11 @@ pub enum Command {
     RemoveEdge {
         id: String,
     },
+    /// The leader's failover reaction to a dead edge: the streams it originated are
+    /// marked "origin lost", and it leaves every relay list. The edge stays registered.
+    EdgeFailed {
+        id: String,
+    },
     /// Creates or replaces a stream's placement.
     PutStream {
         name: String,
@@ -248,6 +257,7 @@ impl Command {
         match self {
             Command::RegisterEdge { .. } => "edge.register",
             Command::RemoveEdge { .. } => "edge.remove",
+            Command::EdgeFailed { .. } => "edge.failed",
             Command::PutStream { .. } => "stream.put",
             Command::DeleteStream { .. } => "stream.delete",
             Command::CreateRollout { .. } => "rollout.create",
@@ -429,6 +439,7 @@ fn execute(state: &mut State, request: &Request) -> Step {
             register_edge(state, now, id, fields, *capacity)
         }
         Command::RemoveEdge { id } => remove_edge(state, id),
+        Command::EdgeFailed { id } => edge_failed(state, now, id),
         Command::PutStream { name, origin, relays } => put_stream(state, now, name, origin, relays),
         Command::DeleteStream { name } => delete_stream(state, name),
         Command::CreateRollout { id, spec } => create_rollout(state, now, actor, id, spec),
@@ -475,6 +486,44 @@ fn register_edge(
     }))
 }
 
+/// Streams relayed by `id` lose it; returns their names.
+fn drop_from_relays(state: &mut State, id: &str) -> Vec<String> {
+    let mut relayed = Vec::new();
+    for stream in state.streams.values_mut() {
+        let before: usize = stream.relays.values().map(Vec::len).sum();
+        for edges in stream.relays.values_mut() {
+            edges.retain(|e| e != id);
+        }
+        stream.relays.retain(|_, edges| !edges.is_empty());
+        if stream.relays.values().map(Vec::len).sum::<usize>() != before {
+            relayed.push(stream.name.clone());
+        }
+    }
+    relayed
+}
+
+fn edge_failed(state: &mut State, now: u64, id: &str) -> Step {
+    if !state.edges.contains_key(id) {
+        return Err(rejected(REJECT_NOT_FOUND, format!("no edge {id:?}")));
+    }
+    let mut lost = Vec::new();
+    for stream in state.streams.values_mut().filter(|s| s.origin == id && !s.origin_lost) {
+        stream.origin_lost = true;
+        stream.updated_at_ms = now;
+        lost.push(stream.name.clone());
+    }
+    let relayed = drop_from_relays(state, id);
+    Ok(Some(Change {
+        target: id.to_owned(),
+        summary: format!(
+            "failed: origin lost for {} stream(s), dropped from {} relay list(s)",
+            lost.len(),
+            relayed.len()
+        ),
+        detail: json!({ "edge": id, "origin_lost": lost, "dropped_from_relays": relayed }),
+    }))
+}
+
 fn remove_edge(state: &mut State, id: &str) -> Step {
     if !state.edges.contains_key(id) {
         return Err(rejected(REJECT_NOT_FOUND, format!("no edge {id:?}")));
@@ -489,17 +538,7 @@ fn remove_edge(state: &mut State, id: &str) -> Step {
         return Err(rejected(REJECT_CONFLICT, message));
     }
     state.edges.remove(id);
-    let mut relayed = Vec::new();
-    for stream in state.streams.values_mut() {
-        let before: usize = stream.relays.values().map(Vec::len).sum();
-        for edges in stream.relays.values_mut() {
-            edges.retain(|e| e != id);
-        }
-        stream.relays.retain(|_, edges| !edges.is_empty());
-        if stream.relays.values().map(Vec::len).sum::<usize>() != before {
-            relayed.push(stream.name.clone());
-        }
-    }
+    let relayed = drop_from_relays(state, id);
     Ok(Some(Change {
         target: id.to_owned(),
         summary: format!("removed; dropped from the relays of {} stream(s)", relayed.len()),
@@ -540,6 +579,7 @@ fn put_stream(
         name: name.to_owned(),
         origin: origin.to_owned(),
         relays: placed,
+        origin_lost: false,
         created_at_ms,
         updated_at_ms: now,
     };

@@ -418,3 +418,31 @@ fn oversized_requests_are_refused_both_ways() {
     let bytes = vec![b' '; MAX_REQUEST_BYTES + 1];
     assert!(matches!(decode_request(&bytes), Err(StateError::RequestTooLarge { .. })));
 }
+
+#[test]
+fn a_failed_edge_loses_its_origins_and_relays_until_a_publisher_returns() {
+    let mut log = Log::new();
+    for (edge, region) in [("a", "eu"), ("b", "eu"), ("c", "us")] {
+        log.run(register(edge, region));
+    }
+    log.run(put_stream("live/x", "a", &[("eu", &["b"]), ("us", &["c"])]));
+    log.run(put_stream("live/y", "b", &[("eu", &["a"])]));
+
+    let outcome = log.run(Command::EdgeFailed { id: id("a") });
+    let Outcome::Ok { detail } = outcome else { panic!("{outcome:?}") };
+    assert_eq!(detail["origin_lost"], json!(["live/x"]));
+    assert_eq!(detail["dropped_from_relays"], json!(["live/y"]));
+    let x = &log.state.streams["live/x"];
+    assert!(x.origin_lost);
+    assert_eq!(x.origin, "a", "the record keeps who the origin was");
+    assert!(log.state.streams["live/y"].relays.is_empty());
+    assert!(log.state.edges.contains_key("a"), "a failed edge stays registered");
+    assert_eq!(log.state.audit.back().map(|e| e.action.as_str()), Some("edge.failed"));
+
+    // The publisher comes back on another edge: the origin is found again.
+    log.run(put_stream("live/x", "c", &[]));
+    let x = &log.state.streams["live/x"];
+    assert!(!x.origin_lost);
+    assert_eq!(x.origin, "c");
+    assert_eq!(log.rejects(Command::EdgeFailed { id: id("nope") }), REJECT_NOT_FOUND);
+}

@@ -65,6 +65,8 @@ pub struct Leg {
     pub gap_ms: Option<f64>,
     /// Synthetic frames missing between the previous leg and this one.
     pub frames_lost_between: Option<u64>,
+    /// Wall-clock Unix milliseconds when the leg ended (for lining legs up with events).
+    pub ended_unix_ms: u64,
 }
 
 /// What a routed viewer saw: the totals, and every leg.
@@ -178,6 +180,10 @@ fn merge(
         ended: leg.ended.clone(),
         gap_ms,
         frames_lost_between: lost,
+        ended_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
     });
 }
 

@@ -58,6 +58,9 @@ pub struct StreamRecord {
     pub origin: String,
     #[serde(default)]
     pub relays: BTreeMap<String, Vec<String>>,
+    /// The leader's failover marked the origin dead; no publisher has returned yet.
+    #[serde(default)]
+    pub origin_lost: bool,
 }
 
 /// The last state read from the control plane.
@@ -173,7 +176,9 @@ impl ControlLink {
             self.write(url, "PUT", &format!("/v1/edges/{}", me.id), &body).await?;
         }
         for stream in originated() {
-            if snapshot.streams.get(&stream).is_some_and(|s| s.origin == me.id) {
+            // Also re-claim a stream a failover marked lost while this edge kept it
+            // (a partition healed with the publisher still here).
+            if snapshot.streams.get(&stream).is_some_and(|s| s.origin == me.id && !s.origin_lost) {
                 continue;
             }
             let body = json!({ "origin": me.id });

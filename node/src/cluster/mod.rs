@@ -45,7 +45,7 @@ impl ClusterView {
         }
         let snapshot = self.control.as_ref()?.snapshot();
         let record = snapshot.streams.get(stream)?;
-        if record.origin == self_id {
+        if record.origin == self_id || record.origin_lost {
             return None;
         }
         let dead = members.iter().any(|m: &Member| m.id == record.origin && !m.alive);
