@@ -141,8 +141,9 @@ pub struct EdgeArgs {
     /// Drop relayed tracks nobody watched for this long.
     #[arg(long, env = "FERRY_RELAY_LINGER", default_value = "10s", value_parser = units::duration)]
     pub relay_linger: Duration,
-    /// How long shutdown waits for sessions after GOAWAY.
-    #[arg(long, env = "FERRY_SHUTDOWN_GRACE", default_value = "5s", value_parser = units::duration)]
+    /// Drain deadline: how long shutdown (SIGTERM, `ferry ctl edges drain`) waits for
+    /// sessions to move away after GOAWAY before the process exits anyway.
+    #[arg(long, alias = "drain-deadline", env = "FERRY_SHUTDOWN_GRACE", default_value = "30s", value_parser = units::duration)]
     pub shutdown_grace: Duration,
     #[command(flatten)]
     pub webrtc: WebRtcArgs,

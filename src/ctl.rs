@@ -71,6 +71,10 @@ pub enum MembersCmd {
 #[derive(Debug, Clone, Subcommand)]
 pub enum EdgesCmd {
     List,
+    /// Drain an edge: routing stops sending it sessions, its viewers move, it exits.
+    Drain {
+        id: String,
+    },
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -205,6 +209,10 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 )
             });
             (v, lines)
+        }
+        CtlCommand::Edges(EdgesCmd::Drain { id }) => {
+            let v = client.call("POST", &format!("/v1/edges/{id}/drain"), None).await?;
+            (v, format!("edge {id} draining"))
         }
         CtlCommand::Streams(cmd) => streams(&client, cmd).await?,
         CtlCommand::Rollout(cmd) => rollout(&client, cmd).await?,

@@ -286,13 +286,17 @@ fn a_cluster_routes_fails_over_and_keeps_playing_without_its_control_plane() {
         (viewers >= 20.0 && now > frames_after_origin + 20.0 * 30.0).then_some(())
     });
 
-    // --- Drain (SIGTERM) the other edge: it exits cleanly, its viewers move.
+    // --- Drain the other edge through the control plane: it exits cleanly, its viewers move.
     let drained_id = edges.keys().find(|id| **id != new_origin.as_str()).copied().unwrap();
     let drained = edges.remove(drained_id).unwrap();
     let moving = viewer_connections(&drained);
     println!("draining {drained_id} with {moving} viewers");
-    drained.proc.terminate();
-    let out = drained.proc.wait_output(Duration::from_secs(30));
+    let out = ferry()
+        .args(["ctl", "--control", &control, "--token", TOKEN, "edges", "drain", drained_id])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ctl edges drain: {}", String::from_utf8_lossy(&out.stderr));
+    let out = drained.proc.wait_output(Duration::from_secs(40));
     assert!(out.status.success(), "drained edge exit: {:?}", out.status);
     let last = &edges[new_origin.as_str()];
     wait_for("all viewers on the remaining edge", Duration::from_secs(20), || {

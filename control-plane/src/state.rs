@@ -119,6 +119,10 @@ pub struct Edge {
     pub version: String,
     /// Relative capacity used by placement.
     pub capacity: u32,
+    /// An operator asked it to drain (`ferry ctl edges drain`): it leaves routing, moves
+    /// its sessions and exits. Cleared when the edge (a new process) registers again.
+    #[serde(default)]
+    pub draining: bool,
     pub registered_at_ms: u64,
     pub updated_at_ms: u64,
 }
@@ -218,6 +222,10 @@ pub enum Command {
     EdgeFailed {
         id: String,
     },
+    /// Asks an edge to drain: it stops taking sessions, moves its viewers, and exits.
+    DrainEdge {
+        id: String,
+    },
     /// Creates or replaces a stream's placement.
     PutStream {
         name: String,
@@ -258,6 +266,7 @@ impl Command {
             Command::RegisterEdge { .. } => "edge.register",
             Command::RemoveEdge { .. } => "edge.remove",
             Command::EdgeFailed { .. } => "edge.failed",
+            Command::DrainEdge { .. } => "edge.drain",
             Command::PutStream { .. } => "stream.put",
             Command::DeleteStream { .. } => "stream.delete",
             Command::CreateRollout { .. } => "rollout.create",
@@ -440,6 +449,7 @@ fn execute(state: &mut State, request: &Request) -> Step {
         }
         Command::RemoveEdge { id } => remove_edge(state, id),
         Command::EdgeFailed { id } => edge_failed(state, now, id),
+        Command::DrainEdge { id } => drain_edge(state, now, id),
         Command::PutStream { name, origin, relays } => put_stream(state, now, name, origin, relays),
         Command::DeleteStream { name } => delete_stream(state, name),
         Command::CreateRollout { id, spec } => create_rollout(state, now, actor, id, spec),
@@ -474,6 +484,7 @@ fn register_edge(
         http_addr: http_addr.to_owned(),
         version: version.to_owned(),
         capacity,
+        draining: false,
         registered_at_ms,
         updated_at_ms: now,
     };
@@ -500,6 +511,18 @@ fn drop_from_relays(state: &mut State, id: &str) -> Vec<String> {
         }
     }
     relayed
+}
+
+fn drain_edge(state: &mut State, now: u64, id: &str) -> Step {
+    let edge =
+        state.edges.get_mut(id).ok_or_else(|| rejected(REJECT_NOT_FOUND, format!("no edge {id:?}")))?;
+    edge.draining = true;
+    edge.updated_at_ms = now;
+    Ok(Some(Change {
+        target: id.to_owned(),
+        summary: "asked to drain".into(),
+        detail: json!({ "edge": id, "draining": true }),
+    }))
 }
 
 fn edge_failed(state: &mut State, now: u64, id: &str) -> Step {

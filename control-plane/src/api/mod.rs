@@ -112,6 +112,7 @@ impl Api {
             .route("/v1/cluster/members/{id}", post(routes::add_member).delete(routes::remove_member))
             .route("/v1/edges", get(routes::list_edges))
             .route("/v1/edges/{id}", put(routes::put_edge).get(routes::get_edge).delete(routes::delete_edge))
+            .route("/v1/edges/{id}/drain", post(routes::drain_edge))
             .route("/v1/streams", get(routes::list_streams))
             .route(
                 "/v1/streams/{*name}",

@@ -191,6 +191,10 @@ pub async fn put_edge(
     api.write(&headers, command).await
 }
 
+pub async fn drain_edge(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
+    api.write(&headers, Command::DrainEdge { id }).await
+}
+
 pub async fn delete_edge(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
     api.write(&headers, Command::RemoveEdge { id }).await
 }

@@ -58,6 +58,8 @@ struct EdgeInfo {
     quic_addr: String,
     http_addr: String,
     capacity: u32,
+    /// An operator asked it to drain.
+    draining: bool,
 }
 
 impl Api {
@@ -72,6 +74,7 @@ impl Api {
                     quic_addr: e.quic_addr.clone(),
                     http_addr: e.http_addr.clone(),
                     capacity: e.capacity,
+                    draining: e.draining,
                 })
                 .collect::<Vec<_>>()
         });
@@ -93,7 +96,7 @@ impl Api {
                     region: e.region.clone(),
                     // Without gossip the control plane cannot tell: trust registration.
                     alive: m.map_or(self.gossip.is_none(), |m| m.alive),
-                    draining: m.is_some_and(|m| m.draining),
+                    draining: e.draining || m.is_some_and(|m| m.draining),
                     sessions: m.map_or(0, |m| m.sessions),
                     capacity: e.capacity,
                     carries: m.is_some_and(|m| m.origins.contains(stream) || m.carries.contains(stream)),

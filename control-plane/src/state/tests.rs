@@ -446,3 +446,15 @@ fn a_failed_edge_loses_its_origins_and_relays_until_a_publisher_returns() {
     assert_eq!(x.origin, "c");
     assert_eq!(log.rejects(Command::EdgeFailed { id: id("nope") }), REJECT_NOT_FOUND);
 }
+
+#[test]
+fn a_drained_edge_is_marked_until_it_registers_again() {
+    let mut log = Log::new();
+    log.run(register("a", "eu"));
+    assert!(log.run(Command::DrainEdge { id: id("a") }).is_ok());
+    assert!(log.state.edges["a"].draining);
+    assert_eq!(log.state.audit.back().map(|e| e.action.as_str()), Some("edge.drain"));
+    log.run(register("a", "eu"));
+    assert!(!log.state.edges["a"].draining, "a new registration is a new process");
+    assert_eq!(log.rejects(Command::DrainEdge { id: id("b") }), REJECT_NOT_FOUND);
+}

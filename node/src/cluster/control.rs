@@ -49,6 +49,9 @@ pub struct EdgeRecord {
     pub version: String,
     #[serde(default)]
     pub capacity: u32,
+    /// An operator asked this edge to drain.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// A stream as the control plane has it.
@@ -83,6 +86,9 @@ pub struct ControlLink {
     connected: AtomicBool,
     /// Successful reconcile passes (for tests and metrics).
     syncs: AtomicU64,
+    /// This process registered itself at least once (its first pass always does, which
+    /// also clears a drain meant for an earlier process with the same id).
+    registered_once: AtomicBool,
 }
 
 impl ControlLink {
@@ -95,6 +101,7 @@ impl ControlLink {
             local_change: Notify::new(),
             connected: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
+            registered_once: AtomicBool::new(false),
         })
     }
 
@@ -119,15 +126,21 @@ impl ControlLink {
     }
 
     /// Runs until `cancel`: reconcile, watch, repeat; on failure move to the next URL
-    /// with exponential backoff. `originated` lists the streams published on this edge.
-    pub async fn run(self: Arc<Self>, originated: impl Fn() -> BTreeSet<String>, cancel: CancellationToken) {
+    /// with exponential backoff. `originated` lists the streams published on this edge;
+    /// `drain` is cancelled when an operator asks this edge to drain.
+    pub async fn run(
+        self: Arc<Self>,
+        originated: impl Fn() -> BTreeSet<String>,
+        cancel: CancellationToken,
+        drain: CancellationToken,
+    ) {
         let mut url_index = 0usize;
         let mut backoff = BACKOFF_MIN;
         loop {
             let Some(url) = self.urls.get(url_index % self.urls.len().max(1)).cloned() else { return };
             let result = tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = self.pass(&url, &originated) => r,
+                r = self.pass(&url, &originated, &drain) => r,
             };
             match result {
                 Ok(()) => {
@@ -154,7 +167,12 @@ impl ControlLink {
     }
 
     /// One pass: read, fix what is wrong, then wait for the next change.
-    async fn pass(&self, url: &str, originated: &impl Fn() -> BTreeSet<String>) -> anyhow::Result<()> {
+    async fn pass(
+        &self,
+        url: &str,
+        originated: &impl Fn() -> BTreeSet<String>,
+        drain: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let edges: Vec<EdgeRecord> = self.list(url, "/v1/edges?stale=true", "edges").await?;
         let streams: Vec<StreamRecord> = self.list(url, "/v1/streams?stale=true", "streams").await?;
         let index = self.snapshot.read().map(|s| s.index).unwrap_or(0);
@@ -164,16 +182,22 @@ impl ControlLink {
             index,
         };
         let me = &self.registration;
-        let registered = snapshot.edges.get(&me.id).is_some_and(|e| {
-            (&e.region, &e.quic_addr, &e.http_addr, &e.version, e.capacity)
-                == (&me.region, &me.quic_addr, &me.http_addr, &me.version, me.capacity)
-        });
+        let registered = self.registered_once.load(Ordering::Relaxed)
+            && snapshot.edges.get(&me.id).is_some_and(|e| {
+                (&e.region, &e.quic_addr, &e.http_addr, &e.version, e.capacity)
+                    == (&me.region, &me.quic_addr, &me.http_addr, &me.version, me.capacity)
+            });
+        if registered && snapshot.edges.get(&me.id).is_some_and(|e| e.draining) && !drain.is_cancelled() {
+            tracing::warn!("the control plane asked this edge to drain");
+            drain.cancel();
+        }
         if !registered {
             let body = json!({
                 "region": me.region, "quic_addr": me.quic_addr, "http_addr": me.http_addr,
                 "version": me.version, "capacity": me.capacity,
             });
             self.write(url, "PUT", &format!("/v1/edges/{}", me.id), &body).await?;
+            self.registered_once.store(true, Ordering::Relaxed);
         }
         for stream in originated() {
             // Also re-claim a stream a failover marked lost while this edge kept it

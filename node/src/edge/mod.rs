@@ -282,7 +282,7 @@ impl BoundEdge {
         if let Some(control) = state.control.clone() {
             let weak = Arc::downgrade(&state);
             let originated = move || weak.upgrade().map(|s| s.registry.stream_names().0).unwrap_or_default();
-            state.tracker.spawn(control.run(originated, state.background.clone()));
+            state.tracker.spawn(control.run(originated, state.background.clone(), shutdown.clone()));
         }
         state.ready.store(true, Ordering::Relaxed);
         tracing::info!(node = %state.config.node_id, quic = ?endpoint.local_addr().ok(), "edge serving");
