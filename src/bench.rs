@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::units;
 
 mod control;
+mod failover;
 mod floor;
 
 #[derive(Debug, Subcommand)]
@@ -30,6 +31,9 @@ pub enum BenchCommand {
     Fanout(FanoutArgs),
     /// Control-plane writes/s, latency and leader failover: Ferry or etcd, 3 members.
     Control(control::ControlArgs),
+    /// Kill -9 an edge with viewers in a gossiping cluster: detection time at every
+    /// peer, media gap per viewer, frames lost.
+    Failover(failover::FailoverArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -77,6 +81,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Fanout(args) => fanout(args).await,
         BenchCommand::Control(args) => control::run(args).await,
+        BenchCommand::Failover(args) => failover::run(args).await,
     }
 }
 

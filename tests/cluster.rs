@@ -564,3 +564,18 @@ fn a_partitioned_edge_is_failed_over_and_rejoins_when_healed() {
         (body["origin"] == "n1" && body["origin_lost"] == false).then_some(())
     });
 }
+
+/// `ferry bench failover` runs end to end and reports every peer and every viewer
+/// (numbers are not judged here; docs/benchmarks.md has them).
+#[test]
+fn bench_failover_reports_detection_at_every_peer_and_every_viewer() {
+    let _heavy = heavy();
+    let mut cmd = ferry();
+    cmd.args(["bench", "failover", "--viewers", "2"]).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let report = json_output(Proc::spawn("bench failover", &mut cmd), Duration::from_secs(120));
+    let detection = report["detection_ms"].as_object().unwrap();
+    assert_eq!(detection.len(), 3, "the voter and both surviving edges: {report}");
+    assert_eq!(report["peers_not_detecting"], serde_json::json!([]), "{report}");
+    assert_eq!(report["viewers_recovered"], 2, "{report}");
+    assert!(report["media_gap_ms"]["max"].as_f64().is_some(), "{report}");
+}
