@@ -183,6 +183,15 @@ fn a_cluster_routes_fails_over_and_keeps_playing_without_its_control_plane() {
     assert_eq!(status, 307, "{body}");
     let r2_http = &edges[expected["r2"].as_str()].http;
     assert_eq!(body["location"], format!("http://{r2_http}/whep/{stream}"), "{body}");
+    // A WHIP publisher of the stream on another edge is sent to its origin.
+    let other = edges.keys().find(|id| **id != origin.as_str()).copied().unwrap();
+    // (Once gossip has spread who originates the stream.)
+    let body = wait_for("a WHIP redirect to the origin", Duration::from_secs(10), || {
+        let (status, body) =
+            http_json(&edges[other].http, "POST", &format!("/whip/{stream}"), None, &[], Some("v=0"));
+        (status == 307).then_some(body)
+    });
+    assert_eq!(body["location"], format!("http://{}/whip/{stream}", edges[origin.as_str()].http), "{body}");
     let (status, body) = http_json(&voters[1].http, "GET", "/v1/route/..%2Fetc?kind=quic", None, &[], None);
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")), "{body}");
     let mut viewers = Vec::new();

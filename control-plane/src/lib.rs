@@ -7,7 +7,7 @@
 pub mod api;
 pub mod failover;
 pub mod node;
-pub mod placement;
+pub use ferry_proto::placement;
 pub mod server;
 pub mod state;
 pub mod storage;

@@ -6,6 +6,8 @@
 //! - [`message`]: relay protocol messages (control stream and group-stream headers).
 //! - [`codec`]: the versioned, length-prefixed bincode codec with size limits.
 //! - [`error`]: [`Error`], [`ErrorCode`] (QUIC close / reset codes).
+//! - [`placement`]: routing a new session to an edge (bounded-load rendezvous hashing),
+//!   shared by the control plane's `/v1/route` and edges that redirect.
 //!
 //! This crate is pure: no tokio, no sockets, no clock. Every decoder takes a size
 //! limit and returns an error on garbage; none of them panics.
@@ -15,6 +17,7 @@ pub mod error;
 pub mod ids;
 pub mod media;
 pub mod message;
+pub mod placement;
 
 pub use codec::{
     decode_body, decode_frame_header, decode_length, decode_message, encode_frame_header, encode_message,

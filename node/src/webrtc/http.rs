@@ -2,6 +2,7 @@
 //! offer and answer `201 Created` with the SDP answer and a `Location` to `DELETE`.
 //! Every refusal is a status with a JSON body `{"error": "...", "reason": "..."}`.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -19,6 +20,7 @@ use super::engine::BuildError;
 use super::sdp::SdpError;
 use super::{whep, whip, Direction, LeaseError};
 use crate::auth::{self, Action};
+use crate::cluster::redirect;
 use crate::edge::EdgeState;
 
 /// Labels for session errors.
@@ -190,6 +192,9 @@ async fn post_session(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(response) = redirect(&state, direction, &stream) {
+        return response;
+    }
     let result = offer(&state, direction, stream, &headers, body).await;
     match result {
         Ok((stream, answer)) => {
@@ -211,6 +216,30 @@ async fn post_session(
             e.into_response()
         }
     }
+}
+
+/// 307 to another edge when this one is draining, or (WHIP) when another edge already
+/// originates the stream; see [`crate::cluster::redirect`].
+fn redirect(state: &EdgeState, direction: Direction, stream: &str) -> Option<Response> {
+    let gossip = state.gossip.get()?;
+    let kind = match direction {
+        Direction::Whip => redirect::Kind::Whip,
+        Direction::Whep => redirect::Kind::Whep,
+    };
+    let draining = state.draining.load(Ordering::Relaxed);
+    let members = gossip.members();
+    let me = state.config.node_id.as_str();
+    let addr = redirect::target(&members, me, &state.config.region, draining, kind, stream)?;
+    let location = format!("http://{addr}/{}/{stream}", direction.name());
+    tracing::debug!(%location, draining, "redirecting a new session");
+    Some(
+        (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, location.clone())],
+            Json(serde_json::json!({ "location": location })),
+        )
+            .into_response(),
+    )
 }
 
 async fn offer(
