@@ -35,10 +35,13 @@ pub struct DevArgs {
     /// TCP address for the second edge's HTTP port.
     #[arg(long, env = "FERRY_DEV_EDGE_B_HTTP_LISTEN", default_value = "127.0.0.1:8081")]
     pub edge_b_http_listen: SocketAddr,
-    /// TCP address of the control plane's HTTP API.
+    /// Control-plane voters: 1, or 3 to try failover of the control plane locally.
+    #[arg(long, env = "FERRY_DEV_VOTERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=5))]
+    pub voters: u16,
+    /// TCP address of the control plane's HTTP API (voter N listens on its port + N - 1).
     #[arg(long, env = "FERRY_DEV_CONTROL_LISTEN", default_value = "127.0.0.1:9000")]
     pub control_listen: SocketAddr,
-    /// UDP address of the control plane's raft transport.
+    /// UDP address of the control plane's raft transport (voter N: port + N - 1).
     #[arg(long, env = "FERRY_DEV_RAFT_LISTEN", default_value = "127.0.0.1:9001")]
     pub raft_listen: SocketAddr,
     /// Control-plane data directory (default: a fresh temp dir, removed at exit).
@@ -104,37 +107,59 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .with_context(|| format!("issuing the dev certificate for {node}"))?;
         Ok(ClusterTls { ca: ca_dir.join("ca.pem"), cert, key })
     };
-    let voter_tls = cluster_tls("voter-1")?;
 
-    // Control plane: one voter.
-    let raft = std::net::UdpSocket::bind(args.raft_listen).and_then(|s| s.local_addr());
-    let raft = raft.with_context(|| format!("cannot bind the raft port {}", args.raft_listen))?;
-    let peers = BTreeMap::from([(1, raft.to_string())]);
-    let control = Control::start(
-        ControlConfig {
-            node: NodeConfig::new(1, peers, data_dir.clone()),
-            transport: TransportConfig {
-                listen: raft,
-                identity: ServerIdentity::Files { cert: voter_tls.cert.clone(), key: voter_tls.key.clone() },
-                trust: ClientTrust::Cluster(voter_tls.clone()),
+    // Control plane: `--voters` voters (1 or 3), voter N on the given ports + N - 1.
+    let offset = |addr: SocketAddr, i: u16| {
+        let mut a = addr;
+        if a.port() != 0 {
+            a.set_port(a.port().saturating_add(i));
+        }
+        a
+    };
+    let mut raft_addrs = Vec::new();
+    for i in 0..args.voters {
+        let want = offset(args.raft_listen, i);
+        let raft = std::net::UdpSocket::bind(want).and_then(|s| s.local_addr());
+        raft_addrs.push(raft.with_context(|| format!("cannot bind the raft port {want}"))?);
+    }
+    let peers: BTreeMap<u64, String> =
+        raft_addrs.iter().enumerate().map(|(i, a)| (i as u64 + 1, a.to_string())).collect();
+    let mut voters = Vec::new();
+    for (i, raft) in raft_addrs.iter().enumerate() {
+        let id = i as u64 + 1;
+        let name = format!("voter-{id}");
+        let tls = cluster_tls(&name)?;
+        let dir = if id == 1 { data_dir.clone() } else { data_dir.join(&name) };
+        let gossip_addr = if id == 1 { voter_gossip } else { free_udp_port()? };
+        let control = Control::start(
+            ControlConfig {
+                node: NodeConfig::new(id, peers.clone(), dir),
+                transport: TransportConfig {
+                    listen: *raft,
+                    identity: ServerIdentity::Files { cert: tls.cert.clone(), key: tls.key.clone() },
+                    trust: ClientTrust::Cluster(tls),
+                },
+                http_listen: offset(args.control_listen, i as u16),
+                token: DEV_TOKEN.to_owned(),
+                request_timeout: Duration::from_secs(5),
+                gossip: Some(gossip(&name, gossip_addr)),
+                failover_grace: ferry_control_plane::failover::DEFAULT_GRACE,
             },
-            http_listen: args.control_listen,
-            token: DEV_TOKEN.to_owned(),
-            request_timeout: Duration::from_secs(5),
-            gossip: Some(gossip("voter-1", voter_gossip)),
-            failover_grace: ferry_control_plane::failover::DEFAULT_GRACE,
-        },
-        shutdown.clone(),
-    )
-    .await
-    .context("cannot start the dev control plane")?;
-    let node = control.node.clone();
-    let mut status = node.status_watch();
-    tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.leader != 0))
+            shutdown.clone(),
+        )
         .await
-        .context("the dev control plane elected no leader")?
-        .context("the dev control plane stopped")?;
-    let control_url = format!("http://{}", control.http_addr);
+        .with_context(|| format!("cannot start dev voter {id}"))?;
+        voters.push(control);
+    }
+    for control in &voters {
+        let mut status = control.node.status_watch();
+        tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.leader != 0))
+            .await
+            .context("the dev control plane elected no leader")?
+            .context("the dev control plane stopped")?;
+    }
+    let urls: Vec<String> = voters.iter().map(|c| format!("http://{}", c.http_addr)).collect();
+    let control_url = urls.join(",");
 
     // Two edges in two regions; they register themselves through the watch loop.
     let (low, high) = args.webrtc_udp_ports;
@@ -161,7 +186,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             ..WebRtcConfig::default()
         };
         config.gossip = Some(gossip(id, free_udp_port()?));
-        config.control_plane = vec![control_url.clone()];
+        config.control_plane = urls.clone();
         config.control_token = DEV_TOKEN.to_owned();
         let tls = cluster_tls(id)?;
         config.identity = ServerIdentity::Files { cert: tls.cert.clone(), key: tls.key.clone() };
@@ -193,7 +218,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let publisher = tokio::spawn(publish(opts, shutdown.clone()));
     println!("Ferry dev: edges dev-edge (local-a) quic://{quic} http://{http}, dev-edge-b (local-b) quic://{quic_b} http://{http_b}; publishing {stream} at dev-edge");
-    println!("Control plane (1 voter, data in {}): {control_url}", data_dir.display());
+    println!("Control plane ({} voter(s), data in {}): {control_url}", voters.len(), data_dir.display());
     println!(
         "Watch it:  cargo run --release -- watch --edge {quic} --stream {stream} --insecure --duration 10s"
     );
@@ -210,6 +235,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     for task in edge_tasks {
         task.await.context("edge task")??;
     }
-    control.wait().await;
+    for control in voters {
+        control.wait().await;
+    }
     Ok(())
 }

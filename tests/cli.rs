@@ -205,3 +205,38 @@ fn ferry_dev_serves_a_demo_stream_that_ferry_watch_plays() {
     assert_eq!(edges["edges"][1]["id"], "dev-edge-b", "{edges}");
     drop(dev);
 }
+
+#[test]
+fn ferry_dev_with_three_voters_runs_a_replicated_control_plane() {
+    let mut cmd = ferry();
+    let dir = TempDir::new("dev3");
+    cmd.args(["dev", "--voters", "3", "--quic-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(["--edge-b-quic-listen", "127.0.0.1:0", "--edge-b-http-listen", "127.0.0.1:0"])
+        .args(["--control-listen", "127.0.0.1:0", "--raft-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(["--webrtc-udp-ports", "51200-51299"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut dev = Proc::spawn("ferry dev --voters 3", &mut cmd);
+    let lines: Vec<String> =
+        BufReader::new(dev.child.stdout.take().unwrap()).lines().take(2).map(|l| l.unwrap()).collect();
+    let line =
+        lines.iter().find(|l| l.starts_with("Control plane (3 voter(s)")).expect("no control plane line");
+    let urls: Vec<&str> = line.split_whitespace().last().unwrap().split(',').collect();
+    assert_eq!(urls.len(), 3, "{line}");
+    for url in &urls {
+        let addr = url.trim_start_matches("http://");
+        let cluster = wait_for("a leader known to every dev voter", Duration::from_secs(20), || {
+            let (_, body) =
+                http_json(addr, "GET", "/v1/cluster", Some("ferry-dev-operator-token"), &[], None);
+            (body["leader"].as_u64().unwrap_or(0) != 0).then_some(body)
+        });
+        assert_eq!(cluster["voters"].as_array().unwrap().len(), 3, "{cluster}");
+    }
+    let addr = urls[0].trim_start_matches("http://");
+    wait_for("both dev edges registered", Duration::from_secs(20), || {
+        let (_, body) = http_json(addr, "GET", "/v1/edges", Some("ferry-dev-operator-token"), &[], None);
+        (body["edges"].as_array()?.len() == 2).then_some(())
+    });
+    drop(dev);
+}
