@@ -399,32 +399,28 @@ fn only_cluster_members_relay_and_get_routed() {
     let out = watch(&d, "live/m", &["--duration", "1s"]).wait_output(Duration::from_secs(30));
     assert!(!out.status.success(), "an edge with a foreign certificate relayed");
 
-    // Gossip alone does not make an edge routable: a voter and a registered edge in
-    // r1, and an unregistered process gossiping as an edge in r9.
+    // Registering needs a cluster certificate, and gossip alone does not make an edge
+    // routable: a voter that knows the cluster CA, a member edge in r1, and an edge in
+    // r9 with the operator token but no cluster certificate.
     let voter_gossip = format!("127.0.0.1:{}", free_udp_port());
     let peers = format!("1=127.0.0.1:{}", free_udp_port());
-    let voter = Voter::start(1, &peers, &dir.path().join("v1"), &["--gossip-listen", &voter_gossip]);
+    let mut voter_args = vec!["--gossip-listen".to_owned(), voter_gossip.clone()];
+    voter_args.extend(cluster_cert_args(&ca, "voter-1", "voter"));
+    let voter = Voter::start(1, &peers, &dir.path().join("v1"), &strs(&voter_args));
     wait_for_leader(&[&voter]);
     let control = format!("http://{}", voter.http);
-    let gossip = |port: u16| format!("127.0.0.1:{port}");
-    let (g1, g2) = (gossip(free_udp_port()), gossip(free_udp_port()));
-    let _registered = Edge::start(
-        "registered",
-        &[
-            "--region",
-            "r1",
-            "--gossip-listen",
-            &g1,
-            "--gossip-seeds",
-            &voter_gossip,
-            "--control-plane",
-            &control,
-            "--control-token",
-            TOKEN,
-        ],
-    );
-    let _rogue =
-        Edge::start("rogue", &["--region", "r9", "--gossip-listen", &g2, "--gossip-seeds", &voter_gossip]);
+    let edge_args = |region: &str| -> Vec<String> {
+        let gossip = format!("127.0.0.1:{}", free_udp_port());
+        ["--region", region, "--gossip-listen", &gossip, "--gossip-seeds", &voter_gossip]
+            .into_iter()
+            .chain(["--control-plane", &control, "--control-token", TOKEN])
+            .map(String::from)
+            .collect()
+    };
+    let mut registered_args = edge_args("r1");
+    registered_args.extend(member("registered"));
+    let _registered = Edge::start("registered", &strs(&registered_args));
+    let _rogue = Edge::start("rogue", &strs(&edge_args("r9")));
     wait_for("the voter to see both through gossip", Duration::from_secs(20), || {
         let (_, body) = voter.get("/v1/members");
         let alive =
@@ -432,6 +428,16 @@ fn only_cluster_members_relay_and_get_routed() {
         let (_, edges) = voter.get("/v1/edges?stale=true");
         (alive == 2 && edges["edges"].as_array()?.len() == 1).then_some(())
     });
+    let (_, edges) = voter.get("/v1/edges");
+    assert_eq!(edges["edges"][0]["id"], "registered", "{edges}");
+    // The same refusal, by hand: the token alone is not enough.
+    let body = r#"{"region":"r9","quic_addr":"127.0.0.1:1","http_addr":"127.0.0.1:2"}"#;
+    let (status, answer) = voter.send("PUT", "/v1/edges/rogue", None, body);
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (401, Some("node_certificate_required")),
+        "{answer}"
+    );
     let (status, body) =
         http_json(&voter.http, "GET", "/v1/route/live/x?region=r9&kind=quic", None, &[], None);
     assert_eq!(status, 200, "{body}");

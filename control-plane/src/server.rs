@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_node::cluster::gossip::{Gossip, GossipConfig, GossipMetrics, SelfInfo};
+use ferry_node::tls;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -49,8 +50,8 @@ pub enum StartError {
     Node(#[from] node::NodeError),
     #[error("http listener on {addr}: {source}")]
     Http { addr: SocketAddr, source: std::io::Error },
-    #[error("gossip: {0}")]
-    Gossip(String),
+    #[error("{0}")]
+    Setup(String),
 }
 
 impl Control {
@@ -62,8 +63,16 @@ impl Control {
             .map_err(|source| StartError::Http { addr: config.http_listen, source })?;
         let http_addr =
             listener.local_addr().map_err(|source| StartError::Http { addr: config.http_listen, source })?;
+        let cluster_ca = match &config.transport.trust {
+            tls::ClientTrust::Cluster(c) => Some(c.ca.clone()),
+            _ => None,
+        };
         let node = node::start(config.node, config.transport, &tracker, cancel.clone()).await?;
         let mut api = Api::new(node.clone(), config.token, config.request_timeout);
+        if let Some(ca) = cluster_ca {
+            let ca = tls::load_certs(&ca).map_err(|e| StartError::Setup(format!("cluster CA: {e}")))?;
+            api = api.with_cluster_ca(ca);
+        }
         if let Some(gossip_config) = config.gossip {
             let metrics = GossipMetrics::default();
             api.register_gossip_metrics(&metrics);
@@ -81,7 +90,7 @@ impl Control {
                 cancel.clone(),
             )
             .await
-            .map_err(|e| StartError::Gossip(e.to_string()))?;
+            .map_err(|e| StartError::Setup(e.to_string()))?;
             tracker.spawn(failover_loop(
                 node.clone(),
                 Arc::clone(&gossip),

@@ -39,8 +39,23 @@ pub async fn request(
     idempotency_key: Option<&str>,
     timeout: Duration,
 ) -> anyhow::Result<Response> {
+    request_with(base, method, path, token, body, idempotency_key, &[], timeout).await
+}
+
+/// Like [`request`], with extra headers (e.g. a node's cluster-certificate proof).
+#[allow(clippy::too_many_arguments)]
+pub async fn request_with(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&serde_json::Value>,
+    idempotency_key: Option<&str>,
+    headers: &[(String, String)],
+    timeout: Duration,
+) -> anyhow::Result<Response> {
     let authority = authority(base)?;
-    tokio::time::timeout(timeout, send(authority, method, path, token, body, idempotency_key))
+    tokio::time::timeout(timeout, send(authority, method, path, token, body, idempotency_key, headers))
         .await
         .with_context(|| format!("{base}: no answer within {timeout:?}"))?
 }
@@ -52,9 +67,11 @@ async fn send(
     token: &str,
     body: Option<&serde_json::Value>,
     idempotency_key: Option<&str>,
+    headers: &[(String, String)],
 ) -> anyhow::Result<Response> {
     let payload = body.map(serde_json::to_vec).transpose()?;
     let mut conn = HttpConn::connect(authority, MAX_RESPONSE).await?;
+    conn.extra_headers = headers.to_vec();
     let (status, body) = conn.request(method, path, token, idempotency_key, payload.as_deref()).await?;
     let body = if body.is_empty() {
         serde_json::Value::Null
@@ -74,6 +91,8 @@ pub struct HttpConn {
     reusable: bool,
     /// Largest response body accepted.
     max_response: usize,
+    /// Sent with every request on this connection.
+    pub extra_headers: Vec<(String, String)>,
 }
 
 impl HttpConn {
@@ -84,7 +103,13 @@ impl HttpConn {
             .with_context(|| format!("connect to {addr} timed out"))?
             .with_context(|| format!("cannot connect to {addr}"))?;
         stream.set_nodelay(true)?;
-        Ok(HttpConn { stream: BufReader::new(stream), host: addr.to_owned(), reusable: true, max_response })
+        Ok(HttpConn {
+            stream: BufReader::new(stream),
+            host: addr.to_owned(),
+            reusable: true,
+            max_response,
+            extra_headers: Vec::new(),
+        })
     }
 
     /// Whether another request may be sent on this connection.
@@ -114,6 +139,9 @@ impl HttpConn {
         }
         if let Some(k) = idempotency_key {
             head.push_str(&format!("Idempotency-Key: {k}\r\n"));
+        }
+        for (name, value) in &self.extra_headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
         }
         head.push_str("\r\n");
         let mut request = head.into_bytes();

@@ -131,7 +131,12 @@ impl TransportTuning {
     }
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+/// The certificates in a PEM file (e.g. the cluster CA).
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    read_certs(path)
+}
+
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let pem = std::fs::read(path).map_err(|e| tls_err(format!("{}: {e}", path.display())))?;
     let certs = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<std::result::Result<Vec<_>, _>>()
@@ -142,7 +147,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
+pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     let pem = std::fs::read(path).map_err(|e| tls_err(format!("{}: {e}", path.display())))?;
     rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|e| tls_err(format!("{}: {e}", path.display())))?

@@ -44,6 +44,9 @@ pub struct Api {
     pub next_request: Arc<AtomicU64>,
     /// Health gossip, when this voter takes part.
     pub gossip: Option<Arc<Gossip>>,
+    /// The cluster CA: when set, an edge registers only with a proof signed by a
+    /// certificate from it that names the edge (see `ferry_node::cluster::proof`).
+    pub cluster_ca: Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>>,
 }
 
 /// Raft and API metrics.
@@ -89,7 +92,14 @@ impl Api {
             timeout,
             next_request: Arc::new(AtomicU64::new(1)),
             gossip: None,
+            cluster_ca: None,
         }
+    }
+
+    /// Requires edges to prove cluster membership when they register.
+    pub fn with_cluster_ca(mut self, ca: Vec<rustls::pki_types::CertificateDer<'static>>) -> Self {
+        self.cluster_ca = Some(Arc::new(ca));
+        self
     }
 
     /// Registers the gossip metrics; call before [`Api::with_gossip`].

@@ -177,9 +177,17 @@ pub async fn put_edge(
     State(api): State<Api>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    b: Body<PutEdge>,
+    raw: axum::body::Bytes,
 ) -> ApiResult {
-    let e = body(b)?;
+    if let Some(ca) = &api.cluster_ca {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let path = format!("/v1/edges/{id}");
+        ferry_node::cluster::proof::verify(ca, header, &id, "PUT", &path, &raw, now_ms()).map_err(|e| {
+            ApiError::new(StatusCode::UNAUTHORIZED, "node_certificate_required", format!("edge {id}: {e}"))
+        })?;
+    }
+    let e: PutEdge =
+        serde_json::from_slice(&raw).map_err(|e| ApiError::bad_request(format!("bad edge: {e}")))?;
     let command = Command::RegisterEdge {
         id,
         region: e.region,

@@ -18,7 +18,8 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::http_client::{request, Response};
+use super::proof::Signer;
+use crate::http_client::{request, request_with, Response};
 
 /// Longest a watch request waits for a change before the loop reconciles anyway.
 const WATCH_WAIT: Duration = Duration::from_secs(10);
@@ -89,10 +90,17 @@ pub struct ControlLink {
     /// This process registered itself at least once (its first pass always does, which
     /// also clears a drain meant for an earlier process with the same id).
     registered_once: AtomicBool,
+    /// Signs registrations with this edge's cluster certificate (when it has one).
+    signer: Option<Signer>,
 }
 
 impl ControlLink {
-    pub fn new(urls: Vec<String>, token: String, registration: Registration) -> Arc<Self> {
+    pub fn new(
+        urls: Vec<String>,
+        token: String,
+        registration: Registration,
+        signer: Option<Signer>,
+    ) -> Arc<Self> {
         Arc::new(ControlLink {
             urls,
             token,
@@ -102,6 +110,7 @@ impl ControlLink {
             connected: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
             registered_once: AtomicBool::new(false),
+            signer,
         })
     }
 
@@ -246,7 +255,17 @@ impl ControlLink {
     }
 
     async fn write(&self, url: &str, method: &str, path: &str, body: &Value) -> anyhow::Result<()> {
-        let r = request(url, method, path, &self.token, Some(body), None, REQUEST_TIMEOUT).await?;
+        let headers = match &self.signer {
+            Some(signer) => {
+                let bytes = serde_json::to_vec(body)?;
+                let now =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+                signer.headers(method, path, now, &bytes)?
+            }
+            None => Vec::new(),
+        };
+        let r =
+            request_with(url, method, path, &self.token, Some(body), None, &headers, REQUEST_TIMEOUT).await?;
         check(&r, path)
     }
 }

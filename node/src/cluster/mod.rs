@@ -9,6 +9,7 @@
 pub mod control;
 pub mod gossip;
 pub mod load;
+pub mod proof;
 pub mod redirect;
 
 use std::sync::Arc;

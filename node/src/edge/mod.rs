@@ -225,9 +225,19 @@ impl BoundEdge {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             capacity: config.capacity,
         };
-        let control = (!config.control_plane.is_empty()).then(|| {
-            ControlLink::new(config.control_plane.clone(), config.control_token.clone(), registration.clone())
-        });
+        let signer = match &config.cluster_tls {
+            Some(tls) => Some(crate::cluster::proof::Signer::load(tls)?),
+            None => None,
+        };
+        let control = match config.control_plane.is_empty() {
+            true => None,
+            false => Some(ControlLink::new(
+                config.control_plane.clone(),
+                config.control_token.clone(),
+                registration.clone(),
+                signer,
+            )),
+        };
         let state = Arc::new(EdgeState {
             registry: Registry::new(metrics.clone()),
             metrics,
