@@ -1,6 +1,6 @@
 //! API errors: always `{"error": {"code", "message"}}` with the right status.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -63,6 +63,13 @@ impl From<JsonRejection> for ApiError {
         };
         let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "bad_request" };
         Self::new(status, code, e.body_text())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(e: BytesRejection) -> Self {
+        // Reading a raw body fails when it is over the limit (or the connection broke).
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.body_text())
     }
 }
 

@@ -177,8 +177,21 @@ pub async fn put_edge(
     State(api): State<Api>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    raw: axum::body::Bytes,
+    raw: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult {
+    // Raw bytes (the membership proof signs them), with the checks `Json` would do.
+    let raw = raw?;
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "bad_request",
+            "Expected request with `Content-Type: application/json`",
+        ));
+    }
     if let Some(ca) = &api.cluster_ca {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let path = format!("/v1/edges/{id}");
