@@ -136,7 +136,7 @@ async fn failover_loop(node: NodeHandle, gossip: Arc<Gossip>, grace: Duration, c
         let view: Vec<Observed> = gossip
             .members()
             .into_iter()
-            .filter(|m| m.role == "edge")
+            .filter(|m| m.info.role == "edge")
             .map(|m| Observed { id: m.id, generation: m.generation, alive: m.alive })
             .collect();
         let status = node.status();

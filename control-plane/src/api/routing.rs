@@ -80,7 +80,7 @@ impl Api {
         });
         let members: BTreeMap<String, Member> = match &self.gossip {
             Some(g) => {
-                g.members().into_iter().filter(|m| m.role == "edge").map(|m| (m.id.clone(), m)).collect()
+                g.members().into_iter().filter(|m| m.info.role == "edge").map(|m| (m.id.clone(), m)).collect()
             }
             None => BTreeMap::new(),
         };
@@ -96,10 +96,11 @@ impl Api {
                     region: e.region.clone(),
                     // Without gossip the control plane cannot tell: trust registration.
                     alive: m.map_or(self.gossip.is_none(), |m| m.alive),
-                    draining: e.draining || m.is_some_and(|m| m.draining),
-                    sessions: m.map_or(0, |m| m.sessions),
+                    draining: e.draining || m.is_some_and(|m| m.info.draining),
+                    sessions: m.map_or(0, |m| m.info.sessions),
                     capacity: e.capacity,
-                    carries: m.is_some_and(|m| m.origins.contains(stream) || m.carries.contains(stream)),
+                    carries: m
+                        .is_some_and(|m| m.info.origins.contains(stream) || m.info.carries.contains(stream)),
                 }
             })
             .collect();
@@ -205,8 +206,8 @@ pub async fn redirect_whip(
 pub fn gossip_fields(member: Option<&Member>) -> Value {
     match member {
         Some(m) => json!({
-            "alive": m.alive, "draining": m.draining, "sessions": m.sessions, "cpu": m.cpu,
-            "bytes_per_s": m.bytes_per_s, "origins": m.origins, "carries": m.carries,
+            "alive": m.alive, "draining": m.info.draining, "sessions": m.info.sessions, "cpu": m.info.cpu,
+            "bytes_per_s": m.info.bytes_per_s, "origins": m.info.origins, "carries": m.info.carries,
             "gossip_addr": m.gossip_addr, "generation": m.generation,
         }),
         None => Value::Null,

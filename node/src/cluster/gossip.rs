@@ -69,7 +69,7 @@ pub struct GossipConfig {
 }
 
 /// The keys a process publishes about itself; refreshed every round.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SelfInfo {
     /// `edge` or `voter`.
     pub role: String,
@@ -88,7 +88,8 @@ pub struct SelfInfo {
 /// Produces this process's current [`SelfInfo`].
 pub type SelfInfoFn = Arc<dyn Fn() -> SelfInfo + Send + Sync>;
 
-/// One process as gossip sees it.
+/// One process as gossip sees it: its identity in the gossip, the failure detector's
+/// verdict, and the keys it publishes.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Member {
     pub id: String,
@@ -96,17 +97,8 @@ pub struct Member {
     /// Bumped every time the process restarts.
     pub generation: u64,
     pub alive: bool,
-    pub role: String,
-    pub region: String,
-    pub version: String,
-    pub quic_addr: String,
-    pub http_addr: String,
-    pub draining: bool,
-    pub sessions: u64,
-    pub cpu: f64,
-    pub bytes_per_s: u64,
-    pub origins: BTreeSet<String>,
-    pub carries: BTreeSet<String>,
+    #[serde(flatten)]
+    pub info: SelfInfo,
 }
 
 impl Member {
@@ -120,17 +112,19 @@ impl Member {
             gossip_addr: id.gossip_advertise_addr.to_string(),
             generation: id.generation_id,
             alive,
-            role: get(keys::ROLE),
-            region: get(keys::REGION),
-            version: get(keys::VERSION),
-            quic_addr: get(keys::QUIC),
-            http_addr: get(keys::HTTP),
-            draining: state.get(keys::DRAINING) == Some("1"),
-            sessions: get(keys::SESSIONS).parse().unwrap_or(0),
-            cpu: get(keys::CPU).parse().unwrap_or(0.0),
-            bytes_per_s: get(keys::BYTES_PER_S).parse().unwrap_or(0),
-            origins: list(keys::ORIGINS),
-            carries: list(keys::CARRIES),
+            info: SelfInfo {
+                role: get(keys::ROLE),
+                region: get(keys::REGION),
+                version: get(keys::VERSION),
+                quic_addr: get(keys::QUIC),
+                http_addr: get(keys::HTTP),
+                draining: state.get(keys::DRAINING) == Some("1"),
+                sessions: get(keys::SESSIONS).parse().unwrap_or(0),
+                cpu: get(keys::CPU).parse().unwrap_or(0.0),
+                bytes_per_s: get(keys::BYTES_PER_S).parse().unwrap_or(0),
+                origins: list(keys::ORIGINS),
+                carries: list(keys::CARRIES),
+            },
         }
     }
 }
@@ -408,8 +402,8 @@ mod tests {
         })
         .await;
         let seen = a.member("c").unwrap();
-        assert_eq!((seen.role.as_str(), seen.region.as_str()), ("edge", "r1"));
-        assert!(seen.origins.contains("live/a"));
+        assert_eq!((seen.info.role.as_str(), seen.info.region.as_str()), ("edge", "r1"));
+        assert!(seen.info.origins.contains("live/a"));
 
         c_cancel.cancel();
         c.shutdown().await;

@@ -40,10 +40,10 @@ impl ClusterView {
         let members = self.gossip.as_ref().map(|g| g.members()).unwrap_or_default();
         let live_origin = members
             .iter()
-            .filter(|m| m.alive && !m.quic_addr.is_empty() && m.id != self_id)
-            .find(|m| m.origins.contains(stream));
+            .filter(|m| m.alive && !m.info.quic_addr.is_empty() && m.id != self_id)
+            .find(|m| m.info.origins.contains(stream));
         if let Some(m) = live_origin {
-            return Some(Origin { edge: m.id.clone(), quic_addr: m.quic_addr.clone() });
+            return Some(Origin { edge: m.id.clone(), quic_addr: m.info.quic_addr.clone() });
         }
         let snapshot = self.control.as_ref()?.snapshot();
         let record = snapshot.streams.get(stream)?;

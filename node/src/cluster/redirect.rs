@@ -27,11 +27,13 @@ pub fn target(
     stream: &str,
 ) -> Option<String> {
     let others = || {
-        members.iter().filter(|m| m.role == "edge" && m.id != self_id && m.alive && !m.http_addr.is_empty())
+        members
+            .iter()
+            .filter(|m| m.info.role == "edge" && m.id != self_id && m.alive && !m.info.http_addr.is_empty())
     };
     if kind == Kind::Whip {
-        if let Some(origin) = others().find(|m| m.origins.contains(stream)) {
-            return Some(origin.http_addr.clone());
+        if let Some(origin) = others().find(|m| m.info.origins.contains(stream)) {
+            return Some(origin.info.http_addr.clone());
         }
     }
     if !draining {
@@ -40,16 +42,17 @@ pub fn target(
     let candidates: Vec<Candidate> = others()
         .map(|m| Candidate {
             id: m.id.clone(),
-            region: m.region.clone(),
+            region: m.info.region.clone(),
             alive: true,
-            draining: m.draining,
-            sessions: m.sessions,
+            draining: m.info.draining,
+            sessions: m.info.sessions,
             capacity: 100,
-            carries: kind == Kind::Whep && (m.origins.contains(stream) || m.carries.contains(stream)),
+            carries: kind == Kind::Whep
+                && (m.info.origins.contains(stream) || m.info.carries.contains(stream)),
         })
         .collect();
     let route = placement::route(stream, Some(self_region), &candidates, placement::DEFAULT_EPSILON)?;
-    others().find(|m| m.id == route.edge).map(|m| m.http_addr.clone())
+    others().find(|m| m.id == route.edge).map(|m| m.info.http_addr.clone())
 }
 
 #[cfg(test)]
@@ -59,6 +62,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
+    use crate::cluster::gossip::SelfInfo;
 
     fn member(id: &str, region: &str, alive: bool, draining: bool, origins: &[&str]) -> Member {
         Member {
@@ -66,17 +70,15 @@ mod tests {
             gossip_addr: String::new(),
             generation: 1,
             alive,
-            role: "edge".into(),
-            region: region.into(),
-            version: String::new(),
-            quic_addr: format!("{id}:4433"),
-            http_addr: format!("{id}:8080"),
-            draining,
-            sessions: 0,
-            cpu: 0.0,
-            bytes_per_s: 0,
-            origins: origins.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>(),
-            carries: BTreeSet::new(),
+            info: SelfInfo {
+                role: "edge".into(),
+                region: region.into(),
+                quic_addr: format!("{id}:4433"),
+                http_addr: format!("{id}:8080"),
+                draining,
+                origins: origins.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>(),
+                ..SelfInfo::default()
+            },
         }
     }
 
