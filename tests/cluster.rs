@@ -582,6 +582,94 @@ fn a_partitioned_edge_is_failed_over_and_rejoins_when_healed() {
 
 /// `ferry bench failover` runs end to end and reports every peer and every viewer
 /// (numbers are not judged here; docs/benchmarks.md has them).
+/// One voter with a cluster certificate and gossip; returns it and the control URL.
+fn single_voter(plan: &Plan, dir: &std::path::Path) -> (Voter, String) {
+    let seeds = plan.seeds();
+    let peers = format!("1=127.0.0.1:{}", free_udp_port());
+    let mut extra: Vec<String> =
+        ["--gossip-listen", &plan.voter_gossip[0], "--gossip-seeds", &seeds].map(String::from).to_vec();
+    extra.extend(cluster_cert_args(&plan.ca, "voter-1", "voter"));
+    let voter = Voter::start(1, &peers, &dir.join("v1"), &strs(&extra));
+    wait_for_leader(&[&voter]);
+    let control = format!("http://{}", voter.http);
+    (voter, control)
+}
+
+fn edge_connections(edge: &Edge) -> f64 {
+    edge.metric("ferry_connections{role=\"edge\"}").unwrap_or(0.0)
+}
+
+/// The relays the control plane placed for `stream` in `region`.
+fn relays(voter: &Voter, stream: &str, region: &str) -> Vec<String> {
+    let (_, body) = voter.get(&format!("/v1/streams/{stream}?stale=true"));
+    body["relays"][region]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_region_pulls_through_its_placed_relay_and_a_new_relay_takes_over_when_it_dies() {
+    let _heavy = heavy();
+    let dir = TempDir::new("relays");
+    let plan = Plan {
+        ca: ca_init(&dir.path().join("ca")),
+        voter_gossip: vec![format!("127.0.0.1:{}", free_udp_port())],
+        edge_gossip: ["o", "a", "b"].into_iter().map(|e| (e, format!("127.0.0.1:{}", free_udp_port()))).collect(),
+    };
+    let (voter, control) = single_voter(&plan, dir.path());
+    let mut edges: BTreeMap<&str, Edge> = BTreeMap::new();
+    for (id, region) in [("o", "r1"), ("a", "r2"), ("b", "r2")] {
+        edges.insert(id, start_edge(&plan, id, region, &control));
+    }
+    wait_for("3 registered edges alive in gossip", Duration::from_secs(30), || {
+        let (_, body) = voter.get("/v1/edges?stale=true");
+        let edges = body["edges"].as_array()?;
+        (edges.len() == 3 && edges.iter().all(|e| e["gossip"]["alive"] == true)).then_some(())
+    });
+    let stream = "live/relayed";
+    let _publisher = publish_synthetic(&edges["o"], stream, "300s");
+    // The leader places one relay in r2 (none in r1, the origin's region).
+    let relay = wait_for("a relay placed in r2", Duration::from_secs(20), || {
+        relays(&voter, stream, "r2").first().cloned()
+    });
+    assert!(relays(&voter, stream, "r1").is_empty());
+    let other = if relay == "a" { "b" } else { "a" };
+    println!("relay in r2: {relay}; the other edge: {other}");
+
+    // A viewer on the other r2 edge: it pulls from the relay, the relay from the origin.
+    let edge_subscribers = |id: &str| edge_connections(&edges[id]);
+    let viewer = watch(&edges[other], stream, &["--duration", "60s"]);
+    wait_for("the viewer plays through the relay", Duration::from_secs(20), || {
+        let sent = edges[other].metric("ferry_frames_out_total").unwrap_or(0.0);
+        (sent > 30.0 && edge_subscribers(&relay) == 1.0 && edge_subscribers("o") == 1.0).then_some(())
+    });
+    assert_eq!(edge_subscribers(other), 0.0, "nobody pulls from the edge that is not the relay");
+    viewer.terminate();
+    assert!(json_output(viewer, Duration::from_secs(20))["frames"].as_u64().unwrap() > 0);
+
+    // Kill -9 the relay: after failover the other edge becomes r2's relay and pulls
+    // from the origin itself.
+    drop(edges.remove(relay.as_str()));
+    wait_for("the other edge placed as r2's relay", Duration::from_secs(20), || {
+        (relays(&voter, stream, "r2") == vec![other.to_owned()]).then_some(())
+    });
+    let viewer = watch(&edges[other], stream, &["--duration", "60s"]);
+    let before = edges[other].metric("ferry_frames_out_total").unwrap_or(0.0);
+    wait_for("the new relay pulls from the origin", Duration::from_secs(20), || {
+        let sent = edges[other].metric("ferry_frames_out_total").unwrap_or(0.0);
+        (sent > before + 30.0 && edges["o"].metric("ferry_connections{role=\"edge\"}") == Some(1.0)).then_some(())
+    });
+    viewer.terminate();
+    assert!(json_output(viewer, Duration::from_secs(20))["frames"].as_u64().unwrap() > 0);
+    let (_, audit) = voter.get("/v1/audit?limit=50");
+    let placements = audit["events"]
+        .as_array()
+        .map(|a| a.iter().filter(|e| e["action"] == "stream.place_relays").count())
+        .unwrap_or(0);
+    assert!(placements >= 2, "both placements are audited: {audit}");
+}
+
 #[test]
 fn bench_failover_reports_detection_at_every_peer_and_every_viewer() {
     let _heavy = heavy();

@@ -8,6 +8,7 @@ pub mod api;
 pub mod failover;
 pub mod node;
 pub use ferry_proto::placement;
+pub mod relays;
 pub mod server;
 pub mod state;
 pub mod storage;

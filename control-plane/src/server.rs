@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::Api;
 use crate::failover::{Failover, Observed};
+use crate::relays::{self, EdgeHealth, Placed, Placement};
 use crate::node::{self, NodeConfig, NodeHandle};
 use crate::state::{Command, Request};
 use crate::transport::TransportConfig;
@@ -119,11 +120,15 @@ impl Control {
     }
 }
 
-/// How often the leader looks at gossip for dead edges.
+/// How often the leader looks at gossip for dead edges and relays to place.
 const FAILOVER_TICK: Duration = Duration::from_millis(250);
+/// Relay placements committed per tick at most, so a restart with many streams does
+/// not flood the log.
+const RELAY_PLACEMENTS_PER_TICK: usize = 32;
 
 /// On the leader: commits [`Command::EdgeFailed`] for edges gossip has shown dead for
-/// the grace period (see [`crate::failover`]). Followers only keep their view fresh.
+/// the grace period (see [`crate::failover`]), then [`Command::PlaceRelays`] where the
+/// relays should change (see [`crate::relays`]). Followers only keep their view fresh.
 async fn failover_loop(node: NodeHandle, gossip: Arc<Gossip>, grace: Duration, cancel: CancellationToken) {
     let mut failover = Failover::new(grace);
     let mut tick = tokio::time::interval(FAILOVER_TICK);
@@ -133,15 +138,14 @@ async fn failover_loop(node: NodeHandle, gossip: Arc<Gossip>, grace: Duration, c
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let view: Vec<Observed> = gossip
-            .members()
-            .into_iter()
-            .filter(|m| m.info.role == "edge")
-            .map(|m| Observed { id: m.id, generation: m.generation, alive: m.alive })
+        let members: Vec<_> = gossip.members().into_iter().filter(|m| m.info.role == "edge").collect();
+        let view: Vec<Observed> = members
+            .iter()
+            .map(|m| Observed { id: m.id.clone(), generation: m.generation, alive: m.alive })
             .collect();
         let status = node.status();
-        let (registered, work): (BTreeSet<String>, BTreeSet<String>) = node.read(|s| {
-            let registered = s.edges.keys().cloned().collect();
+        let (registered, work) = node.read(|s| {
+            let registered: BTreeSet<String> = s.edges.keys().cloned().collect();
             let mut work = BTreeSet::new();
             for stream in s.streams.values() {
                 if !stream.origin_lost {
@@ -157,22 +161,65 @@ async fn failover_loop(node: NodeHandle, gossip: Arc<Gossip>, grace: Duration, c
             continue;
         }
         for (edge, generation) in due {
-            let request = Request {
-                request_id: format!("failover-{edge}-{generation}"),
-                actor: "failover".into(),
-                at_ms: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0),
-                command: Command::EdgeFailed { id: edge.clone() },
-            };
-            match node.write(request, Duration::from_secs(5)).await {
-                Ok((index, outcome)) => {
-                    tracing::warn!(%edge, index, ?outcome, "failover: committed the reaction to a dead edge");
+            let command = Command::EdgeFailed { id: edge.clone() };
+            match commit(&node, "failover", format!("failover-{edge}-{generation}"), command).await {
+                Ok(outcome) => {
+                    tracing::warn!(%edge, ?outcome, "failover: committed the reaction to a dead edge");
                     failover.committed(&edge, generation);
                 }
                 Err(e) => tracing::warn!(%edge, "failover: commit failed, retrying: {e}"),
             }
         }
+        let (streams, edges) = node.read(|s| {
+            let streams: Vec<Placed> = s
+                .streams
+                .values()
+                .map(|st| Placed {
+                    name: st.name.clone(),
+                    origin: st.origin.clone(),
+                    origin_lost: st.origin_lost,
+                    relays: st.relays.clone(),
+                })
+                .collect();
+            let edges: Vec<EdgeHealth> = s
+                .edges
+                .values()
+                .map(|e| {
+                    let live = members.iter().filter(|m| m.id == e.id && m.alive);
+                    let (mut alive, mut draining) = (false, e.draining);
+                    for m in live {
+                        alive = true;
+                        draining |= m.info.draining;
+                    }
+                    EdgeHealth { id: e.id.clone(), region: e.region.clone(), alive, draining }
+                })
+                .collect();
+            (streams, edges)
+        });
+        for placement in relays::plan(&streams, &edges).into_iter().take(RELAY_PLACEMENTS_PER_TICK) {
+            let Placement { name, origin, relays } = placement;
+            let command = Command::PlaceRelays { name: name.clone(), origin, relays };
+            // No request id: a placement is recomputed from the state every tick.
+            match commit(&node, "placement", String::new(), command).await {
+                Ok(outcome) => tracing::info!(stream = %name, ?outcome, "placed relays"),
+                Err(e) => tracing::warn!(stream = %name, "relay placement: commit failed: {e}"),
+            }
+        }
     }
+}
+
+/// Commits one command as the cluster itself.
+async fn commit(
+    node: &NodeHandle,
+    actor: &str,
+    request_id: String,
+    command: Command,
+) -> Result<crate::state::Outcome, String> {
+    let request = Request {
+        request_id,
+        actor: actor.into(),
+        at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        command,
+    };
+    node.write(request, Duration::from_secs(5)).await.map(|(_, outcome)| outcome).map_err(|e| e.to_string())
 }

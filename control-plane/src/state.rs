@@ -236,6 +236,14 @@ pub enum Command {
     DeleteStream {
         name: String,
     },
+    /// The leader's relay placement: which edges in which regions pull `name` from its
+    /// origin for the other edges of their region. Rejected (conflict) when the stream
+    /// has moved to another origin or lost it since the leader looked.
+    PlaceRelays {
+        name: String,
+        origin: String,
+        relays: BTreeMap<String, Vec<String>>,
+    },
     /// Creates a rollout at level 0, active.
     CreateRollout {
         id: String,
@@ -269,6 +277,7 @@ impl Command {
             Command::DrainEdge { .. } => "edge.drain",
             Command::PutStream { .. } => "stream.put",
             Command::DeleteStream { .. } => "stream.delete",
+            Command::PlaceRelays { .. } => "stream.place_relays",
             Command::CreateRollout { .. } => "rollout.create",
             Command::SetRolloutLevel { .. } => "rollout.set_level",
             Command::PauseRollout { .. } => "rollout.pause",
@@ -452,6 +461,7 @@ fn execute(state: &mut State, request: &Request) -> Step {
         Command::DrainEdge { id } => drain_edge(state, now, id),
         Command::PutStream { name, origin, relays } => put_stream(state, now, name, origin, relays),
         Command::DeleteStream { name } => delete_stream(state, name),
+        Command::PlaceRelays { name, origin, relays } => place_relays(state, now, name, origin, relays),
         Command::CreateRollout { id, spec } => create_rollout(state, now, actor, id, spec),
         Command::SetRolloutLevel { id, level } => set_rollout_level(state, now, actor, id, *level),
         Command::PauseRollout { id } => move_rollout(state, now, actor, id, RolloutState::Paused),
@@ -578,23 +588,7 @@ fn put_stream(
 ) -> Step {
     StreamName::new(name).map_err(|e| rejected(REJECT_INVALID, e.to_string()))?;
     check_known_edge(state, origin)?;
-    let mut placed = BTreeMap::new();
-    for (region, edges) in relays {
-        check_label("region", region)?;
-        let mut seen = BTreeSet::new();
-        for edge in edges {
-            check_known_edge(state, edge)?;
-            if !seen.insert(edge.as_str()) {
-                return Err(rejected(
-                    REJECT_INVALID,
-                    format!("edge {edge:?} listed twice in region {region:?}"),
-                ));
-            }
-        }
-        if !edges.is_empty() {
-            placed.insert(region.clone(), edges.clone());
-        }
-    }
+    let placed = checked_relays(state, relays)?;
     let created_at_ms = state.streams.get(name).map_or(now, |s| s.created_at_ms);
     let created = !state.streams.contains_key(name);
     let relay_count: usize = placed.values().map(Vec::len).sum();
@@ -612,6 +606,65 @@ fn put_stream(
         summary: format!("origin {origin}, {relay_count} relay(s)"),
         detail: json!({ "stream": name, "created": created }),
     }))
+}
+
+/// Relay lists with known edges, valid regions, no edge twice in a region; empty
+/// regions dropped.
+fn checked_relays(
+    state: &State,
+    relays: &BTreeMap<String, Vec<String>>,
+) -> Result<BTreeMap<String, Vec<String>>, Rejection> {
+    let mut placed = BTreeMap::new();
+    for (region, edges) in relays {
+        check_label("region", region)?;
+        let mut seen = BTreeSet::new();
+        for edge in edges {
+            check_known_edge(state, edge)?;
+            if !seen.insert(edge.as_str()) {
+                return Err(rejected(
+                    REJECT_INVALID,
+                    format!("edge {edge:?} listed twice in region {region:?}"),
+                ));
+            }
+        }
+        if !edges.is_empty() {
+            placed.insert(region.clone(), edges.clone());
+        }
+    }
+    Ok(placed)
+}
+
+fn place_relays(
+    state: &mut State,
+    now: u64,
+    name: &str,
+    origin: &str,
+    relays: &BTreeMap<String, Vec<String>>,
+) -> Step {
+    let placed = checked_relays(state, relays)?;
+    let stream =
+        state.streams.get_mut(name).ok_or_else(|| rejected(REJECT_NOT_FOUND, format!("no stream {name:?}")))?;
+    if stream.origin != origin || stream.origin_lost {
+        return Err(rejected(
+            REJECT_CONFLICT,
+            format!("stream {name:?} is no longer originated by {origin:?}"),
+        ));
+    }
+    if stream.relays == placed {
+        return Ok(None);
+    }
+    let summary = format!("relays {}", describe_relays(&placed));
+    stream.relays = placed;
+    stream.updated_at_ms = now;
+    Ok(Some(Change { target: name.to_owned(), summary, detail: json!({ "stream": name }) }))
+}
+
+fn describe_relays(relays: &BTreeMap<String, Vec<String>>) -> String {
+    if relays.is_empty() {
+        return "none".to_owned();
+    }
+    let parts: Vec<String> = relays.iter().map(|(region, edges)| format!("{region}: {}", edges.join(","))).collect();
+    parts.join("; ")
 }
 
 fn delete_stream(state: &mut State, name: &str) -> Step {

@@ -458,3 +458,31 @@ fn a_drained_edge_is_marked_until_it_registers_again() {
     assert!(!log.state.edges["a"].draining, "a new registration is a new process");
     assert_eq!(log.rejects(Command::DrainEdge { id: id("b") }), REJECT_NOT_FOUND);
 }
+
+#[test]
+fn relays_are_placed_only_while_the_origin_is_unchanged() {
+    let mut log = Log::new();
+    for (edge, region) in [("a", "eu"), ("b", "us"), ("c", "us")] {
+        log.run(register(edge, region));
+    }
+    log.run(put_stream("live/x", "a", &[]));
+    let place = |origin: &str, relay: &str| Command::PlaceRelays {
+        name: id("live/x"),
+        origin: id(origin),
+        relays: [(id("us"), vec![id(relay)])].into_iter().collect(),
+    };
+    assert!(log.run(place("a", "b")).is_ok());
+    assert_eq!(log.state.streams["live/x"].relays["us"], vec![id("b")]);
+    assert_eq!(log.state.audit.back().map(|e| e.action.as_str()), Some("stream.place_relays"));
+    // The same placement again changes nothing and is not audited twice.
+    let audited = log.state.audit.len();
+    assert!(log.run(place("a", "b")).is_ok());
+    assert_eq!(log.state.audit.len(), audited);
+    // The leader looked before the origin moved (or was lost): refused.
+    assert_eq!(log.rejects(place("c", "b")), REJECT_CONFLICT);
+    log.run(Command::EdgeFailed { id: id("a") });
+    assert_eq!(log.rejects(place("a", "c")), REJECT_CONFLICT);
+    assert_eq!(log.rejects(place("a", "nope")), REJECT_NOT_FOUND);
+    let missing = Command::PlaceRelays { name: id("live/none"), origin: id("a"), relays: Default::default() };
+    assert_eq!(log.rejects(missing), REJECT_NOT_FOUND);
+}

@@ -58,6 +58,47 @@ impl ClusterView {
         Some(Origin { edge: edge.id.clone(), quic_addr: edge.quic_addr.clone() })
     }
 
+    /// Where this edge (`self_id` in `region`) pulls `stream` from: the relay the
+    /// control plane placed in its region when the origin is elsewhere, the origin
+    /// itself otherwise — and always when `for_edge` (another edge asks: relays pull
+    /// only from origins, so a stale placement can never make two edges pull from each
+    /// other), when this edge is the relay, or when the relay is dead, draining or
+    /// unknown.
+    pub fn upstream_of(&self, stream: &str, self_id: &str, region: &str, for_edge: bool) -> Option<Origin> {
+        let origin = self.origin_of(stream, self_id)?;
+        if for_edge {
+            return Some(origin);
+        }
+        let members = self.members();
+        let Some(control) = self.control.as_ref() else {
+            return Some(origin);
+        };
+        let snapshot = control.snapshot();
+        let origin_region = members
+            .iter()
+            .find(|m| m.id == origin.edge && m.alive)
+            .map(|m| m.info.region.clone())
+            .or_else(|| snapshot.edges.get(&origin.edge).map(|e| e.region.clone()));
+        if origin_region.as_deref() == Some(region) {
+            return Some(origin);
+        }
+        let relays = snapshot.streams.get(stream).and_then(|s| s.relays.get(region));
+        let relay = relays.into_iter().flatten().find_map(|id| {
+            let edge = snapshot.edges.get(id)?;
+            let usable = match &self.gossip {
+                Some(_) => members.iter().any(|m| &m.id == id && m.alive && !m.info.draining),
+                None => true,
+            };
+            (usable && !edge.draining).then_some(edge)
+        });
+        match relay {
+            Some(edge) if edge.id != self_id => {
+                Some(Origin { edge: edge.id.clone(), quic_addr: edge.quic_addr.clone() })
+            }
+            _ => Some(origin),
+        }
+    }
+
     /// Gossip members (empty without gossip).
     pub fn members(&self) -> Vec<Member> {
         self.gossip.as_ref().map(|g| g.members()).unwrap_or_default()

@@ -278,7 +278,7 @@ async fn run_subscription(
             let _ = done.send((id, DeliveryEnd::Cancelled)).await;
             return;
         }
-        found = find_track(&state, &sub.stream, &sub.track) => found,
+        found = find_track(&state, &sub.stream, &sub.track, sub.role == Role::Edge) => found,
     };
     let producer = match producer {
         Ok(producer) => producer,
@@ -316,13 +316,15 @@ async fn run_subscription(
     let _ = done.send((id, end)).await;
 }
 
+/// A local track, or the relayed one (`for_edge`: the subscriber is another edge).
 pub(crate) async fn find_track(
     state: &Arc<EdgeState>,
     stream: &StreamName,
     track: &TrackName,
+    for_edge: bool,
 ) -> std::result::Result<crate::track::TrackProducer, (ErrorCode, String)> {
     if let Some(producer) = state.registry.find(stream, track) {
         return Ok(producer);
     }
-    state.upstreams.track(state, stream, track).await
+    state.upstreams.track(state, stream, track, for_edge).await
 }

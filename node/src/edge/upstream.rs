@@ -53,17 +53,21 @@ impl Upstreams {
         Ok(Self { fixed, by_addr: Mutex::new(HashMap::new()) })
     }
 
-    /// The relayed track, subscribing at the fixed upstream or the stream's origin.
+    /// The relayed track, subscribing at the fixed upstream, or at the stream's origin
+    /// or the relay of this edge's region ([`crate::cluster::ClusterView::upstream_of`];
+    /// `for_edge`: another edge asks).
     pub async fn track(
         &self,
         state: &Arc<EdgeState>,
         stream: &StreamName,
         track: &TrackName,
+        for_edge: bool,
     ) -> std::result::Result<TrackProducer, Refusal> {
         let upstream = match &self.fixed {
             Some(fixed) => Arc::clone(fixed),
             None => {
-                let origin = state.cluster().origin_of(stream.as_str(), state.config.node_id.as_str());
+                let me = state.config.node_id.as_str();
+                let origin = state.cluster().upstream_of(stream.as_str(), me, &state.config.region, for_edge);
                 let Some(origin) = origin else {
                     return Err((
                         ErrorCode::NotFound,

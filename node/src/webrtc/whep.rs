@@ -75,7 +75,7 @@ async fn find_tracks(state: &Arc<EdgeState>, stream: &StreamName) -> Result<Vec<
     let mut last_refusal = None;
     for name in ["video", "audio"] {
         let name = TrackName::new(name).map_err(|e| ApiError::internal(e.to_string()))?;
-        match crate::edge::find_track(state, stream, &name).await {
+        match crate::edge::find_track(state, stream, &name, false).await {
             Ok(producer) => found.push(producer),
             Err(refusal) => last_refusal = Some(refusal),
         }
