@@ -615,7 +615,10 @@ fn a_region_pulls_through_its_placed_relay_and_a_new_relay_takes_over_when_it_di
     let plan = Plan {
         ca: ca_init(&dir.path().join("ca")),
         voter_gossip: vec![format!("127.0.0.1:{}", free_udp_port())],
-        edge_gossip: ["o", "a", "b"].into_iter().map(|e| (e, format!("127.0.0.1:{}", free_udp_port()))).collect(),
+        edge_gossip: ["o", "a", "b"]
+            .into_iter()
+            .map(|e| (e, format!("127.0.0.1:{}", free_udp_port())))
+            .collect(),
     };
     let (voter, control) = single_voter(&plan, dir.path());
     let mut edges: BTreeMap<&str, Edge> = BTreeMap::new();
@@ -658,7 +661,8 @@ fn a_region_pulls_through_its_placed_relay_and_a_new_relay_takes_over_when_it_di
     let before = edges[other].metric("ferry_frames_out_total").unwrap_or(0.0);
     wait_for("the new relay pulls from the origin", Duration::from_secs(20), || {
         let sent = edges[other].metric("ferry_frames_out_total").unwrap_or(0.0);
-        (sent > before + 30.0 && edges["o"].metric("ferry_connections{role=\"edge\"}") == Some(1.0)).then_some(())
+        (sent > before + 30.0 && edges["o"].metric("ferry_connections{role=\"edge\"}") == Some(1.0))
+            .then_some(())
     });
     viewer.terminate();
     assert!(json_output(viewer, Duration::from_secs(20))["frames"].as_u64().unwrap() > 0);

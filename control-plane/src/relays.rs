@@ -69,7 +69,8 @@ pub fn plan(streams: &[Placed], edges: &[EdgeHealth]) -> Vec<Placement> {
             if *region == origin.region {
                 continue;
             }
-            let current = stream.relays.get(*region).into_iter().flatten().find(|id| kept.contains(&id.as_str()));
+            let current =
+                stream.relays.get(*region).into_iter().flatten().find(|id| kept.contains(&id.as_str()));
             let fresh = fresh_by_region.get(region).into_iter().flatten().copied();
             let chosen = match current {
                 Some(id) => Some(id.as_str()),
@@ -107,7 +108,8 @@ mod tests {
 
     #[test]
     fn each_other_region_gets_one_relay_in_rendezvous_order() {
-        let edges = [edge("o", "eu", true), edge("e2", "eu", true), edge("a", "us", true), edge("b", "us", true)];
+        let edges =
+            [edge("o", "eu", true), edge("e2", "eu", true), edge("a", "us", true), edge("b", "us", true)];
         let plans = plan(&[stream("live/x", "o", &[])], &edges);
         assert_eq!(plans.len(), 1);
         let first = placement::rank("live/x", ["a", "b"])[0];

@@ -15,8 +15,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::Api;
 use crate::failover::{Failover, Observed};
-use crate::relays::{self, EdgeHealth, Placed, Placement};
 use crate::node::{self, NodeConfig, NodeHandle};
+use crate::relays::{self, EdgeHealth, Placed, Placement};
 use crate::state::{Command, Request};
 use crate::transport::TransportConfig;
 

@@ -642,8 +642,10 @@ fn place_relays(
     relays: &BTreeMap<String, Vec<String>>,
 ) -> Step {
     let placed = checked_relays(state, relays)?;
-    let stream =
-        state.streams.get_mut(name).ok_or_else(|| rejected(REJECT_NOT_FOUND, format!("no stream {name:?}")))?;
+    let stream = state
+        .streams
+        .get_mut(name)
+        .ok_or_else(|| rejected(REJECT_NOT_FOUND, format!("no stream {name:?}")))?;
     if stream.origin != origin || stream.origin_lost {
         return Err(rejected(
             REJECT_CONFLICT,
@@ -663,7 +665,8 @@ fn describe_relays(relays: &BTreeMap<String, Vec<String>>) -> String {
     if relays.is_empty() {
         return "none".to_owned();
     }
-    let parts: Vec<String> = relays.iter().map(|(region, edges)| format!("{region}: {}", edges.join(","))).collect();
+    let parts: Vec<String> =
+        relays.iter().map(|(region, edges)| format!("{region}: {}", edges.join(","))).collect();
     parts.join("; ")
 }
 
