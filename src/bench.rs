@@ -230,6 +230,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
                 duration: Some(args.duration),
                 bind_ip: std::net::IpAddr::from([127, 0, 0, 1]),
                 connect_timeout: Duration::from_secs(20),
+                failover: None,
             };
             whep_viewers.spawn(watch_whep(opts, token));
         } else {

@@ -12,7 +12,7 @@ use ferry_node::auth::TokenSecret;
 use ferry_node::client::publish::{publish, PublishOptions, Source};
 use ferry_node::client::routed::{publish_routed, watch_routed, RouteOptions};
 use ferry_node::client::watch::{watch, WatchOptions};
-use ferry_node::client::whep::{watch_whep, WhepOptions};
+use ferry_node::client::whep::{watch_whep, WhepFailover, WhepOptions};
 use ferry_node::edge::{default_names, BoundEdge, EdgeConfig};
 use ferry_node::media::synthetic::SyntheticConfig;
 use ferry_node::tls::{ClientTrust, ClusterTls, ServerIdentity, TransportTuning};
@@ -145,6 +145,10 @@ pub struct EdgeArgs {
     /// sessions to move away after GOAWAY before the process exits anyway.
     #[arg(long, alias = "drain-deadline", env = "FERRY_SHUTDOWN_GRACE", default_value = "30s", value_parser = units::duration)]
     pub shutdown_grace: Duration,
+    /// On drain, how long WHEP viewers keep playing before they are closed (and
+    /// re-route by themselves); at most the drain deadline.
+    #[arg(long, env = "FERRY_WHEP_DRAIN_GRACE", default_value = "10s", value_parser = units::duration)]
+    pub whep_drain_grace: Duration,
     #[command(flatten)]
     pub webrtc: WebRtcArgs,
     #[command(flatten)]
@@ -239,6 +243,7 @@ impl EdgeArgs {
         config.relay_max_lag = self.relay_max_lag;
         config.relay_linger = self.relay_linger;
         config.shutdown_grace = self.shutdown_grace;
+        config.whep_drain_grace = self.whep_drain_grace;
         config.webrtc = self.webrtc.to_config()?;
         config.gossip = self.gossip.to_config(&self.node_id);
         (config.control_plane, config.control_token) = self.control.resolve()?;
@@ -326,6 +331,8 @@ pub struct WatchArgs {
     #[arg(long, env = "FERRY_STREAM", required_unless_present = "whep")]
     pub stream: Option<String>,
     /// Watch over WebRTC instead: the WHEP endpoint, e.g. http://HOST:PORT/whep/live/room1.
+    /// With --control-plane, a session that ends early (edge gone, closed, stalled for
+    /// --failover-after) is followed by a new one routed by the control plane.
     #[arg(long, env = "FERRY_WHEP", conflicts_with_all = ["edge", "output", "throttle"])]
     pub whep: Option<String>,
     /// Access token for --whep (see `ferry token`).
@@ -522,26 +529,61 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
 }
 
 async fn run_watch_whep(args: &WatchArgs, url: &str) -> anyhow::Result<()> {
+    let failover = match args.route.control_plane.is_empty() {
+        true => None,
+        false => {
+            let stream = match &args.stream {
+                Some(stream) => stream.clone(),
+                None => stream_of_whep_url(url)
+                    .ok_or_else(|| anyhow::anyhow!("--whep {url}: no /whep/STREAM path; give --stream"))?,
+            };
+            let region = args.route.region.as_deref().map(|r| format!("?region={r}")).unwrap_or_default();
+            let urls = args
+                .route
+                .control_plane
+                .iter()
+                .map(|cp| format!("{}/whep/{stream}{region}", cp.trim_end_matches('/')));
+            Some(WhepFailover {
+                urls: urls.collect(),
+                stall_timeout: args.route.failover_after,
+                max_failures: Some(args.route.max_failures),
+            })
+        }
+    };
     let opts = WhepOptions {
         url: url.to_owned(),
         token: args.token.clone(),
         duration: args.duration,
         bind_ip: whep_bind_ip(url),
         connect_timeout: Duration::from_secs(10),
+        failover,
     };
     let stats = watch_whep(opts, crate::shutdown_signal()).await.with_context(|| format!("WHEP {url}"))?;
     if args.json {
         println!("{}", serde_json::to_string(&stats)?);
     } else {
         eprintln!(
-            "watched {} frames ({} keyframes, {} lost), {} bytes, {} audio packets over WHEP ({})",
-            stats.frames, stats.keyframes, stats.lost_frames, stats.bytes, stats.audio_packets, stats.ended
+            "watched {} frames ({} keyframes, {} lost), {} bytes, {} audio packets over WHEP, {} reconnects ({})",
+            stats.frames,
+            stats.keyframes,
+            stats.lost_frames,
+            stats.bytes,
+            stats.audio_packets,
+            stats.reconnects,
+            stats.ended
         );
     }
     if stats.frames == 0 && stats.audio_packets == 0 {
         anyhow::bail!("no media arrived ({})", stats.ended);
     }
     Ok(())
+}
+
+/// `live/x` from `http://HOST:PORT/whep/live/x?…`.
+fn stream_of_whep_url(url: &str) -> Option<String> {
+    let path = url.split_once("/whep/")?.1;
+    let stream = path.split(['?', '#']).next()?;
+    (!stream.is_empty()).then(|| stream.to_owned())
 }
 
 /// Loopback endpoints get a loopback media socket; anything else every interface.

@@ -777,3 +777,166 @@ fn ferry_watch_over_whep_with_a_token_from_ferry_token() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("403") && stderr.contains("token_wrong_action"), "{stderr}");
 }
+
+/// A cluster for WHEP failover: one voter and three edges (`o` in r1, `a` and `b` in
+/// r2) that gossip, register and serve WebRTC with tokens.
+struct WhepCluster {
+    voter: Voter,
+    control: String,
+    edges: std::collections::BTreeMap<&'static str, Edge>,
+}
+
+fn whep_cluster(dir: &Path, extra: &[&str]) -> WhepCluster {
+    let gossip: Vec<String> = (0..4).map(|_| format!("127.0.0.1:{}", free_udp_port())).collect();
+    let seeds = gossip.join(",");
+    let peers = format!("1=127.0.0.1:{}", free_udp_port());
+    let voter_args = ["--gossip-listen", &gossip[0], "--gossip-seeds", &seeds];
+    let voter = Voter::start(1, &peers, &dir.join("v1"), &voter_args);
+    wait_for_leader(&[&voter]);
+    let control = format!("http://{}", voter.http);
+    let mut edges = std::collections::BTreeMap::new();
+    for (i, (id, region)) in [("o", "r1"), ("a", "r2"), ("b", "r2")].into_iter().enumerate() {
+        let mut args = vec!["--region", region, "--gossip-listen", &gossip[i + 1], "--gossip-seeds", &seeds];
+        args.extend(["--control-plane", &control, "--control-token", TOKEN]);
+        args.extend_from_slice(extra);
+        edges.insert(id, webrtc_edge(id, dir, &args));
+    }
+    wait_for("3 registered edges alive in gossip", Duration::from_secs(30), || {
+        let (_, body) = voter.get("/v1/edges?stale=true");
+        let edges = body["edges"].as_array()?;
+        (edges.len() == 3 && edges.iter().all(|e| e["gossip"]["alive"] == true)).then_some(())
+    });
+    WhepCluster { voter, control, edges }
+}
+
+fn whep_sessions(edge: &Edge) -> f64 {
+    edge.metric("ferry_webrtc_sessions{direction=\"whep\"}").unwrap_or(0.0)
+}
+
+/// `window.ferry.<expr>` of a page.
+fn page(browser: &browser::Browser, expr: &str) -> serde_json::Value {
+    browser.eval(&format!("return window.ferry && window.ferry.{expr};"))
+}
+
+#[test]
+fn whep_viewers_re_route_by_themselves_when_their_edge_dies_or_drains() {
+    require_ffmpeg();
+    let _heavy = heavy();
+    let dir = TempDir::new("whep-failover");
+    let input = dir.path().join("in.ivf");
+    let status = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x180:rate=30"])
+        .args([
+            "-c:v",
+            "libvpx",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+            "-g",
+            "30",
+            "-t",
+            "180",
+            "-f",
+            "ivf",
+        ])
+        .arg(&input)
+        .status()
+        .unwrap();
+    assert!(status.success(), "ffmpeg failed");
+    let mut cluster = whep_cluster(dir.path(), &["--whep-drain-grace", "5s"]);
+    let stream = "live/f";
+    let mut cmd = ferry();
+    cmd.args(["publish", "--edge", &cluster.edges["o"].quic, "--stream", stream, "--insecure", "--input"])
+        .arg(&input)
+        .stdout(std::process::Stdio::null());
+    let _publisher = Proc::spawn("ivf publisher", &mut cmd);
+    wait_for_stream(&cluster.edges["o"]);
+    let view = token(stream, Action::View, Duration::from_secs(600), SystemTime::now());
+
+    // `ferry watch --whep` on edge a routed through the control plane, and a browser on
+    // edge a's demo page (it learns the control plane and its region from the edge).
+    let a_http = cluster.edges["a"].http.clone();
+    let mut cmd = ferry();
+    cmd.args(["watch", "--whep", &format!("http://{a_http}/whep/{stream}"), "--token", &view])
+        .args(["--control-plane", &cluster.control, "--region", "r2", "--duration", "300s", "--json"])
+        .stdout(std::process::Stdio::piped());
+    let cli = Proc::spawn("ferry watch --whep", &mut cmd);
+    wait_for("the CLI viewer receiving on edge a", Duration::from_secs(30), || {
+        let a = &cluster.edges["a"];
+        let sent = a.metric("ferry_rtp_packets_total{direction=\"out\"}").unwrap_or(0.0);
+        (whep_sessions(a) == 1.0 && sent > 300.0).then_some(())
+    });
+    let viewer = browser::Browser::start();
+    viewer.open(&format!("http://{a_http}/demo/watch?stream={stream}&token={view}"));
+    wait_decoding(&viewer, "the browser plays on edge a");
+    assert_eq!(whep_sessions(&cluster.edges["a"]), 2.0);
+
+    // Kill -9 edge a: both find another edge through routing and play again.
+    let frames = stat(&viewer, "framesTotal");
+    drop(cluster.edges.remove("a"));
+    viewer.wait_until(
+        "the browser plays again after re-routing",
+        Duration::from_secs(30),
+        &format!(
+            "return window.ferry.reconnects >= 1 && window.ferry.state === 'live' \
+             && window.ferry.stats.framesTotal > {frames} + 30;"
+        ),
+    );
+    let endpoint = page(&viewer, "endpoint");
+    let b_http = cluster.edges["b"].http.clone();
+    assert_eq!(endpoint, format!("http://{b_http}/whep/{stream}"), "routed to the live edge of r2");
+    wait_for("both viewers on edge b", Duration::from_secs(30), || {
+        (whep_sessions(&cluster.edges["b"]) == 2.0).then_some(())
+    });
+
+    // Drain edge b (SIGTERM): WHEP viewers keep playing through the grace period, then
+    // are closed, re-route to the last edge and play on; b exits cleanly.
+    let b = cluster.edges.remove("b").unwrap();
+    let frames = stat(&viewer, "framesTotal");
+    b.proc.terminate();
+    wait_for("the browser still plays on the draining edge", Duration::from_secs(10), || {
+        let now = stat(&viewer, "framesTotal");
+        (whep_sessions(&b) == 2.0 && now > frames + 15.0).then_some(())
+    });
+    let (status, body) = http_get(&b.http, "/readyz");
+    assert_eq!(status, 503, "a draining edge is not ready: {body}");
+    let out = b.proc.wait_output(Duration::from_secs(60));
+    assert!(out.status.success(), "drained edge exit: {:?}", out.status);
+    let reconnects = page(&viewer, "reconnects").as_u64().unwrap_or(0);
+    let frames = stat(&viewer, "framesTotal");
+    let o_http = cluster.edges["o"].http.clone();
+    viewer.wait_until(
+        "the browser plays on the last edge",
+        Duration::from_secs(30),
+        &format!(
+            "return window.ferry.state === 'live' && window.ferry.stats.framesTotal > {frames} + 30 \
+             && window.ferry.endpoint === 'http://{o_http}/whep/{stream}';"
+        ),
+    );
+    assert!(reconnects >= 2, "re-routed after the kill and after the drain: {reconnects}");
+    assert_eq!(page(&viewer, "error"), serde_json::Value::Null, "no error the viewer could not recover from");
+    wait_for("the CLI viewer on the last edge", Duration::from_secs(30), || {
+        (whep_sessions(&cluster.edges["o"]) == 2.0).then_some(())
+    });
+    let playing = cluster.edges["o"].metric("ferry_rtp_packets_total{direction=\"out\"}").unwrap_or(0.0);
+    wait_for("the last edge sends media", Duration::from_secs(10), || {
+        let now = cluster.edges["o"].metric("ferry_rtp_packets_total{direction=\"out\"}").unwrap_or(0.0);
+        (now > playing + 100.0).then_some(())
+    });
+    cli.terminate();
+    let stats = json_output(cli, Duration::from_secs(30));
+    println!("ferry watch --whep: {stats}");
+    let legs = stats["legs"].as_array().unwrap();
+    let urls: Vec<String> = legs
+        .iter()
+        .filter(|l| l["frames"].as_u64().unwrap_or(0) > 0)
+        .map(|l| l["url"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> =
+        [&a_http, &b_http, &o_http].iter().map(|h| format!("http://{h}/whep/{stream}")).collect();
+    assert_eq!(urls, expected, "a session with frames on each edge in turn: {stats}");
+    assert_eq!(stats["ended"], "stopped", "{stats}");
+    let (_, routes) = cluster.voter.get(&format!("/v1/route/{stream}?kind=whep&region=r2"));
+    assert_eq!(routes["edge"], "o", "only the origin is left: {routes}");
+}

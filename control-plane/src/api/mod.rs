@@ -139,10 +139,12 @@ impl Api {
             .route("/v1/members", get(routing::members))
             .route_layer(middleware::from_fn_with_state(self.clone(), authorize));
         // Viewer- and publisher-facing: no operator token (the edge checks access tokens).
+        // Browsers on other origins (the demo player re-routing) may call them: CORS.
         let public = Router::new()
-            .route("/v1/route/{*stream}", get(routing::route))
-            .route("/whep/{*stream}", post(routing::redirect_whep))
-            .route("/whip/{*stream}", post(routing::redirect_whip));
+            .route("/v1/route/{*stream}", get(routing::route).options(routing::preflight))
+            .route("/whep/{*stream}", post(routing::redirect_whep).options(routing::preflight))
+            .route("/whip/{*stream}", post(routing::redirect_whip).options(routing::preflight))
+            .layer(middleware::from_fn(routing::cors));
         Router::new()
             .merge(public)
             .route("/healthz", get(healthz))

@@ -178,12 +178,29 @@ pub async fn redirect(
     let location = format!("http://{}/{path}/{stream}", edge.http_addr);
     let value = HeaderValue::from_str(&location)
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "bad edge address"))?;
-    Ok((
-        StatusCode::TEMPORARY_REDIRECT,
-        [(header::LOCATION, value), (header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"))],
-        Json(json!({ "location": location })),
-    )
+    Ok((StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, value)], Json(json!({ "location": location })))
         .into_response())
+}
+
+/// Routing answers are readable from any origin (they carry no secrets), errors too.
+pub async fn cors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Location"));
+    response
+}
+
+/// The CORS preflight for the routing endpoints.
+pub async fn preflight() -> impl IntoResponse {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS"),
+            (header::ACCESS_CONTROL_ALLOW_HEADERS, "Authorization, Content-Type"),
+            (header::ACCESS_CONTROL_MAX_AGE, "600"),
+        ],
+    )
 }
 
 pub async fn redirect_whep(

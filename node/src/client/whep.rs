@@ -4,8 +4,14 @@
 //! The viewer behaves like a browser where it matters to the edge: it reassembles
 //! frames, and asks for a keyframe (PLI, at most once per second) whenever it lost
 //! part of a frame and cannot decode until the next keyframe.
+//!
+//! With [`WhepFailover`] it also moves on by itself, like the demo player: when a
+//! session ends early (ICE failed, the edge closed it, the stream ended, or no frame
+//! for `stall_timeout`) it posts a new offer through the control plane, which answers
+//! 307 to a live edge. Every session is a [`WhepLeg`].
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,7 +46,37 @@ pub struct WhepOptions {
     pub bind_ip: IpAddr,
     /// Give up if ICE/DTLS is not up by then.
     pub connect_timeout: Duration,
+    /// Start a new session elsewhere when one ends early (None: one session).
+    pub failover: Option<WhepFailover>,
 }
+
+/// How a WHEP viewer re-routes.
+#[derive(Debug, Clone)]
+pub struct WhepFailover {
+    /// WHEP URLs for the next session, tried in turn: the control plane's
+    /// `/whep/{stream}?region=R`, which redirects to a live edge.
+    pub urls: Vec<String>,
+    /// A session that delivered frames and then none for this long counts as dead.
+    pub stall_timeout: Duration,
+    /// Give up after this many sessions in a row end without a frame (None: never).
+    pub max_failures: Option<u32>,
+}
+
+/// One session of a re-routing WHEP viewer.
+#[derive(Debug, Clone, Serialize)]
+pub struct WhepLeg {
+    /// Where the session ran (the edge's WHEP URL, after redirects).
+    pub url: String,
+    pub frames: u64,
+    pub ended: String,
+    /// Time without frames before this leg's first frame (since the previous leg's last).
+    pub gap_ms: Option<f64>,
+    /// Wall-clock Unix milliseconds when the leg ended.
+    pub ended_unix_ms: u64,
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// What a WHEP viewer saw.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -65,16 +101,128 @@ pub struct WhepStats {
     pub duration_s: f64,
     /// Why the session ended.
     pub ended: String,
+    /// The edge's WHEP URL of the (last) session, after redirects.
+    pub url: Option<String>,
+    /// New sessions started after the first (with failover).
+    pub reconnects: u64,
+    /// Every session, with failover.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub legs: Vec<WhepLeg>,
     #[serde(skip)]
     pub latency: Samples,
+    #[serde(skip)]
+    first_frame_at: Option<Instant>,
+    #[serde(skip)]
+    last_frame_at: Option<Instant>,
 }
 
-/// Watches until the stream ends, `duration` passes or `cancel` fires.
+/// Watches until the stream ends (without failover), `duration` passes or `cancel`
+/// fires.
 pub async fn watch_whep(opts: WhepOptions, cancel: CancellationToken) -> Result<WhepStats> {
+    let Some(failover) = opts.failover.clone() else {
+        return watch_once(&opts, &opts.url, None, &cancel).await;
+    };
+    let started = Instant::now();
+    let deadline = opts.duration.map(|d| started + d);
+    let mut total = WhepStats::default();
+    let (mut failures, mut retry) = (0u32, RETRY_MIN);
+    for attempt in 0usize.. {
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if cancel.is_cancelled() || remaining.is_some_and(|r| r.is_zero()) {
+            total.ended = if cancel.is_cancelled() { "stopped" } else { "duration reached" }.into();
+            break;
+        }
+        let url = match attempt.checked_sub(1) {
+            None => opts.url.clone(),
+            Some(i) => failover.urls.get(i % failover.urls.len().max(1)).cloned().unwrap_or(opts.url.clone()),
+        };
+        let leg_opts = WhepOptions { duration: remaining, ..opts.clone() };
+        let (leg, ended) = match watch_once(&leg_opts, &url, Some(failover.stall_timeout), &cancel).await {
+            Ok(stats) => {
+                let gap_ms = match (total.last_frame_at, stats.first_frame_at) {
+                    (Some(last), Some(first)) => {
+                        Some(first.saturating_duration_since(last).as_secs_f64() * 1e3)
+                    }
+                    _ => None,
+                };
+                let leg = WhepLeg {
+                    url: stats.url.clone().unwrap_or(url),
+                    frames: stats.frames,
+                    ended: stats.ended.clone(),
+                    gap_ms,
+                    ended_unix_ms: unix_ms(),
+                };
+                let ended = stats.ended.clone();
+                absorb(&mut total, stats);
+                (leg, ended)
+            }
+            Err(e) => {
+                let leg =
+                    WhepLeg { url, frames: 0, ended: e.to_string(), gap_ms: None, ended_unix_ms: unix_ms() };
+                (leg, String::new())
+            }
+        };
+        tracing::info!(url = %leg.url, frames = leg.frames, ended = %leg.ended, "WHEP session ended");
+        if leg.frames > 0 {
+            (failures, retry) = (0, RETRY_MIN);
+        } else {
+            failures += 1;
+        }
+        total.legs.push(leg);
+        if ended == "stopped" || ended == "duration reached" {
+            total.ended = ended;
+            break;
+        }
+        if failover.max_failures.is_some_and(|max| failures >= max) {
+            return Err(other(format!("gave up after {failures} sessions in a row without a frame")));
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = tokio::time::sleep(retry) => {}
+        }
+        retry = (retry * 2).min(RETRY_MAX);
+    }
+    total.reconnects = total.legs.len().saturating_sub(1) as u64;
+    total.duration_s = started.elapsed().as_secs_f64();
+    total.latency_ms = total.latency.summary();
+    Ok(total)
+}
+
+/// Adds one leg's numbers to the totals.
+fn absorb(total: &mut WhepStats, leg: WhepStats) {
+    total.codec = total.codec.take().or(leg.codec);
+    total.frames += leg.frames;
+    total.keyframes += leg.keyframes;
+    total.bytes += leg.bytes;
+    total.video_packets += leg.video_packets;
+    total.audio_packets += leg.audio_packets;
+    total.lost_frames += leg.lost_frames;
+    total.keyframe_requests += leg.keyframe_requests;
+    total.first_frame_ms = total.first_frame_ms.or(leg.first_frame_ms);
+    total.latency.extend(&leg.latency);
+    total.first_frame_at = total.first_frame_at.or(leg.first_frame_at);
+    total.last_frame_at = leg.last_frame_at.or(total.last_frame_at);
+    total.url = leg.url.or(total.url.take());
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One WHEP session at `url`; `stall`: end it once frames stop for that long.
+async fn watch_once(
+    opts: &WhepOptions,
+    url: &str,
+    stall: Option<Duration>,
+    cancel: &CancellationToken,
+) -> Result<WhepStats> {
     let started = Instant::now();
     let codecs: Vec<Codec> = engine::CODECS.iter().map(|(c, _)| *c).collect();
     let (pc, mut events) = engine::build_client(opts.bind_ip, &codecs).await.map_err(other)?;
-    let result = session(&opts, &pc, &mut events, &cancel, started).await;
+    let result = session(opts, url, stall, &pc, &mut events, cancel, started).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), pc.close()).await;
     let mut stats = result?;
     stats.duration_s = started.elapsed().as_secs_f64();
@@ -86,8 +234,13 @@ fn other(e: impl std::fmt::Display) -> Error {
     Error::WebRtc(e.to_string())
 }
 
+/// How often a session checks for a stall.
+const STALL_CHECK: Duration = Duration::from_millis(100);
+
 async fn session(
     opts: &WhepOptions,
+    url: &str,
+    stall: Option<Duration>,
     pc: &Arc<dyn PeerConnection>,
     events: &mut engine::Events,
     cancel: &CancellationToken,
@@ -102,7 +255,7 @@ async fn session(
     pc.set_local_description(offer).await.map_err(other)?;
     engine::gathered(events, Duration::from_secs(2)).await;
     let offer = pc.local_description().await.ok_or_else(|| other("no local offer"))?.sdp;
-    let (location, answer) = post_offer(&opts.url, opts.token.as_deref(), &offer).await?;
+    let (url, location, answer) = post_offer(url, opts.token.as_deref(), &offer).await?;
     let answer = RTCSessionDescription::answer(answer).map_err(other)?;
     pc.set_remote_description(answer).await.map_err(other)?;
 
@@ -112,11 +265,26 @@ async fn session(
     let mut tracks: JoinSet<WhepStats> = JoinSet::new();
     let stop = cancel.child_token();
     let mut stats = WhepStats::default();
+    // Frames seen by all tracks, and when that count last moved.
+    let progress = Arc::new(AtomicU64::new(0));
+    let (mut seen, mut moved_at) = (0u64, Instant::now());
+    let mut stall_check = tokio::time::interval(STALL_CHECK);
     let ended = loop {
         tokio::select! {
             _ = cancel.cancelled() => break "stopped",
             _ = sleep_until_opt(deadline) => break "duration reached",
             _ = tokio::time::sleep_until(connect_by), if !connected => break "connect timeout",
+            _ = stall_check.tick(), if stall.is_some() => {
+                let now_seen = progress.load(Ordering::Relaxed);
+                if now_seen != seen {
+                    (seen, moved_at) = (now_seen, Instant::now());
+                }
+                // Before the first frame the connect timeout applies.
+                let limit = if seen == 0 { opts.connect_timeout } else { stall.unwrap_or(opts.connect_timeout) };
+                if moved_at.elapsed() > limit {
+                    break "stalled";
+                }
+            }
             changed = events.state.changed() => {
                 if changed.is_err() { break "closed"; }
                 match *events.state.borrow_and_update() {
@@ -127,11 +295,13 @@ async fn session(
                 }
             }
             Some(track) = events.tracks.recv() => {
-                tracks.spawn(read_track(track, stop.child_token(), started));
+                tracks.spawn(read_track(track, stop.child_token(), started, Arc::clone(&progress)));
             }
             Some(done) = tracks.join_next(), if !tracks.is_empty() => {
                 if let Ok(track_stats) = done { merge(&mut stats, track_stats); }
-                if tracks.is_empty() { break "stream ended"; }
+                if tracks.is_empty() {
+                    break if cancel.is_cancelled() { "stopped" } else { "stream ended" };
+                }
             }
         }
     };
@@ -141,11 +311,14 @@ async fn session(
             merge(&mut stats, track_stats);
         }
     }
-    if let Some(location) = location {
-        // Tell the edge at once instead of letting ICE time out; best effort.
-        let _ = tokio::time::timeout(Duration::from_secs(2), delete(&opts.url, &location)).await;
+    // Tell the edge at once instead of letting ICE time out; best effort, and not
+    // to an edge that is gone or already closed the session.
+    let edge_gone = matches!(ended, "stalled" | "ice failed" | "closed by the edge");
+    if let (Some(location), false) = (location, edge_gone) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), delete(&url, &location)).await;
     }
     stats.ended = ended.to_owned();
+    stats.url = Some(url);
     Ok(stats)
 }
 
@@ -170,9 +343,19 @@ fn merge(into: &mut WhepStats, from: WhepStats) {
         (a, b) => a.or(b),
     };
     into.latency.extend(&from.latency);
+    into.first_frame_at = match (into.first_frame_at, from.first_frame_at) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    into.last_frame_at = into.last_frame_at.max(from.last_frame_at);
 }
 
-async fn read_track(track: Arc<dyn TrackRemote>, stop: CancellationToken, started: Instant) -> WhepStats {
+async fn read_track(
+    track: Arc<dyn TrackRemote>,
+    stop: CancellationToken,
+    started: Instant,
+    progress: Arc<AtomicU64>,
+) -> WhepStats {
     let mut stats = WhepStats::default();
     let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
     if track.kind().await == RtpCodecKind::Audio {
@@ -182,7 +365,10 @@ async fn read_track(track: Arc<dyn TrackRemote>, stop: CancellationToken, starte
                 event = track.poll() => event,
             };
             match event {
-                Some(TrackRemoteEvent::OnRtpPacket(_)) => stats.audio_packets += 1,
+                Some(TrackRemoteEvent::OnRtpPacket(_)) => {
+                    stats.audio_packets += 1;
+                    progress.fetch_add(1, Ordering::Relaxed);
+                }
                 Some(TrackRemoteEvent::OnEnded | TrackRemoteEvent::OnError) | None => break,
                 Some(_) => {}
             }
@@ -221,6 +407,10 @@ async fn read_track(track: Arc<dyn TrackRemote>, stop: CancellationToken, starte
         }
         let Some(frame) = frame else { continue };
         stats.frames += 1;
+        progress.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        stats.first_frame_at = stats.first_frame_at.or(Some(now));
+        stats.last_frame_at = Some(now);
         stats.bytes += frame.payload.len() as u64;
         if frame.keyframe {
             stats.keyframes += 1;
@@ -243,15 +433,15 @@ const MAX_ANSWER: usize = 256 * 1024;
 /// Redirects followed (routing answers 307).
 const MAX_REDIRECTS: usize = 4;
 
-/// POSTs the offer; follows 307/308; returns (Location, answer SDP).
-async fn post_offer(url: &str, token: Option<&str>, offer: &str) -> Result<(Option<String>, String)> {
+/// POSTs the offer; follows 307/308; returns (the URL that answered, Location, answer SDP).
+async fn post_offer(url: &str, token: Option<&str>, offer: &str) -> Result<(String, Option<String>, String)> {
     let mut url = url.to_owned();
     for _ in 0..=MAX_REDIRECTS {
         let response = http(&url, "POST", token, Some(offer)).await?;
         match response.status {
             201 => {
                 let location = response.header("location").map(|l| absolute(&url, l));
-                return Ok((location, response.body));
+                return Ok((url, location, response.body));
             }
             307 | 308 => {
                 let next = response.header("location").ok_or_else(|| other("redirect without Location"))?;

@@ -70,6 +70,9 @@ pub struct EdgeConfig {
     pub relay_linger: Duration,
     /// How long shutdown waits for sessions to finish after GOAWAY.
     pub shutdown_grace: Duration,
+    /// How long WHEP viewers keep playing on a draining edge before they are closed
+    /// (and re-route by themselves); capped by `shutdown_grace`.
+    pub whep_drain_grace: Duration,
     /// WHIP/WHEP sessions.
     pub webrtc: WebRtcConfig,
     /// Health gossip (none: this edge does not gossip).
@@ -105,6 +108,7 @@ impl EdgeConfig {
             max_lag_cap: Duration::from_secs(30),
             relay_linger: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
+            whep_drain_grace: Duration::from_secs(10),
             webrtc: WebRtcConfig::default(),
             gossip: None,
             control_plane: Vec::new(),
@@ -129,7 +133,11 @@ pub(crate) struct EdgeState {
     pub metrics: EdgeMetrics,
     pub registry: Registry,
     pub tracker: TaskTracker,
+    /// Drain starts: QUIC sessions get GOAWAY, WHIP sessions end.
     pub shutdown: CancellationToken,
+    /// The media plane stops: WHEP sessions and upstream links end (after the WHEP
+    /// drain grace).
+    pub media_shutdown: CancellationToken,
     pub upstreams: upstream::Upstreams,
     /// Health gossip, once started.
     pub gossip: OnceLock<Arc<Gossip>>,
@@ -243,6 +251,7 @@ impl BoundEdge {
             metrics,
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            media_shutdown: CancellationToken::new(),
             background: CancellationToken::new(),
             upstreams,
             gossip: OnceLock::new(),
@@ -310,10 +319,24 @@ impl BoundEdge {
             let _ = tokio::time::timeout(announce, accept_loop(&state, &endpoint, &keep_serving)).await;
         }
         state.shutdown.cancel();
+        let grace = state.config.shutdown_grace;
+        let whep_grace = state.config.whep_drain_grace.min(grace);
+        let drained = tokio::time::timeout(grace, async {
+            // WHEP viewers cannot be told to go away: they keep playing (their tracks
+            // and upstream links stay up) until they leave or the WHEP grace ends; then
+            // they are closed and re-route by themselves.
+            let _ = tokio::time::timeout(whep_grace, wait_for_webrtc_sessions(&state)).await;
+            state.media_shutdown.cancel();
+            state.webrtc.end_all();
+            state.registry.close_all();
+            wait_for_sessions(&state).await;
+        })
+        .await
+        .is_ok();
+        // The deadline may have cut the above short.
+        state.media_shutdown.cancel();
         state.webrtc.end_all();
         state.registry.close_all();
-        let grace = state.config.shutdown_grace;
-        let drained = tokio::time::timeout(grace, wait_for_sessions(&state)).await.is_ok();
         endpoint.close(ErrorCode::GoingAway.as_u32().into(), b"edge shutting down");
         state.background.cancel();
         if let Some(gossip) = state.gossip.get() {
@@ -328,6 +351,13 @@ impl BoundEdge {
         drop(http_task);
         tracing::info!(drained, "edge stopped");
         Ok(())
+    }
+}
+
+async fn wait_for_webrtc_sessions(state: &EdgeState) {
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    while state.webrtc.session_count() > 0 {
+        tick.tick().await;
     }
 }
 

@@ -192,7 +192,7 @@ impl Upstream {
         let (ctl_tx, ctl_rx) = mpsc::channel(64);
         let shared = Arc::new(LinkState {
             ctl: ctl_tx,
-            cancel: state.shutdown.child_token(),
+            cancel: state.media_shutdown.child_token(),
             next_id: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             tracks: Mutex::new(HashMap::new()),

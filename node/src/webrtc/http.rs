@@ -130,6 +130,7 @@ pub(crate) fn routes(state: Arc<EdgeState>) -> Router {
         .route("/demo/publish", get(demo_publish))
         .route("/demo/watch", get(demo_watch))
         .route("/demo/ferry.js", get(demo_script))
+        .route("/demo/config.json", get(demo_config))
         .layer(axum::middleware::from_fn(cors))
         .with_state(state)
 }
@@ -364,6 +365,15 @@ async fn demo_publish() -> Html<&'static str> {
 
 async fn demo_watch() -> Html<&'static str> {
     Html(DEMO_WATCH)
+}
+
+/// What the demo pages need to re-route by themselves: the control plane this edge
+/// registers with (empty for a static edge) and its region.
+async fn demo_config(State(state): State<Arc<EdgeState>>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({
+        "control_plane": state.config.control_plane,
+        "region": state.config.region,
+    }))
 }
 
 async fn demo_script() -> impl IntoResponse {

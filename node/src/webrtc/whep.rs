@@ -49,7 +49,7 @@ pub(crate) async fn start(
     let stream_codecs: Vec<(TrackKind, Codec)> =
         producers.iter().map(|p| (p.info().kind, p.info().codec)).collect();
     let sendable = sdp::check_view_offer(&offer, &stream_codecs).map_err(ApiError::sdp)?;
-    let cancel = state.shutdown.child_token();
+    let cancel = state.media_shutdown.child_token();
     let mut lease =
         state.webrtc.lease(Direction::Whep, stream.as_str(), cancel.clone()).map_err(ApiError::lease)?;
     let (pc, mut events) = engine::build(&state.webrtc, &mut lease, &sendable, engine::Nack::Off)

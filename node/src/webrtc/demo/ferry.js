@@ -4,9 +4,12 @@
 // exchange with the edge: an SDP offer with every ICE candidate, POSTed to
 // /{whip,whep}/{stream}; the 201 carries the answer and a Location to DELETE when done.
 // Each page keeps its own media, codec and stats handling. Defines `window.FerryDemo`.
+// Re-routing: a page that lost its edge asks the control plane (`control=URL,...`
+// in the query, else the edge's own, from /demo/config.json) where to go next.
 window.FerryDemo = (() => {
   const ICE_GATHER_MAX_MS = 2000;
   const POST_TIMEOUT_MS = 15000;
+  const ROUTE_TIMEOUT_MS = 2000;
 
   const $ = (id) => document.getElementById(id);
 
@@ -45,8 +48,49 @@ window.FerryDemo = (() => {
     const stream = params.get("stream") || "live/demo";
     const token = params.get("token");
 
-    const ferry = window.ferry = Object.assign({ state: "idle", error: null, location: null }, fields, { stop });
+    const ferry = window.ferry = Object.assign(
+      { state: "idle", error: null, location: null, endpoint: null, reconnects: 0 }, fields, { stop });
     let stopped = false;
+
+    // Where to ask for a route: the query's control=, else the edge's config (read
+    // now, while the edge that served this page is surely up).
+    const routing = (async () => {
+      const given = (params.get("control") || "").split(",").filter(Boolean);
+      let config = { control_plane: [], region: "" };
+      try {
+        const response = await fetch("/demo/config.json");
+        if (response.ok) config = await response.json();
+      } catch (e) { /* a static edge, or served from elsewhere */ }
+      return {
+        control: given.length ? given : (config.control_plane || []),
+        region: params.get("region") || config.region || "",
+      };
+    })();
+
+    // Whether this page can re-route (a control plane is known).
+    async function canRoute() { return (await routing).control.length > 0; }
+
+    // The WHIP/WHEP URL of the edge routing picks now; throws when no voter answers.
+    async function route(protocol) {
+      const { control, region } = await routing;
+      let last = "no control plane known";
+      for (const base of control) {
+        const query = `?kind=${protocol}` + (region ? `&region=${encodeURIComponent(region)}` : "");
+        const abort = new AbortController();
+        const timer = setTimeout(() => abort.abort(), ROUTE_TIMEOUT_MS);
+        try {
+          const response = await fetch(`${base.replace(/\/+$/, "")}/v1/route/${streamPath(stream)}${query}`,
+            { signal: abort.signal });
+          if (response.ok) return (await response.json()).url;
+          last = `${base}: ${await describeRefusal(response)}`;
+        } catch (e) {
+          last = `${base}: ${e.message || e}`;
+        } finally {
+          clearTimeout(timer);
+        }
+      }
+      throw new Error(`no route for ${stream}: ${last}`);
+    }
 
     // 'ended' and 'error' are final: whichever comes first is what happened.
     const over = () => ferry.state === "ended" || ferry.state === "error";
@@ -57,7 +101,7 @@ window.FerryDemo = (() => {
       $("state").textContent = state;
     }
 
-    function fail(message) {
+    function failFinal(message) {
       if (over()) return;
       ferry.error = String(message);
       $("error").textContent = ferry.error;
@@ -73,10 +117,13 @@ window.FerryDemo = (() => {
     }
 
     // Offers what `peer()` sets up (it returns the RTCPeerConnection), POSTs the offer
-    // to /{protocol}/{stream} and applies the answer; `posting()` runs just before the
-    // POST, `answered()` just after the answer is applied. Resolves true when the
-    // session is up; false when it failed (see ferry.error) or was stopped meanwhile.
-    async function connect(protocol, { peer, posting = () => {}, answered = () => {} }) {
+    // to `endpoint` (default: this edge's /{protocol}/{stream}) and applies the answer;
+    // `posting()` runs just before the POST, `answered()` just after the answer is
+    // applied. Resolves true when the session is up; false when it failed (see
+    // ferry.error) or was stopped meanwhile. A failure is final unless `retrying`.
+    async function connect(protocol, { peer, posting = () => {}, answered = () => {}, endpoint, retrying = false }) {
+      const url = endpoint || `/${protocol}/` + streamPath(stream);
+      const fail = retrying ? (message) => { ferry.error = String(message); } : failFinal;
       let pc;
       let offer;
       try {
@@ -95,14 +142,14 @@ window.FerryDemo = (() => {
       const timer = setTimeout(() => abort.abort(), POST_TIMEOUT_MS);
       try {
         posting();
-        response = await fetch(`/${protocol}/` + streamPath(stream), {
+        response = await fetch(url, {
           method: "POST",
           headers: authHeaders({ "Content-Type": "application/sdp" }),
           body: offer,
           signal: abort.signal,
         });
       } catch (e) {
-        fail(`POST /${protocol}/${stream} failed: ${e.message || e}`);
+        fail(`POST ${url} failed: ${e.message || e}`);
         return false;
       } finally {
         clearTimeout(timer);
@@ -116,6 +163,7 @@ window.FerryDemo = (() => {
         const where = response.headers.get("Location");
         if (!where) throw new Error("the 201 answer has no Location header");
         ferry.location = new URL(where, response.url || location.href).href;
+        ferry.endpoint = new URL(response.url || url, location.href).href;
         if (stopped) {
           // stop() ran while the POST was in flight: end the session it just created.
           fetch(ferry.location, { method: "DELETE", headers: authHeaders() }).catch(() => {});
@@ -155,7 +203,8 @@ window.FerryDemo = (() => {
     $("stream").textContent = stream;
     $("stop").addEventListener("click", () => { stop(); });
 
-    return { ferry, params, stream, over, setState, fail, connect };
+    return { ferry, params, stream, over, setState, fail: failFinal, connect, canRoute, route,
+      stopped: () => stopped };
   }
 
   return { $, session };
