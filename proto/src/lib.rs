@@ -8,11 +8,13 @@
 //! - [`error`]: [`Error`], [`ErrorCode`] (QUIC close / reset codes).
 //! - [`placement`]: routing a new session to an edge (bounded-load rendezvous hashing),
 //!   shared by the control plane's `/v1/route` and edges that redirect.
+//! - [`cohort`]: which sessions get a rollout's treatment at each level (sticky buckets).
 //!
 //! This crate is pure: no tokio, no sockets, no clock. Every decoder takes a size
 //! limit and returns an error on garbage; none of them panics.
 
 pub mod codec;
+pub mod cohort;
 pub mod error;
 pub mod ids;
 pub mod media;

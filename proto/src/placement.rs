@@ -80,8 +80,14 @@ fn mix(mut z: u64) -> u64 {
 
 /// Rendezvous weight of `edge` for `stream`; fixed forever, every process must agree.
 fn weight(stream: &str, edge: &str) -> u64 {
-    let h = fnv1a(fnv1a(FNV_OFFSET, stream.as_bytes()), &[0]);
-    mix(fnv1a(h, edge.as_bytes()))
+    hash_pair(stream, edge)
+}
+
+/// A stable 64-bit hash of (`a`, `b`): FNV-1a 64 over `a`, a 0 byte and `b`, then a
+/// splitmix64 finalizer. Fixed forever: processes of every version must agree.
+pub(crate) fn hash_pair(a: &str, b: &str) -> u64 {
+    let h = fnv1a(fnv1a(FNV_OFFSET, a.as_bytes()), &[0]);
+    mix(fnv1a(h, b.as_bytes()))
 }
 
 /// Sorts items by rendezvous weight for `stream`, highest first, ties by id.
