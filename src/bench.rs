@@ -231,6 +231,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
                 bind_ip: std::net::IpAddr::from([127, 0, 0, 1]),
                 connect_timeout: Duration::from_secs(20),
                 failover: None,
+                session_id: None,
             };
             whep_viewers.spawn(watch_whep(opts, token));
         } else {

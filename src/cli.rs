@@ -335,6 +335,10 @@ pub struct WatchArgs {
     /// --failover-after) is followed by a new one routed by the control plane.
     #[arg(long, env = "FERRY_WHEP", conflicts_with_all = ["edge", "output", "throttle"])]
     pub whep: Option<String>,
+    /// With --whep: this viewer's stable id (`Ferry-Session`), by which rollouts place it
+    /// in a cohort; without it the edge picks a random one per session.
+    #[arg(long, env = "FERRY_SESSION_ID", requires = "whep")]
+    pub session_id: Option<String>,
     /// Access token for --whep (see `ferry token`).
     #[arg(long, env = "FERRY_WHEP_TOKEN", requires = "whep")]
     pub token: Option<String>,
@@ -529,6 +533,11 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
 }
 
 async fn run_watch_whep(args: &WatchArgs, url: &str) -> anyhow::Result<()> {
+    if let Some(id) = &args.session_id {
+        if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+            anyhow::bail!("--session-id must be 1-128 visible ASCII characters without spaces");
+        }
+    }
     let failover = match args.route.control_plane.is_empty() {
         true => None,
         false => {
@@ -557,6 +566,7 @@ async fn run_watch_whep(args: &WatchArgs, url: &str) -> anyhow::Result<()> {
         bind_ip: whep_bind_ip(url),
         connect_timeout: Duration::from_secs(10),
         failover,
+        session_id: args.session_id.clone(),
     };
     let stats = watch_whep(opts, crate::shutdown_signal()).await.with_context(|| format!("WHEP {url}"))?;
     if args.json {

@@ -101,14 +101,25 @@ pub enum StreamsCmd {
 #[derive(Debug, Clone, Subcommand)]
 pub enum RolloutCmd {
     List,
+    /// A rollout: spec, level, state, history.
+    #[command(alias = "show")]
     Get {
         id: String,
     },
-    /// Create a rollout (level 0) with a JSON spec.
+    /// Create a rollout at level 0 from a spec: `-f spec.toml` (or .json), or `--spec JSON`.
+    /// The id comes from the argument, else from the spec's `id` key.
     Create {
+        id: Option<String>,
+        /// Spec file, TOML (or JSON when it ends in .json); see docs/rollouts.md.
+        #[arg(short = 'f', long, conflicts_with = "spec", required_unless_present = "spec")]
+        file: Option<std::path::PathBuf>,
+        /// Spec as JSON.
+        #[arg(long)]
+        spec: Option<String>,
+    },
+    /// Every change of a rollout: who, when, what.
+    History {
         id: String,
-        #[arg(long, default_value = "{}")]
-        spec: String,
     },
     /// Set the level (0-4).
     Level {
@@ -300,10 +311,25 @@ async fn rollout(client: &Client, cmd: RolloutCmd) -> anyhow::Result<(Value, Str
             let s = v.to_string();
             (v, s)
         }
-        RolloutCmd::Create { id, spec } => {
-            let spec: Value = serde_json::from_str(&spec).context("--spec must be JSON")?;
+        RolloutCmd::Create { id, file, spec } => {
+            let mut spec = read_spec(file.as_deref(), spec.as_deref())?;
+            let from_spec = match spec.as_object_mut().and_then(|o| o.remove("id")) {
+                Some(Value::String(id)) => Some(id),
+                Some(other) => anyhow::bail!("the spec's id must be a string, not {other}"),
+                None => None,
+            };
+            let Some(id) = id.or(from_spec) else {
+                anyhow::bail!("no rollout id: give it as an argument or as `id` in the spec");
+            };
             let v = client.call("POST", "/v1/rollouts", Some(json!({ "id": id, "spec": spec }))).await?;
             (v, format!("rollout {id} created at level 0"))
+        }
+        RolloutCmd::History { id } => {
+            let v = client.call("GET", &format!("/v1/rollouts/{}/history", encode_path(&id)), None).await?;
+            let s = list(f(&v, "history"), |e| {
+                format!("{}\t{}\tlevel {}\t{}", f(e, "at_ms"), f(e, "actor"), f(e, "level"), f(e, "what"))
+            });
+            (v, s)
         }
         RolloutCmd::Level { id, level } => {
             let v = client
@@ -319,6 +345,23 @@ async fn rollout(client: &Client, cmd: RolloutCmd) -> anyhow::Result<(Value, Str
         RolloutCmd::Resume { id } => action(client, &id, "resume").await?,
         RolloutCmd::Abort { id } => action(client, &id, "abort").await?,
     })
+}
+
+/// A rollout spec from a TOML/JSON file or a JSON string.
+fn read_spec(file: Option<&std::path::Path>, json: Option<&str>) -> anyhow::Result<Value> {
+    match (file, json) {
+        (Some(path), _) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            if path.extension().is_some_and(|e| e == "json") {
+                serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))
+            } else {
+                toml::from_str(&text).with_context(|| format!("{}: not TOML", path.display()))
+            }
+        }
+        (None, Some(json)) => serde_json::from_str(json).context("--spec must be JSON"),
+        (None, None) => anyhow::bail!("give a spec: -f FILE or --spec JSON"),
+    }
 }
 
 async fn action(client: &Client, id: &str, what: &str) -> anyhow::Result<(Value, String)> {

@@ -940,3 +940,121 @@ fn whep_viewers_re_route_by_themselves_when_their_edge_dies_or_drains() {
     let (_, routes) = cluster.voter.get(&format!("/v1/route/{stream}?kind=whep&region=r2"));
     assert_eq!(routes["edge"], "o", "only the origin is left: {routes}");
 }
+
+/// POSTs a WHEP offer as `session` (with `user_agent`) to `edge`, ends the session, and
+/// returns the edge's `Ferry-Variant` and `Ferry-Client-Flag` answers.
+fn whep_variant(edge: &Edge, stream: &str, auth: &str, session: &str, user_agent: &str) -> (String, String) {
+    let headers = [
+        ("Content-Type", "application/sdp"),
+        ("Authorization", auth),
+        ("Ferry-Session", session),
+        ("User-Agent", user_agent),
+    ];
+    // The edge's few UDP ports free up as ended sessions finish: 503 means "again".
+    let (hdrs, _) = wait_for("a WHEP session", Duration::from_secs(20), || {
+        let (status, hdrs, answer) =
+            http(&edge.http, "POST", &format!("/whep/{stream}"), &headers, vp8_offer("recvonly").as_bytes());
+        match status {
+            503 => None,
+            201 => Some((hdrs, answer)),
+            other => panic!("{session}: HTTP {other}: {answer}"),
+        }
+    });
+    let location = header(&hdrs, "location").expect("Location").to_owned();
+    assert_eq!(http(&edge.http, "DELETE", &location, &[], b"").0, 200);
+    let get = |name: &str| header(&hdrs, name).unwrap_or("").to_owned();
+    (get("ferry-variant"), get("ferry-client-flag"))
+}
+
+#[test]
+fn rollout_levels_place_whep_sessions_on_every_edge_as_the_gates_say() {
+    let _heavy = heavy();
+    let dir = TempDir::new("rollout-levels");
+    let cluster = whep_cluster(dir.path(), &[]);
+    let stream = "live/r";
+    let mut cmd = ferry();
+    cmd.args(["publish", "--edge", &cluster.edges["o"].quic, "--stream", stream, "--insecure"])
+        .args(["--synthetic", "--synthetic-vp8", "--duration", "300s"])
+        .stdout(std::process::Stdio::null());
+    let _publisher = Proc::spawn("publisher", &mut cmd);
+    wait_for_stream(&cluster.edges["o"]);
+    let auth = format!("Bearer {}", token(stream, Action::View, Duration::from_secs(600), SystemTime::now()));
+    let spec = r#"{"id":"lag","spec":{"override":{"max_lag_ms":800,"client_flag":"lag-1"},
+        "gates":{"session_ids":["vip"],"client_tags":["Firefox/"],"regions":["r1"],"share_bp":3000}}}"#;
+    let (code, answer) = cluster.voter.send("POST", "/v1/rollouts", None, spec);
+    assert_eq!(code, 200, "{answer}");
+    let ids: Vec<String> = (0..40).map(|i| format!("viewer-{i}")).collect();
+    let in_share: Vec<bool> = ids.iter().map(|id| ferry_proto::cohort::bucket("lag", id) < 3000).collect();
+    assert!(in_share.iter().any(|t| *t) && !in_share.iter().all(|t| *t), "a mixed sample");
+
+    // Who the gates treat at `level` on edge `edge` (o is in r1, a and b in r2).
+    let treated = |level: u8, edge: &str, id: &str, ua: &str| -> bool {
+        let share = ferry_proto::cohort::bucket("lag", id) < 3000;
+        match level {
+            0 => false,
+            4 => true,
+            l => id == "vip" || ua.contains("Firefox/") || (l >= 2 && edge == "o") || (l >= 3 && share),
+        }
+    };
+    let mut probes: Vec<(String, &str)> = vec![("vip".into(), "curl")];
+    probes.extend(
+        ids.iter().take(12).flat_map(|id| [(id.clone(), "curl"), (id.clone(), "Mozilla/5.0 Firefox/140.0")]),
+    );
+    let mut level = 0;
+    for next in [1u8, 2, 3, 4, 3, 0] {
+        // The operator flips the level; measure until each edge gives new sessions the
+        // cohort the new level implies, probing with a session whose cohort changes.
+        let flipped = std::time::Instant::now();
+        let (code, answer) =
+            cluster.voter.send("POST", "/v1/rollouts/lag/level", None, &format!(r#"{{"level":{next}}}"#));
+        assert_eq!(code, 200, "{answer}");
+        for (name, edge) in &cluster.edges {
+            let all: Vec<(String, &str)> =
+                probes.iter().cloned().chain(ids.iter().map(|id| (id.clone(), "curl"))).collect();
+            let changed =
+                all.iter().find(|(id, ua)| treated(level, name, id, ua) != treated(next, name, id, ua));
+            if let Some((id, ua)) = changed {
+                let want = if treated(next, name, id, ua) { "lag=treatment" } else { "lag=baseline" };
+                wait_for(&format!("edge {name} at level {next}"), Duration::from_secs(10), || {
+                    (whep_variant(edge, stream, &auth, id, ua).0 == want).then_some(())
+                });
+                println!("level {level} -> {next}: edge {name} applies it after {:?}", flipped.elapsed());
+            }
+            // Then every session lands where the gates say.
+            for (id, ua) in &probes {
+                let (variant, flag) = whep_variant(edge, stream, &auth, id, ua);
+                let treat = treated(next, name, id, ua);
+                let want = if treat { "lag=treatment" } else { "lag=baseline" };
+                assert_eq!(variant, want, "level {next}, edge {name}, {id}, {ua}");
+                assert_eq!(flag, if treat { "lag-1" } else { "" }, "level {next}, edge {name}, {id}");
+            }
+        }
+        level = next;
+    }
+    let metrics = cluster.edges["a"].metrics();
+    assert!(
+        metric_value(&metrics, "ferry_rollout_sessions_total{rollout=\"lag\",cohort=\"treatment\"}")
+            > Some(0.0)
+    );
+    assert!(
+        metric_value(&metrics, "ferry_rollout_sessions_total{rollout=\"lag\",cohort=\"baseline\"}")
+            > Some(0.0)
+    );
+
+    // `ferry watch --whep --session-id` reports its cohort.
+    let mut cmd = ferry();
+    cmd.args(["watch", "--whep", &format!("http://{}/whep/{stream}", cluster.edges["a"].http)])
+        .args([
+            "--token",
+            auth.trim_start_matches("Bearer "),
+            "--session-id",
+            "vip",
+            "--duration",
+            "2s",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped());
+    let stats = json_output(Proc::spawn("whep viewer", &mut cmd), Duration::from_secs(60));
+    // Level 0 now: even the allowlisted viewer gets the baseline.
+    assert_eq!(stats["variant"], "lag=baseline", "{stats}");
+}

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use ferry_proto::rollout::RolloutSpec;
 use ferry_proto::{NodeId, StreamName};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{json, Value};
@@ -681,10 +682,26 @@ fn delete_stream(state: &mut State, name: &str) -> Step {
     }))
 }
 
+/// The settings a stored spec changes (none for a spec that is not a [`RolloutSpec`]).
+fn spec_settings(spec: &Value) -> Vec<&'static str> {
+    serde_json::from_value::<RolloutSpec>(spec.clone()).map(|s| s.settings()).unwrap_or_default()
+}
+
 fn create_rollout(state: &mut State, now: u64, actor: &str, id: &str, spec: &Value) -> Step {
     check_label("rollout id", id)?;
     if state.rollouts.contains_key(id) {
         return Err(rejected(REJECT_CONFLICT, format!("rollout {id:?} already exists")));
+    }
+    // Only one rollout that is not aborted may change a given setting.
+    let settings = spec_settings(spec);
+    for other in state.rollouts.values().filter(|r| r.state != RolloutState::Aborted) {
+        let theirs = spec_settings(&other.spec);
+        if let Some(shared) = settings.iter().find(|s| theirs.contains(s)) {
+            return Err(rejected(
+                REJECT_INVALID,
+                format!("setting {shared} is already changed by rollout {:?}", other.id),
+            ));
+        }
     }
     let event = RolloutEvent { at_ms: now, actor: actor.to_owned(), what: "created".to_owned(), level: 0 };
     let rollout = Rollout {

@@ -23,6 +23,7 @@ mod error;
 pub mod http_client;
 pub mod media;
 pub mod metrics;
+pub mod rollouts;
 pub mod tls;
 pub mod track;
 pub mod webrtc;

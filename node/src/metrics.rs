@@ -30,6 +30,13 @@ pub struct TrackLabels {
     pub track: String,
 }
 
+/// A rollout and a cohort.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CohortLabels {
+    pub rollout: String,
+    pub cohort: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabels {
     pub direction: String,
@@ -48,6 +55,8 @@ pub struct EdgeMetrics {
     pub subscriptions: Family<SubscriptionLabels, Gauge>,
     /// Subscriptions this edge holds on its upstream, by stream and track.
     pub upstream_subscriptions: Family<TrackLabels, Gauge>,
+    /// New sessions by rollout and cohort.
+    pub rollout_sessions: Family<CohortLabels, Counter>,
     /// Streams known here (published locally or relayed).
     pub streams: Gauge,
     pub frames_in: Counter,
@@ -92,6 +101,11 @@ impl EdgeMetrics {
             "upstream_subscriptions",
             "Subscriptions held on the upstream edge",
             self.upstream_subscriptions.clone(),
+        );
+        r.register(
+            "rollout_sessions",
+            "New sessions by rollout and cohort (treatment or baseline)",
+            self.rollout_sessions.clone(),
         );
         r.register("streams", "Streams known to this edge", self.streams.clone());
         r.register("frames_in", "Frames received from publishers and upstreams", self.frames_in.clone());

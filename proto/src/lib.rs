@@ -9,6 +9,7 @@
 //! - [`placement`]: routing a new session to an edge (bounded-load rendezvous hashing),
 //!   shared by the control plane's `/v1/route` and edges that redirect.
 //! - [`cohort`]: which sessions get a rollout's treatment at each level (sticky buckets).
+//! - [`rollout`]: a rollout's typed spec (override, gates, guard, on-trip) and its checks.
 //!
 //! This crate is pure: no tokio, no sockets, no clock. Every decoder takes a size
 //! limit and returns an error on garbage; none of them panics.
@@ -20,6 +21,7 @@ pub mod ids;
 pub mod media;
 pub mod message;
 pub mod placement;
+pub mod rollout;
 
 pub use codec::{
     decode_body, decode_frame_header, decode_length, decode_message, encode_frame_header, encode_message,

@@ -130,6 +130,7 @@ impl Api {
             )
             .route("/v1/rollouts", get(routes::list_rollouts).post(routes::create_rollout))
             .route("/v1/rollouts/{id}", get(routes::get_rollout))
+            .route("/v1/rollouts/{id}/history", get(routes::rollout_history))
             .route("/v1/rollouts/{id}/level", post(routes::set_level))
             .route("/v1/rollouts/{id}/pause", post(routes::pause_rollout))
             .route("/v1/rollouts/{id}/resume", post(routes::resume_rollout))

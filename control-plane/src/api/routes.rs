@@ -11,6 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use ferry_proto::rollout::RolloutSpec;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -293,9 +294,29 @@ pub struct CreateRollout {
     spec: Value,
 }
 
+/// `POST /v1/rollouts`: the spec must be a valid [`RolloutSpec`] (unknown keys, bad
+/// ranges: 400 with the field); it is stored with its defaults filled in.
 pub async fn create_rollout(State(api): State<Api>, headers: HeaderMap, b: Body<CreateRollout>) -> ApiResult {
     let r = body(b)?;
-    api.write(&headers, Command::CreateRollout { id: r.id, spec: r.spec }).await
+    let spec: RolloutSpec =
+        serde_json::from_value(r.spec).map_err(|e| ApiError::bad_request(format!("spec: {e}")))?;
+    spec.validate().map_err(|e| ApiError::bad_request(format!("spec: {e}")))?;
+    let spec = serde_json::to_value(&spec).map_err(|e| ApiError::bad_request(format!("spec: {e}")))?;
+    api.write(&headers, Command::CreateRollout { id: r.id, spec }).await
+}
+
+/// `GET /v1/rollouts/{id}/history`: every change of the rollout, oldest first.
+pub async fn rollout_history(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    p: Result<Query<ReadParams>, QueryRejection>,
+) -> ApiResult {
+    api.one(
+        p,
+        |s| s.rollouts.get(&id).map(|r| Ok(json!({ "id": r.id, "history": r.history }))),
+        || format!("rollout {id} does not exist"),
+    )
+    .await
 }
 
 pub async fn list_rollouts(

@@ -48,6 +48,8 @@ pub struct WhepOptions {
     pub connect_timeout: Duration,
     /// Start a new session elsewhere when one ends early (None: one session).
     pub failover: Option<WhepFailover>,
+    /// Sent as `Ferry-Session`: the stable id rollouts place this viewer by.
+    pub session_id: Option<String>,
 }
 
 /// How a WHEP viewer re-routes.
@@ -103,6 +105,10 @@ pub struct WhepStats {
     pub ended: String,
     /// The edge's WHEP URL of the (last) session, after redirects.
     pub url: Option<String>,
+    /// The edge's `Ferry-Variant` answer (rollout cohorts) of the (last) session.
+    pub variant: Option<String>,
+    /// The treatment's `Ferry-Client-Flag`, if any.
+    pub client_flag: Option<String>,
     /// New sessions started after the first (with failover).
     pub reconnects: u64,
     /// Every session, with failover.
@@ -203,6 +209,8 @@ fn absorb(total: &mut WhepStats, leg: WhepStats) {
     total.first_frame_at = total.first_frame_at.or(leg.first_frame_at);
     total.last_frame_at = leg.last_frame_at.or(total.last_frame_at);
     total.url = leg.url.or(total.url.take());
+    total.variant = leg.variant.or(total.variant.take());
+    total.client_flag = leg.client_flag.or(total.client_flag.take());
 }
 
 fn unix_ms() -> u64 {
@@ -255,7 +263,8 @@ async fn session(
     pc.set_local_description(offer).await.map_err(other)?;
     engine::gathered(events, Duration::from_secs(2)).await;
     let offer = pc.local_description().await.ok_or_else(|| other("no local offer"))?.sdp;
-    let (url, location, answer) = post_offer(url, opts.token.as_deref(), &offer).await?;
+    let answered = post_offer(url, opts.token.as_deref(), opts.session_id.as_deref(), &offer).await?;
+    let Answered { url, location, sdp: answer, variant, client_flag } = answered;
     let answer = RTCSessionDescription::answer(answer).map_err(other)?;
     pc.set_remote_description(answer).await.map_err(other)?;
 
@@ -319,6 +328,8 @@ async fn session(
     }
     stats.ended = ended.to_owned();
     stats.url = Some(url);
+    stats.variant = variant;
+    stats.client_flag = client_flag;
     Ok(stats)
 }
 
@@ -433,15 +444,27 @@ const MAX_ANSWER: usize = 256 * 1024;
 /// Redirects followed (routing answers 307).
 const MAX_REDIRECTS: usize = 4;
 
-/// POSTs the offer; follows 307/308; returns (the URL that answered, Location, answer SDP).
-async fn post_offer(url: &str, token: Option<&str>, offer: &str) -> Result<(String, Option<String>, String)> {
+/// An edge's 201 to an offer.
+struct Answered {
+    /// The URL that answered (after redirects).
+    url: String,
+    location: Option<String>,
+    sdp: String,
+    variant: Option<String>,
+    client_flag: Option<String>,
+}
+
+/// POSTs the offer; follows 307/308.
+async fn post_offer(url: &str, token: Option<&str>, session: Option<&str>, offer: &str) -> Result<Answered> {
     let mut url = url.to_owned();
     for _ in 0..=MAX_REDIRECTS {
-        let response = http(&url, "POST", token, Some(offer)).await?;
+        let response = http(&url, "POST", token, session, Some(offer)).await?;
         match response.status {
             201 => {
                 let location = response.header("location").map(|l| absolute(&url, l));
-                return Ok((url, location, response.body));
+                let header = |name: &str| response.header(name).map(str::to_owned);
+                let (variant, client_flag) = (header("ferry-variant"), header("ferry-client-flag"));
+                return Ok(Answered { url, location, sdp: response.body, variant, client_flag });
             }
             307 | 308 => {
                 let next = response.header("location").ok_or_else(|| other("redirect without Location"))?;
@@ -456,7 +479,7 @@ async fn post_offer(url: &str, token: Option<&str>, offer: &str) -> Result<(Stri
 }
 
 async fn delete(base: &str, location: &str) -> Result<()> {
-    http(&absolute(base, location), "DELETE", None, None).await.map(|_| ())
+    http(&absolute(base, location), "DELETE", None, None, None).await.map(|_| ())
 }
 
 /// `location` resolved against `base` (`http://host:port/...`).
@@ -491,7 +514,13 @@ impl HttpResponse {
 }
 
 /// One HTTP/1.1 exchange with `Connection: close`, bounded in size and time.
-async fn http(url: &str, method: &str, token: Option<&str>, sdp: Option<&str>) -> Result<HttpResponse> {
+async fn http(
+    url: &str,
+    method: &str,
+    token: Option<&str>,
+    session: Option<&str>,
+    sdp: Option<&str>,
+) -> Result<HttpResponse> {
     let (authority, path) = split_url(url)?;
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(authority).await?;
@@ -506,6 +535,9 @@ async fn http(url: &str, method: &str, token: Option<&str>, sdp: Option<&str>) -
         }
         if let Some(token) = token {
             head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        if let Some(session) = session {
+            head.push_str(&format!("Ferry-Session: {session}\r\n"));
         }
         head.push_str("\r\n");
         stream.get_mut().write_all(head.as_bytes()).await?;

@@ -72,6 +72,8 @@ pub struct StreamRecord {
 pub struct Snapshot {
     pub edges: BTreeMap<String, EdgeRecord>,
     pub streams: BTreeMap<String, StreamRecord>,
+    /// Rollouts, applied to new sessions ([`crate::rollouts`]).
+    pub rollouts: BTreeMap<String, crate::rollouts::RolloutRecord>,
     /// Raft index the watch resumes from.
     pub index: u64,
 }
@@ -184,10 +186,13 @@ impl ControlLink {
     ) -> anyhow::Result<()> {
         let edges: Vec<EdgeRecord> = self.list(url, "/v1/edges?stale=true", "edges").await?;
         let streams: Vec<StreamRecord> = self.list(url, "/v1/streams?stale=true", "streams").await?;
+        let rollouts: Vec<crate::rollouts::RolloutRecord> =
+            self.list(url, "/v1/rollouts?stale=true", "rollouts").await?;
         let index = self.snapshot.read().map(|s| s.index).unwrap_or(0);
         let snapshot = Snapshot {
             edges: edges.into_iter().map(|e| (e.id.clone(), e)).collect(),
             streams: streams.into_iter().map(|s| (s.name.clone(), s)).collect(),
+            rollouts: rollouts.into_iter().map(|r| (r.id.clone(), r)).collect(),
             index,
         };
         let me = &self.registration;

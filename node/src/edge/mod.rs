@@ -159,6 +159,26 @@ impl EdgeState {
         ClusterView { gossip: self.gossip.get().cloned(), control: self.control.clone() }
     }
 
+    /// Places a new session in every rollout this edge knows (the last ones read from
+    /// the control plane) and counts it.
+    pub fn assign(&self, session_id: &str, tags: &[String]) -> crate::rollouts::Assignment {
+        let records = self.control.as_ref().map(|c| c.snapshot().rollouts).unwrap_or_default();
+        let live = crate::rollouts::live(&records);
+        let session = ferry_proto::cohort::Session {
+            id: session_id,
+            tags,
+            region: &self.config.region,
+            edge: self.config.node_id.as_str(),
+        };
+        let assignment = crate::rollouts::assign(&live, &session);
+        for (rollout, cohort) in &assignment.variants {
+            let labels =
+                crate::metrics::CohortLabels { rollout: rollout.clone(), cohort: cohort.as_str().into() };
+            self.metrics.rollout_sessions.get_or_create(&labels).inc();
+        }
+        assignment
+    }
+
     /// A local publisher started or stopped: the control plane should hear now.
     pub fn streams_changed(&self) {
         if let Some(control) = &self.control {

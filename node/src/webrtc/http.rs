@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
@@ -22,6 +22,7 @@ use super::{whep, whip, Direction, LeaseError};
 use crate::auth::{self, Action};
 use crate::cluster::redirect;
 use crate::edge::EdgeState;
+use crate::rollouts::Assignment;
 
 /// Labels for session errors.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -141,7 +142,7 @@ async fn cors(request: Request, next: Next) -> Response {
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     headers.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Location, ETag, Link, Retry-After, Ferry-Variant"),
+        HeaderValue::from_static("Location, ETag, Link, Retry-After, Ferry-Variant, Ferry-Client-Flag"),
     );
     response
 }
@@ -151,7 +152,7 @@ async fn preflight() -> impl IntoResponse {
         StatusCode::NO_CONTENT,
         [
             (header::ACCESS_CONTROL_ALLOW_METHODS, "POST, DELETE, PATCH, OPTIONS"),
-            (header::ACCESS_CONTROL_ALLOW_HEADERS, "Authorization, Content-Type, If-Match"),
+            (header::ACCESS_CONTROL_ALLOW_HEADERS, "Authorization, Content-Type, If-Match, Ferry-Session"),
             (header::ACCESS_CONTROL_MAX_AGE, "600"),
             (header::HeaderName::from_static("accept-post"), "application/sdp"),
         ],
@@ -198,10 +199,10 @@ async fn post_session(
     }
     let result = offer(&state, direction, stream, &headers, body).await;
     match result {
-        Ok((stream, answer)) => {
+        Ok((stream, answer, assignment)) => {
             let location = format!("/sessions/{}/{}", direction.name(), answer.id);
             tracing::debug!(%stream, %location, "webrtc session created");
-            (
+            let mut response = (
                 StatusCode::CREATED,
                 [
                     (header::CONTENT_TYPE, "application/sdp".to_owned()),
@@ -210,7 +211,17 @@ async fn post_session(
                 ],
                 answer.sdp,
             )
-                .into_response()
+                .into_response();
+            let variant = assignment.header().and_then(|v| HeaderValue::from_str(&v).ok());
+            if let Some(value) = variant {
+                response.headers_mut().insert(VARIANT, value);
+            }
+            let flag =
+                assignment.overrides.client_flag.as_deref().and_then(|f| HeaderValue::from_str(f).ok());
+            if let Some(value) = flag {
+                response.headers_mut().insert(CLIENT_FLAG, value);
+            }
+            response
         }
         Err(e) => {
             state.metrics.webrtc_session_errors.get_or_create(&ReasonLabels::new(e.reason())).inc();
@@ -243,13 +254,22 @@ fn redirect(state: &EdgeState, direction: Direction, stream: &str) -> Option<Res
     )
 }
 
+/// The session's rollout variants, e.g. `bbr=treatment, lag=baseline`.
+const VARIANT: header::HeaderName = header::HeaderName::from_static("ferry-variant");
+/// The treatment's opaque client flag.
+const CLIENT_FLAG: header::HeaderName = header::HeaderName::from_static("ferry-client-flag");
+/// The client's stable id for rollout cohorts (a random one per session without it).
+const SESSION: header::HeaderName = header::HeaderName::from_static("ferry-session");
+/// Longest accepted `Ferry-Session`.
+const MAX_SESSION_ID: usize = 128;
+
 async fn offer(
     state: &Arc<EdgeState>,
     direction: Direction,
     stream: String,
     headers: &HeaderMap,
     body: Bytes,
-) -> Result<(StreamName, whip::Answer), ApiError> {
+) -> Result<(StreamName, whip::Answer, Assignment), ApiError> {
     let stream = StreamName::new(stream)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_stream_name", e.to_string()))?;
     let action = match direction {
@@ -275,11 +295,35 @@ async fn offer(
     }
     let sdp = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::sdp(SdpError::Malformed("it is not UTF-8 text")))?;
+    let session_id = match headers.get(&SESSION).map(|v| v.to_str()) {
+        Some(Ok(id)) if !id.is_empty() && id.len() <= MAX_SESSION_ID => id.to_owned(),
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_session_id",
+                format!("Ferry-Session must be 1-{MAX_SESSION_ID} visible ASCII characters"),
+            ))
+        }
+        None => format!("anonymous-{}", super::random_id()),
+    };
+    let tags: Vec<String> = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .into_iter()
+        .collect();
+    let assignment = state.assign(&session_id, &tags);
     let answer = match direction {
         Direction::Whip => whip::start(state, stream.clone(), sdp).await?,
-        Direction::Whep => whep::start(state, stream.clone(), sdp).await?,
+        Direction::Whep => {
+            let max_lag = match assignment.overrides.max_lag_ms {
+                Some(ms) => Duration::from_millis(ms.into()).min(state.config.max_lag_cap),
+                None => state.webrtc.config.viewer_max_lag,
+            };
+            whep::start(state, stream.clone(), sdp, max_lag).await?
+        }
     };
-    Ok((stream, answer))
+    Ok((stream, answer, assignment))
 }
 
 fn authorize(

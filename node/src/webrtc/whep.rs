@@ -40,10 +40,12 @@ struct Outgoing {
 }
 
 /// Starts a viewer session for `stream` from an SDP offer.
+/// `max_lag`: this viewer's latency budget (the edge's, or a rollout's override).
 pub(crate) async fn start(
     state: &Arc<EdgeState>,
     stream: StreamName,
     offer: String,
+    max_lag: Duration,
 ) -> Result<Answer, ApiError> {
     let producers = find_tracks(state, &stream).await?;
     let stream_codecs: Vec<(TrackKind, Codec)> =
@@ -58,7 +60,8 @@ pub(crate) async fn start(
     match negotiate(state, &pc, &mut events, offer, producers, &sendable).await {
         Ok((answer, outgoing)) => {
             let id = lease.id.clone();
-            let session = Session { state: Arc::clone(state), stream, pc, events, outgoing, lease, cancel };
+            let session =
+                Session { state: Arc::clone(state), stream, pc, events, outgoing, lease, cancel, max_lag };
             state.tracker.spawn(session.run());
             Ok(Answer { id, sdp: answer })
         }
@@ -162,6 +165,7 @@ struct Session {
     outgoing: Vec<Outgoing>,
     lease: SessionLease,
     cancel: CancellationToken,
+    max_lag: Duration,
 }
 
 impl Session {
@@ -202,7 +206,7 @@ impl Session {
                 out,
                 wants_keyframe,
                 metrics: metrics.clone(),
-                max_lag: self.state.webrtc.config.viewer_max_lag,
+                max_lag: self.max_lag,
                 cancel: self.cancel.child_token(),
             };
             tasks.spawn(egress.run());

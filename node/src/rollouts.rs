@@ -1,0 +1,125 @@
+//! Rollouts at the edge: every new session is placed in each rollout's treatment or
+//! baseline with [`ferry_proto::cohort::decide`], from the rollouts the edge last read
+//! from the control plane (so it keeps deciding while the control plane is down), and
+//! the treatment's overrides apply to that session.
+//!
+//! Only settings that change one session are applied here: today `max_lag_ms` for
+//! WHEP viewers, and `client_flag`, which the client gets back.
+
+use std::collections::BTreeMap;
+
+use ferry_proto::cohort::{decide, Cohort, Session};
+use ferry_proto::rollout::{Override, RolloutSpec};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// A rollout as the control plane has it (`GET /v1/rollouts`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RolloutRecord {
+    pub id: String,
+    #[serde(default)]
+    pub spec: Value,
+    pub level: u8,
+    /// `active`, `paused`, `tripped` or `aborted`.
+    pub state: String,
+}
+
+/// A rollout an edge applies: not aborted, with a spec it understands.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub id: String,
+    pub spec: RolloutSpec,
+    pub level: u8,
+}
+
+/// The rollouts to apply, from the control plane's records. A paused or tripped
+/// rollout keeps applying at its (possibly fallen-back) level; an aborted one is gone.
+pub fn live(records: &BTreeMap<String, RolloutRecord>) -> Vec<Live> {
+    records
+        .values()
+        .filter(|r| r.state != "aborted")
+        .filter_map(|r| {
+            let spec = serde_json::from_value::<RolloutSpec>(r.spec.clone()).ok()?;
+            Some(Live { id: r.id.clone(), spec, level: r.level })
+        })
+        .collect()
+}
+
+/// One session's place in every live rollout, and the settings that follow.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Assignment {
+    /// (rollout id, cohort), by rollout id.
+    pub variants: Vec<(String, Cohort)>,
+    /// The treatments' overrides together (two live rollouts never share a setting).
+    pub overrides: Override,
+}
+
+impl Assignment {
+    /// The `Ferry-Variant` header value, e.g. `bbr=treatment, lag=baseline`; `None`
+    /// without live rollouts.
+    pub fn header(&self) -> Option<String> {
+        if self.variants.is_empty() {
+            return None;
+        }
+        let parts: Vec<String> = self.variants.iter().map(|(id, c)| format!("{id}={}", c.as_str())).collect();
+        Some(parts.join(", "))
+    }
+}
+
+/// Places `session` in every rollout.
+pub fn assign(rollouts: &[Live], session: &Session<'_>) -> Assignment {
+    let mut out = Assignment::default();
+    for r in rollouts {
+        let cohort = decide(r.level, &r.spec.gates, r.spec.salt_or(&r.id), session);
+        if cohort == Cohort::Treatment {
+            merge(&mut out.overrides, &r.spec.overrides);
+        }
+        out.variants.push((r.id.clone(), cohort));
+    }
+    out
+}
+
+fn merge(into: &mut Override, from: &Override) {
+    into.max_lag_ms = into.max_lag_ms.or(from.max_lag_ms);
+    into.group_cache = into.group_cache.or(from.group_cache);
+    into.congestion = into.congestion.or(from.congestion);
+    into.pacing = into.pacing.or(from.pacing);
+    into.webrtc_nack = into.webrtc_nack.or(from.webrtc_nack);
+    into.client_flag = into.client_flag.take().or_else(|| from.client_flag.clone());
+    into.fault.reject_sessions_bp = into.fault.reject_sessions_bp.or(from.fault.reject_sessions_bp);
+    into.fault.cpu_burn_ms_per_s = into.fault.cpu_burn_ms_per_s.or(from.fault.cpu_burn_ms_per_s);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn record(id: &str, level: u8, state: &str, spec: Value) -> (String, RolloutRecord) {
+        (id.to_owned(), RolloutRecord { id: id.to_owned(), spec, level, state: state.to_owned() })
+    }
+
+    #[test]
+    fn treatments_merge_their_overrides_and_every_rollout_is_named() {
+        let records: BTreeMap<_, _> = [
+            record("lag", 4, "active", json!({"override": {"max_lag_ms": 700, "client_flag": "lag-1"}})),
+            record("bbr", 0, "paused", json!({"override": {"congestion": "bbr"}})),
+            record("old", 4, "aborted", json!({"override": {"pacing": false}})),
+            record("opaque", 4, "active", json!({"image": "x"})),
+        ]
+        .into_iter()
+        .collect();
+        let live = live(&records);
+        assert_eq!(live.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["bbr", "lag"]);
+        let tags = vec!["Chrome".to_owned()];
+        let a = assign(&live, &Session { id: "v1", tags: &tags, region: "eu", edge: "e1" });
+        assert_eq!(a.header().as_deref(), Some("bbr=baseline, lag=treatment"));
+        assert_eq!(a.overrides.max_lag_ms, Some(700));
+        assert_eq!(a.overrides.client_flag.as_deref(), Some("lag-1"));
+        assert_eq!(a.overrides.congestion, None);
+        assert_eq!(assign(&[], &Session { id: "v1", tags: &tags, region: "eu", edge: "e1" }).header(), None);
+    }
+}
