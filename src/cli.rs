@@ -145,6 +145,10 @@ pub struct EdgeArgs {
     /// sessions to move away after GOAWAY before the process exits anyway.
     #[arg(long, alias = "drain-deadline", env = "FERRY_SHUTDOWN_GRACE", default_value = "30s", value_parser = units::duration)]
     pub shutdown_grace: Duration,
+    /// Apply rollouts' fault injection (`fault.reject_sessions_bp`, ...) for drills;
+    /// without it, edges ignore those overrides.
+    #[arg(long, env = "FERRY_ALLOW_FAULT_INJECTION")]
+    pub allow_fault_injection: bool,
     /// On drain, how long WHEP viewers keep playing before they are closed (and
     /// re-route by themselves); at most the drain deadline.
     #[arg(long, env = "FERRY_WHEP_DRAIN_GRACE", default_value = "10s", value_parser = units::duration)]
@@ -244,6 +248,7 @@ impl EdgeArgs {
         config.relay_linger = self.relay_linger;
         config.shutdown_grace = self.shutdown_grace;
         config.whep_drain_grace = self.whep_drain_grace;
+        config.allow_fault_injection = self.allow_fault_injection;
         config.webrtc = self.webrtc.to_config()?;
         config.gossip = self.gossip.to_config(&self.node_id);
         (config.control_plane, config.control_token) = self.control.resolve()?;

@@ -659,11 +659,20 @@ fn a_region_pulls_through_its_placed_relay_and_a_new_relay_takes_over_when_it_di
     });
     let viewer = watch(&edges[other], stream, &["--duration", "60s"]);
     let before = edges[other].metric("ferry_frames_out_total").unwrap_or(0.0);
-    wait_for("the new relay pulls from the origin", Duration::from_secs(20), || {
-        let sent = edges[other].metric("ferry_frames_out_total").unwrap_or(0.0);
-        (sent > before + 30.0 && edges["o"].metric("ferry_connections{role=\"edge\"}") == Some(1.0))
-            .then_some(())
-    });
+    // Polled like wait_for, but a timeout says what was seen.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let sent = edges[other].metric("ferry_frames_out_total").unwrap_or(0.0) - before;
+        let at_origin = edges["o"].metric("ferry_connections{role=\"edge\"}");
+        if sent > 30.0 && at_origin == Some(1.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new relay should pull from the origin: {sent} frames sent, {at_origin:?} edge connections there"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     viewer.terminate();
     assert!(json_output(viewer, Duration::from_secs(20))["frames"].as_u64().unwrap() > 0);
     let (_, audit) = voter.get("/v1/audit?limit=50");

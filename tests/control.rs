@@ -374,8 +374,19 @@ fn rollout_specs_are_typed_and_checked_and_one_rollout_owns_a_setting() {
         "{answer}"
     );
     assert_eq!(voters[0].get("/v1/rollouts").1["rollouts"].as_array().unwrap().len(), 1);
+    let out = ctl(&refs, &["rollout", "level", "bbr", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics = http_get(&voters[0].http, "/metrics").1;
+    assert_eq!(metric_value(&metrics, "ferry_rollout_level{rollout=\"bbr\"}"), Some(3.0), "{metrics}");
+    assert_eq!(metric_value(&metrics, "ferry_rollout_state{rollout=\"bbr\",state=\"active\"}"), Some(1.0));
+    assert!(
+        metric_value(&metrics, "ferry_rollout_last_change_timestamp_seconds{rollout=\"bbr\"}") > Some(1.0e9)
+    );
     let out = ctl(&refs, &["rollout", "abort", "bbr"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics = http_get(&voters[0].http, "/metrics").1;
+    assert_eq!(metric_value(&metrics, "ferry_rollout_state{rollout=\"bbr\",state=\"aborted\"}"), Some(1.0));
+    assert_eq!(metric_value(&metrics, "ferry_rollout_state{rollout=\"bbr\",state=\"active\"}"), None);
     let (code, answer) = voters[0].send(
         "POST",
         "/v1/rollouts",

@@ -1058,3 +1058,82 @@ fn rollout_levels_place_whep_sessions_on_every_edge_as_the_gates_say() {
     // Level 0 now: even the allowlisted viewer gets the baseline.
     assert_eq!(stats["variant"], "lag=baseline", "{stats}");
 }
+
+#[test]
+fn a_fault_injection_drill_refuses_its_share_of_treatment_sessions_and_counts_them() {
+    let _heavy = heavy();
+    let dir = TempDir::new("rollout-fault");
+    let cluster = whep_cluster(dir.path(), &["--allow-fault-injection"]);
+    let stream = "live/f";
+    let mut cmd = ferry();
+    cmd.args(["publish", "--edge", &cluster.edges["o"].quic, "--stream", stream, "--insecure"])
+        .args(["--synthetic", "--synthetic-vp8", "--duration", "300s"])
+        .stdout(std::process::Stdio::null());
+    let _publisher = Proc::spawn("publisher", &mut cmd);
+    wait_for_stream(&cluster.edges["o"]);
+    let auth = format!("Bearer {}", token(stream, Action::View, Duration::from_secs(600), SystemTime::now()));
+    let spec = r#"{"id":"drill","spec":{"override":{"fault":{"reject_sessions_bp":5000}},"gates":{"regions":["r2"]}}}"#;
+    assert_eq!(cluster.voter.send("POST", "/v1/rollouts", None, spec).0, 200);
+    assert_eq!(cluster.voter.send("POST", "/v1/rollouts/drill/level", None, r#"{"level":2}"#).0, 200);
+    let edge = &cluster.edges["a"];
+    let refused_by_drill = |id: &str| ferry_proto::cohort::bucket("drill/fault", id) < 5000;
+    let ids: Vec<String> = (0..16).map(|i| format!("s{i}")).collect();
+    assert!(ids.iter().any(|id| refused_by_drill(id)) && !ids.iter().all(|id| refused_by_drill(id)));
+    // Once edge a has the rollout, a refused id is refused with the reason.
+    let refused = ids.iter().find(|id| refused_by_drill(id)).unwrap();
+    wait_for("edge a applies the drill", Duration::from_secs(10), || {
+        let (status, _, body) = http(
+            &edge.http,
+            "POST",
+            &format!("/whep/{stream}"),
+            &[("Content-Type", "application/sdp"), ("Authorization", &auth), ("Ferry-Session", refused)],
+            vp8_offer("recvonly").as_bytes(),
+        );
+        (status == 503 && body.contains("fault_injected")).then_some(())
+    });
+    let errors_before = edge
+        .metric(
+            "ferry_rollout_errors_total{rollout=\"drill\",cohort=\"treatment\",reason=\"fault_injected\"}",
+        )
+        .unwrap_or(0.0);
+    let mut expected_refusals = 0.0;
+    for id in &ids {
+        let (status, hdrs, body) = http(
+            &edge.http,
+            "POST",
+            &format!("/whep/{stream}"),
+            &[("Content-Type", "application/sdp"), ("Authorization", &auth), ("Ferry-Session", id)],
+            vp8_offer("recvonly").as_bytes(),
+        );
+        if refused_by_drill(id) {
+            expected_refusals += 1.0;
+            assert_eq!(status, 503, "{id}: {body}");
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(json["reason"], "fault_injected", "{json}");
+        } else {
+            if status == 503 && body.contains("too_many") {
+                continue; // the edge's few UDP ports are busy; not the drill
+            }
+            assert_eq!(status, 201, "{id}: {body}");
+            assert_eq!(header(&hdrs, "ferry-variant"), Some("drill=treatment"));
+            let location = header(&hdrs, "location").unwrap().to_owned();
+            assert_eq!(http(&edge.http, "DELETE", &location, &[], b"").0, 200);
+        }
+    }
+    let errors = edge
+        .metric(
+            "ferry_rollout_errors_total{rollout=\"drill\",cohort=\"treatment\",reason=\"fault_injected\"}",
+        )
+        .unwrap_or(0.0);
+    assert_eq!(errors - errors_before, expected_refusals);
+    // Edge o is in r1: baseline there, nobody refused.
+    let (status, hdrs, body) = http(
+        &cluster.edges["o"].http,
+        "POST",
+        &format!("/whep/{stream}"),
+        &[("Content-Type", "application/sdp"), ("Authorization", &auth), ("Ferry-Session", refused)],
+        vp8_offer("recvonly").as_bytes(),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(header(&hdrs, "ferry-variant"), Some("drill=baseline"));
+}

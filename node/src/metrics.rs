@@ -37,6 +37,14 @@ pub struct CohortLabels {
     pub cohort: String,
 }
 
+/// A rollout, a cohort and why a session failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CohortReasonLabels {
+    pub rollout: String,
+    pub cohort: String,
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabels {
     pub direction: String,
@@ -57,6 +65,8 @@ pub struct EdgeMetrics {
     pub upstream_subscriptions: Family<TrackLabels, Gauge>,
     /// New sessions by rollout and cohort.
     pub rollout_sessions: Family<CohortLabels, Counter>,
+    /// Sessions that failed to start, by rollout, cohort and reason.
+    pub rollout_errors: Family<CohortReasonLabels, Counter>,
     /// Streams known here (published locally or relayed).
     pub streams: Gauge,
     pub frames_in: Counter,
@@ -106,6 +116,11 @@ impl EdgeMetrics {
             "rollout_sessions",
             "New sessions by rollout and cohort (treatment or baseline)",
             self.rollout_sessions.clone(),
+        );
+        r.register(
+            "rollout_errors",
+            "Sessions that failed to start, by rollout, cohort and reason",
+            self.rollout_errors.clone(),
         );
         r.register("streams", "Streams known to this edge", self.streams.clone());
         r.register("frames_in", "Frames received from publishers and upstreams", self.frames_in.clone());

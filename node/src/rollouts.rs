@@ -52,9 +52,28 @@ pub struct Assignment {
     pub variants: Vec<(String, Cohort)>,
     /// The treatments' overrides together (two live rollouts never share a setting).
     pub overrides: Override,
+    /// (rollout id, salt) of the treatment that set `fault.reject_sessions_bp`.
+    pub reject_from: Option<(String, String)>,
 }
 
 impl Assignment {
+    /// The assignment on an edge that does not allow fault injection: no faults.
+    pub fn without_faults(mut self) -> Self {
+        self.overrides.fault = Default::default();
+        self.reject_from = None;
+        self
+    }
+
+    /// The rollout whose fault injection refuses this session, if any: a sticky share
+    /// (`fault.reject_sessions_bp`) of its treatment, by a bucket of the session id
+    /// salted apart from the cohort's.
+    pub fn rejected_by(&self, session_id: &str) -> Option<&str> {
+        let (rollout, salt) = self.reject_from.as_ref()?;
+        let share = self.overrides.fault.reject_sessions_bp?;
+        (ferry_proto::cohort::bucket(&format!("{salt}/fault"), session_id) < share)
+            .then_some(rollout.as_str())
+    }
+
     /// The `Ferry-Variant` header value, e.g. `bbr=treatment, lag=baseline`; `None`
     /// without live rollouts.
     pub fn header(&self) -> Option<String> {
@@ -73,6 +92,9 @@ pub fn assign(rollouts: &[Live], session: &Session<'_>) -> Assignment {
         let cohort = decide(r.level, &r.spec.gates, r.spec.salt_or(&r.id), session);
         if cohort == Cohort::Treatment {
             merge(&mut out.overrides, &r.spec.overrides);
+            if r.spec.overrides.fault.reject_sessions_bp.is_some() && out.reject_from.is_none() {
+                out.reject_from = Some((r.id.clone(), r.spec.salt_or(&r.id).to_owned()));
+            }
         }
         out.variants.push((r.id.clone(), cohort));
     }
@@ -121,5 +143,27 @@ mod tests {
         assert_eq!(a.overrides.client_flag.as_deref(), Some("lag-1"));
         assert_eq!(a.overrides.congestion, None);
         assert_eq!(assign(&[], &Session { id: "v1", tags: &tags, region: "eu", edge: "e1" }).header(), None);
+    }
+
+    #[test]
+    fn fault_injection_refuses_its_share_of_the_treatment_unless_the_edge_forbids_it() {
+        let records: BTreeMap<_, _> =
+            [record("drill", 4, "active", json!({"override": {"fault": {"reject_sessions_bp": 5000}}}))]
+                .into_iter()
+                .collect();
+        let live = live(&records);
+        let tags = Vec::new();
+        let ids: Vec<String> = (0..400).map(|i| format!("s{i}")).collect();
+        let refused = ids
+            .iter()
+            .filter(|id| {
+                let a = assign(&live, &Session { id, tags: &tags, region: "eu", edge: "e1" });
+                a.rejected_by(id) == Some("drill")
+            })
+            .count();
+        assert!((140..=260).contains(&refused), "{refused} of 400 refused at 50 %");
+        let a = assign(&live, &Session { id: "s1", tags: &tags, region: "eu", edge: "e1" }).without_faults();
+        assert_eq!(a.rejected_by("s1"), None);
+        assert_eq!(a.overrides.fault, Default::default());
     }
 }

@@ -19,6 +19,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -60,6 +62,21 @@ pub struct ApiMetrics {
     pub snapshots: Gauge,
     pub is_leader: Gauge,
     pub proposal_seconds: ProposalHistogram,
+    /// Per rollout, from the replicated state at scrape time.
+    pub rollout_level: Family<RolloutLabels, Gauge>,
+    pub rollout_state: Family<RolloutStateLabels, Gauge>,
+    pub rollout_changed: Family<RolloutLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabels {
+    pub rollout: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutStateLabels {
+    pub rollout: String,
+    pub state: String,
 }
 
 /// Proposal latency, 1 ms to ~8 s.
@@ -84,6 +101,18 @@ impl Api {
         r.register("snapshots", "Snapshots taken by this voter", metrics.snapshots.clone());
         r.register("is_leader", "1 on the leader", metrics.is_leader.clone());
         r.register("proposal_seconds", "Time from proposal to applied", metrics.proposal_seconds.0.clone());
+        let r = registry.sub_registry_with_prefix("ferry");
+        r.register("rollout_level", "Level of each rollout (0-4)", metrics.rollout_level.clone());
+        r.register(
+            "rollout_state",
+            "1 for each rollout's state (active, paused, tripped, aborted)",
+            metrics.rollout_state.clone(),
+        );
+        r.register(
+            "rollout_last_change_timestamp_seconds",
+            "Unix time of each rollout's last change",
+            metrics.rollout_changed.clone(),
+        );
         Self {
             node,
             token: Arc::new(token),
@@ -207,6 +236,20 @@ async fn metrics(State(api): State<Api>) -> Response {
     set(&m.proposals, s.proposals);
     set(&m.snapshots, s.snapshots_taken);
     set(&m.is_leader, u64::from(s.leader == s.id));
+    m.rollout_level.clear();
+    m.rollout_state.clear();
+    m.rollout_changed.clear();
+    api.node.read(|state| {
+        for r in state.rollouts.values() {
+            let labels = RolloutLabels { rollout: r.id.clone() };
+            m.rollout_level.get_or_create(&labels).set(i64::from(r.level));
+            let state = serde_json::to_value(r.state).ok().and_then(|v| v.as_str().map(str::to_owned));
+            let state = RolloutStateLabels { rollout: r.id.clone(), state: state.unwrap_or_default() };
+            m.rollout_state.get_or_create(&state).set(1);
+            let last = r.history.last().map_or(r.created_at_ms, |e| e.at_ms);
+            m.rollout_changed.get_or_create(&labels).set(last as f64 / 1e3);
+        }
+    });
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &api.registry) {
         Ok(()) => {

@@ -70,6 +70,8 @@ pub struct EdgeConfig {
     pub relay_linger: Duration,
     /// How long shutdown waits for sessions to finish after GOAWAY.
     pub shutdown_grace: Duration,
+    /// Apply rollouts' `fault.*` overrides (drills); without it they are ignored.
+    pub allow_fault_injection: bool,
     /// How long WHEP viewers keep playing on a draining edge before they are closed
     /// (and re-route by themselves); capped by `shutdown_grace`.
     pub whep_drain_grace: Duration,
@@ -109,6 +111,7 @@ impl EdgeConfig {
             relay_linger: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             whep_drain_grace: Duration::from_secs(10),
+            allow_fault_injection: false,
             webrtc: WebRtcConfig::default(),
             gossip: None,
             control_plane: Vec::new(),
@@ -170,7 +173,10 @@ impl EdgeState {
             region: &self.config.region,
             edge: self.config.node_id.as_str(),
         };
-        let assignment = crate::rollouts::assign(&live, &session);
+        let mut assignment = crate::rollouts::assign(&live, &session);
+        if !self.config.allow_fault_injection {
+            assignment = assignment.without_faults();
+        }
         for (rollout, cohort) in &assignment.variants {
             let labels =
                 crate::metrics::CohortLabels { rollout: rollout.clone(), cohort: cohort.as_str().into() };

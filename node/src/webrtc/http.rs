@@ -197,7 +197,8 @@ async fn post_session(
     if let Some(response) = redirect(&state, direction, &stream) {
         return response;
     }
-    let result = offer(&state, direction, stream, &headers, body).await;
+    let mut assigned = None;
+    let result = offer(&state, direction, stream, &headers, body, &mut assigned).await;
     match result {
         Ok((stream, answer, assignment)) => {
             let location = format!("/sessions/{}/{}", direction.name(), answer.id);
@@ -225,6 +226,14 @@ async fn post_session(
         }
         Err(e) => {
             state.metrics.webrtc_session_errors.get_or_create(&ReasonLabels::new(e.reason())).inc();
+            for (rollout, cohort) in assigned.iter().flat_map(|a: &Assignment| a.variants.iter()) {
+                let labels = crate::metrics::CohortReasonLabels {
+                    rollout: rollout.clone(),
+                    cohort: cohort.as_str().to_owned(),
+                    reason: e.reason().to_owned(),
+                };
+                state.metrics.rollout_errors.get_or_create(&labels).inc();
+            }
             e.into_response()
         }
     }
@@ -269,6 +278,7 @@ async fn offer(
     stream: String,
     headers: &HeaderMap,
     body: Bytes,
+    assigned: &mut Option<Assignment>,
 ) -> Result<(StreamName, whip::Answer, Assignment), ApiError> {
     let stream = StreamName::new(stream)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_stream_name", e.to_string()))?;
@@ -313,6 +323,14 @@ async fn offer(
         .into_iter()
         .collect();
     let assignment = state.assign(&session_id, &tags);
+    *assigned = Some(assignment.clone());
+    if let Some(rollout) = assignment.rejected_by(&session_id) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "fault_injected",
+            format!("refused by rollout {rollout:?}'s fault injection (a drill)"),
+        ));
+    }
     let answer = match direction {
         Direction::Whip => whip::start(state, stream.clone(), sdp).await?,
         Direction::Whep => {
