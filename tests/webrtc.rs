@@ -1137,3 +1137,55 @@ fn a_fault_injection_drill_refuses_its_share_of_treatment_sessions_and_counts_th
     assert_eq!(status, 201, "{body}");
     assert_eq!(header(&hdrs, "ferry-variant"), Some("drill=baseline"));
 }
+
+#[test]
+fn a_cpu_burning_treatment_trips_on_its_edge_without_voters_and_is_recorded_when_they_return() {
+    let _heavy = heavy();
+    let dir = TempDir::new("rollout-cpu");
+    let cluster = whep_cluster(dir.path(), &["--allow-fault-injection"]);
+    let stream = "live/c";
+    let mut cmd = ferry();
+    cmd.args(["publish", "--edge", &cluster.edges["o"].quic, "--stream", stream, "--insecure"])
+        .args(["--synthetic", "--synthetic-vp8", "--duration", "300s"])
+        .stdout(std::process::Stdio::null());
+    let _publisher = Proc::spawn("publisher", &mut cmd);
+    wait_for_stream(&cluster.edges["o"]);
+    let auth = format!("Bearer {}", token(stream, Action::View, Duration::from_secs(600), SystemTime::now()));
+    let spec = r#"{"id":"burn","spec":{"override":{"fault":{"cpu_burn_ms_per_s":900}},"gates":{"edges":["a"]},
+        "guard":{"cpu_max":0.3,"consecutive":5}}}"#;
+    assert_eq!(cluster.voter.send("POST", "/v1/rollouts", None, spec).0, 200);
+    assert_eq!(cluster.voter.send("POST", "/v1/rollouts/burn/level", None, r#"{"level":2}"#).0, 200);
+    let a = &cluster.edges["a"];
+    let trips = || a.metric("ferry_rollout_trips_total{rollout=\"burn\",guard=\"cpu\"}").unwrap_or(0.0);
+    wait_for("edge a gives the treatment", Duration::from_secs(10), || {
+        (whep_variant(a, stream, &auth, "s1", "curl").0 == "burn=treatment").then_some(())
+    });
+    // Every voter stops: the edge guards itself.
+    cluster.voter.signal("-STOP");
+    assert_eq!(trips(), 0.0, "tripped before the voters stopped; the drill proves nothing");
+    wait_for("edge a's CPU guard trips", Duration::from_secs(30), || (trips() == 1.0).then_some(()));
+    assert_eq!(
+        whep_variant(a, stream, &auth, "s1", "curl").0,
+        "burn=baseline",
+        "new sessions get the baseline"
+    );
+    // The voters return and record the trip: held, fallen back to the previous level.
+    cluster.voter.signal("-CONT");
+    let rollout = wait_for("the trip in the control plane", Duration::from_secs(30), || {
+        let (_, r) = cluster.voter.get("/v1/rollouts/burn");
+        (r["state"] == "tripped").then_some(r)
+    });
+    assert_eq!(rollout["level"], 0, "{rollout}");
+    let last = rollout["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["what"], "tripped by cpu on edge a: level 2 -> 0", "{rollout}");
+    assert_eq!(last["actor"], "guard", "{rollout}");
+    let (_, audit) = cluster.voter.get("/v1/audit");
+    assert!(
+        audit["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "rollout.trip" && e["target"] == "burn"),
+        "{audit}"
+    );
+}

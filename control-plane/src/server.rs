@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,7 +17,7 @@ use crate::api::Api;
 use crate::failover::{Failover, Observed};
 use crate::node::{self, NodeConfig, NodeHandle};
 use crate::relays::{self, EdgeHealth, Placed, Placement};
-use crate::state::{Command, Request};
+use crate::state::{Command, Request, RolloutState};
 use crate::transport::TransportConfig;
 
 /// Everything a voter needs.
@@ -196,6 +196,23 @@ async fn failover_loop(node: NodeHandle, gossip: Arc<Gossip>, grace: Duration, c
                 .collect();
             (streams, edges)
         });
+        // Edges' CPU guards trip rollouts on their own; record each trip once.
+        let active: BTreeSet<String> = node.read(|s| {
+            s.rollouts.values().filter(|r| r.state == RolloutState::Active).map(|r| r.id.clone()).collect()
+        });
+        let mut tripping: BTreeMap<String, String> = BTreeMap::new();
+        for m in members.iter().filter(|m| m.alive) {
+            for rollout in m.info.trips.iter().filter(|r| active.contains(*r)) {
+                tripping.entry(rollout.clone()).or_insert_with(|| m.id.clone());
+            }
+        }
+        for (rollout, edge) in tripping {
+            let command = Command::TripRollout { id: rollout.clone(), guard: format!("cpu on edge {edge}") };
+            match commit(&node, "guard", String::new(), command).await {
+                Ok(outcome) => tracing::warn!(%rollout, %edge, ?outcome, "recorded an edge's CPU trip"),
+                Err(e) => tracing::warn!(%rollout, "recording a CPU trip failed: {e}"),
+            }
+        }
         for placement in relays::plan(&streams, &edges).into_iter().take(RELAY_PLACEMENTS_PER_TICK) {
             let Placement { name, origin, relays } = placement;
             let command = Command::PlaceRelays { name: name.clone(), origin, relays };

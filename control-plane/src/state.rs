@@ -264,6 +264,13 @@ pub enum Command {
     AbortRollout {
         id: String,
     },
+    /// A guard tripped an active rollout: it falls back per its `on_trip` (the previous
+    /// level, or 0) and is held (`tripped`) until an operator resumes it.
+    TripRollout {
+        id: String,
+        /// Which guard, and where: e.g. `cpu on edge e1`.
+        guard: String,
+    },
     /// Changes nothing; a new leader may propose it to commit an entry of its term.
     Noop,
 }
@@ -284,6 +291,7 @@ impl Command {
             Command::PauseRollout { .. } => "rollout.pause",
             Command::ResumeRollout { .. } => "rollout.resume",
             Command::AbortRollout { .. } => "rollout.abort",
+            Command::TripRollout { .. } => "rollout.trip",
             Command::Noop => "noop",
         }
     }
@@ -468,6 +476,7 @@ fn execute(state: &mut State, request: &Request) -> Step {
         Command::PauseRollout { id } => move_rollout(state, now, actor, id, RolloutState::Paused),
         Command::ResumeRollout { id } => move_rollout(state, now, actor, id, RolloutState::Active),
         Command::AbortRollout { id } => move_rollout(state, now, actor, id, RolloutState::Aborted),
+        Command::TripRollout { id, guard } => trip_rollout(state, now, actor, id, guard),
         Command::Noop => Ok(None),
     }
 }
@@ -758,6 +767,40 @@ fn move_rollout(state: &mut State, now: u64, actor: &str, id: &str, to: RolloutS
         target: id.to_owned(),
         summary: what.to_owned(),
         detail: json!({ "rollout": id, "level": level, "state": to }),
+    }))
+}
+
+fn trip_rollout(state: &mut State, now: u64, actor: &str, id: &str, guard: &str) -> Step {
+    let rollout = find_rollout(state, id)?;
+    match rollout.state {
+        // Several guards (or edges) may report one trip: the first one counts.
+        RolloutState::Tripped => return Ok(None),
+        RolloutState::Active => {}
+        other => {
+            return Err(rejected(REJECT_CONFLICT, format!("rollout {id:?} is {other:?}, not active")));
+        }
+    }
+    let on_trip =
+        serde_json::from_value::<RolloutSpec>(rollout.spec.clone()).map(|s| s.on_trip).unwrap_or_default();
+    let from = rollout.level;
+    let to = match on_trip {
+        ferry_proto::rollout::OnTrip::Off => 0,
+        // The level before the current one: the newest earlier level in the history.
+        ferry_proto::rollout::OnTrip::Previous => {
+            rollout.history.iter().rev().map(|e| e.level).find(|l| *l != from).unwrap_or(0).min(from)
+        }
+    };
+    rollout.level = to;
+    rollout.state = RolloutState::Tripped;
+    let what = format!("tripped by {guard}: level {from} -> {to}");
+    push_history(
+        rollout,
+        RolloutEvent { at_ms: now, actor: actor.to_owned(), what: what.clone(), level: to },
+    );
+    Ok(Some(Change {
+        target: id.to_owned(),
+        summary: what,
+        detail: json!({ "rollout": id, "level": to, "state": RolloutState::Tripped, "guard": guard }),
     }))
 }
 

@@ -37,6 +37,13 @@ pub struct CohortLabels {
     pub cohort: String,
 }
 
+/// A rollout and the guard that tripped it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuardLabels {
+    pub rollout: String,
+    pub guard: String,
+}
+
 /// A rollout, a cohort and why a session failed.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CohortReasonLabels {
@@ -67,6 +74,8 @@ pub struct EdgeMetrics {
     pub rollout_sessions: Family<CohortLabels, Counter>,
     /// Sessions that failed to start, by rollout, cohort and reason.
     pub rollout_errors: Family<CohortReasonLabels, Counter>,
+    /// Rollout trips by this edge's guards.
+    pub rollout_trips: Family<GuardLabels, Counter>,
     /// Streams known here (published locally or relayed).
     pub streams: Gauge,
     pub frames_in: Counter,
@@ -122,6 +131,7 @@ impl EdgeMetrics {
             "Sessions that failed to start, by rollout, cohort and reason",
             self.rollout_errors.clone(),
         );
+        r.register("rollout_trips", "Rollouts tripped by this edge's guards", self.rollout_trips.clone());
         r.register("streams", "Streams known to this edge", self.streams.clone());
         r.register("frames_in", "Frames received from publishers and upstreams", self.frames_in.clone());
         r.register("bytes_in", "Payload bytes received", self.bytes_in.clone());

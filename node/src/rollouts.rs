@@ -6,7 +6,7 @@
 //! Only settings that change one session are applied here: today `max_lag_ms` for
 //! WHEP viewers, and `client_flag`, which the client gets back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ferry_proto::cohort::{decide, Cohort, Session};
 use ferry_proto::rollout::{Override, RolloutSpec};
@@ -85,11 +85,15 @@ impl Assignment {
     }
 }
 
-/// Places `session` in every rollout.
-pub fn assign(rollouts: &[Live], session: &Session<'_>) -> Assignment {
+/// Places `session` in every rollout; rollouts in `tripped` (this edge's CPU guard)
+/// give everyone the baseline.
+pub fn assign(rollouts: &[Live], session: &Session<'_>, tripped: &BTreeSet<String>) -> Assignment {
     let mut out = Assignment::default();
     for r in rollouts {
-        let cohort = decide(r.level, &r.spec.gates, r.spec.salt_or(&r.id), session);
+        let cohort = match tripped.contains(&r.id) {
+            true => Cohort::Baseline,
+            false => decide(r.level, &r.spec.gates, r.spec.salt_or(&r.id), session),
+        };
         if cohort == Cohort::Treatment {
             merge(&mut out.overrides, &r.spec.overrides);
             if r.spec.overrides.fault.reject_sessions_bp.is_some() && out.reject_from.is_none() {
@@ -99,6 +103,88 @@ pub fn assign(rollouts: &[Live], session: &Session<'_>) -> Assignment {
         out.variants.push((r.id.clone(), cohort));
     }
     out
+}
+
+/// Whether `rollout` may treat some sessions on this edge (`edge` in `region`).
+fn may_treat_here(rollout: &Live, region: &str, edge: &str) -> bool {
+    let g = &rollout.spec.gates;
+    match rollout.level {
+        0 => false,
+        l if l >= 4 => true,
+        l => {
+            !g.session_ids.is_empty()
+                || !g.client_tags.is_empty()
+                || (l >= 2 && (g.regions.iter().any(|r| r == region) || g.edges.iter().any(|e| e == edge)))
+                || (l >= 3 && g.share_bp > 0)
+        }
+    }
+}
+
+/// CPU milliseconds per second to burn for `fault.cpu_burn_ms_per_s` drills: the
+/// rollouts not tripped here that may treat sessions on this edge, at most 1000.
+pub fn burn_ms_per_s(rollouts: &[Live], tripped: &BTreeSet<String>, region: &str, edge: &str) -> u32 {
+    let total: u32 = rollouts
+        .iter()
+        .filter(|r| !tripped.contains(&r.id) && may_treat_here(r, region, edge))
+        .filter_map(|r| r.spec.overrides.fault.cpu_burn_ms_per_s)
+        .sum();
+    total.min(1_000)
+}
+
+/// The edge-local CPU guard (sans-IO), fed one process CPU sample per second: a
+/// rollout whose `guard.cpu_max` is exceeded for `guard.consecutive` samples in a row
+/// trips here at once — new sessions get the baseline, no control plane needed — and
+/// stays tripped until an operator resumes it after the control plane recorded the
+/// trip (or the rollout is aborted or deleted).
+#[derive(Debug, Default)]
+pub struct CpuGuard {
+    /// Samples in a row above `cpu_max`, per rollout.
+    over: BTreeMap<String, u32>,
+    /// Tripped here; `true` once the control plane shows the rollout tripped.
+    tripped: BTreeMap<String, bool>,
+}
+
+impl CpuGuard {
+    /// Feeds a sample (`cpu` in cores). Returns the rollouts that trip now.
+    pub fn observe(
+        &mut self,
+        cpu: f64,
+        rollouts: &[Live],
+        records: &BTreeMap<String, RolloutRecord>,
+    ) -> Vec<String> {
+        self.tripped.retain(|id, recorded| match records.get(id).map(|r| r.state.as_str()) {
+            None | Some("aborted") => false,
+            Some("tripped") => {
+                *recorded = true;
+                true
+            }
+            // Resumed by an operator after the control plane recorded the trip.
+            Some("active") => !*recorded,
+            Some(_) => true,
+        });
+        let mut now_tripped = Vec::new();
+        for r in rollouts {
+            let Some(max) = r.spec.guard.cpu_max else { continue };
+            if self.tripped.contains_key(&r.id) || r.level == 0 {
+                self.over.remove(&r.id);
+                continue;
+            }
+            let over = self.over.entry(r.id.clone()).or_default();
+            *over = if cpu > max { over.saturating_add(1) } else { 0 };
+            if *over >= r.spec.guard.consecutive {
+                self.over.remove(&r.id);
+                self.tripped.insert(r.id.clone(), false);
+                now_tripped.push(r.id.clone());
+            }
+        }
+        self.over.retain(|id, _| rollouts.iter().any(|r| &r.id == id));
+        now_tripped
+    }
+
+    /// Rollouts tripped on this edge.
+    pub fn tripped(&self) -> BTreeSet<String> {
+        self.tripped.keys().cloned().collect()
+    }
 }
 
 fn merge(into: &mut Override, from: &Override) {
@@ -137,12 +223,16 @@ mod tests {
         let live = live(&records);
         assert_eq!(live.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["bbr", "lag"]);
         let tags = vec!["Chrome".to_owned()];
-        let a = assign(&live, &Session { id: "v1", tags: &tags, region: "eu", edge: "e1" });
+        let a = assign(&live, &Session { id: "v1", tags: &tags, region: "eu", edge: "e1" }, &BTreeSet::new());
         assert_eq!(a.header().as_deref(), Some("bbr=baseline, lag=treatment"));
         assert_eq!(a.overrides.max_lag_ms, Some(700));
         assert_eq!(a.overrides.client_flag.as_deref(), Some("lag-1"));
         assert_eq!(a.overrides.congestion, None);
-        assert_eq!(assign(&[], &Session { id: "v1", tags: &tags, region: "eu", edge: "e1" }).header(), None);
+        let none = BTreeSet::new();
+        assert_eq!(
+            assign(&[], &Session { id: "v1", tags: &tags, region: "eu", edge: "e1" }, &none).header(),
+            None
+        );
     }
 
     #[test]
@@ -157,13 +247,48 @@ mod tests {
         let refused = ids
             .iter()
             .filter(|id| {
-                let a = assign(&live, &Session { id, tags: &tags, region: "eu", edge: "e1" });
+                let a =
+                    assign(&live, &Session { id, tags: &tags, region: "eu", edge: "e1" }, &BTreeSet::new());
                 a.rejected_by(id) == Some("drill")
             })
             .count();
         assert!((140..=260).contains(&refused), "{refused} of 400 refused at 50 %");
-        let a = assign(&live, &Session { id: "s1", tags: &tags, region: "eu", edge: "e1" }).without_faults();
+        let a = assign(&live, &Session { id: "s1", tags: &tags, region: "eu", edge: "e1" }, &BTreeSet::new())
+            .without_faults();
         assert_eq!(a.rejected_by("s1"), None);
         assert_eq!(a.overrides.fault, Default::default());
+    }
+
+    #[test]
+    fn the_cpu_guard_trips_after_consecutive_samples_and_holds_until_resumed() {
+        let spec = json!({"override": {"fault": {"cpu_burn_ms_per_s": 800}}, "gates": {"edges": ["e1"]},
+                          "guard": {"cpu_max": 0.5, "consecutive": 3}});
+        let mut records: BTreeMap<_, _> = [record("burn", 2, "active", spec)].into_iter().collect();
+        let mut guard = CpuGuard::default();
+        let live_now = live(&records);
+        // Noise: a single high sample between normal ones never trips.
+        for cpu in [0.9, 0.2, 0.9, 0.9, 0.1, 0.9] {
+            assert!(guard.observe(cpu, &live_now, &records).is_empty(), "tripped at {cpu}");
+        }
+        assert!(guard.observe(0.9, &live_now, &records).is_empty());
+        assert_eq!(guard.observe(0.9, &live_now, &records), vec!["burn".to_owned()]);
+        let tripped = guard.tripped();
+        assert!(tripped.contains("burn"));
+        let tags = Vec::new();
+        let session = Session { id: "x", tags: &tags, region: "eu", edge: "e1" };
+        assert_eq!(assign(&live_now, &session, &tripped).variants[0].1, Cohort::Baseline);
+        assert_eq!(burn_ms_per_s(&live_now, &tripped, "eu", "e1"), 0, "a tripped drill stops burning");
+        assert_eq!(burn_ms_per_s(&live_now, &BTreeSet::new(), "eu", "e1"), 800);
+        assert_eq!(burn_ms_per_s(&live_now, &BTreeSet::new(), "eu", "e2"), 0, "not gated to e2");
+        // Still active (the control plane has not heard yet): held.
+        assert!(guard.observe(0.1, &live_now, &records).is_empty());
+        assert!(guard.tripped().contains("burn"));
+        // Recorded as tripped, then resumed by an operator: cleared.
+        records.get_mut("burn").unwrap().state = "tripped".into();
+        guard.observe(0.1, &live_now, &records);
+        assert!(guard.tripped().contains("burn"));
+        records.get_mut("burn").unwrap().state = "active".into();
+        guard.observe(0.1, &live_now, &records);
+        assert!(guard.tripped().is_empty());
     }
 }

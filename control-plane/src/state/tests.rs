@@ -486,3 +486,33 @@ fn relays_are_placed_only_while_the_origin_is_unchanged() {
     let missing = Command::PlaceRelays { name: id("live/none"), origin: id("a"), relays: Default::default() };
     assert_eq!(log.rejects(missing), REJECT_NOT_FOUND);
 }
+
+#[test]
+fn a_guard_trip_falls_back_once_and_holds_until_resumed() {
+    let mut log = Log::new();
+    let spec = json!({"override": {"pacing": true}});
+    log.run(Command::CreateRollout { id: id("r"), spec: spec.clone() });
+    log.run(Command::SetRolloutLevel { id: id("r"), level: 2 });
+    log.run(Command::SetRolloutLevel { id: id("r"), level: 3 });
+    let trip = |guard: &str| Command::TripRollout { id: id("r"), guard: guard.to_owned() };
+    assert!(log.run(trip("cpu on edge e1")).is_ok());
+    let r = &log.state.rollouts["r"];
+    assert_eq!((r.level, r.state), (2, RolloutState::Tripped), "back to the previous level");
+    assert_eq!(r.history.last().unwrap().what, "tripped by cpu on edge e1: level 3 -> 2");
+    assert_eq!(log.state.audit.back().map(|e| e.action.as_str()), Some("rollout.trip"));
+    // A second report changes nothing.
+    let audited = log.state.audit.len();
+    assert!(log.run(trip("cpu on edge e2")).is_ok());
+    assert_eq!((log.state.rollouts["r"].level, log.state.audit.len()), (2, audited));
+    // on_trip = off goes to 0; a paused rollout cannot trip.
+    log.run(Command::CreateRollout {
+        id: id("z"),
+        spec: json!({"override": {"webrtc_nack": true}, "on_trip": "off"}),
+    });
+    log.run(Command::SetRolloutLevel { id: id("z"), level: 4 });
+    assert!(log.run(Command::TripRollout { id: id("z"), guard: "errors".into() }).is_ok());
+    assert_eq!(log.state.rollouts["z"].level, 0);
+    log.run(Command::ResumeRollout { id: id("z") });
+    log.run(Command::PauseRollout { id: id("z") });
+    assert_eq!(log.rejects(Command::TripRollout { id: id("z"), guard: "cpu".into() }), REJECT_CONFLICT);
+}

@@ -50,6 +50,7 @@ pub mod keys {
     pub const BYTES_PER_S: &str = "bytes_per_s";
     pub const ORIGINS: &str = "origins";
     pub const CARRIES: &str = "carries";
+    pub const TRIPS: &str = "trips";
 }
 
 /// How to join the gossip.
@@ -83,6 +84,8 @@ pub struct SelfInfo {
     pub bytes_per_s: u64,
     pub origins: BTreeSet<String>,
     pub carries: BTreeSet<String>,
+    /// Rollouts this edge's CPU guard tripped (the control plane records them).
+    pub trips: BTreeSet<String>,
 }
 
 /// Produces this process's current [`SelfInfo`].
@@ -124,6 +127,7 @@ impl Member {
                 bytes_per_s: get(keys::BYTES_PER_S).parse().unwrap_or(0),
                 origins: list(keys::ORIGINS),
                 carries: list(keys::CARRIES),
+                trips: list(keys::TRIPS),
             },
         }
     }
@@ -329,6 +333,7 @@ fn encode(info: &SelfInfo) -> Vec<(String, String)> {
         (keys::BYTES_PER_S.into(), info.bytes_per_s.to_string()),
         (keys::ORIGINS.into(), list(&info.origins)),
         (keys::CARRIES.into(), list(&info.carries)),
+        (keys::TRIPS.into(), list(&info.trips)),
     ]
 }
 

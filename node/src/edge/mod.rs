@@ -21,7 +21,7 @@ mod upstream;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry_proto::{ErrorCode, NodeId};
 use prometheus_client::registry::Registry as MetricsRegistry;
@@ -149,6 +149,8 @@ pub(crate) struct EdgeState {
     /// Stops background work (gossip, control link) after the sessions drained.
     pub background: CancellationToken,
     rates: Rates,
+    /// The edge-local CPU guard of rollouts.
+    guard: std::sync::Mutex<crate::rollouts::CpuGuard>,
     pub next_session: AtomicU64,
     pub ready: AtomicBool,
     /// Shutting down: gossiped so routing sends new sessions elsewhere.
@@ -173,7 +175,7 @@ impl EdgeState {
             region: &self.config.region,
             edge: self.config.node_id.as_str(),
         };
-        let mut assignment = crate::rollouts::assign(&live, &session);
+        let mut assignment = crate::rollouts::assign(&live, &session, &self.cpu_guard().tripped());
         if !self.config.allow_fault_injection {
             assignment = assignment.without_faults();
         }
@@ -183,6 +185,10 @@ impl EdgeState {
             self.metrics.rollout_sessions.get_or_create(&labels).inc();
         }
         assignment
+    }
+
+    fn cpu_guard(&self) -> std::sync::MutexGuard<'_, crate::rollouts::CpuGuard> {
+        self.guard.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A local publisher started or stopped: the control plane should hear now.
@@ -220,6 +226,7 @@ impl EdgeState {
             bytes_per_s,
             origins,
             carries,
+            trips: self.cpu_guard().tripped(),
         }
     }
 }
@@ -288,6 +295,7 @@ impl BoundEdge {
             webrtc: Arc::new(WebRtc::new(config.webrtc.clone())),
             config,
             rates: Rates::default(),
+            guard: std::sync::Mutex::new(crate::rollouts::CpuGuard::default()),
         });
         if let Some(gossip_config) = state.config.gossip.clone() {
             let weak = Arc::downgrade(&state);
@@ -328,6 +336,7 @@ impl BoundEdge {
             let weak = Arc::downgrade(&state);
             let originated = move || weak.upgrade().map(|s| s.registry.stream_names().0).unwrap_or_default();
             state.tracker.spawn(control.run(originated, state.background.clone(), shutdown.clone()));
+            state.tracker.spawn(guard_loop(Arc::clone(&state)));
         }
         state.ready.store(true, Ordering::Relaxed);
         tracing::info!(node = %state.config.node_id, quic = ?endpoint.local_addr().ok(), "edge serving");
@@ -380,6 +389,48 @@ impl BoundEdge {
     }
 }
 
+/// Once a second: sample process CPU, feed the rollouts' CPU guard (a trip takes
+/// effect for new sessions at once and is gossiped), and burn CPU for
+/// `fault.cpu_burn_ms_per_s` drills on edges that allow fault injection.
+async fn guard_loop(state: Arc<EdgeState>) {
+    let rates = Rates::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = state.background.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (cpu, _) = rates.sample(cpu_seconds(std::process::id()).unwrap_or(0.0), 0);
+        let records = state.control.as_ref().map(|c| c.snapshot().rollouts).unwrap_or_default();
+        let live = crate::rollouts::live(&records);
+        let tripped_now = state.cpu_guard().observe(cpu, &live, &records);
+        for rollout in tripped_now {
+            tracing::warn!(%rollout, cpu, "rollout tripped by the CPU guard: new sessions get the baseline");
+            let labels = crate::metrics::GuardLabels { rollout, guard: "cpu".into() };
+            state.metrics.rollout_trips.get_or_create(&labels).inc();
+        }
+        if !state.config.allow_fault_injection {
+            continue;
+        }
+        let tripped = state.cpu_guard().tripped();
+        let me = state.config.node_id.as_str();
+        let burn = crate::rollouts::burn_ms_per_s(&live, &tripped, &state.config.region, me);
+        if burn > 0 {
+            // A drill: spin on a blocking thread so the runtime keeps serving.
+            let spin = Duration::from_millis(burn.into());
+            let _ = tokio::task::spawn_blocking(move || {
+                let start = Instant::now();
+                let mut x = 0u64;
+                while start.elapsed() < spin {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            })
+            .await;
+        }
+    }
+}
+
 async fn wait_for_webrtc_sessions(state: &EdgeState) {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     while state.webrtc.session_count() > 0 {
@@ -389,8 +440,8 @@ async fn wait_for_webrtc_sessions(state: &EdgeState) {
 
 async fn wait_for_sessions(state: &EdgeState) {
     // Sessions end once their peers leave after GOAWAY; only the HTTP task and the
-    // background tasks (gossip, control link) remain.
-    let background = 1 + usize::from(state.gossip.get().is_some()) + usize::from(state.control.is_some());
+    // background tasks (gossip; the control link and the rollout guard) remain.
+    let background = 1 + usize::from(state.gossip.get().is_some()) + 2 * usize::from(state.control.is_some());
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     while state.tracker.len() > background {
         tick.tick().await;
