@@ -167,6 +167,7 @@ fn viewer_opts(
         tuning: TransportTuning::viewer(),
         label: NodeId::new(format!("bench-viewer-{i}"))?,
         max_frame: ferry_proto::MAX_FRAME_PAYLOAD,
+        session: Default::default(),
         stall_timeout: None,
     })
 }
@@ -211,6 +212,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
             tuning: TransportTuning::default(),
             label: NodeId::new("bench-publisher")?,
             max_frame: ferry_proto::MAX_FRAME_PAYLOAD,
+            session: Default::default(),
         },
         stop.clone(),
     ));

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use ferry_node::auth::TokenSecret;
+use ferry_node::client::conn::SessionHello;
 use ferry_node::client::publish::{publish, PublishOptions, Source};
 use ferry_node::client::routed::{publish_routed, watch_routed, RouteOptions};
 use ferry_node::client::watch::{watch, WatchOptions};
@@ -322,7 +323,32 @@ pub struct PublishArgs {
     #[arg(long, env = "FERRY_JSON")]
     pub json: bool,
     #[command(flatten)]
+    pub session: SessionArgs,
+    #[command(flatten)]
     pub trust: TrustArgs,
+}
+
+/// Who a publisher or viewer session is, for rollouts (DESIGN.md §7).
+#[derive(Debug, Clone, Args)]
+pub struct SessionArgs {
+    /// This session's stable id, by which rollouts place it in a cohort (over WHEP the
+    /// `Ferry-Session` header); without it the edge side picks a random one.
+    #[arg(long, env = "FERRY_SESSION_ID")]
+    pub session_id: Option<String>,
+    /// A client tag that rollouts' `gates.client_tags` match (repeatable; QUIC only,
+    /// over WHEP the User-Agent is the tag). Default: `ferry/<version>`.
+    #[arg(long = "client-tag", env = "FERRY_CLIENT_TAGS", value_delimiter = ',')]
+    pub client_tags: Vec<String>,
+}
+
+impl SessionArgs {
+    /// The checked session hello.
+    pub fn hello(&self) -> anyhow::Result<SessionHello> {
+        let id = self.session_id.clone().unwrap_or_else(|| "x".into());
+        ferry_proto::check_session(&id, &self.client_tags)
+            .map_err(|e| anyhow::anyhow!("--session-id/--client-tag: {e}"))?;
+        Ok(SessionHello { id: self.session_id.clone(), tags: self.client_tags.clone() })
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -340,10 +366,8 @@ pub struct WatchArgs {
     /// --failover-after) is followed by a new one routed by the control plane.
     #[arg(long, env = "FERRY_WHEP", conflicts_with_all = ["edge", "output", "throttle"])]
     pub whep: Option<String>,
-    /// With --whep: this viewer's stable id (`Ferry-Session`), by which rollouts place it
-    /// in a cohort; without it the edge picks a random one per session.
-    #[arg(long, env = "FERRY_SESSION_ID", requires = "whep")]
-    pub session_id: Option<String>,
+    #[command(flatten)]
+    pub session: SessionArgs,
     /// Access token for --whep (see `ferry token`).
     #[arg(long, env = "FERRY_WHEP_TOKEN", requires = "whep")]
     pub token: Option<String>,
@@ -449,6 +473,7 @@ async fn run_publish(args: PublishArgs) -> anyhow::Result<()> {
         tuning,
         label: label("publisher")?,
         max_frame: ferry_proto::MAX_FRAME_PAYLOAD,
+        session: args.session.hello()?,
     };
     if let Some(route) = routed {
         let sessions = publish_routed(opts, route, crate::shutdown_signal()).await?;
@@ -501,6 +526,7 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
         label: label("viewer")?,
         max_frame: ferry_proto::MAX_FRAME_PAYLOAD,
         stall_timeout: routed.as_ref().map(|_| args.route.failover_after),
+        session: args.session.hello()?,
     };
     if let Some(route) = routed {
         let stats = watch_routed(opts, route, crate::shutdown_signal()).await?;
@@ -538,11 +564,7 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
 }
 
 async fn run_watch_whep(args: &WatchArgs, url: &str) -> anyhow::Result<()> {
-    if let Some(id) = &args.session_id {
-        if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
-            anyhow::bail!("--session-id must be 1-128 visible ASCII characters without spaces");
-        }
-    }
+    args.session.hello()?;
     let failover = match args.route.control_plane.is_empty() {
         true => None,
         false => {
@@ -571,7 +593,7 @@ async fn run_watch_whep(args: &WatchArgs, url: &str) -> anyhow::Result<()> {
         bind_ip: whep_bind_ip(url),
         connect_timeout: Duration::from_secs(10),
         failover,
-        session_id: args.session_id.clone(),
+        session_id: args.session.session_id.clone(),
     };
     let stats = watch_whep(opts, crate::shutdown_signal()).await.with_context(|| format!("WHEP {url}"))?;
     if args.json {

@@ -308,7 +308,23 @@ async fn rollout(client: &Client, cmd: RolloutCmd) -> anyhow::Result<(Value, Str
         }
         RolloutCmd::Get { id } => {
             let v = client.call("GET", &format!("/v1/rollouts/{}", encode_path(&id)), None).await?;
-            let s = v.to_string();
+            let mut s = format!("{}\tlevel {}\t{}\n{}", id, f(&v, "level"), f(&v, "state"), f(&v, "spec"));
+            let windows = list(f(&v, "windows"), |w| {
+                format!(
+                    "window\t{}\tlevel {}\ttreatment {}/{} errors\tbaseline {}/{}\tcpu {}\t{}",
+                    f(w, "ended_at_ms"),
+                    f(w, "level"),
+                    f(w, "treatment_errors"),
+                    f(w, "treatment_sessions"),
+                    f(w, "baseline_errors"),
+                    f(w, "baseline_sessions"),
+                    f(w, "max_edge_cpu"),
+                    f(w, "verdict"),
+                )
+            });
+            if !windows.is_empty() {
+                s = format!("{s}\n{windows}");
+            }
             (v, s)
         }
         RolloutCmd::Create { id, file, spec } => {

@@ -215,6 +215,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         tuning: TransportTuning::default(),
         label: NodeId::new("dev-publisher")?,
         max_frame: ferry_proto::MAX_FRAME_PAYLOAD,
+        session: Default::default(),
     };
     let publisher = tokio::spawn(publish(opts, shutdown.clone()));
     println!("Ferry dev: edges dev-edge (local-a) quic://{quic} http://{http}, dev-edge-b (local-b) quic://{quic_b} http://{http_b}; publishing {stream} at dev-edge");

@@ -70,6 +70,7 @@ async fn client(edge: &Edge, role: Role) -> Link {
         NodeId::new("t").unwrap(),
         role,
         None,
+        &Default::default(),
     )
     .await
     .unwrap()
@@ -106,6 +107,7 @@ async fn still_serves(edge: &Edge, stream: &str) {
         tuning: TransportTuning::viewer(),
         label: NodeId::new("checker").unwrap(),
         max_frame: 1 << 20,
+        session: Default::default(),
         stall_timeout: None,
     };
     let stats = watch(opts, Default::default()).await.unwrap();
@@ -146,6 +148,35 @@ async fn bad_input_gets_a_close_code_and_a_message_while_the_edge_keeps_serving(
     let (code, reason) = send_raw(&edge.quic, &bytes, false).await;
     assert_eq!(code, ErrorCode::UnsupportedVersion, "{reason}");
     assert!(reason.contains("7..=9"), "{reason}");
+
+    // Version 2 viewers say who they are first: anything else, or a bad id, is refused.
+    for (first, why) in [
+        (subscribe(1, "live/ok"), "expected session, got subscribe"),
+        (Message::Session { id: "has space".into(), tags: vec![] }, "session id"),
+        (Message::Session { id: "ok".into(), tags: vec!["t".into(); 9] }, "client tags"),
+    ] {
+        let (_endpoint, conn) = raw_connection(&edge.quic).await;
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        write_message(&mut send, 2, &hello(1, 2, Role::Viewer)).await.unwrap();
+        let answer = read_message::<Message>(&mut recv, MAX_CONTROL_MESSAGE).await.unwrap().unwrap().1;
+        assert!(matches!(answer, Message::HelloOk { version: 2, .. }), "{answer:?}");
+        write_message(&mut send, 2, &first).await.unwrap();
+        let (code, reason) = close_of(&conn).await;
+        assert_eq!(code, ErrorCode::ProtocolViolation, "{reason}");
+        assert!(reason.contains(why), "{reason}");
+    }
+    // A version 1 viewer has no session message and is served as before.
+    let (_endpoint, conn) = raw_connection(&edge.quic).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    write_message(&mut send, 1, &hello(1, 1, Role::Viewer)).await.unwrap();
+    let answer = read_message::<Message>(&mut recv, MAX_CONTROL_MESSAGE).await.unwrap().unwrap().1;
+    assert!(matches!(answer, Message::HelloOk { version: 1, .. }), "{answer:?}");
+    write_message(&mut send, 1, &subscribe(1, "live/ok")).await.unwrap();
+    let answer = read_message::<Message>(&mut recv, MAX_CONTROL_MESSAGE).await.unwrap().unwrap().1;
+    assert!(matches!(answer, Message::SubscribeOk { id: 1, .. }), "{answer:?}");
+    // Without rollouts a version 2 client hears an empty variant.
+    let link = client(&edge, Role::Viewer).await;
+    assert_eq!((link.version, link.variant.as_deref()), (2, Some("")));
 
     // A publisher whose frame header claims an oversized payload.
     let mut publisher = client(&edge, Role::Publisher).await;

@@ -1189,3 +1189,289 @@ fn a_cpu_burning_treatment_trips_on_its_edge_without_voters_and_is_recorded_when
         "{audit}"
     );
 }
+
+/// Opens a QUIC viewer session as `id` with `tags` on the edge at `quic`: its
+/// `Ferry-Variant`, or the refusal.
+async fn quic_variant(quic: String, id: String, tags: Vec<String>) -> Result<String, String> {
+    use ferry_node::client::conn::{connect, SessionHello};
+    use ferry_node::tls::{ClientTrust, TransportTuning};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let session = SessionHello { id: Some(id), tags };
+    let node = ferry_proto::NodeId::new("rollout-probe").unwrap();
+    let link = connect(
+        &quic,
+        &ClientTrust::Insecure,
+        &TransportTuning::default(),
+        node,
+        ferry_proto::Role::Viewer,
+        None,
+        &session,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    link.conn.close(0u32.into(), b"bye");
+    let _ = tokio::time::timeout(Duration::from_millis(500), link.endpoint.wait_idle()).await;
+    Ok(link.variant.unwrap_or_default())
+}
+
+/// Opens the QUIC sessions `(edge quic address, id, tags)`, 16 at a time.
+fn quic_variants(sessions: &[(String, String, Vec<String>)]) -> Vec<Result<String, String>> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut out = Vec::with_capacity(sessions.len());
+        for chunk in sessions.chunks(16) {
+            let tasks: Vec<_> = chunk
+                .iter()
+                .map(|(quic, id, tags)| tokio::spawn(quic_variant(quic.clone(), id.clone(), tags.clone())))
+                .collect();
+            for task in tasks {
+                out.push(task.await.unwrap());
+            }
+        }
+        out
+    })
+}
+
+fn ctl(cluster: &WhepCluster, args: &[&str]) -> String {
+    let out =
+        ferry().args(["ctl", "--control", &cluster.control, "--token", TOKEN]).args(args).output().unwrap();
+    assert!(out.status.success(), "ferry ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn rollout_levels_place_200_quic_sessions_as_the_gates_say_and_ctl_flips_reach_every_edge() {
+    let _heavy = heavy();
+    let dir = TempDir::new("rollout-quic-levels");
+    let cluster = whep_cluster(dir.path(), &[]);
+    let spec = dir.path().join("spec.toml");
+    std::fs::write(
+        &spec,
+        r#"id = "q"
+description = "QUIC levels"
+[override]
+max_lag_ms = 900
+client_flag = "q-1"
+[gates]
+session_ids = ["s-7", "s-70", "s-140"]
+client_tags = ["Firefox/"]
+regions = ["r1"]
+share_bp = 1000
+"#,
+    )
+    .unwrap();
+    ctl(&cluster, &["rollout", "create", "-f", spec.to_str().unwrap()]);
+    // 200 sessions with varied ids and tags, spread over the three edges (o in r1).
+    let names = ["o", "a", "b"];
+    let sessions: Vec<(String, String, Vec<String>, &str)> = (0..200)
+        .map(|i| {
+            let ua = match i % 10 {
+                0 => "Mozilla/5.0 Firefox/140.0",
+                1..=4 => "Mozilla/5.0 Chrome/131.0",
+                _ => "ferry/0.1",
+            };
+            let edge = names[i % 3];
+            (cluster.edges[edge].quic.clone(), format!("s-{i}"), vec![ua.to_owned()], edge)
+        })
+        .collect();
+    let allowlisted = |(_, id, tags, _): &(String, String, Vec<String>, &str)| {
+        ["s-7", "s-70", "s-140"].contains(&id.as_str()) || tags[0].contains("Firefox/")
+    };
+    let in_region = |s: &(String, String, Vec<String>, &str)| s.3 == "o";
+    let run = |level: u8| -> Vec<bool> {
+        let plain: Vec<_> = sessions.iter().map(|(q, id, t, _)| (q.clone(), id.clone(), t.clone())).collect();
+        quic_variants(&plain)
+            .into_iter()
+            .map(|r| match r.unwrap().as_str() {
+                "q=treatment" => true,
+                "q=baseline" => false,
+                other => panic!("level {level}: variant {other:?}"),
+            })
+            .collect()
+    };
+    // A probe per level whose cohort changes: how long until every edge applies a flip.
+    let probe = |edge: &str, id: &str, tags: &[&str]| -> String {
+        let tags = tags.iter().map(|t| (*t).to_owned()).collect();
+        quic_variants(&[(cluster.edges[edge].quic.clone(), id.to_owned(), tags)]).remove(0).unwrap()
+    };
+    let flip = |rollout: &str, level: u8, want: &str, id: &str, edges: &[&str]| {
+        let flipped = std::time::Instant::now();
+        ctl(&cluster, &["rollout", "level", rollout, &level.to_string()]);
+        for edge in edges {
+            wait_for(&format!("edge {edge} at level {level}"), Duration::from_secs(10), || {
+                (probe(edge, id, &["curl"]) == want).then_some(())
+            });
+        }
+        println!(
+            "ferry ctl rollout level {rollout} {level}: every edge applies it after {:?}",
+            flipped.elapsed()
+        );
+    };
+    // A session outside every gate but inside the 10 % share.
+    let in_share =
+        (0..).map(|i| format!("p-{i}")).find(|id| ferry_proto::cohort::bucket("q", id) < 1000).unwrap();
+
+    let treated = run(0);
+    assert!(treated.iter().all(|t| !t), "level 0 treats nobody");
+    flip("q", 1, "q=treatment", "s-7", &names);
+    let treated = run(1);
+    for (s, t) in sessions.iter().zip(&treated) {
+        assert_eq!(*t, allowlisted(s), "level 1: {} {:?}", s.1, s.2);
+    }
+    assert_eq!(treated.iter().filter(|t| **t).count(), 21, "20 Firefox tags and s-7 (s-70, s-140 are both)");
+    flip("q", 2, "q=treatment", "newcomer", &["o"]);
+    let treated = run(2);
+    for (s, t) in sessions.iter().zip(&treated) {
+        assert_eq!(*t, allowlisted(s) || in_region(s), "level 2: {} on {}", s.1, s.3);
+    }
+    assert_eq!(
+        treated.iter().filter(|t| **t).count(),
+        21 + 67 - 7,
+        "plus edge o's 67 sessions (7 are allowlisted)"
+    );
+    // Level 3 at 10 %: the rest of the sessions are treated by their sticky bucket.
+    flip("q", 3, "q=treatment", &in_share, &["a", "b"]);
+    let treated_10 = run(3);
+    let rest = |treated: &[bool]| -> Vec<bool> {
+        sessions
+            .iter()
+            .zip(treated)
+            .filter(|(s, _)| !allowlisted(s) && !in_region(s))
+            .map(|(_, t)| *t)
+            .collect()
+    };
+    for (s, t) in sessions.iter().zip(&treated_10) {
+        if allowlisted(s) || in_region(s) {
+            assert!(*t, "level 3 keeps level 2's cohort: {}", s.1);
+        }
+    }
+    let share = |rest: Vec<bool>| rest.iter().filter(|t| **t).count() as f64 / rest.len() as f64;
+    let share_10 = share(rest(&treated_10));
+    // 10 % of 119 sessions: within about 4 standard deviations (sd 2.8 %).
+    assert!((0.0..=0.22).contains(&share_10), "share at 10 %: {share_10}");
+    println!("level 3 at 10 %: {:.1} % of the 119 ungated sessions treated", share_10 * 100.0);
+    // Raising the share to 30 %: a spec does not change once stored, so operators
+    // abort and re-create it with the same salt; every earlier treatment session stays.
+    ctl(&cluster, &["rollout", "abort", "q"]);
+    let raised = std::fs::read_to_string(&spec).unwrap().replace("id = \"q\"", "id = \"q30\"\nsalt = \"q\"");
+    std::fs::write(&spec, raised.replace("share_bp = 1000", "share_bp = 3000")).unwrap();
+    ctl(&cluster, &["rollout", "create", "-f", spec.to_str().unwrap()]);
+    flip("q30", 3, "q30=treatment", &in_share, &names);
+    let treated_30: Vec<bool> = {
+        let plain: Vec<_> = sessions.iter().map(|(q, id, t, _)| (q.clone(), id.clone(), t.clone())).collect();
+        quic_variants(&plain).into_iter().map(|r| r.unwrap() == "q30=treatment").collect()
+    };
+    for ((s, before), after) in sessions.iter().zip(&treated_10).zip(&treated_30) {
+        assert!(!before || *after, "{} was treated at 10 % and not at 30 %", s.1);
+    }
+    let share_30 = share(rest(&treated_30));
+    assert!((0.15..=0.45).contains(&share_30) && share_30 >= share_10, "share at 30 %: {share_30}");
+    println!("level 3 at 30 %: {:.1} % of the ungated sessions treated", share_30 * 100.0);
+    let outside =
+        (0..).map(|i| format!("p-{i}")).find(|id| ferry_proto::cohort::bucket("q", id) >= 3000).unwrap();
+    flip("q30", 4, "q30=treatment", &outside, &names);
+    let all: Vec<_> = sessions.iter().map(|(q, id, t, _)| (q.clone(), id.clone(), t.clone())).collect();
+    assert!(quic_variants(&all).iter().all(|v| v.as_ref().unwrap() == "q30=treatment"));
+
+    // `ferry watch --json` over QUIC reports its variant and client flag.
+    let stream = "live/q";
+    let mut cmd = ferry();
+    cmd.args(["publish", "--edge", &cluster.edges["a"].quic, "--stream", stream, "--insecure"])
+        .args(["--synthetic", "--duration", "300s"])
+        .stdout(std::process::Stdio::null());
+    let _publisher = Proc::spawn("publisher", &mut cmd);
+    wait_for_stream(&cluster.edges["a"]);
+    let mut cmd = ferry();
+    cmd.args(["watch", "--edge", &cluster.edges["a"].quic, "--stream", stream, "--insecure"])
+        .args(["--session-id", "s-1", "--client-tag", "ferry-test", "--duration", "2s", "--json"])
+        .stdout(std::process::Stdio::piped());
+    let stats = json_output(Proc::spawn("quic viewer", &mut cmd), Duration::from_secs(60));
+    assert_eq!(stats["variant"], "q30=treatment", "{stats}");
+    assert_eq!(stats["client_flag"], "q-1", "{stats}");
+    assert!(stats["frames"].as_u64().unwrap() > 0, "{stats}");
+}
+
+/// Keeps opening QUIC viewer sessions on every edge (new ids, 12 at a time) until
+/// `stop`, at most 90 s; returns how many were refused.
+fn quic_load(
+    edges: Vec<String>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let started = std::time::Instant::now();
+            let (mut n, mut refused) = (0usize, 0usize);
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(90) {
+                let tasks: Vec<_> = (0..12)
+                    .map(|i| {
+                        n += 1;
+                        let edge = edges[(n + i) % edges.len()].clone();
+                        tokio::spawn(quic_variant(edge, format!("load-{n}"), vec!["ferry-load".into()]))
+                    })
+                    .collect();
+                for task in tasks {
+                    refused += usize::from(task.await.unwrap().is_err());
+                }
+            }
+            refused
+        })
+    })
+}
+
+#[test]
+fn an_erroring_treatment_trips_the_global_guard_and_every_edge_falls_back() {
+    let _heavy = heavy();
+    let dir = TempDir::new("rollout-errors");
+    let cluster = whep_cluster(dir.path(), &["--allow-fault-injection"]);
+    let spec = r#"{"id":"bad","spec":{"on_trip":"off",
+        "override":{"client_flag":"bad-1","fault":{"reject_sessions_bp":5000}},
+        "gates":{"share_bp":10000},
+        "guard":{"error_rate_max":0.2,"min_sessions":10,"window_ms":1000,"consecutive":2}}}"#;
+    assert_eq!(cluster.voter.send("POST", "/v1/rollouts", None, spec).0, 200);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let quic: Vec<String> = cluster.edges.values().map(|e| e.quic.clone()).collect();
+    let load = quic_load(quic.clone(), std::sync::Arc::clone(&stop));
+    ctl(&cluster, &["rollout", "level", "bad", "3"]);
+    let rollout = wait_for("the error guard trips", Duration::from_secs(30), || {
+        let (_, r) = cluster.voter.get("/v1/rollouts/bad");
+        (r["state"] == "tripped").then_some(r)
+    });
+    stop.store(true, Ordering::Relaxed);
+    let refused = load.join().unwrap();
+    assert!(refused > 0, "the drill refused sessions");
+    assert_eq!(rollout["level"], 0, "on_trip off: {rollout}");
+    let last = rollout["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["actor"], "guard", "{rollout}");
+    let what = last["what"].as_str().unwrap();
+    assert!(what.starts_with("tripped by errors: error rate") && what.ends_with("level 3 -> 0"), "{what}");
+    // The deciding windows: bad, two in a row, with enough sessions.
+    let windows = rollout["windows"].as_array().unwrap();
+    let deciding = windows.iter().rev().find(|w| w["bad_in_a_row"] == 2).expect("the deciding window");
+    assert_eq!(deciding["verdict"], "bad", "{deciding}");
+    assert!(deciding["treatment_sessions"].as_u64().unwrap() >= 10, "{deciding}");
+    let decided = deciding["ended_at_ms"].as_u64().unwrap();
+    let committed = last["at_ms"].as_u64().unwrap();
+    println!(
+        "error trip: committed {} ms after the deciding window ended",
+        committed.saturating_sub(decided)
+    );
+    let (_, audit) = cluster.voter.get("/v1/audit");
+    let events = audit["events"].as_array().unwrap();
+    assert!(events.iter().any(|e| e["action"] == "rollout.trip" && e["target"] == "bad"), "{audit}");
+    // Every edge gives new sessions the baseline and refuses none.
+    for (name, edge) in &cluster.edges {
+        let probes: Vec<_> = (0..20).map(|i| (edge.quic.clone(), format!("after-{i}"), vec![])).collect();
+        let variants = wait_for(&format!("edge {name} falls back"), Duration::from_secs(10), || {
+            let v = quic_variants(&probes);
+            v.iter().all(|r| r.as_deref() == Ok("bad=baseline")).then_some(v)
+        });
+        assert_eq!(variants.len(), 20);
+        let errors = edge
+            .metric(
+                "ferry_rollout_errors_total{rollout=\"bad\",cohort=\"treatment\",reason=\"fault_injected\"}",
+            )
+            .unwrap_or(0.0);
+        assert!(errors > 0.0, "edge {name} counted its refusals");
+    }
+}

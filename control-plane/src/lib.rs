@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod failover;
+pub mod guard;
 pub mod node;
 pub use ferry_proto::placement;
 pub mod relays;

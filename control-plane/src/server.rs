@@ -15,10 +15,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::Api;
 use crate::failover::{Failover, Observed};
+use crate::guard::{ErrorGuard, Reading, Watched};
 use crate::node::{self, NodeConfig, NodeHandle};
 use crate::relays::{self, EdgeHealth, Placed, Placement};
 use crate::state::{Command, Request, RolloutState};
 use crate::transport::TransportConfig;
+use ferry_proto::rollout::{Guard, RolloutSpec};
 
 /// Everything a voter needs.
 #[derive(Debug, Clone)]
@@ -98,7 +100,9 @@ impl Control {
                 config.failover_grace,
                 cancel.clone(),
             ));
-            api = api.with_gossip(gossip);
+            let guard = Arc::new(std::sync::Mutex::new(ErrorGuard::default()));
+            tracker.spawn(guard_loop(node.clone(), Arc::clone(&gossip), Arc::clone(&guard), cancel.clone()));
+            api = api.with_gossip(gossip).with_guard(guard);
         }
         let router = api.router();
         let http = tokio::spawn(async move {
@@ -116,6 +120,86 @@ impl Control {
         self.tracker.close();
         if tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await.is_err() {
             tracing::warn!("control-plane tasks still running at exit");
+        }
+    }
+}
+
+/// How often every voter reads the edges' rollout counters into the error guard.
+const GUARD_TICK: Duration = Duration::from_millis(200);
+
+/// On every voter: feeds the edges' gossiped rollout counters to the error guard (see
+/// [`crate::guard`]); on the leader, commits [`Command::TripRollout`] for the rollouts
+/// it trips and for the CPU trips edges gossip (each recorded once: a tripped rollout
+/// is no longer active).
+async fn guard_loop(
+    node: NodeHandle,
+    gossip: Arc<Gossip>,
+    guard: Arc<std::sync::Mutex<ErrorGuard>>,
+    cancel: CancellationToken,
+) {
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(GUARD_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Trips decided but not yet committed (retried every tick while still active).
+    let mut pending: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let members: Vec<_> = gossip.members().into_iter().filter(|m| m.info.role == "edge").collect();
+        let rollouts: Vec<(String, u8, bool, Guard)> = node.read(|s| {
+            s.rollouts
+                .values()
+                .map(|r| {
+                    let guard = serde_json::from_value::<RolloutSpec>(r.spec.clone()).map(|s| s.guard);
+                    (r.id.clone(), r.level, r.state == RolloutState::Active, guard.unwrap_or_default())
+                })
+                .collect()
+        });
+        let watched: Vec<Watched<'_>> = rollouts
+            .iter()
+            .map(|(id, level, active, guard)| Watched { id, level: *level, active: *active, guard })
+            .collect();
+        let readings: Vec<Reading<'_>> = members
+            .iter()
+            .map(|m| Reading {
+                key: format!("{}#{}", m.id, m.generation),
+                cpu: m.info.cpu,
+                counts: &m.info.rollout_counts,
+            })
+            .collect();
+        let now_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let trips = guard.lock().unwrap_or_else(std::sync::PoisonError::into_inner).observe(
+            now_ms,
+            unix_ms(),
+            &watched,
+            &readings,
+        );
+        for trip in trips {
+            tracing::warn!(rollout = %trip.id, reason = %trip.reason, "error guard: the rollout trips");
+            pending.entry(trip.id).or_insert(format!("errors: {}", trip.reason));
+        }
+        // Edges' CPU guards trip rollouts on their own.
+        for m in members.iter().filter(|m| m.alive) {
+            for rollout in &m.info.trips {
+                pending.entry(rollout.clone()).or_insert_with(|| format!("cpu on edge {}", m.id));
+            }
+        }
+        pending.retain(|id, _| rollouts.iter().any(|(r, _, active, _)| r == id && *active));
+        let status = node.status();
+        if status.leader != status.id {
+            continue;
+        }
+        for (rollout, reason) in std::mem::take(&mut pending) {
+            let command = Command::TripRollout { id: rollout.clone(), guard: reason.clone() };
+            match commit(&node, "guard", String::new(), command).await {
+                Ok(outcome) => tracing::warn!(%rollout, %reason, ?outcome, "recorded a rollout trip"),
+                Err(e) => {
+                    tracing::warn!(%rollout, "recording a rollout trip failed, retrying: {e}");
+                    pending.insert(rollout, reason);
+                }
+            }
         }
     }
 }
@@ -196,23 +280,6 @@ async fn failover_loop(node: NodeHandle, gossip: Arc<Gossip>, grace: Duration, c
                 .collect();
             (streams, edges)
         });
-        // Edges' CPU guards trip rollouts on their own; record each trip once.
-        let active: BTreeSet<String> = node.read(|s| {
-            s.rollouts.values().filter(|r| r.state == RolloutState::Active).map(|r| r.id.clone()).collect()
-        });
-        let mut tripping: BTreeMap<String, String> = BTreeMap::new();
-        for m in members.iter().filter(|m| m.alive) {
-            for rollout in m.info.trips.iter().filter(|r| active.contains(*r)) {
-                tripping.entry(rollout.clone()).or_insert_with(|| m.id.clone());
-            }
-        }
-        for (rollout, edge) in tripping {
-            let command = Command::TripRollout { id: rollout.clone(), guard: format!("cpu on edge {edge}") };
-            match commit(&node, "guard", String::new(), command).await {
-                Ok(outcome) => tracing::warn!(%rollout, %edge, ?outcome, "recorded an edge's CPU trip"),
-                Err(e) => tracing::warn!(%rollout, "recording a CPU trip failed: {e}"),
-            }
-        }
         for placement in relays::plan(&streams, &edges).into_iter().take(RELAY_PLACEMENTS_PER_TICK) {
             let Placement { name, origin, relays } = placement;
             let command = Command::PlaceRelays { name: name.clone(), origin, relays };
@@ -232,11 +299,13 @@ async fn commit(
     request_id: String,
     command: Command,
 ) -> Result<crate::state::Outcome, String> {
-    let request = Request {
-        request_id,
-        actor: actor.into(),
-        at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
-        command,
-    };
+    let request = Request { request_id, actor: actor.into(), at_ms: unix_ms(), command };
     node.write(request, Duration::from_secs(5)).await.map(|(_, outcome)| outcome).map_err(|e| e.to_string())
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }

@@ -73,11 +73,13 @@ pub enum ErrorCode {
     Cancelled = 17,
     /// The upstream edge could not be reached.
     UpstreamUnavailable = 18,
+    /// Refused on purpose by a rollout's fault-injection drill.
+    FaultInjected = 19,
 }
 
 impl ErrorCode {
     /// Every code, for lookups and tests.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::NoError,
         ErrorCode::ProtocolViolation,
         ErrorCode::UnsupportedVersion,
@@ -92,6 +94,7 @@ impl ErrorCode {
         ErrorCode::StaleGroup,
         ErrorCode::Cancelled,
         ErrorCode::UpstreamUnavailable,
+        ErrorCode::FaultInjected,
     ];
 
     /// The numeric value on the wire.
@@ -121,6 +124,7 @@ impl ErrorCode {
             ErrorCode::StaleGroup => "stale_group",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::UpstreamUnavailable => "upstream_unavailable",
+            ErrorCode::FaultInjected => "fault_injected",
         }
     }
 }

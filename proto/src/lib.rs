@@ -31,7 +31,7 @@ pub use codec::{
 pub use error::{Error, ErrorCode, Result};
 pub use ids::{NodeId, SessionId, StreamName, TrackName};
 pub use media::{Codec, FrameFlags, FrameHeader, Timebase, TrackInfo, TrackKind};
-pub use message::{GroupHeader, Hello, Message, Role};
+pub use message::{check_session, GroupHeader, Hello, Message, Role};
 
 /// ALPN protocol id of the relay protocol.
 pub const ALPN: &[u8] = b"ferry/1";

@@ -80,6 +80,32 @@ pub enum Message {
     KeyframeRequest { stream: StreamName, track: TrackName },
     /// Either side: stop opening new work here and reconnect elsewhere.
     GoAway { reason: String },
+    /// Publisher or viewer → edge, version 2 and later: the first message after
+    /// `HelloOk`. The session's stable id and client tags, by which rollouts place it
+    /// in a cohort (DESIGN.md §7).
+    Session { id: String, tags: Vec<String> },
+    /// Edge → publisher or viewer: where the rollouts placed the session, e.g.
+    /// `bbr=treatment, lag=baseline` (empty: no rollouts), and the treatment's client
+    /// flag. A refused session is closed with its code instead.
+    SessionOk { variant: String, client_flag: Option<String> },
+}
+
+/// Longest session id in a [`Message::Session`].
+pub const MAX_SESSION_ID: usize = 128;
+/// Most client tags in a [`Message::Session`], and the longest tag.
+pub const MAX_SESSION_TAGS: usize = 8;
+pub const MAX_SESSION_TAG: usize = 256;
+
+/// Checks a [`Message::Session`]: an id of 1..=128 visible ASCII characters, at most
+/// 8 tags of at most 256 bytes.
+pub fn check_session(id: &str, tags: &[String]) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_SESSION_ID || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!("a session id is 1-{MAX_SESSION_ID} visible ASCII characters"));
+    }
+    if tags.len() > MAX_SESSION_TAGS || tags.iter().any(|t| t.len() > MAX_SESSION_TAG) {
+        return Err(format!("at most {MAX_SESSION_TAGS} client tags of at most {MAX_SESSION_TAG} bytes"));
+    }
+    Ok(())
 }
 
 impl Message {
@@ -98,6 +124,8 @@ impl Message {
             Message::Unsubscribe { .. } => "unsubscribe",
             Message::KeyframeRequest { .. } => "keyframe_request",
             Message::GoAway { .. } => "go_away",
+            Message::Session { .. } => "session",
+            Message::SessionOk { .. } => "session_ok",
         }
     }
 }

@@ -122,6 +122,38 @@ impl Default for Guard {
     }
 }
 
+/// Sessions and errors an edge counted for one rollout since it started, by cohort.
+/// Edges gossip them; the control plane's error guard reads the growth per window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CohortCounts {
+    pub treatment_sessions: u64,
+    pub treatment_errors: u64,
+    pub baseline_sessions: u64,
+    pub baseline_errors: u64,
+}
+
+impl CohortCounts {
+    /// What `self` (a later reading) added to `earlier`; a counter that went down (the
+    /// edge restarted) counts from zero.
+    pub fn since(&self, earlier: &CohortCounts) -> CohortCounts {
+        let d = |now: u64, then: u64| if now >= then { now - then } else { now };
+        CohortCounts {
+            treatment_sessions: d(self.treatment_sessions, earlier.treatment_sessions),
+            treatment_errors: d(self.treatment_errors, earlier.treatment_errors),
+            baseline_sessions: d(self.baseline_sessions, earlier.baseline_sessions),
+            baseline_errors: d(self.baseline_errors, earlier.baseline_errors),
+        }
+    }
+
+    /// Adds `other` in place.
+    pub fn add(&mut self, other: &CohortCounts) {
+        self.treatment_sessions = self.treatment_sessions.saturating_add(other.treatment_sessions);
+        self.treatment_errors = self.treatment_errors.saturating_add(other.treatment_errors);
+        self.baseline_sessions = self.baseline_sessions.saturating_add(other.baseline_sessions);
+        self.baseline_errors = self.baseline_errors.saturating_add(other.baseline_errors);
+    }
+}
+
 /// What a trip does to the level.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

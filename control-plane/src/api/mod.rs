@@ -49,6 +49,8 @@ pub struct Api {
     /// The cluster CA: when set, an edge registers only with a proof signed by a
     /// certificate from it that names the edge (see `ferry_node::cluster::proof`).
     pub cluster_ca: Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>>,
+    /// The rollouts' error guard, for its windows.
+    pub guard: Option<Arc<std::sync::Mutex<crate::guard::ErrorGuard>>>,
 }
 
 /// Raft and API metrics.
@@ -122,6 +124,7 @@ impl Api {
             next_request: Arc::new(AtomicU64::new(1)),
             gossip: None,
             cluster_ca: None,
+            guard: None,
         }
     }
 
@@ -135,6 +138,20 @@ impl Api {
     pub fn register_gossip_metrics(&mut self, metrics: &GossipMetrics) {
         if let Some(registry) = Arc::get_mut(&mut self.registry) {
             metrics.register(registry);
+        }
+    }
+
+    /// `GET /v1/rollouts/{id}` shows the error guard's last windows.
+    pub fn with_guard(mut self, guard: Arc<std::sync::Mutex<crate::guard::ErrorGuard>>) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    /// The error guard's last windows of `rollout` (none without gossip).
+    pub(crate) fn guard_windows(&self, rollout: &str) -> Vec<crate::guard::WindowReport> {
+        match &self.guard {
+            Some(g) => g.lock().unwrap_or_else(std::sync::PoisonError::into_inner).windows(rollout),
+            None => Vec::new(),
         }
     }
 

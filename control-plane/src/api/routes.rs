@@ -331,8 +331,17 @@ pub async fn get_rollout(
     Path(id): Path<String>,
     p: Result<Query<ReadParams>, QueryRejection>,
 ) -> ApiResult {
-    api.one(p, |s| s.rollouts.get(&id).map(serde_json::to_value), || format!("rollout {id} does not exist"))
-        .await
+    let windows = serde_json::to_value(api.guard_windows(&id)).unwrap_or_default();
+    let with_windows = |s: &MachineState| {
+        s.rollouts.get(&id).map(|r| {
+            let mut value = serde_json::to_value(r)?;
+            if let Some(object) = value.as_object_mut() {
+                object.insert("windows".into(), windows);
+            }
+            Ok(value)
+        })
+    };
+    api.one(p, with_windows, || format!("rollout {id} does not exist")).await
 }
 
 #[derive(Debug, Deserialize)]

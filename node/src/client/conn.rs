@@ -25,6 +25,20 @@ pub struct Link {
     pub version: u16,
     /// The edge's node id.
     pub peer: NodeId,
+    /// Where the edge's rollouts placed this session (`bbr=treatment, …`; empty
+    /// without rollouts) and the treatment's client flag; publishers and viewers on
+    /// protocol version 2.
+    pub variant: Option<String>,
+    pub client_flag: Option<String>,
+}
+
+/// Who a publisher or viewer session is, for rollouts (`Message::Session`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionHello {
+    /// Stable id; `None`: a random one per connection.
+    pub id: Option<String>,
+    /// Client tags (like a user agent); empty: `ferry/<version>`.
+    pub tags: Vec<String>,
 }
 
 /// Splits `HOST:PORT` (IPv6 in brackets) and resolves it.
@@ -60,10 +74,11 @@ pub async fn connect(
     node: NodeId,
     role: Role,
     token: Option<String>,
+    session: &SessionHello,
 ) -> Result<Link> {
     let (host, remote) = resolve(addr).await?;
     let endpoint = client_endpoint(remote, trust, tuning)?;
-    tokio::time::timeout(CONNECT_TIMEOUT, handshake(endpoint, &host, remote, node, role, token))
+    tokio::time::timeout(CONNECT_TIMEOUT, handshake(endpoint, &host, remote, node, role, token, session))
         .await
         .map_err(|_| Error::Timeout("the edge to answer"))?
 }
@@ -75,6 +90,7 @@ async fn handshake(
     node: NodeId,
     role: Role,
     token: Option<String>,
+    session: &SessionHello,
 ) -> Result<Link> {
     let name = tls::server_name(host)?;
     let server_name = match &name {
@@ -87,13 +103,34 @@ async fn handshake(
     let hello =
         Hello { min_version: MIN_PROTOCOL_VERSION, max_version: MAX_PROTOCOL_VERSION, node, role, token };
     write_message(&mut send, MAX_PROTOCOL_VERSION, &Message::Hello(hello)).await?;
-    match read_message::<Message>(&mut recv, MAX_CONTROL_MESSAGE).await {
-        Ok(Some((_, Message::HelloOk { version, node }))) => {
-            Ok(Link { endpoint, conn, send, recv, version, peer: node })
+    let (version, peer) = match read_message::<Message>(&mut recv, MAX_CONTROL_MESSAGE).await {
+        Ok(Some((_, Message::HelloOk { version, node }))) => (version, node),
+        Ok(Some((_, other))) => {
+            return Err(Error::Protocol(format!("expected hello_ok, got {}", other.kind())))
         }
-        Ok(Some((_, other))) => Err(Error::Protocol(format!("expected hello_ok, got {}", other.kind()))),
-        Ok(None) | Err(_) => Err(closed_error(&conn)),
+        Ok(None) | Err(_) => return Err(closed_error(&conn)),
+    };
+    let mut link = Link { endpoint, conn, send, recv, version, peer, variant: None, client_flag: None };
+    if role != Role::Edge && version >= 2 {
+        let id = session.id.clone().unwrap_or_else(|| format!("anonymous-{}", crate::webrtc::random_id()));
+        let tags = match session.tags.is_empty() {
+            true => vec![format!("ferry/{}", env!("CARGO_PKG_VERSION"))],
+            false => session.tags.clone(),
+        };
+        ferry_proto::check_session(&id, &tags).map_err(Error::Config)?;
+        write_message(&mut link.send, version, &Message::Session { id, tags }).await?;
+        match read_message::<Message>(&mut link.recv, MAX_CONTROL_MESSAGE).await {
+            Ok(Some((_, Message::SessionOk { variant, client_flag }))) => {
+                link.variant = Some(variant);
+                link.client_flag = client_flag;
+            }
+            Ok(Some((_, other))) => {
+                return Err(Error::Protocol(format!("expected session_ok, got {}", other.kind())))
+            }
+            Ok(None) | Err(_) => return Err(closed_error(&link.conn)),
+        }
     }
+    Ok(link)
 }
 
 /// The error to report for a connection the peer closed (its code and reason).

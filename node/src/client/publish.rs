@@ -17,7 +17,7 @@ use tokio::io::AsyncRead;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{closed_error, connect};
+use super::conn::{closed_error, connect, SessionHello};
 use crate::media::ivf::IvfReader;
 use crate::media::keyframe::is_keyframe;
 use crate::media::synthetic::{unix_micros_now, vp8_framed, SyntheticConfig, SyntheticSource};
@@ -48,6 +48,8 @@ pub struct PublishOptions {
     pub tuning: TransportTuning,
     pub label: NodeId,
     pub max_frame: usize,
+    /// Who this session is, for rollouts.
+    pub session: SessionHello,
 }
 
 /// What a publish session did.
@@ -64,6 +66,11 @@ pub struct PublishStats {
     pub max_write_ms: f64,
     /// Why the session ended.
     pub ended: String,
+    /// Where the edge's rollouts placed the session, and the treatment's client flag.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_flag: Option<String>,
 }
 
 struct Sender {
@@ -130,8 +137,17 @@ pub async fn publish(opts: PublishOptions, cancel: CancellationToken) -> Result<
             height: 0,
         },
     };
-    let link =
-        connect(&opts.edge, &opts.trust, &opts.tuning, opts.label.clone(), Role::Publisher, None).await?;
+    let link = connect(
+        &opts.edge,
+        &opts.trust,
+        &opts.tuning,
+        opts.label.clone(),
+        Role::Publisher,
+        None,
+        &opts.session,
+    )
+    .await?;
+    let (variant, client_flag) = (link.variant, link.client_flag);
     let (conn, mut send, mut recv, version) = (link.conn, link.send, link.recv, link.version);
     write_message(&mut send, version, &Message::Announce { stream: opts.stream.clone(), tracks: vec![info] })
         .await?;
@@ -148,8 +164,13 @@ pub async fn publish(opts: PublishOptions, cancel: CancellationToken) -> Result<
     let keyframe_wanted = Arc::new(AtomicBool::new(false));
     let stop = cancel.child_token();
     let control = tokio::spawn(read_control(recv, Arc::clone(&keyframe_wanted), stop.clone()));
-    let mut sender =
-        Sender { conn: conn.clone(), version, group: None, next_seq: 0, stats: PublishStats::default() };
+    let mut sender = Sender {
+        conn: conn.clone(),
+        version,
+        group: None,
+        next_seq: 0,
+        stats: PublishStats { variant, client_flag, ..PublishStats::default() },
+    };
     let deadline = opts.duration.map(|d| Instant::now() + d);
     let result = match (&opts.source, ivf.as_mut()) {
         (_, Some((reader, info))) => send_ivf(&mut sender, reader, info, deadline, &stop).await,

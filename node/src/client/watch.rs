@@ -16,7 +16,7 @@ use tokio::io::AsyncWrite;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{closed_error, connect};
+use super::conn::{closed_error, connect, SessionHello};
 use super::stats::{LatencySummary, Samples};
 use crate::media::ivf::{patch_frame_count, IvfHeader, IvfWriter};
 use crate::media::synthetic;
@@ -47,6 +47,8 @@ pub struct WatchOptions {
     /// End the session ("stalled") when no frame arrives for this long: a dead edge
     /// is noticed well before QUIC's idle timeout. None: wait for the idle timeout.
     pub stall_timeout: Option<Duration>,
+    /// Who this session is, for rollouts.
+    pub session: SessionHello,
 }
 
 /// What a viewer saw. Printed by `ferry watch --json`.
@@ -80,6 +82,12 @@ pub struct WatchStats {
     pub duration_s: f64,
     /// Why the session ended.
     pub ended: String,
+    /// Where the edge's rollouts placed the session (`bbr=treatment, …`), and the
+    /// treatment's client flag.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_flag: Option<String>,
 }
 
 struct Viewer {
@@ -120,7 +128,9 @@ pub async fn watch(opts: WatchOptions, cancel: CancellationToken) -> Result<Watc
 /// Like [`watch`], also returning the raw latency samples (for aggregating viewers).
 pub async fn watch_detailed(opts: WatchOptions, cancel: CancellationToken) -> Result<(WatchStats, Samples)> {
     let started = Instant::now();
-    let link = connect(&opts.edge, &opts.trust, &opts.tuning, opts.label.clone(), Role::Viewer, None).await?;
+    let link =
+        connect(&opts.edge, &opts.trust, &opts.tuning, opts.label.clone(), Role::Viewer, None, &opts.session)
+            .await?;
     let (conn, endpoint) = (link.conn.clone(), link.endpoint.clone());
     let result = session(&opts, link, started, &cancel).await;
     // Close on every path (errors too), and let the close frame reach the edge so it
@@ -136,6 +146,7 @@ async fn session(
     started: Instant,
     cancel: &CancellationToken,
 ) -> Result<(WatchStats, Samples)> {
+    let (variant, client_flag) = (link.variant, link.client_flag);
     let (conn, mut send, mut recv, version) = (link.conn, link.send, link.recv, link.version);
     let max_lag_ms = u32::try_from(opts.max_lag.as_millis()).unwrap_or(u32::MAX);
     let subscribe = Message::Subscribe {
@@ -158,7 +169,12 @@ async fn session(
     };
     let (out, out_file) = open_output(opts.output.as_ref(), &info).await?;
     let mut viewer = Viewer {
-        stats: WatchStats { codec: Some(format!("{:?}", info.codec)), ..WatchStats::default() },
+        stats: WatchStats {
+            codec: Some(format!("{:?}", info.codec)),
+            variant,
+            client_flag,
+            ..WatchStats::default()
+        },
         latency: Samples::default(),
         codec: info.codec,
         last_group: None,

@@ -6,6 +6,7 @@
 //! 100 ms, starts the detector from that interval, and declares a node dead when its
 //! heartbeat is [`PHI_THRESHOLD`] mean intervals late — about a second.
 
+use ferry_proto::rollout::CohortCounts;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -51,6 +52,7 @@ pub mod keys {
     pub const ORIGINS: &str = "origins";
     pub const CARRIES: &str = "carries";
     pub const TRIPS: &str = "trips";
+    pub const ROLLOUT_COUNTS: &str = "rollout_counts";
 }
 
 /// How to join the gossip.
@@ -86,6 +88,8 @@ pub struct SelfInfo {
     pub carries: BTreeSet<String>,
     /// Rollouts this edge's CPU guard tripped (the control plane records them).
     pub trips: BTreeSet<String>,
+    /// Sessions and errors per rollout and cohort since this edge started.
+    pub rollout_counts: BTreeMap<String, CohortCounts>,
 }
 
 /// Produces this process's current [`SelfInfo`].
@@ -128,6 +132,10 @@ impl Member {
                 origins: list(keys::ORIGINS),
                 carries: list(keys::CARRIES),
                 trips: list(keys::TRIPS),
+                rollout_counts: state
+                    .get(keys::ROLLOUT_COUNTS)
+                    .and_then(|v| serde_json::from_str(v).ok())
+                    .unwrap_or_default(),
             },
         }
     }
@@ -334,6 +342,10 @@ fn encode(info: &SelfInfo) -> Vec<(String, String)> {
         (keys::ORIGINS.into(), list(&info.origins)),
         (keys::CARRIES.into(), list(&info.carries)),
         (keys::TRIPS.into(), list(&info.trips)),
+        (
+            keys::ROLLOUT_COUNTS.into(),
+            serde_json::to_string(&info.rollout_counts).unwrap_or_else(|_| "{}".into()),
+        ),
     ]
 }
 

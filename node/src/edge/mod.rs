@@ -18,11 +18,14 @@ mod session;
 mod session_publish;
 mod upstream;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use ferry_proto::cohort::Cohort;
+use ferry_proto::rollout::CohortCounts;
 use ferry_proto::{ErrorCode, NodeId};
 use prometheus_client::registry::Registry as MetricsRegistry;
 use tokio::sync::Semaphore;
@@ -38,6 +41,9 @@ use crate::tls::{self, ClientAuth, ClientTrust, ClusterTls, ServerIdentity, Tran
 use crate::track::BufferConfig;
 use crate::webrtc::{WebRtc, WebRtcConfig};
 use crate::Result;
+
+/// Rollouts whose session counts an edge keeps (and gossips) at most.
+const MAX_COUNTED_ROLLOUTS: usize = 64;
 
 pub use registry::Registry;
 pub(crate) use session::find_track;
@@ -151,6 +157,8 @@ pub(crate) struct EdgeState {
     rates: Rates,
     /// The edge-local CPU guard of rollouts.
     guard: std::sync::Mutex<crate::rollouts::CpuGuard>,
+    /// Sessions and errors per rollout and cohort since start (gossiped).
+    counts: std::sync::Mutex<BTreeMap<String, CohortCounts>>,
     pub next_session: AtomicU64,
     pub ready: AtomicBool,
     /// Shutting down: gossiped so routing sends new sessions elsewhere.
@@ -179,12 +187,54 @@ impl EdgeState {
         if !self.config.allow_fault_injection {
             assignment = assignment.without_faults();
         }
+        let mut counts = self.lock_counts();
         for (rollout, cohort) in &assignment.variants {
             let labels =
                 crate::metrics::CohortLabels { rollout: rollout.clone(), cohort: cohort.as_str().into() };
             self.metrics.rollout_sessions.get_or_create(&labels).inc();
+            if counts.len() < MAX_COUNTED_ROLLOUTS || counts.contains_key(rollout) {
+                let c = counts.entry(rollout.clone()).or_default();
+                match cohort {
+                    Cohort::Treatment => c.treatment_sessions = c.treatment_sessions.saturating_add(1),
+                    Cohort::Baseline => c.baseline_sessions = c.baseline_sessions.saturating_add(1),
+                }
+            }
         }
         assignment
+    }
+
+    /// A placed session failed (to start, or later with an error): counted per rollout
+    /// and cohort with `reason`, and gossiped for the control plane's error guard.
+    pub fn rollout_failed(&self, assignment: &crate::rollouts::Assignment, reason: &str) {
+        let mut counts = self.lock_counts();
+        for (rollout, cohort) in &assignment.variants {
+            let labels = crate::metrics::CohortReasonLabels {
+                rollout: rollout.clone(),
+                cohort: cohort.as_str().to_owned(),
+                reason: reason.to_owned(),
+            };
+            self.metrics.rollout_errors.get_or_create(&labels).inc();
+            if let Some(c) = counts.get_mut(rollout) {
+                match cohort {
+                    Cohort::Treatment => c.treatment_errors = c.treatment_errors.saturating_add(1),
+                    Cohort::Baseline => c.baseline_errors = c.baseline_errors.saturating_add(1),
+                }
+            }
+        }
+    }
+
+    fn lock_counts(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, CohortCounts>> {
+        self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The counts of the rollouts this edge still knows (others are forgotten).
+    fn rollout_counts(&self) -> BTreeMap<String, CohortCounts> {
+        let records = self.control.as_ref().map(|c| c.snapshot().rollouts).unwrap_or_default();
+        let mut counts = self.lock_counts();
+        if !records.is_empty() {
+            counts.retain(|id, _| records.contains_key(id));
+        }
+        counts.clone()
     }
 
     fn cpu_guard(&self) -> std::sync::MutexGuard<'_, crate::rollouts::CpuGuard> {
@@ -227,6 +277,7 @@ impl EdgeState {
             origins,
             carries,
             trips: self.cpu_guard().tripped(),
+            rollout_counts: self.rollout_counts(),
         }
     }
 }
@@ -296,6 +347,7 @@ impl BoundEdge {
             config,
             rates: Rates::default(),
             guard: std::sync::Mutex::new(crate::rollouts::CpuGuard::default()),
+            counts: std::sync::Mutex::new(BTreeMap::new()),
         });
         if let Some(gossip_config) = state.config.gossip.clone() {
             let weak = Arc::downgrade(&state);

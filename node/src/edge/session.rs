@@ -7,16 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_proto::{
-    ErrorCode, Hello, Message, Role, StreamName, TrackName, MAX_CONTROL_MESSAGE, MAX_PROTOCOL_VERSION,
-    MIN_PROTOCOL_VERSION,
+    check_session, ErrorCode, Hello, Message, Role, StreamName, TrackName, MAX_CONTROL_MESSAGE,
+    MAX_PROTOCOL_VERSION, MIN_PROTOCOL_VERSION,
 };
-use quinn::{Connection, RecvStream};
+use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::deliver::{Delivery, DeliveryEnd};
 use super::EdgeState;
 use crate::metrics::{RoleLabels, SubscriptionLabels};
+use crate::rollouts::Assignment;
 use crate::wire::{pump_control, read_message, write_message};
 use crate::{Error, Result};
 
@@ -130,15 +131,81 @@ async fn serve(
         hold(state.metrics.connections.get_or_create(&RoleLabels { role: hello.role.name().into() }).clone());
     tracing::debug!(session, peer = %hello.node, role = hello.role.name(), version, "hello");
 
+    let assignment = match hello.role {
+        Role::Edge => Assignment::default(),
+        Role::Publisher | Role::Viewer => place(state, &mut send, &mut recv, version).await?,
+    };
     let (ctl_tx, ctl_rx) = mpsc::channel::<Message>(CONTROL_QUEUE);
     let (in_tx, in_rx) = mpsc::channel::<Result<Message>>(CONTROL_QUEUE);
     state.tracker.spawn(pump_control(send, ctl_rx, version, cancel.clone()));
     state.tracker.spawn(read_control(recv, in_tx, cancel.clone()));
-    let ctx = Session { state: Arc::clone(state), conn: conn.clone(), session, version, ctl: ctl_tx, cancel };
-    match hello.role {
+    let max_lag_ms = assignment.overrides.max_lag_ms;
+    let ctx = Session {
+        state: Arc::clone(state),
+        conn: conn.clone(),
+        session,
+        version,
+        ctl: ctl_tx,
+        cancel,
+        max_lag_ms,
+    };
+    let result = match hello.role {
         Role::Publisher => super::session_publish::run(&ctx, in_rx).await,
         Role::Viewer | Role::Edge => subscriber_loop(&ctx, hello.role, in_rx).await,
+    };
+    // A mid-session error counts against the session's cohorts; a peer that left or
+    // an edge that shuts down does not.
+    if let Err(e) = &result {
+        if !is_peer_gone(e) && !matches!(e.code(), ErrorCode::GoingAway | ErrorCode::NoError) {
+            state.rollout_failed(&assignment, e.code().name());
+        }
     }
+    result
+}
+
+/// Places a publisher or viewer in the rollouts: version 2 clients say who they are
+/// first ([`Message::Session`]) and hear their variant; version 1 clients get a random
+/// id. A session refused by a drill (`fault.reject_sessions_bp`) is closed with
+/// `fault_injected`.
+async fn place(
+    state: &EdgeState,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    version: u16,
+) -> Result<Assignment> {
+    let (id, tags) = match version {
+        1 => (format!("anonymous-{}", crate::webrtc::random_id()), Vec::new()),
+        _ => {
+            let next =
+                tokio::time::timeout(HELLO_TIMEOUT, read_message::<Message>(recv, MAX_CONTROL_MESSAGE))
+                    .await
+                    .map_err(|_| Error::Timeout("session"))??;
+            match next {
+                Some((_, Message::Session { id, tags })) => {
+                    check_session(&id, &tags).map_err(Error::Protocol)?;
+                    (id, tags)
+                }
+                Some((_, other)) => {
+                    return Err(Error::Protocol(format!("expected session, got {}", other.kind())))
+                }
+                None => return Err(Error::Protocol("control stream ended before session".into())),
+            }
+        }
+    };
+    let assignment = state.assign(&id, &tags);
+    if let Some(rollout) = assignment.rejected_by(&id) {
+        state.rollout_failed(&assignment, ErrorCode::FaultInjected.name());
+        return Err(Error::Refused {
+            code: ErrorCode::FaultInjected,
+            message: format!("refused by rollout {rollout:?}'s fault injection (a drill)"),
+        });
+    }
+    if version >= 2 {
+        let variant = assignment.header().unwrap_or_default();
+        let client_flag = assignment.overrides.client_flag.clone();
+        write_message(send, version, &Message::SessionOk { variant, client_flag }).await?;
+    }
+    Ok(assignment)
 }
 
 /// What the role loops share.
@@ -149,6 +216,8 @@ pub(super) struct Session<'a> {
     pub version: u16,
     pub ctl: mpsc::Sender<Message>,
     pub cancel: &'a CancellationToken,
+    /// A rollout's treatment latency budget for this viewer's subscriptions.
+    pub max_lag_ms: Option<u32>,
 }
 
 impl Session<'_> {
@@ -214,6 +283,7 @@ async fn subscriber_loop(
                     }
                     let token = ctx.cancel.child_token();
                     subs.insert(id, token.clone());
+                    let max_lag_ms = ctx.max_lag_ms.unwrap_or(max_lag_ms);
                     let sub = Subscription { id, stream, track, max_lag_ms, role };
                     ctx.state.tracker.spawn(run_subscription(ctx.clone_parts(), sub, token, done_tx.clone()));
                 }

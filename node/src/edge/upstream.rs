@@ -186,8 +186,16 @@ impl Upstream {
     }
 
     async fn connect(&self, state: &Arc<EdgeState>) -> Result<Arc<LinkState>> {
-        let link =
-            connect(&self.addr, &self.trust, &self.tuning, self.node.clone(), Role::Edge, None).await?;
+        let link = connect(
+            &self.addr,
+            &self.trust,
+            &self.tuning,
+            self.node.clone(),
+            Role::Edge,
+            None,
+            &Default::default(),
+        )
+        .await?;
         tracing::info!(upstream = %self.addr, peer = %link.peer, "connected upstream");
         let (ctl_tx, ctl_rx) = mpsc::channel(64);
         let shared = Arc::new(LinkState {

@@ -226,13 +226,8 @@ async fn post_session(
         }
         Err(e) => {
             state.metrics.webrtc_session_errors.get_or_create(&ReasonLabels::new(e.reason())).inc();
-            for (rollout, cohort) in assigned.iter().flat_map(|a: &Assignment| a.variants.iter()) {
-                let labels = crate::metrics::CohortReasonLabels {
-                    rollout: rollout.clone(),
-                    cohort: cohort.as_str().to_owned(),
-                    reason: e.reason().to_owned(),
-                };
-                state.metrics.rollout_errors.get_or_create(&labels).inc();
+            if let Some(assignment) = &assigned {
+                state.rollout_failed(assignment, e.reason());
             }
             e.into_response()
         }

@@ -53,6 +53,8 @@ fn every_message_roundtrips() {
         Message::Unsubscribe { id: 7 },
         Message::KeyframeRequest { stream, track: TrackName::video() },
         Message::GoAway { reason: "drain".into() },
+        Message::Session { id: "viewer-42".into(), tags: vec!["ferry/0.1".into()] },
+        Message::SessionOk { variant: "bbr=treatment".into(), client_flag: Some("bbr-1".into()) },
     ];
     for msg in messages {
         let bytes = encode_message(PROTOCOL_VERSION, &msg).unwrap();
