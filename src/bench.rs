@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::units;
 
+mod canary;
 mod control;
 mod failover;
 mod floor;
@@ -34,6 +35,9 @@ pub enum BenchCommand {
     /// Kill -9 an edge with viewers in a gossiping cluster: detection time at every
     /// peer, media gap per viewer, frames lost.
     Failover(failover::FailoverArgs),
+    /// Rollout guards on a real cluster: how fast an erroring treatment falls back on
+    /// every edge after the deciding window, and how fast an edge's CPU guard reacts.
+    Canary(canary::CanaryArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -82,6 +86,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Fanout(args) => fanout(args).await,
         BenchCommand::Control(args) => control::run(args).await,
         BenchCommand::Failover(args) => failover::run(args).await,
+        BenchCommand::Canary(args) => canary::run(args).await,
     }
 }
 

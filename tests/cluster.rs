@@ -695,3 +695,21 @@ fn bench_failover_reports_detection_at_every_peer_and_every_viewer() {
     assert_eq!(report["viewers_recovered"], 2, "{report}");
     assert!(report["media_gap_ms"]["max"].as_f64().is_some(), "{report}");
 }
+
+#[test]
+fn bench_canary_reports_the_error_and_cpu_drills() {
+    let _heavy = heavy();
+    let mut cmd = ferry();
+    cmd.args(["bench", "canary"]).stdout(Stdio::piped()).stderr(Stdio::null());
+    let report = json_output(Proc::spawn("bench canary", &mut cmd), Duration::from_secs(180));
+    let errors = &report["error_trip"];
+    assert_eq!(errors["deciding_window"]["verdict"], "bad", "{report}");
+    assert_eq!(errors["deciding_window"]["bad_in_a_row"], 2, "{report}");
+    assert!(errors["audit"].as_str().unwrap().starts_with("tripped by errors"), "{report}");
+    let per_edge = errors["per_edge_baseline_after_deciding_window_ms"].as_object().unwrap();
+    assert_eq!(per_edge.len(), 3, "{report}");
+    assert!(per_edge.values().all(|v| v.is_i64()), "every edge fell back: {report}");
+    let cpu = &report["cpu_trip"];
+    assert!(cpu["level_change_to_fallback_ms"].is_u64(), "{report}");
+    assert!(cpu["fallback_to_recorded_ms"].is_u64(), "the control plane recorded it: {report}");
+}

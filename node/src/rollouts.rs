@@ -131,7 +131,7 @@ pub fn burn_ms_per_s(rollouts: &[Live], tripped: &BTreeSet<String>, region: &str
     total.min(1_000)
 }
 
-/// The edge-local CPU guard (sans-IO), fed one process CPU sample per second: a
+/// The edge-local CPU guard (sans-IO), fed one process CPU sample per tick (250 ms): a
 /// rollout whose `guard.cpu_max` is exceeded for `guard.consecutive` samples in a row
 /// trips here at once — new sessions get the baseline, no control plane needed — and
 /// stays tripped until an operator resumes it after the control plane recorded the

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-const TOKEN: &str = "ferry-bench-failover-token";
+pub(super) const TOKEN: &str = "ferry-bench-failover-token";
 const STREAM: &str = "bench/failover";
 
 #[derive(Debug, Clone, Args)]
@@ -35,12 +35,12 @@ pub struct FailoverArgs {
 }
 
 /// A child process with the JSON line it printed when ready; killed on drop.
-struct Ready {
-    child: Child,
-    line: Value,
+pub(super) struct Ready {
+    pub(super) child: Child,
+    pub(super) line: Value,
 }
 
-async fn spawn_ready(binary: &PathBuf, args: &[String]) -> anyhow::Result<Ready> {
+pub(super) async fn spawn_ready(binary: &PathBuf, args: &[String]) -> anyhow::Result<Ready> {
     let mut child = Command::new(binary)
         .args(args)
         .stdout(Stdio::piped())
@@ -58,24 +58,24 @@ async fn spawn_ready(binary: &PathBuf, args: &[String]) -> anyhow::Result<Ready>
 }
 
 /// `v[k]` without indexing: Null when absent.
-fn at<'a>(v: &'a Value, k: &str) -> &'a Value {
+pub(super) fn at<'a>(v: &'a Value, k: &str) -> &'a Value {
     v.get(k).unwrap_or(&Value::Null)
 }
 
-fn field(v: &Value, k: &str) -> anyhow::Result<String> {
+pub(super) fn field(v: &Value, k: &str) -> anyhow::Result<String> {
     v.get(k).and_then(Value::as_str).map(str::to_owned).with_context(|| format!("no {k} in {v}"))
 }
 
-fn free_udp() -> anyhow::Result<String> {
+pub(super) fn free_udp() -> anyhow::Result<String> {
     Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.to_string())
 }
 
-async fn get(base: &str, path: &str) -> Option<Value> {
+pub(super) async fn get(base: &str, path: &str) -> Option<Value> {
     let r = request(base, "GET", path, TOKEN, None, None, Duration::from_secs(2)).await.ok()?;
     (r.status == 200).then_some(r.body)
 }
 
-async fn metric(http: &str, sample: &str) -> Option<f64> {
+pub(super) async fn metric(http: &str, sample: &str) -> Option<f64> {
     let r = request(&format!("http://{http}"), "GET", "/metrics", "", None, None, Duration::from_secs(2))
         .await
         .ok()?;
@@ -84,7 +84,7 @@ async fn metric(http: &str, sample: &str) -> Option<f64> {
 }
 
 /// Polls `check` every 10 ms for up to `limit`; the time it first held.
-async fn until<F, Fut>(limit: Duration, mut check: F) -> Option<Duration>
+pub(super) async fn until<F, Fut>(limit: Duration, mut check: F) -> Option<Duration>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -298,7 +298,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
 }
 
 /// Removes the voter's data directory.
-struct Cleanup(PathBuf);
+pub(super) struct Cleanup(pub(super) PathBuf);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {

@@ -441,12 +441,15 @@ impl BoundEdge {
     }
 }
 
-/// Once a second: sample process CPU, feed the rollouts' CPU guard (a trip takes
+/// How often the CPU guard samples process CPU (one sample per tick).
+pub const CPU_SAMPLE: Duration = Duration::from_millis(250);
+
+/// Every [`CPU_SAMPLE`]: sample process CPU, feed the rollouts' CPU guard (a trip takes
 /// effect for new sessions at once and is gossiped), and burn CPU for
 /// `fault.cpu_burn_ms_per_s` drills on edges that allow fault injection.
 async fn guard_loop(state: Arc<EdgeState>) {
     let rates = Rates::default();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(CPU_SAMPLE);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -470,7 +473,7 @@ async fn guard_loop(state: Arc<EdgeState>) {
         let burn = crate::rollouts::burn_ms_per_s(&live, &tripped, &state.config.region, me);
         if burn > 0 {
             // A drill: spin on a blocking thread so the runtime keeps serving.
-            let spin = Duration::from_millis(burn.into());
+            let spin = CPU_SAMPLE * burn / 1000;
             let _ = tokio::task::spawn_blocking(move || {
                 let start = Instant::now();
                 let mut x = 0u64;
