@@ -1475,3 +1475,104 @@ fn an_erroring_treatment_trips_the_global_guard_and_every_edge_falls_back() {
         assert!(errors > 0.0, "edge {name} counted its refusals");
     }
 }
+
+/// Whether an SDP offers generic NACK feedback (`a=rtcp-fb:<pt> nack`, not `nack pli`).
+fn offers_nack(sdp: &str) -> bool {
+    sdp.lines().any(|l| l.trim().strip_prefix("a=rtcp-fb:").is_some_and(|rest| rest.ends_with(" nack")))
+}
+
+#[test]
+fn rollout_overrides_apply_per_session_and_edge_wide_where_the_gates_say() {
+    let _heavy = heavy();
+    let dir = TempDir::new("rollout-overrides");
+    let cluster = whep_cluster(dir.path(), &[]);
+    let stream = "live/t";
+    let mut cmd = ferry();
+    cmd.args(["publish", "--edge", &cluster.edges["o"].quic, "--stream", stream, "--insecure"])
+        .args(["--synthetic", "--synthetic-vp8", "--duration", "300s"])
+        .stdout(std::process::Stdio::null());
+    let _publisher = Proc::spawn("publisher", &mut cmd);
+    wait_for_stream(&cluster.edges["o"]);
+    let auth = format!("Bearer {}", token(stream, Action::View, Duration::from_secs(600), SystemTime::now()));
+    let offer = vp8_offer("recvonly").replace(
+        "a=rtpmap:96 VP8/90000\r\n",
+        "a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack\r\na=rtcp-fb:96 nack pli\r\n",
+    );
+    let whep = |edge: &Edge| -> (String, String) {
+        let headers = [("Content-Type", "application/sdp"), ("Authorization", auth.as_str())];
+        let (hdrs, answer) = wait_for("a WHEP session", Duration::from_secs(20), || {
+            let (status, hdrs, answer) =
+                http(&edge.http, "POST", &format!("/whep/{stream}"), &headers, offer.as_bytes());
+            match status {
+                503 => None,
+                201 => Some((hdrs, answer)),
+                other => panic!("HTTP {other}: {answer}"),
+            }
+        });
+        let location = header(&hdrs, "location").unwrap().to_owned();
+        assert_eq!(http(&edge.http, "DELETE", &location, &[], b"").0, 200);
+        (header(&hdrs, "ferry-variant").unwrap_or("").to_owned(), answer)
+    };
+    assert!(offers_nack(&offer), "the offer asks for NACK");
+    let (_, answer) = whep(&cluster.edges["a"]);
+    assert!(!offers_nack(&answer), "WHEP viewers get no NACK by default:\n{answer}");
+    let spec = r#"{"id":"tune","spec":{"override":{"congestion":"bbr","webrtc_nack":true},"gates":{"edges":["a"]}}}"#;
+    assert_eq!(cluster.voter.send("POST", "/v1/rollouts", None, spec).0, 200);
+    assert_eq!(cluster.voter.send("POST", "/v1/rollouts/tune/level", None, r#"{"level":2}"#).0, 200);
+    // Per session: a treated WHEP viewer on a gets NACK, one on b does not.
+    let answer = wait_for("edge a treats WHEP viewers", Duration::from_secs(10), || {
+        let (variant, answer) = whep(&cluster.edges["a"]);
+        (variant == "tune=treatment").then_some(answer)
+    });
+    assert!(offers_nack(&answer), "treated viewers answer NACKs:\n{answer}");
+    let (variant, answer) = whep(&cluster.edges["b"]);
+    assert_eq!(variant, "tune=baseline");
+    assert!(!offers_nack(&answer), "{answer}");
+    // Edge-wide: edge a accepts new QUIC connections with BBR, edge b with cubic.
+    let bbr = |edge: &Edge| {
+        edge.metric("ferry_quic_congestion_connections_total{controller=\"bbr\"}").unwrap_or(0.0)
+    };
+    let sessions: Vec<_> = ["a", "b"]
+        .iter()
+        .flat_map(|e| (0..3).map(move |i| (e, i)))
+        .map(|(e, i)| (cluster.edges[*e].quic.clone(), format!("c-{e}-{i}"), vec![]))
+        .collect();
+    let variants = quic_variants(&sessions);
+    assert!(variants[..3].iter().all(|v| v.as_deref() == Ok("tune=treatment")), "{variants:?}");
+    assert!(variants[3..].iter().all(|v| v.as_deref() == Ok("tune=baseline")), "{variants:?}");
+    assert!(bbr(&cluster.edges["a"]) >= 3.0, "edge a: {:?}", cluster.edges["a"].metrics());
+    assert_eq!(bbr(&cluster.edges["b"]), 0.0);
+    assert!(
+        cluster.edges["b"]
+            .metric("ferry_quic_congestion_connections_total{controller=\"cubic\"}")
+            .unwrap_or(0.0)
+            >= 3.0
+    );
+    // A treated WHEP session that never connects (ICE fails, or the edge's connect
+    // timeout passes): a mid-session error of the treatment's cohort.
+    let headers = [("Content-Type", "application/sdp"), ("Authorization", auth.as_str())];
+    let (status, hdrs, body) =
+        http(&cluster.edges["a"].http, "POST", &format!("/whep/{stream}"), &headers, offer.as_bytes());
+    assert_eq!((status, header(&hdrs, "ferry-variant")), (201, Some("tune=treatment")), "{body}");
+    let errors = || {
+        let m = cluster.edges["a"].metrics();
+        let prefix = "ferry_rollout_errors_total{rollout=\"tune\",cohort=\"treatment\",reason=";
+        let failed: Vec<String> = m.lines().filter(|l| l.starts_with(prefix)).map(str::to_owned).collect();
+        (!failed.is_empty()).then_some(failed)
+    };
+    let failed =
+        wait_for("the abandoned session counts as a treatment error", Duration::from_secs(40), errors);
+    assert!(
+        failed.iter().all(|l| l.contains("ice_failed") || l.contains("connect_timeout")) && failed.len() == 1,
+        "{failed:?}"
+    );
+    // Pacing cannot be rolled out: quinn always paces and has no switch.
+    let (code, answer) = cluster.voter.send(
+        "POST",
+        "/v1/rollouts",
+        None,
+        r#"{"id":"pace","spec":{"override":{"pacing":false}}}"#,
+    );
+    assert_eq!(code, 400, "{answer}");
+    assert!(answer.to_string().contains("override.pacing: not supported"), "{answer}");
+}

@@ -44,6 +44,11 @@ pub struct GuardLabels {
     pub guard: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: String,
+}
+
 /// A rollout, a cohort and why a session failed.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CohortReasonLabels {
@@ -72,10 +77,12 @@ pub struct EdgeMetrics {
     pub upstream_subscriptions: Family<TrackLabels, Gauge>,
     /// New sessions by rollout and cohort.
     pub rollout_sessions: Family<CohortLabels, Counter>,
-    /// Sessions that failed to start, by rollout, cohort and reason.
+    /// Sessions that failed (refused after placement, or ended in error), by rollout, cohort and reason.
     pub rollout_errors: Family<CohortReasonLabels, Counter>,
     /// Rollout trips by this edge's guards.
     pub rollout_trips: Family<GuardLabels, Counter>,
+    /// QUIC connections accepted, by the congestion controller they got.
+    pub congestion_connections: Family<ControllerLabels, Counter>,
     /// Streams known here (published locally or relayed).
     pub streams: Gauge,
     pub frames_in: Counter,
@@ -128,10 +135,15 @@ impl EdgeMetrics {
         );
         r.register(
             "rollout_errors",
-            "Sessions that failed to start, by rollout, cohort and reason",
+            "Sessions that failed (refused after placement, or ended in error), by rollout, cohort and reason",
             self.rollout_errors.clone(),
         );
         r.register("rollout_trips", "Rollouts tripped by this edge's guards", self.rollout_trips.clone());
+        r.register(
+            "quic_congestion_connections",
+            "QUIC connections accepted, by congestion controller (a rollout's congestion override)",
+            self.congestion_connections.clone(),
+        );
         r.register("streams", "Streams known to this edge", self.streams.clone());
         r.register("frames_in", "Frames received from publishers and upstreams", self.frames_in.clone());
         r.register("bytes_in", "Payload bytes received", self.bytes_in.clone());

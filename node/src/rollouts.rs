@@ -74,6 +74,15 @@ impl Assignment {
             .then_some(rollout.as_str())
     }
 
+    /// The track buffer for a session this assignment publishes: `group_cache` groups
+    /// per track when a treatment sets it.
+    pub fn buffer(&self, base: crate::track::BufferConfig) -> crate::track::BufferConfig {
+        match self.overrides.group_cache {
+            Some(groups) => crate::track::BufferConfig { max_groups: (groups as usize).max(1), ..base },
+            None => base,
+        }
+    }
+
     /// The `Ferry-Variant` header value, e.g. `bbr=treatment, lag=baseline`; `None`
     /// without live rollouts.
     pub fn header(&self) -> Option<String> {
@@ -118,6 +127,31 @@ fn may_treat_here(rollout: &Live, region: &str, edge: &str) -> bool {
                 || (l >= 3 && g.share_bp > 0)
         }
     }
+}
+
+/// Whether `rollout` treats every session on this edge (level 4, or level 2 and up
+/// with this edge's region or id in its gates): its edge-wide settings then apply to
+/// the whole edge.
+fn treats_whole_edge(rollout: &Live, region: &str, edge: &str) -> bool {
+    let g = &rollout.spec.gates;
+    rollout.level >= 4
+        || (rollout.level >= 2
+            && (g.regions.iter().any(|r| r == region) || g.edges.iter().any(|e| e == edge)))
+}
+
+/// The congestion controller new QUIC connections get on this edge: a setting of the
+/// whole connection, chosen before the session says who it is, so only a rollout that
+/// treats the whole edge applies it (and not while tripped here).
+pub fn edge_congestion(
+    rollouts: &[Live],
+    tripped: &BTreeSet<String>,
+    region: &str,
+    edge: &str,
+) -> Option<ferry_proto::rollout::Congestion> {
+    rollouts
+        .iter()
+        .filter(|r| !tripped.contains(&r.id) && treats_whole_edge(r, region, edge))
+        .find_map(|r| r.spec.overrides.congestion)
 }
 
 /// CPU milliseconds per second to burn for `fault.cpu_burn_ms_per_s` drills: the
@@ -257,6 +291,32 @@ mod tests {
             .without_faults();
         assert_eq!(a.rejected_by("s1"), None);
         assert_eq!(a.overrides.fault, Default::default());
+    }
+
+    #[test]
+    fn group_cache_sets_a_publishers_buffer_and_congestion_applies_to_whole_edges_only() {
+        use ferry_proto::rollout::Congestion;
+        let spec = json!({"override": {"group_cache": 2, "congestion": "bbr"}, "gates": {"regions": ["eu"], "session_ids": ["vip"]}});
+        let mut records: BTreeMap<_, _> = [record("tune", 1, "active", spec)].into_iter().collect();
+        let base = crate::track::BufferConfig::default();
+        let none = BTreeSet::new();
+        let tags = Vec::new();
+        let vip = Session { id: "vip", tags: &tags, region: "us", edge: "e1" };
+        let a = assign(&live(&records), &vip, &none);
+        assert_eq!(a.buffer(base).max_groups, 2);
+        assert_eq!(a.buffer(base).max_bytes, base.max_bytes);
+        let other = Session { id: "x", tags: &tags, region: "us", edge: "e1" };
+        assert_eq!(assign(&live(&records), &other, &none).buffer(base), base);
+        // Level 1 treats single sessions: no edge-wide controller anywhere.
+        assert_eq!(edge_congestion(&live(&records), &none, "eu", "e1"), None);
+        // Level 2 treats the eu edges as a whole.
+        records.get_mut("tune").unwrap().level = 2;
+        assert_eq!(edge_congestion(&live(&records), &none, "eu", "e1"), Some(Congestion::Bbr));
+        assert_eq!(edge_congestion(&live(&records), &none, "us", "e1"), None);
+        let tripped: BTreeSet<String> = ["tune".to_owned()].into();
+        assert_eq!(edge_congestion(&live(&records), &tripped, "eu", "e1"), None, "not while tripped here");
+        records.get_mut("tune").unwrap().level = 4;
+        assert_eq!(edge_congestion(&live(&records), &none, "us", "e9"), Some(Congestion::Bbr));
     }
 
     #[test]

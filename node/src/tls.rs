@@ -119,6 +119,27 @@ impl TransportTuning {
     }
 
     fn transport(&self) -> Result<Arc<quinn::TransportConfig>> {
+        Ok(Arc::new(self.transport_config()?))
+    }
+
+    /// The transport with the congestion controller `congestion` (quinn's default is
+    /// cubic).
+    pub fn transport_with(
+        &self,
+        congestion: ferry_proto::rollout::Congestion,
+    ) -> Result<Arc<quinn::TransportConfig>> {
+        use ferry_proto::rollout::Congestion;
+        use quinn::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
+        let mut t = self.transport_config()?;
+        match congestion {
+            Congestion::Cubic => t.congestion_controller_factory(Arc::new(CubicConfig::default())),
+            Congestion::Bbr => t.congestion_controller_factory(Arc::new(BbrConfig::default())),
+            Congestion::NewReno => t.congestion_controller_factory(Arc::new(NewRenoConfig::default())),
+        };
+        Ok(Arc::new(t))
+    }
+
+    fn transport_config(&self) -> Result<quinn::TransportConfig> {
         let mut t = quinn::TransportConfig::default();
         t.send_window(self.send_window)
             .stream_receive_window(self.stream_receive_window.into())
@@ -127,7 +148,7 @@ impl TransportTuning {
             .max_concurrent_bidi_streams(4u32.into())
             .keep_alive_interval(Some(self.keep_alive))
             .max_idle_timeout(Some(self.idle_timeout.try_into().map_err(tls_err)?));
-        Ok(Arc::new(t))
+        Ok(t)
     }
 }
 

@@ -47,7 +47,8 @@ pub struct Override {
     pub group_cache: Option<u32>,
     /// QUIC congestion controller of the session's connection.
     pub congestion: Option<Congestion>,
-    /// Pace QUIC sends.
+    /// Pace QUIC sends. Refused by [`RolloutSpec::validate`]: quinn 0.11 always paces
+    /// and has no switch; the key is known so the refusal can say so.
     pub pacing: Option<bool>,
     /// Answer WHEP viewers' NACKs with retransmissions.
     pub webrtc_nack: Option<bool>,
@@ -215,6 +216,9 @@ impl RolloutSpec {
         if !(1..=100).contains(&guard.consecutive) {
             return Err(format!("guard.consecutive: {} is outside 1..=100", guard.consecutive));
         }
+        if o.pacing.is_some() {
+            return Err("override.pacing: not supported: quinn 0.11 always paces and has no switch".into());
+        }
         Ok(())
     }
 
@@ -303,11 +307,15 @@ mod tests {
             (r#"{"override": {"max_lag_ms": 0}}"#, "override.max_lag_ms"),
             (r#"{"override": {"congestion": "vegas"}}"#, "unknown variant `vegas`"),
             (r#"{"override": {}}"#, "changes nothing"),
-            (r#"{"override": {"pacing": true}, "guard": {"error_rate_max": 2}}"#, "guard.error_rate_max"),
-            (r#"{"override": {"pacing": true}, "guard": {"window_ms": 10}}"#, "guard.window_ms"),
+            (
+                r#"{"override": {"webrtc_nack": true}, "guard": {"error_rate_max": 2}}"#,
+                "guard.error_rate_max",
+            ),
+            (r#"{"override": {"webrtc_nack": true}, "guard": {"window_ms": 10}}"#, "guard.window_ms"),
+            (r#"{"override": {"pacing": false}}"#, "override.pacing: not supported"),
             (r#"{"override": {"client_flag": "a b"}}"#, "client_flag"),
             (r#"{"override": {"fault": {"reject_sessions_bp": 20000}}}"#, "reject_sessions_bp"),
-            (r#"{"override": {"pacing": true}, "guard": {"cpu_max": -1}}"#, "guard.cpu_max"),
+            (r#"{"override": {"group_cache": 2}, "guard": {"cpu_max": -1}}"#, "guard.cpu_max"),
             (r#"{"image": "x"}"#, "unknown field `image`"),
         ];
         for (json, want) in cases {

@@ -25,7 +25,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use ferry_proto::cohort::Cohort;
-use ferry_proto::rollout::CohortCounts;
+use ferry_proto::rollout::{CohortCounts, Congestion};
 use ferry_proto::{ErrorCode, NodeId};
 use prometheus_client::registry::Registry as MetricsRegistry;
 use tokio::sync::Semaphore;
@@ -159,6 +159,8 @@ pub(crate) struct EdgeState {
     guard: std::sync::Mutex<crate::rollouts::CpuGuard>,
     /// Sessions and errors per rollout and cohort since start (gossiped).
     counts: std::sync::Mutex<BTreeMap<String, CohortCounts>>,
+    /// The QUIC server config per congestion controller.
+    congestion: Vec<(Congestion, Arc<quinn::ServerConfig>)>,
     pub next_session: AtomicU64,
     pub ready: AtomicBool,
     /// Shutting down: gossiped so routing sends new sessions elsewhere.
@@ -237,6 +239,26 @@ impl EdgeState {
         counts.clone()
     }
 
+    /// The server config for a new QUIC connection when a rollout that treats the whole
+    /// edge changes its congestion controller (`None`: the endpoint's default, cubic),
+    /// counted per controller.
+    fn congestion_config(&self) -> Option<Arc<quinn::ServerConfig>> {
+        let records = self.control.as_ref().map(|c| c.snapshot().rollouts).unwrap_or_default();
+        let live = crate::rollouts::live(&records);
+        let tripped = self.cpu_guard().tripped();
+        let me = self.config.node_id.as_str();
+        let controller = crate::rollouts::edge_congestion(&live, &tripped, &self.config.region, me);
+        let name = match controller {
+            None | Some(Congestion::Cubic) => "cubic",
+            Some(Congestion::Bbr) => "bbr",
+            Some(Congestion::NewReno) => "new_reno",
+        };
+        let labels = crate::metrics::ControllerLabels { controller: name.into() };
+        self.metrics.congestion_connections.get_or_create(&labels).inc();
+        let controller = controller?;
+        self.congestion.iter().find(|(c, _)| *c == controller).map(|(_, config)| Arc::clone(config))
+    }
+
     fn cpu_guard(&self) -> std::sync::MutexGuard<'_, crate::rollouts::CpuGuard> {
         self.guard.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -299,6 +321,13 @@ impl BoundEdge {
         };
         let server =
             tls::server_config_with(&config.identity, &config.tuning, ferry_proto::ALPN, &client_auth)?;
+        // The same server with each congestion controller, for rollouts that change it.
+        let mut congestion = Vec::new();
+        for controller in [Congestion::Cubic, Congestion::Bbr, Congestion::NewReno] {
+            let mut with = server.clone();
+            with.transport_config(config.tuning.transport_with(controller)?);
+            congestion.push((controller, Arc::new(with)));
+        }
         let endpoint = quinn::Endpoint::server(server, config.quic_listen)?;
         let http = tokio::net::TcpListener::bind(config.http_listen).await?;
         let metrics = EdgeMetrics::default();
@@ -348,6 +377,7 @@ impl BoundEdge {
             rates: Rates::default(),
             guard: std::sync::Mutex::new(crate::rollouts::CpuGuard::default()),
             counts: std::sync::Mutex::new(BTreeMap::new()),
+            congestion,
         });
         if let Some(gossip_config) = state.config.gossip.clone() {
             let weak = Arc::downgrade(&state);
@@ -523,10 +553,21 @@ async fn accept_loop(state: &Arc<EdgeState>, endpoint: &quinn::Endpoint, shutdow
             },
         };
         state.metrics.connections_accepted.inc();
+        let connecting = match state.congestion_config() {
+            Some(config) => incoming.accept_with(config),
+            None => incoming.accept(),
+        };
+        let connecting = match connecting {
+            Ok(connecting) => connecting,
+            Err(e) => {
+                tracing::debug!(error = %e, "accepting a connection failed");
+                continue;
+            }
+        };
         let session = state.next_session.fetch_add(1, Ordering::Relaxed);
         let task_state = Arc::clone(state);
         state.tracker.spawn(async move {
-            session::run(task_state, incoming, session).await;
+            session::run(task_state, connecting, session).await;
             drop(permit);
         });
     }

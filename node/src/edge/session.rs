@@ -32,7 +32,7 @@ const MAX_REASON: usize = 200;
 const KEYFRAME_ON_JOIN_AGE: Duration = Duration::from_millis(500);
 
 /// Serves one incoming connection to its end.
-pub async fn run(state: Arc<EdgeState>, incoming: quinn::Incoming, session: u64) {
+pub async fn run(state: Arc<EdgeState>, incoming: quinn::Connecting, session: u64) {
     let conn = match tokio::time::timeout(HELLO_TIMEOUT, incoming).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
@@ -148,6 +148,7 @@ async fn serve(
         ctl: ctl_tx,
         cancel,
         max_lag_ms,
+        buffer: assignment.buffer(state.config.buffer),
     };
     let result = match hello.role {
         Role::Publisher => super::session_publish::run(&ctx, in_rx).await,
@@ -218,6 +219,8 @@ pub(super) struct Session<'a> {
     pub cancel: &'a CancellationToken,
     /// A rollout's treatment latency budget for this viewer's subscriptions.
     pub max_lag_ms: Option<u32>,
+    /// The track buffer of a publisher's tracks (a rollout's `group_cache`).
+    pub buffer: crate::track::BufferConfig,
 }
 
 impl Session<'_> {

@@ -32,7 +32,7 @@ pub(super) async fn run(ctx: &Session<'_>, mut in_rx: mpsc::Receiver<Result<Mess
     };
     validate_tracks(&tracks)?;
     let producers: Vec<TrackProducer> =
-        tracks.into_iter().map(|info| TrackProducer::new(info, ctx.state.config.buffer)).collect();
+        tracks.into_iter().map(|info| TrackProducer::new(info, ctx.buffer)).collect();
     if let Err(RegisterError::Taken(_)) = ctx.state.registry.publish(&stream, ctx.session, producers.clone())
     {
         let message = format!("stream {stream} is already published");

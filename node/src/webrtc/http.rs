@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
@@ -327,14 +327,8 @@ async fn offer(
         ));
     }
     let answer = match direction {
-        Direction::Whip => whip::start(state, stream.clone(), sdp).await?,
-        Direction::Whep => {
-            let max_lag = match assignment.overrides.max_lag_ms {
-                Some(ms) => Duration::from_millis(ms.into()).min(state.config.max_lag_cap),
-                None => state.webrtc.config.viewer_max_lag,
-            };
-            whep::start(state, stream.clone(), sdp, max_lag).await?
-        }
+        Direction::Whip => whip::start(state, stream.clone(), sdp, assignment.clone()).await?,
+        Direction::Whep => whep::start(state, stream.clone(), sdp, assignment.clone()).await?,
     };
     Ok((stream, answer, assignment))
 }

@@ -251,11 +251,21 @@ impl LiveSession {
     }
 
     /// Logs why the session ended; failures also count in `ferry_webrtc_session_errors`.
-    pub fn ended(&self, metrics: &crate::metrics::EdgeMetrics, reason: &str) {
+    /// Logs and counts the end; true when it was an error (not a close or the end of
+    /// the stream), which also counts against the session's rollout cohorts.
+    pub fn ended(
+        &self,
+        state: &crate::edge::EdgeState,
+        assignment: &crate::rollouts::Assignment,
+        reason: &str,
+    ) -> bool {
         tracing::info!(stream = %self.stream, session = %self.id, reason, "{} session ended", self.direction.name());
-        if !matches!(reason, "closed" | "peer_closed" | "track_ended") {
-            metrics.webrtc_session_errors.get_or_create(&http::ReasonLabels::new(reason)).inc();
+        let error = !matches!(reason, "closed" | "peer_closed" | "track_ended");
+        if error {
+            state.metrics.webrtc_session_errors.get_or_create(&http::ReasonLabels::new(reason)).inc();
+            state.rollout_failed(assignment, reason);
         }
+        error
     }
 }
 

@@ -24,6 +24,7 @@ use super::whip::{flow, Answer};
 use super::{random_u32, sdp, Direction, LiveSession, SessionLease};
 use crate::edge::EdgeState;
 use crate::metrics::{EdgeMetrics, RoleLabels};
+use crate::rollouts::Assignment;
 use crate::track::{Read, TrackProducer};
 
 /// Joining a group older than this asks the source for a fresh keyframe.
@@ -40,13 +41,22 @@ struct Outgoing {
 }
 
 /// Starts a viewer session for `stream` from an SDP offer.
-/// `max_lag`: this viewer's latency budget (the edge's, or a rollout's override).
+/// The rollouts' `assignment` sets the viewer's latency budget (`max_lag_ms`, else the
+/// edge's) and whether NACKs are answered (`webrtc_nack`, else not).
 pub(crate) async fn start(
     state: &Arc<EdgeState>,
     stream: StreamName,
     offer: String,
-    max_lag: Duration,
+    assignment: Assignment,
 ) -> Result<Answer, ApiError> {
+    let max_lag = match assignment.overrides.max_lag_ms {
+        Some(ms) => Duration::from_millis(ms.into()).min(state.config.max_lag_cap),
+        None => state.webrtc.config.viewer_max_lag,
+    };
+    let nack = match assignment.overrides.webrtc_nack {
+        Some(true) => engine::Nack::On,
+        _ => engine::Nack::Off,
+    };
     let producers = find_tracks(state, &stream).await?;
     let stream_codecs: Vec<(TrackKind, Codec)> =
         producers.iter().map(|p| (p.info().kind, p.info().codec)).collect();
@@ -54,14 +64,22 @@ pub(crate) async fn start(
     let cancel = state.media_shutdown.child_token();
     let mut lease =
         state.webrtc.lease(Direction::Whep, stream.as_str(), cancel.clone()).map_err(ApiError::lease)?;
-    let (pc, mut events) = engine::build(&state.webrtc, &mut lease, &sendable, engine::Nack::Off)
-        .await
-        .map_err(ApiError::build)?;
+    let (pc, mut events) =
+        engine::build(&state.webrtc, &mut lease, &sendable, nack).await.map_err(ApiError::build)?;
     match negotiate(state, &pc, &mut events, offer, producers, &sendable).await {
         Ok((answer, outgoing)) => {
             let id = lease.id.clone();
-            let session =
-                Session { state: Arc::clone(state), stream, pc, events, outgoing, lease, cancel, max_lag };
+            let session = Session {
+                state: Arc::clone(state),
+                stream,
+                pc,
+                events,
+                outgoing,
+                lease,
+                cancel,
+                max_lag,
+                assignment,
+            };
             state.tracker.spawn(session.run());
             Ok(Answer { id, sdp: answer })
         }
@@ -166,6 +184,7 @@ struct Session {
     lease: SessionLease,
     cancel: CancellationToken,
     max_lag: Duration,
+    assignment: Assignment,
 }
 
 impl Session {
@@ -173,7 +192,7 @@ impl Session {
         let metrics = self.state.metrics.clone();
         let live = LiveSession::start(&metrics, Direction::Whep, self.stream.as_str(), &self.lease);
         let reason = self.serve(&metrics).await;
-        live.ended(&metrics, reason);
+        live.ended(&self.state, &self.assignment, reason);
         self.cancel.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.pc.close()).await;
     }

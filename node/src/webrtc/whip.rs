@@ -10,6 +10,7 @@ use ferry_proto::{Codec, FrameFlags, FrameHeader, StreamName, Timebase, TrackInf
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use tokio::task::JoinSet;
+
 use tokio_util::sync::CancellationToken;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState, RTCSessionDescription};
@@ -21,7 +22,8 @@ use super::sdp;
 use super::{Direction, LiveSession, SessionLease};
 use crate::edge::EdgeState;
 use crate::metrics::EdgeMetrics;
-use crate::track::{Frame, TrackProducer};
+use crate::rollouts::Assignment;
+use crate::track::{BufferConfig, Frame, TrackProducer};
 
 /// What a session answers: its id and the SDP answer.
 pub(crate) struct Answer {
@@ -34,7 +36,9 @@ pub(crate) async fn start(
     state: &Arc<EdgeState>,
     stream: StreamName,
     offer: String,
+    assignment: Assignment,
 ) -> Result<Answer, ApiError> {
+    let buffer = assignment.buffer(state.config.buffer);
     sdp::check_publish_offer(&offer).map_err(ApiError::sdp)?;
     if state.registry.has_stream(&stream) {
         return Err(ApiError::new(
@@ -49,7 +53,7 @@ pub(crate) async fn start(
     let codecs: Vec<Codec> = engine::CODECS.iter().map(|(c, _)| *c).collect();
     let (pc, mut events) =
         engine::build(&state.webrtc, &mut lease, &codecs, engine::Nack::On).await.map_err(ApiError::build)?;
-    match negotiate(state, &pc, &mut events, offer).await {
+    match negotiate(state, &pc, &mut events, offer, buffer).await {
         Ok((answer, tracks)) => {
             let session = state.next_session.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = state.registry.publish(&stream, session, tracks.clone()) {
@@ -63,7 +67,17 @@ pub(crate) async fn start(
             state.streams_changed();
             let id = lease.id.clone();
             let session_state = Arc::clone(state);
-            let task = Session { state: session_state, stream, session, pc, events, tracks, lease, cancel };
+            let task = Session {
+                state: session_state,
+                stream,
+                session,
+                pc,
+                events,
+                tracks,
+                lease,
+                cancel,
+                assignment,
+            };
             state.tracker.spawn(task.run());
             Ok(Answer { id, sdp: answer })
         }
@@ -79,6 +93,7 @@ async fn negotiate(
     pc: &Arc<dyn PeerConnection>,
     events: &mut Events,
     offer: String,
+    buffer: BufferConfig,
 ) -> Result<(String, Vec<TrackProducer>), ApiError> {
     let offer = RTCSessionDescription::offer(offer).map_err(ApiError::webrtc_offer)?;
     pc.set_remote_description(offer).await.map_err(ApiError::webrtc_offer)?;
@@ -94,7 +109,7 @@ async fn negotiate(
         let name = TrackName::new(name).map_err(|e| ApiError::internal(e.to_string()))?;
         let info =
             TrackInfo { name, kind, codec, timebase: Timebase { num: 1, den: rate }, width: 0, height: 0 };
-        tracks.push(TrackProducer::new(info, state.config.buffer));
+        tracks.push(TrackProducer::new(info, buffer));
     }
     if tracks.is_empty() {
         return Err(ApiError::sdp(sdp::SdpError::NoSupportedCodec { offered: "nothing negotiable".into() }));
@@ -111,6 +126,7 @@ struct Session {
     tracks: Vec<TrackProducer>,
     lease: SessionLease,
     cancel: CancellationToken,
+    assignment: Assignment,
 }
 
 impl Session {
@@ -152,7 +168,7 @@ impl Session {
                 }
             }
         };
-        live.ended(&metrics, reason);
+        live.ended(&self.state, &self.assignment, reason);
         self.cancel.cancel();
         self.state.registry.unpublish(&self.stream, self.session);
         self.state.streams_changed();
