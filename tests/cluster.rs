@@ -657,7 +657,11 @@ fn a_region_pulls_through_its_placed_relay_and_a_new_relay_takes_over_when_it_di
     wait_for("the other edge placed as r2's relay", Duration::from_secs(20), || {
         (relays(&voter, stream, "r2") == vec![other.to_owned()]).then_some(())
     });
-    let viewer = watch(&edges[other], stream, &["--duration", "60s"]);
+    // The other edge may still hold the track it relayed from the dead relay (until
+    // its upstream link times out); a static viewer that joins it then sees the
+    // track end and stops, so the next viewer subscribes afresh and the edge resolves
+    // its new upstream: the origin.
+    let mut viewer = watch(&edges[other], stream, &["--duration", "60s"]);
     let before = edges[other].metric("ferry_frames_out_total").unwrap_or(0.0);
     // Polled like wait_for, but a timeout says what was seen.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -666,6 +670,9 @@ fn a_region_pulls_through_its_placed_relay_and_a_new_relay_takes_over_when_it_di
         let at_origin = edges["o"].metric("ferry_connections{role=\"edge\"}");
         if sent > 30.0 && at_origin == Some(1.0) {
             break;
+        }
+        if viewer.child.try_wait().unwrap().is_some() {
+            viewer = watch(&edges[other], stream, &["--duration", "60s"]);
         }
         assert!(
             std::time::Instant::now() < deadline,
