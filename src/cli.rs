@@ -62,6 +62,9 @@ pub enum Command {
     Ctl(crate::ctl::CtlArgs),
     /// Mint a signed access token (HS256 JWT) for WHIP/WHEP.
     Token(crate::token::TokenArgs),
+    /// Generate documentation from the binary (docs/configuration.md).
+    #[command(subcommand, hide = true)]
+    Docs(crate::docs::DocsCommand),
 }
 
 /// TLS trust for clients.
@@ -101,6 +104,11 @@ pub struct EdgeArgs {
     /// TCP address for /healthz, /readyz, /metrics.
     #[arg(long, env = "FERRY_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
     pub http_listen: SocketAddr,
+    /// Host (IP or DNS name) peers, the control plane and routed clients reach this
+    /// edge at; the listen ports are added. Needed when listening on 0.0.0.0 or [::]
+    /// in a cluster (in Kubernetes: the pod IP). Default: the listen addresses.
+    #[arg(long, env = "FERRY_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
     /// Pull streams this edge lacks from the edge at HOST:PORT.
     #[arg(long, env = "FERRY_UPSTREAM")]
     pub upstream: Option<String>,
@@ -223,6 +231,7 @@ impl EdgeArgs {
         let node = NodeId::new(self.node_id.clone()).context("--node-id")?;
         let mut config = EdgeConfig::new(node.clone(), self.quic_listen, self.http_listen);
         config.region = self.region.clone();
+        config.advertise_host = self.advertise_host.clone();
         config.upstream = self.upstream.clone();
         if let Some(ca) = &self.upstream_ca_file {
             config.upstream_trust = ClientTrust::CaFile(ca.clone());
@@ -418,6 +427,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Control(args) => crate::control::run(args).await,
         Command::Ctl(args) => crate::ctl::run(args).await,
         Command::Token(args) => crate::token::run(args),
+        Command::Docs(cmd) => crate::docs::run(cmd),
         Command::Ca(cmd) => crate::ca::run(cmd),
         Command::Cert(args) => {
             let files = ferry_node::tls::generate_cluster_certs(&args.out_dir, &args.names)?;

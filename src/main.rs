@@ -9,6 +9,7 @@ mod config;
 mod control;
 mod ctl;
 mod dev;
+mod docs;
 mod token;
 mod units;
 

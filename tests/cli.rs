@@ -240,3 +240,37 @@ fn ferry_dev_with_three_voters_runs_a_replicated_control_plane() {
     });
     drop(dev);
 }
+
+#[test]
+fn docs_configuration_md_is_what_the_binary_generates() {
+    let out = ferry().args(["docs", "configuration"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let generated = String::from_utf8(out.stdout).unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md");
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        generated == committed,
+        "docs/configuration.md is out of date: run `cargo run -- docs configuration > docs/configuration.md`"
+    );
+    // It lists every flag, with its environment variable and default.
+    for line in [
+        "| `--advertise-host` | `FERRY_ADVERTISE_HOST` |",
+        "| `--shutdown-grace` | `FERRY_SHUTDOWN_GRACE` | `30s` |",
+        "## `ferry control`",
+        "## `ferry ctl rollout level`",
+    ] {
+        assert!(generated.contains(line), "missing {line:?}");
+    }
+}
+
+#[test]
+fn an_edge_in_a_cluster_listening_on_every_interface_needs_an_advertised_host() {
+    let out = ferry()
+        .args(["edge", "--node-id", "x", "--quic-listen", "0.0.0.0:0", "--http-listen", "127.0.0.1:0"])
+        .args(["--control-plane", "http://127.0.0.1:9", "--control-token", "0123456789abcdef"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--advertise-host"), "{stderr}");
+}

@@ -109,7 +109,7 @@ pub struct EdgeMetrics {
     pub rtp_bytes: Family<DirectionLabels, Counter>,
     /// Keyframe requests sent to WHIP publishers (sent) and received from WHEP viewers (received).
     pub plis: Family<DirectionLabels, Counter>,
-    /// NACKs received from WHEP viewers (loss reports; not answered with retransmissions).
+    /// NACKs received from WHEP viewers (loss reports; answered only for a rollout's `webrtc_nack`).
     pub nacks: Counter,
     /// WebRTC sessions refused or ended by an error, by reason.
     pub webrtc_session_errors: Family<crate::webrtc::http::ReasonLabels, Counter>,
@@ -118,6 +118,7 @@ pub struct EdgeMetrics {
 impl EdgeMetrics {
     /// Registers every metric under the `ferry_` prefix.
     pub fn register(&self, registry: &mut Registry) {
+        self.init_known_series();
         let r = registry.sub_registry_with_prefix("ferry");
         r.register("connections", "Open QUIC connections by peer role", self.connections.clone());
         r.register("connections_accepted", "QUIC connections accepted", self.connections_accepted.clone());
@@ -169,6 +170,35 @@ impl EdgeMetrics {
             "WebRTC sessions refused or failed, by reason",
             self.webrtc_session_errors.clone(),
         );
+    }
+
+    /// Creates the series whose label values are known up front, at zero, so alerts
+    /// and dashboards see them (and `rate()` works) before the first event.
+    fn init_known_series(&self) {
+        let label = |s: &str| s.to_owned();
+        for code in ferry_proto::ErrorCode::ALL.into_iter().filter(|c| *c != ferry_proto::ErrorCode::NoError)
+        {
+            let _ = self.errors.get_or_create(&CodeLabels { code: label(code.name()) });
+        }
+        for role in ["publisher", "viewer", "edge"] {
+            let _ = self.connections.get_or_create(&RoleLabels { role: label(role) });
+        }
+        for role in ["viewer", "edge", "whep"] {
+            let _ = self.skipped_groups.get_or_create(&RoleLabels { role: label(role) });
+        }
+        for direction in ["whip", "whep"] {
+            let _ = self.webrtc_sessions.get_or_create(&DirectionLabels { direction: label(direction) });
+        }
+        for direction in ["in", "out"] {
+            let _ = self.rtp_packets.get_or_create(&DirectionLabels { direction: label(direction) });
+            let _ = self.rtp_bytes.get_or_create(&DirectionLabels { direction: label(direction) });
+        }
+        for direction in ["sent", "received"] {
+            let _ = self.plis.get_or_create(&DirectionLabels { direction: label(direction) });
+        }
+        for reason in ["too_many_sessions", "no_free_port"] {
+            let _ = self.webrtc_session_errors.get_or_create(&crate::webrtc::http::ReasonLabels::new(reason));
+        }
     }
 
     /// Counts a refusal with `code`.

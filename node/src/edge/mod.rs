@@ -94,6 +94,9 @@ pub struct EdgeConfig {
     /// Cluster CA and this edge's certificate: downstream edges must present a cluster
     /// certificate, and this edge presents its own to its upstreams.
     pub cluster_tls: Option<ClusterTls>,
+    /// Host peers and clients reach this edge at (`--advertise-host`); `None`: the
+    /// listen addresses.
+    pub advertise_host: Option<String>,
 }
 
 impl EdgeConfig {
@@ -124,6 +127,26 @@ impl EdgeConfig {
             control_token: String::new(),
             capacity: 100,
             cluster_tls: None,
+            advertise_host: None,
+        }
+    }
+
+    /// `bound` as peers and clients reach it: at `advertise_host` when set.
+    fn advertised(&self, bound: SocketAddr) -> Result<String> {
+        match &self.advertise_host {
+            Some(host) if host.contains(':') && !host.starts_with('[') => {
+                Ok(format!("[{host}]:{}", bound.port()))
+            }
+            Some(host) => Ok(format!("{host}:{}", bound.port())),
+            None if bound.ip().is_unspecified()
+                && (self.gossip.is_some() || !self.control_plane.is_empty()) =>
+            {
+                Err(crate::Error::Config(format!(
+                    "the edge listens on {bound}, which peers cannot reach: give --advertise-host \
+                     (the address they reach this edge at, e.g. the pod IP)"
+                )))
+            }
+            None => Ok(bound.to_string()),
         }
     }
 }
@@ -341,8 +364,8 @@ impl BoundEdge {
         let registration = Registration {
             id: config.node_id.to_string(),
             region: config.region.clone(),
-            quic_addr: quic_addr.to_string(),
-            http_addr: http_addr.to_string(),
+            quic_addr: config.advertised(quic_addr)?,
+            http_addr: config.advertised(http_addr)?,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             capacity: config.capacity,
         };
