@@ -345,7 +345,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         "baseline_cpu_seconds_per_gb": baseline,
         "relay_cost_ratio": ratio,
     });
-    println!("{report}");
+    out!("{report}")?;
     eprintln!(
         "fanout ({}): {} viewers x {} hops: {delivered_mbps:.1} Mbps delivered, {cpu_per_gb:.2} edge CPU-s/GB, \
          latency p50 {:.1} ms p99 {:.1} ms, {skipped} skipped groups, {lost} lost frames{}",

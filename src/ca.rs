@@ -40,17 +40,17 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<()> {
     match cmd {
         CaCommand::Init(args) => {
             let (cert, key) = ferry_node::tls::init_ca(&args.dir)?;
-            println!("{}", serde_json::json!({ "ca": cert, "ca_key": key }));
+            out!("{}", serde_json::json!({ "ca": cert, "ca_key": key }))?;
         }
         CaCommand::Issue(args) => {
             ferry_proto::NodeId::new(args.node.clone())
                 .map_err(|e| anyhow::anyhow!("--node {:?}: {e}", args.node))?;
             let out = args.out_dir.clone().unwrap_or_else(|| args.dir.clone());
             let (cert, key) = ferry_node::tls::issue_node_cert(&args.dir, &args.node, &args.names, &out)?;
-            println!(
+            out!(
                 "{}",
                 serde_json::json!({ "node": args.node, "cert": cert, "key": key, "ca": args.dir.join("ca.pem") })
-            );
+            )?;
         }
     }
     Ok(())

@@ -431,12 +431,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ca(cmd) => crate::ca::run(cmd),
         Command::Cert(args) => {
             let files = ferry_node::tls::generate_cluster_certs(&args.out_dir, &args.names)?;
-            println!(
+            out!(
                 "{}",
                 serde_json::json!({
                     "ca": files.ca_cert, "ca_key": files.ca_key, "cert": files.cert, "key": files.key
                 })
-            );
+            )?;
             Ok(())
         }
     }
@@ -446,13 +446,15 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     let config = args.to_config()?;
     let edge = BoundEdge::bind(config).await.context("cannot start the edge")?;
     // One machine-readable line so scripts and tests learn the bound ports.
-    println!(
+    if let Err(e) = out!(
         "{}",
         serde_json::json!({
             "event": "ready", "node": args.node_id,
             "quic": edge.quic_addr()?.to_string(), "http": edge.http_addr()?.to_string()
         })
-    );
+    ) {
+        tracing::warn!(error = %e, "cannot print the ready line");
+    }
     edge.run(crate::shutdown_signal()).await?;
     Ok(())
 }
@@ -491,7 +493,7 @@ async fn run_publish(args: PublishArgs) -> anyhow::Result<()> {
         if args.json {
             let list: Vec<_> =
                 sessions.iter().map(|(edge, s)| serde_json::json!({ "edge": edge, "stats": s })).collect();
-            println!("{}", serde_json::json!({ "frames": frames, "sessions": list }));
+            out!("{}", serde_json::json!({ "frames": frames, "sessions": list }))?;
         } else {
             eprintln!("published {frames} frames in {} sessions", sessions.len());
         }
@@ -502,7 +504,7 @@ async fn run_publish(args: PublishArgs) -> anyhow::Result<()> {
     }
     let stats = publish(opts, crate::shutdown_signal()).await?;
     if args.json {
-        println!("{}", serde_json::to_string(&stats)?);
+        out!("{}", serde_json::to_string(&stats)?)?;
     } else {
         eprintln!(
             "published {} frames, {} bytes, {} groups ({}); max write {:.1} ms, {} late frames",
@@ -541,7 +543,7 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
     if let Some(route) = routed {
         let stats = watch_routed(opts, route, crate::shutdown_signal()).await?;
         if args.json {
-            println!("{}", serde_json::to_string(&stats)?);
+            out!("{}", serde_json::to_string(&stats)?)?;
         } else {
             eprintln!(
                 "watched {} frames on {} legs ({} reconnects), {} skipped groups ({})",
@@ -559,7 +561,7 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
     }
     let stats = watch(opts, crate::shutdown_signal()).await?;
     if args.json {
-        println!("{}", serde_json::to_string(&stats)?);
+        out!("{}", serde_json::to_string(&stats)?)?;
     } else {
         let latency = stats
             .latency_ms
@@ -607,7 +609,7 @@ async fn run_watch_whep(args: &WatchArgs, url: &str) -> anyhow::Result<()> {
     };
     let stats = watch_whep(opts, crate::shutdown_signal()).await.with_context(|| format!("WHEP {url}"))?;
     if args.json {
-        println!("{}", serde_json::to_string(&stats)?);
+        out!("{}", serde_json::to_string(&stats)?)?;
     } else {
         eprintln!(
             "watched {} frames ({} keyframes, {} lost), {} bytes, {} audio packets over WHEP, {} reconnects ({})",

@@ -135,10 +135,12 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     };
     let cancel = crate::shutdown_signal();
     let control = Control::start(config, cancel.clone()).await.context("cannot start the control plane")?;
-    println!(
+    if let Err(e) = out!(
         "{}",
         serde_json::json!({ "event": "ready", "id": args.id, "http": control.http_addr.to_string(), "raft": raft_listen.to_string() })
-    );
+    ) {
+        tracing::warn!(error = %e, "cannot print the ready line");
+    }
     control.wait().await;
     Ok(())
 }

@@ -242,9 +242,9 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         }
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        out!("{}", serde_json::to_string_pretty(&value)?)?;
     } else {
-        println!("{summary}");
+        out!("{summary}")?;
     }
     Ok(())
 }
@@ -252,6 +252,15 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
 /// A field of a JSON object, `null` when absent (JSON indexing without the panic lint).
 fn f<'a>(v: &'a Value, key: &str) -> &'a Value {
     v.get(key).unwrap_or(&Value::Null)
+}
+
+/// A field as text for a human: strings without JSON quotes, `-` when absent.
+fn t(v: &Value, key: &str) -> String {
+    match f(v, key) {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    }
 }
 
 fn list(items: &Value, line: impl Fn(&Value) -> String) -> String {
@@ -302,24 +311,29 @@ async fn rollout(client: &Client, cmd: RolloutCmd) -> anyhow::Result<(Value, Str
         RolloutCmd::List => {
             let v = client.call("GET", "/v1/rollouts", None).await?;
             let s = list(f(&v, "rollouts"), |r| {
-                format!("{}\tlevel {}\t{}", f(r, "id").as_str().unwrap_or(""), f(r, "level"), f(r, "state"))
+                format!("{}\tlevel {}\t{}", t(r, "id"), t(r, "level"), t(r, "state"))
             });
             (v, s)
         }
         RolloutCmd::Get { id } => {
             let v = client.call("GET", &format!("/v1/rollouts/{}", encode_path(&id)), None).await?;
-            let mut s = format!("{}\tlevel {}\t{}\n{}", id, f(&v, "level"), f(&v, "state"), f(&v, "spec"));
+            let mut s =
+                format!("{}\tlevel {}\t{}\nspec\t{}", id, t(&v, "level"), t(&v, "state"), t(&v, "spec"));
+            let history = list(f(&v, "history"), history_line);
+            if !history.is_empty() {
+                s = format!("{s}\n{history}");
+            }
             let windows = list(f(&v, "windows"), |w| {
                 format!(
                     "window\t{}\tlevel {}\ttreatment {}/{} errors\tbaseline {}/{}\tcpu {}\t{}",
-                    f(w, "ended_at_ms"),
-                    f(w, "level"),
-                    f(w, "treatment_errors"),
-                    f(w, "treatment_sessions"),
-                    f(w, "baseline_errors"),
-                    f(w, "baseline_sessions"),
-                    f(w, "max_edge_cpu"),
-                    f(w, "verdict"),
+                    t(w, "ended_at_ms"),
+                    t(w, "level"),
+                    t(w, "treatment_errors"),
+                    t(w, "treatment_sessions"),
+                    t(w, "baseline_errors"),
+                    t(w, "baseline_sessions"),
+                    t(w, "max_edge_cpu"),
+                    t(w, "verdict"),
                 )
             });
             if !windows.is_empty() {
@@ -342,9 +356,7 @@ async fn rollout(client: &Client, cmd: RolloutCmd) -> anyhow::Result<(Value, Str
         }
         RolloutCmd::History { id } => {
             let v = client.call("GET", &format!("/v1/rollouts/{}/history", encode_path(&id)), None).await?;
-            let s = list(f(&v, "history"), |e| {
-                format!("{}\t{}\tlevel {}\t{}", f(e, "at_ms"), f(e, "actor"), f(e, "level"), f(e, "what"))
-            });
+            let s = list(f(&v, "history"), history_line);
             (v, s)
         }
         RolloutCmd::Level { id, level } => {
@@ -361,6 +373,11 @@ async fn rollout(client: &Client, cmd: RolloutCmd) -> anyhow::Result<(Value, Str
         RolloutCmd::Resume { id } => action(client, &id, "resume").await?,
         RolloutCmd::Abort { id } => action(client, &id, "abort").await?,
     })
+}
+
+/// One rollout history event as a line.
+fn history_line(e: &Value) -> String {
+    format!("{}\t{}\tlevel {}\t{}", t(e, "at_ms"), t(e, "actor"), t(e, "level"), t(e, "what"))
 }
 
 /// A rollout spec from a TOML/JSON file or a JSON string.

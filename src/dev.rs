@@ -1,7 +1,9 @@
 //! `ferry dev`: a whole Ferry cluster on one machine — a single-voter control plane
 //! (sled data in a temp dir, or `--data-dir`), two edges in two regions that register
 //! with it and gossip with it and each other, and a synthetic publisher on `live/demo`
-//! at the first edge. The second edge pulls the stream from its origin on demand.
+//! routed to the first edge (it moves to the second when the first is drained or dies).
+//! The second edge pulls the stream from its origin on demand. Draining one edge
+//! (`ferry ctl edges drain`) stops that edge only.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,7 +15,8 @@ use clap::Args;
 use ferry_control_plane::node::NodeConfig;
 use ferry_control_plane::server::{Control, ControlConfig};
 use ferry_control_plane::transport::TransportConfig;
-use ferry_node::client::publish::{publish, PublishOptions, Source};
+use ferry_node::client::publish::{PublishOptions, Source};
+use ferry_node::client::routed::{publish_routed, RouteOptions};
 use ferry_node::cluster::gossip::{GossipConfig, DEFAULT_INTERVAL};
 use ferry_node::edge::{default_names, BoundEdge, EdgeConfig};
 use ferry_node::media::synthetic::SyntheticConfig;
@@ -58,6 +61,8 @@ pub struct DevArgs {
 
 /// The operator token of a dev cluster (local only; never use it elsewhere).
 const DEV_TOKEN: &str = "ferry-dev-operator-token";
+/// Silence after which the dev publisher counts its edge as gone (as `ferry publish`).
+const DEV_FAILOVER_AFTER: Duration = Duration::from_millis(1500);
 
 /// Removes a temp data dir when dropped.
 struct TempData(Option<PathBuf>);
@@ -201,35 +206,56 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut addrs = Vec::new();
     for (quic, http, edge) in edges {
         addrs.push((quic, http));
-        edge_tasks.push(tokio::spawn(edge.run(shutdown.clone())));
+        // Its own token: an operator's drain of one edge stops that edge only.
+        edge_tasks.push(tokio::spawn(edge.run(shutdown.child_token())));
     }
     let [(quic, http), (quic_b, http_b)] = addrs[..] else { bail!("dev edges did not start") };
 
     let stream = StreamName::new(args.stream.clone()).context("--stream")?;
+    // The publisher is routed in dev-edge's region, like `ferry publish --control-plane`:
+    // when that edge is drained or dies it moves to the other one.
     let opts = PublishOptions {
-        edge: quic.to_string(),
+        edge: String::new(),
         stream: stream.clone(),
         source: Source::Synthetic(SyntheticConfig::default()),
         duration: None,
         trust: ClientTrust::Insecure,
-        tuning: TransportTuning::default(),
+        tuning: TransportTuning::default().failing_over(DEV_FAILOVER_AFTER),
         label: NodeId::new("dev-publisher")?,
         max_frame: ferry_proto::MAX_FRAME_PAYLOAD,
         session: Default::default(),
     };
-    let publisher = tokio::spawn(publish(opts, shutdown.clone()));
-    println!("Ferry dev: edges dev-edge (local-a) quic://{quic} http://{http}, dev-edge-b (local-b) quic://{quic_b} http://{http_b}; publishing {stream} at dev-edge");
-    println!("Control plane ({} voter(s), data in {}): {control_url}", voters.len(), data_dir.display());
-    println!(
-        "Watch it:  cargo run --release -- watch --edge {quic} --stream {stream} --insecure --duration 10s"
-    );
-    println!("Routed:    cargo run --release -- watch --control-plane {control_url} --region local-b --stream {stream} --insecure --duration 10s");
-    println!("Publish from a browser (WHIP): http://{http}/demo/publish?stream=live/browser");
-    println!("Watch in a browser (WHEP):     http://{http_b}/demo/watch?stream=live/browser");
-    println!("Operate:   cargo run --release -- ctl --control {control_url} --token {DEV_TOKEN} edges list");
-    println!("Stop with Ctrl-C.");
-    let published = publisher.await.context("publisher task")?;
-    if let Err(e) = published {
+    let route =
+        RouteOptions { control_plane: urls.clone(), region: Some("local-a".into()), max_failures: None };
+    let publisher = tokio::spawn(publish_routed(opts, route, shutdown.clone()));
+    // The printed commands work once the stream has its origin (the edges register
+    // and the publisher is routed first).
+    if let Some(control) = voters.first() {
+        let node = &control.node;
+        let placed =
+            |_: &_| node.read(|s| s.streams.get(stream.as_str()).is_some_and(|st| st.origin == "dev-edge"));
+        let mut status = node.status_watch();
+        if !matches!(tokio::time::timeout(Duration::from_secs(15), status.wait_for(placed)).await, Ok(Ok(_)))
+        {
+            tracing::warn!(%stream, "the dev publisher is not placed yet; it keeps trying");
+        }
+    }
+    let banner = [
+        format!("Ferry dev: edges dev-edge (local-a) quic://{quic} http://{http}, dev-edge-b (local-b) quic://{quic_b} http://{http_b}; publishing {stream} at dev-edge"),
+        format!("Control plane ({} voter(s), data in {}): {control_url}", voters.len(), data_dir.display()),
+        format!("Watch it:  cargo run --release -- watch --edge {quic} --stream {stream} --insecure --duration 10s"),
+        format!("Routed:    cargo run --release -- watch --control-plane {control_url} --region local-b --stream {stream} --insecure --duration 10s"),
+        format!("Publish from a browser (WHIP): http://{http}/demo/publish?stream=live/browser"),
+        format!("Watch in a browser (WHEP):     http://{http_b}/demo/watch?stream=live/browser"),
+        format!("Operate:   cargo run --release -- ctl --control {control_url} --token {DEV_TOKEN} edges list"),
+        "Stop with Ctrl-C.".to_owned(),
+    ];
+    // Whoever started us may have closed stdout; the cluster keeps running.
+    if let Err(e) = out!("{}", banner.join("\n")) {
+        tracing::warn!(error = %e, "cannot print the dev banner");
+    }
+    // The routed publisher runs until Ctrl-C (it never gives up on its own).
+    if let Err(e) = publisher.await.context("publisher task")? {
         tracing::error!(error = %e, "dev publisher stopped");
     }
     shutdown.cancel();

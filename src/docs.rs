@@ -16,7 +16,7 @@ pub enum DocsCommand {
 
 pub fn run(cmd: DocsCommand) -> anyhow::Result<()> {
     match cmd {
-        DocsCommand::Configuration => print!("{}", configuration()),
+        DocsCommand::Configuration => out!("{}", configuration().trim_end())?,
     }
     Ok(())
 }

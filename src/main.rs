@@ -1,6 +1,14 @@
 //! `ferry`: the command line. Thin: parse flags (command line > environment >
 //! `--config` TOML file > defaults), then hand over to the library crates.
 
+/// `println!` that returns the write error instead of panicking (a closed pipe must
+/// not bring a server down; a one-shot command reports it and exits non-zero).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!($($arg)*))
+    };
+}
+
 mod bench;
 mod ca;
 mod cli;
@@ -51,6 +59,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// One line on stdout, flushed.
+fn write_stdout(line: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_fmt(line)?;
+    stdout.write_all(b"\n")?;
+    stdout.flush()
 }
 
 fn init_tracing(filter: &str) {

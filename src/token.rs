@@ -50,7 +50,7 @@ fn action_parser() -> impl TypedValueParser<Value = Action> {
 
 /// Prints a token for `args` on standard output.
 pub fn run(args: TokenArgs) -> anyhow::Result<()> {
-    println!("{}", mint(&args, SystemTime::now())?);
+    out!("{}", mint(&args, SystemTime::now())?)?;
     Ok(())
 }
 

@@ -238,6 +238,44 @@ fn ferry_dev_with_three_voters_runs_a_replicated_control_plane() {
         let (_, body) = http_json(addr, "GET", "/v1/edges", Some("ferry-dev-operator-token"), &[], None);
         (body["edges"].as_array()?.len() == 2).then_some(())
     });
+    let ctl = |args: &[&str]| {
+        let out = ferry()
+            .args(["ctl", "--control", &urls.join(","), "--token", "ferry-dev-operator-token"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let routed_watch = |region: &str| {
+        let mut cmd = ferry();
+        cmd.args(["watch", "--control-plane", &urls.join(","), "--region", region, "--stream", "live/demo"])
+            .args(["--insecure", "--json", "--duration", "2s"])
+            .stdout(Stdio::piped());
+        json_output(Proc::spawn("routed watcher", &mut cmd), Duration::from_secs(40))
+    };
+    // A routed viewer's legs say where the rollouts placed them.
+    ctl(&["rollout", "create", "flag", "--spec", r#"{"override":{"client_flag":"dev-flag"}}"#]);
+    ctl(&["rollout", "level", "flag", "4"]);
+    let v = wait_for("a routed leg in the treatment", Duration::from_secs(30), || {
+        let v = routed_watch("local-a");
+        (v["legs"][0]["variant"] == "flag=treatment").then_some(v)
+    });
+    assert_eq!(v["legs"][0]["edge"], "dev-edge", "{v}");
+    assert_eq!(v["legs"][0]["client_flag"], "dev-flag", "{v}");
+    assert!(v["frames"].as_u64().unwrap() > 0, "{v}");
+
+    // Draining the publisher's edge stops that edge only: the demo publisher moves
+    // to the other edge and viewers of its region are served there.
+    ctl(&["edges", "drain", "dev-edge"]);
+    wait_for("dev-edge gone from gossip", Duration::from_secs(40), || {
+        let (_, body) = http_json(addr, "GET", "/v1/edges", Some("ferry-dev-operator-token"), &[], None);
+        let edges = body["edges"].as_array()?;
+        edges.iter().all(|e| e["id"] != "dev-edge" || e["gossip"]["alive"] == false).then_some(())
+    });
+    let v = routed_watch("local-a");
+    assert!(v["frames"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["legs"].as_array().unwrap().iter().all(|l| l["edge"] == "dev-edge-b"), "{v}");
+    assert!(dev.child.try_wait().unwrap().is_none(), "ferry dev exited when one edge was drained");
     drop(dev);
 }
 

@@ -318,6 +318,15 @@ fn watch_long_polls_return_the_changes_after_an_index_and_resume() {
     let whats: Vec<&str> =
         history["history"].as_array().unwrap().iter().map(|e| e["what"].as_str().unwrap()).collect();
     assert_eq!(whats, ["created", "level 0 -> 2"], "{history}");
+    // The human view: plain words, no JSON quoting, with the history.
+    let out = ctl(&refs, &["rollout", "show", "r1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or("");
+    assert_eq!(first, "r1\tlevel 2\tactive", "{text}");
+    assert!(text.lines().any(|l| l.ends_with("\tlevel 2\tlevel 0 -> 2")), "{text}");
+    let out = ctl(&refs, &["rollout", "list"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "r1\tlevel 2\tactive");
 }
 
 #[test]

@@ -260,7 +260,7 @@ pub async fn run(args: CanaryArgs) -> anyhow::Result<()> {
         "trip_counter_seen_to_baseline_ms": tripped.map(|t| fallback as i64 - t as i64),
         "fallback_to_recorded_ms": recorded.map(|d| d.as_millis() as u64),
     });
-    println!(
+    out!(
         "{}",
         json!({
             "error_trip": error_trip,
@@ -268,7 +268,7 @@ pub async fn run(args: CanaryArgs) -> anyhow::Result<()> {
             "goals": {"fallback_every_edge_after_deciding_window_ms": 2000, "edge_cpu_fallback_ms": 1000},
             "anchors": {"flagger_example_rollback_ms": 600000},
         })
-    );
+    )?;
     drop(edges);
     drop(voter);
     Ok(())

@@ -405,7 +405,7 @@ async fn throughput(args: &ControlArgs) -> anyhow::Result<()> {
         c.shutdown().await;
     }
     let (report, summary) = result?;
-    println!("{report}");
+    out!("{report}")?;
     eprintln!("{summary}");
     Ok(())
 }
@@ -566,7 +566,7 @@ async fn failover(args: &ControlArgs) -> anyhow::Result<()> {
                    timeout, up to 256 in flight, same key and Idempotency-Key); failover_ms = kill \
                    to the first acknowledged write",
     });
-    println!("{report}");
+    out!("{report}")?;
     let list: Vec<String> = times.iter().map(|t| format!("{t:.0}")).collect();
     eprintln!("control {} failover: {} ms, median {median:.0} ms", args.target.name(), list.join(", "));
     Ok(())

@@ -292,7 +292,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
         "failover_after_ms": args.failover_after.as_millis() as u64,
         "goals": { "detection_ms": 1500, "media_gap_p99_ms": 3000 },
     });
-    println!("{report}");
+    out!("{report}")?;
     drop(voter);
     Ok(())
 }

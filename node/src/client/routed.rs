@@ -67,6 +67,11 @@ pub struct Leg {
     pub frames_lost_between: Option<u64>,
     /// Wall-clock Unix milliseconds when the leg ended (for lining legs up with events).
     pub ended_unix_ms: u64,
+    /// Where that edge's rollouts placed this leg's session, and the client flag.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_flag: Option<String>,
 }
 
 /// What a routed viewer saw: the totals, and every leg.
@@ -184,6 +189,8 @@ fn merge(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
+        variant: leg.variant.clone(),
+        client_flag: leg.client_flag.clone(),
     });
 }
 
