@@ -126,6 +126,13 @@ pub enum RolloutCmd {
         id: String,
         level: u8,
     },
+    /// Set the share of level 3: basis points (`3000`) or a percentage (`30%`). Sticky:
+    /// raising it only adds sessions to the treatment, lowering only removes them.
+    Share {
+        id: String,
+        #[arg(value_parser = parse_share)]
+        share: u32,
+    },
     Pause {
         id: String,
     },
@@ -369,10 +376,34 @@ async fn rollout(client: &Client, cmd: RolloutCmd) -> anyhow::Result<(Value, Str
                 .await?;
             (v, format!("rollout {id} at level {level}"))
         }
+        RolloutCmd::Share { id, share } => {
+            let v = client
+                .call(
+                    "POST",
+                    &format!("/v1/rollouts/{}/share", encode_path(&id)),
+                    Some(json!({ "share_bp": share })),
+                )
+                .await?;
+            (v, format!("rollout {id}: level 3 share {share} bp"))
+        }
         RolloutCmd::Pause { id } => action(client, &id, "pause").await?,
         RolloutCmd::Resume { id } => action(client, &id, "resume").await?,
         RolloutCmd::Abort { id } => action(client, &id, "abort").await?,
     })
+}
+
+/// A share as basis points: `3000`, or a percentage such as `30%` or `2.5%`.
+fn parse_share(text: &str) -> Result<u32, String> {
+    match text.strip_suffix('%') {
+        Some(percent) => {
+            let p: f64 = percent.trim().parse().map_err(|_| format!("{text:?} is not a percentage"))?;
+            if !(0.0..=100.0).contains(&p) {
+                return Err(format!("{text:?} is outside 0%..100%"));
+            }
+            Ok((p * 100.0).round() as u32)
+        }
+        None => text.parse().map_err(|_| format!("{text:?} is not basis points (0-10000) or a percentage")),
+    }
 }
 
 /// One rollout history event as a line.
@@ -400,4 +431,24 @@ fn read_spec(file: Option<&std::path::Path>, json: Option<&str>) -> anyhow::Resu
 async fn action(client: &Client, id: &str, what: &str) -> anyhow::Result<(Value, String)> {
     let v = client.call("POST", &format!("/v1/rollouts/{}/{what}", encode_path(id)), None).await?;
     Ok((v, format!("rollout {id}: {what} done")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::parse_share;
+
+    #[test]
+    fn shares_are_basis_points_or_percentages() {
+        assert_eq!(parse_share("3000"), Ok(3000));
+        assert_eq!(parse_share("30%"), Ok(3000));
+        assert_eq!(parse_share("2.5%"), Ok(250));
+        assert_eq!(parse_share("0%"), Ok(0));
+        assert_eq!(parse_share("100%"), Ok(10_000));
+        // Above 10000 bp is the control plane's to refuse (400 with its reason).
+        assert_eq!(parse_share("12000"), Ok(12_000));
+        for bad in ["", "-1", "30 %%", "101%", "-5%", "NaN%", "abc"] {
+            assert!(parse_share(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -391,8 +391,35 @@ fn rollout_specs_are_typed_and_checked_and_one_rollout_owns_a_setting() {
     assert!(
         metric_value(&metrics, "ferry_rollout_last_change_timestamp_seconds{rollout=\"bbr\"}") > Some(1.0e9)
     );
+    // The share of a live rollout moves; the rest of its spec stays.
+    let out = ctl(&refs, &["rollout", "share", "bbr", "25%"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, rollout) = voters[0].get("/v1/rollouts/bbr");
+    assert_eq!(rollout["spec"]["gates"]["share_bp"], 2500, "{rollout}");
+    assert_eq!(rollout["spec"]["gates"]["regions"], serde_json::json!(["eu"]), "{rollout}");
+    assert_eq!(rollout["history"].as_array().unwrap().last().unwrap()["what"], "share 1000 -> 2500 bp");
+    let metrics = http_get(&voters[0].http, "/metrics").1;
+    assert_eq!(metric_value(&metrics, "ferry_rollout_share_basis_points{rollout=\"bbr\"}"), Some(2500.0));
+    let before = voters[0].get("/v1/rollouts/bbr").1;
+    for (body, code, reason) in [
+        (r#"{"share_bp":10001}"#, 400, "gates.share_bp"),
+        (r#"{"share":5}"#, 400, "unknown field"),
+        (r#"{"share_bp":-1}"#, 400, "share_bp"),
+    ] {
+        let (got, answer) = voters[0].send("POST", "/v1/rollouts/bbr/share", None, body);
+        assert_eq!(got, code, "{body}: {answer}");
+        assert!(answer["error"]["message"].as_str().unwrap_or("").contains(reason), "{body}: {answer}");
+    }
+    let out = ctl(&refs, &["rollout", "share", "bbr", "150%"]);
+    assert!(!out.status.success(), "150% must be refused");
+    let after = voters[0].get("/v1/rollouts/bbr").1;
+    for field in ["spec", "level", "state", "history"] {
+        assert_eq!(after[field], before[field], "refused shares change nothing");
+    }
     let out = ctl(&refs, &["rollout", "abort", "bbr"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, answer) = voters[0].send("POST", "/v1/rollouts/bbr/share", None, r#"{"share_bp":100}"#);
+    assert_eq!(code, 409, "an aborted rollout's share: {answer}");
     let metrics = http_get(&voters[0].http, "/metrics").1;
     assert_eq!(metric_value(&metrics, "ferry_rollout_state{rollout=\"bbr\",state=\"aborted\"}"), Some(1.0));
     assert_eq!(metric_value(&metrics, "ferry_rollout_state{rollout=\"bbr\",state=\"active\"}"), None);

@@ -1350,17 +1350,20 @@ share_bp = 1000
     // 10 % of 119 sessions: within about 4 standard deviations (sd 2.8 %).
     assert!((0.0..=0.22).contains(&share_10), "share at 10 %: {share_10}");
     println!("level 3 at 10 %: {:.1} % of the 119 ungated sessions treated", share_10 * 100.0);
-    // Raising the share to 30 %: a spec does not change once stored, so operators
-    // abort and re-create it with the same salt; every earlier treatment session stays.
-    ctl(&cluster, &["rollout", "abort", "q"]);
-    let raised = std::fs::read_to_string(&spec).unwrap().replace("id = \"q\"", "id = \"q30\"\nsalt = \"q\"");
-    std::fs::write(&spec, raised.replace("share_bp = 1000", "share_bp = 3000")).unwrap();
-    ctl(&cluster, &["rollout", "create", "-f", spec.to_str().unwrap()]);
-    flip("q30", 3, "q30=treatment", &in_share, &names);
-    let treated_30: Vec<bool> = {
-        let plain: Vec<_> = sessions.iter().map(|(q, id, t, _)| (q.clone(), id.clone(), t.clone())).collect();
-        quic_variants(&plain).into_iter().map(|r| r.unwrap() == "q30=treatment").collect()
-    };
+    // Raising the share to 30 % on the live rollout: every earlier treatment session stays.
+    let newly_in = (0..)
+        .map(|i| format!("p-{i}"))
+        .find(|id| (1000..3000).contains(&ferry_proto::cohort::bucket("q", id)))
+        .unwrap();
+    let raised = std::time::Instant::now();
+    ctl(&cluster, &["rollout", "share", "q", "30%"]);
+    for edge in ["a", "b"] {
+        wait_for(&format!("edge {edge} at 30 %"), Duration::from_secs(10), || {
+            (probe(edge, &newly_in, &["curl"]) == "q=treatment").then_some(())
+        });
+    }
+    println!("ferry ctl rollout share q 30%: every edge applies it after {:?}", raised.elapsed());
+    let treated_30 = run(3);
     for ((s, before), after) in sessions.iter().zip(&treated_10).zip(&treated_30) {
         assert!(!before || *after, "{} was treated at 10 % and not at 30 %", s.1);
     }
@@ -1369,9 +1372,9 @@ share_bp = 1000
     println!("level 3 at 30 %: {:.1} % of the ungated sessions treated", share_30 * 100.0);
     let outside =
         (0..).map(|i| format!("p-{i}")).find(|id| ferry_proto::cohort::bucket("q", id) >= 3000).unwrap();
-    flip("q30", 4, "q30=treatment", &outside, &names);
+    flip("q", 4, "q=treatment", &outside, &names);
     let all: Vec<_> = sessions.iter().map(|(q, id, t, _)| (q.clone(), id.clone(), t.clone())).collect();
-    assert!(quic_variants(&all).iter().all(|v| v.as_ref().unwrap() == "q30=treatment"));
+    assert!(quic_variants(&all).iter().all(|v| v.as_ref().unwrap() == "q=treatment"));
 
     // `ferry watch --json` over QUIC reports its variant and client flag.
     let stream = "live/q";
@@ -1386,7 +1389,7 @@ share_bp = 1000
         .args(["--session-id", "s-1", "--client-tag", "ferry-test", "--duration", "2s", "--json"])
         .stdout(std::process::Stdio::piped());
     let stats = json_output(Proc::spawn("quic viewer", &mut cmd), Duration::from_secs(60));
-    assert_eq!(stats["variant"], "q30=treatment", "{stats}");
+    assert_eq!(stats["variant"], "q=treatment", "{stats}");
     assert_eq!(stats["client_flag"], "q-1", "{stats}");
     assert!(stats["frames"].as_u64().unwrap() > 0, "{stats}");
 }

@@ -5,7 +5,8 @@
 //! leader commits the trips.
 //!
 //! A window is `guard.window_ms` long and starts when the rollout becomes active at a
-//! level (a level change starts a new window and forgets earlier bad ones). Its
+//! level and share (a level or share change starts a new window and forgets earlier
+//! bad ones: the cohorts changed). Its
 //! verdict:
 //! - **no data**: fewer than `guard.min_sessions` treatment sessions started in it. It
 //!   neither counts towards a trip nor clears the bad windows before it;
@@ -35,6 +36,8 @@ const FORGET_EDGE_MS: u64 = 10 * 60 * 1000;
 pub struct Watched<'a> {
     pub id: &'a str,
     pub level: u8,
+    /// The level-3 share (basis points).
+    pub share_bp: u32,
     /// Only active rollouts are judged; a paused, tripped or aborted one starts over.
     pub active: bool,
     pub guard: &'a Guard,
@@ -82,6 +85,7 @@ pub struct Trip {
 #[derive(Debug)]
 struct Track {
     level: u8,
+    share_bp: u32,
     started_ms: u64,
     sum: CohortCounts,
     max_cpu: f64,
@@ -135,14 +139,16 @@ impl ErrorGuard {
                 && (r.guard.error_rate_max.is_some() || r.guard.error_rate_max_ratio.is_some());
             let track = self.tracks.entry(r.id.to_owned()).or_insert_with(|| Track {
                 level: r.level,
+                share_bp: r.share_bp,
                 started_ms: now_ms,
                 sum: CohortCounts::default(),
                 max_cpu: 0.0,
                 bad: 0,
                 windows: VecDeque::new(),
             });
-            if !judged || track.level != r.level {
+            if !judged || track.level != r.level || track.share_bp != r.share_bp {
                 track.level = r.level;
+                track.share_bp = r.share_bp;
                 track.started_ms = now_ms;
                 track.sum = CohortCounts::default();
                 track.max_cpu = 0.0;

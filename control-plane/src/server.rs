@@ -20,7 +20,7 @@ use crate::node::{self, NodeConfig, NodeHandle};
 use crate::relays::{self, EdgeHealth, Placed, Placement};
 use crate::state::{Command, Request, RolloutState};
 use crate::transport::TransportConfig;
-use ferry_proto::rollout::{Guard, RolloutSpec};
+use ferry_proto::rollout::RolloutSpec;
 
 /// Everything a voter needs.
 #[derive(Debug, Clone)]
@@ -148,18 +148,24 @@ async fn guard_loop(
             _ = tick.tick() => {}
         }
         let members: Vec<_> = gossip.members().into_iter().filter(|m| m.info.role == "edge").collect();
-        let rollouts: Vec<(String, u8, bool, Guard)> = node.read(|s| {
+        let rollouts: Vec<(String, u8, bool, RolloutSpec)> = node.read(|s| {
             s.rollouts
                 .values()
                 .map(|r| {
-                    let guard = serde_json::from_value::<RolloutSpec>(r.spec.clone()).map(|s| s.guard);
-                    (r.id.clone(), r.level, r.state == RolloutState::Active, guard.unwrap_or_default())
+                    let spec = serde_json::from_value::<RolloutSpec>(r.spec.clone()).unwrap_or_default();
+                    (r.id.clone(), r.level, r.state == RolloutState::Active, spec)
                 })
                 .collect()
         });
         let watched: Vec<Watched<'_>> = rollouts
             .iter()
-            .map(|(id, level, active, guard)| Watched { id, level: *level, active: *active, guard })
+            .map(|(id, level, active, spec)| Watched {
+                id,
+                level: *level,
+                share_bp: spec.gates.share_bp,
+                active: *active,
+                guard: &spec.guard,
+            })
             .collect();
         let readings: Vec<Reading<'_>> = members
             .iter()

@@ -254,6 +254,12 @@ pub enum Command {
         id: String,
         level: u8,
     },
+    /// Sets the sampled share (basis points) of level 3 on a live rollout. The hash
+    /// buckets are sticky: raising it only adds sessions, lowering only removes them.
+    SetRolloutShare {
+        id: String,
+        share_bp: u32,
+    },
     PauseRollout {
         id: String,
     },
@@ -288,6 +294,7 @@ impl Command {
             Command::PlaceRelays { .. } => "stream.place_relays",
             Command::CreateRollout { .. } => "rollout.create",
             Command::SetRolloutLevel { .. } => "rollout.set_level",
+            Command::SetRolloutShare { .. } => "rollout.set_share",
             Command::PauseRollout { .. } => "rollout.pause",
             Command::ResumeRollout { .. } => "rollout.resume",
             Command::AbortRollout { .. } => "rollout.abort",
@@ -473,6 +480,7 @@ fn execute(state: &mut State, request: &Request) -> Step {
         Command::PlaceRelays { name, origin, relays } => place_relays(state, now, name, origin, relays),
         Command::CreateRollout { id, spec } => create_rollout(state, now, actor, id, spec),
         Command::SetRolloutLevel { id, level } => set_rollout_level(state, now, actor, id, *level),
+        Command::SetRolloutShare { id, share_bp } => set_rollout_share(state, now, actor, id, *share_bp),
         Command::PauseRollout { id } => move_rollout(state, now, actor, id, RolloutState::Paused),
         Command::ResumeRollout { id } => move_rollout(state, now, actor, id, RolloutState::Active),
         Command::AbortRollout { id } => move_rollout(state, now, actor, id, RolloutState::Aborted),
@@ -744,6 +752,40 @@ fn set_rollout_level(state: &mut State, now: u64, actor: &str, id: &str, level: 
         target: id.to_owned(),
         summary: what,
         detail: json!({ "rollout": id, "level": level, "state": rollout.state }),
+    }))
+}
+
+fn set_rollout_share(state: &mut State, now: u64, actor: &str, id: &str, share_bp: u32) -> Step {
+    let rollout = find_rollout(state, id)?;
+    if rollout.state == RolloutState::Aborted {
+        return Err(rejected(REJECT_CONFLICT, format!("rollout {id:?} is aborted")));
+    }
+    // Patch the stored spec in place (it stays as the operator wrote it), then check
+    // the result like a new spec.
+    let mut spec = rollout.spec.clone();
+    let before = spec.pointer("/gates/share_bp").and_then(Value::as_u64).unwrap_or(0);
+    let Some(object) = spec.as_object_mut() else {
+        return Err(rejected(REJECT_INVALID, format!("rollout {id:?} has no spec object")));
+    };
+    let gates = object.entry("gates").or_insert_with(|| json!({}));
+    let Some(gates) = gates.as_object_mut() else {
+        return Err(rejected(REJECT_INVALID, format!("rollout {id:?}: gates is not an object")));
+    };
+    gates.insert("share_bp".into(), json!(share_bp));
+    let checked = serde_json::from_value::<RolloutSpec>(spec.clone())
+        .map_err(|e| e.to_string())
+        .and_then(|s| s.validate());
+    if let Err(reason) = checked {
+        return Err(rejected(REJECT_INVALID, reason));
+    }
+    rollout.spec = spec;
+    let level = rollout.level;
+    let what = format!("share {before} -> {share_bp} bp");
+    push_history(rollout, RolloutEvent { at_ms: now, actor: actor.to_owned(), what: what.clone(), level });
+    Ok(Some(Change {
+        target: id.to_owned(),
+        summary: what,
+        detail: json!({ "rollout": id, "level": level, "share_bp": share_bp, "state": rollout.state }),
     }))
 }
 

@@ -66,6 +66,7 @@ pub struct ApiMetrics {
     pub proposal_seconds: ProposalHistogram,
     /// Per rollout, from the replicated state at scrape time.
     pub rollout_level: Family<RolloutLabels, Gauge>,
+    pub rollout_share: Family<RolloutLabels, Gauge>,
     pub rollout_state: Family<RolloutStateLabels, Gauge>,
     pub rollout_changed: Family<RolloutLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
@@ -105,6 +106,11 @@ impl Api {
         r.register("proposal_seconds", "Time from proposal to applied", metrics.proposal_seconds.0.clone());
         let r = registry.sub_registry_with_prefix("ferry");
         r.register("rollout_level", "Level of each rollout (0-4)", metrics.rollout_level.clone());
+        r.register(
+            "rollout_share_basis_points",
+            "Share of level 3 of each rollout (0-10000)",
+            metrics.rollout_share.clone(),
+        );
         r.register(
             "rollout_state",
             "1 for each rollout's state (active, paused, tripped, aborted)",
@@ -178,6 +184,7 @@ impl Api {
             .route("/v1/rollouts/{id}", get(routes::get_rollout))
             .route("/v1/rollouts/{id}/history", get(routes::rollout_history))
             .route("/v1/rollouts/{id}/level", post(routes::set_level))
+            .route("/v1/rollouts/{id}/share", post(routes::set_share))
             .route("/v1/rollouts/{id}/pause", post(routes::pause_rollout))
             .route("/v1/rollouts/{id}/resume", post(routes::resume_rollout))
             .route("/v1/rollouts/{id}/abort", post(routes::abort_rollout))
@@ -254,12 +261,15 @@ async fn metrics(State(api): State<Api>) -> Response {
     set(&m.snapshots, s.snapshots_taken);
     set(&m.is_leader, u64::from(s.leader == s.id));
     m.rollout_level.clear();
+    m.rollout_share.clear();
     m.rollout_state.clear();
     m.rollout_changed.clear();
     api.node.read(|state| {
         for r in state.rollouts.values() {
             let labels = RolloutLabels { rollout: r.id.clone() };
             m.rollout_level.get_or_create(&labels).set(i64::from(r.level));
+            let share = r.spec.pointer("/gates/share_bp").and_then(serde_json::Value::as_i64).unwrap_or(0);
+            m.rollout_share.get_or_create(&labels).set(share);
             let state = serde_json::to_value(r.state).ok().and_then(|v| v.as_str().map(str::to_owned));
             let state = RolloutStateLabels { rollout: r.id.clone(), state: state.unwrap_or_default() };
             m.rollout_state.get_or_create(&state).set(1);

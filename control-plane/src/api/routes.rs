@@ -360,6 +360,23 @@ pub async fn set_level(
     api.write(&headers, Command::SetRolloutLevel { id, level }).await
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetShare {
+    share_bp: u32,
+}
+
+/// `POST /v1/rollouts/{id}/share`: the level-3 sampled share of a live rollout.
+pub async fn set_share(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    b: Body<SetShare>,
+) -> ApiResult {
+    let SetShare { share_bp } = body(b)?;
+    api.write(&headers, Command::SetRolloutShare { id, share_bp }).await
+}
+
 pub async fn pause_rollout(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
     api.write(&headers, Command::PauseRollout { id }).await
 }

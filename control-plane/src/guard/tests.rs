@@ -17,13 +17,14 @@ fn guard(rate: Option<f64>, ratio: Option<f64>, min: u32, consecutive: u32) -> G
 struct Sim {
     guard: ErrorGuard,
     now_ms: u64,
+    share_bp: u32,
     edges: Vec<(String, BTreeMap<String, CohortCounts>)>,
 }
 
 impl Sim {
     fn new() -> Self {
         let edges = ["a#1", "b#1"].iter().map(|k| ((*k).to_owned(), BTreeMap::new())).collect();
-        Sim { guard: ErrorGuard::default(), now_ms: 0, edges }
+        Sim { guard: ErrorGuard::default(), now_ms: 0, share_bp: 1_000, edges }
     }
 
     /// Edge `i` starts `sessions` treatment sessions of which `errors` fail, and
@@ -43,7 +44,7 @@ impl Sim {
         self.now_ms += ms;
         let readings: Vec<Reading<'_>> =
             self.edges.iter().map(|(key, counts)| Reading { key: key.clone(), cpu: 0.5, counts }).collect();
-        let watched = [Watched { id: "r", level, active, guard: g }];
+        let watched = [Watched { id: "r", level, share_bp: self.share_bp, active, guard: g }];
         self.guard.observe(self.now_ms, 1_700_000_000_000 + self.now_ms, &watched, &readings)
     }
 
@@ -156,7 +157,7 @@ fn the_ratio_compares_with_the_baseline_and_a_clean_baseline_is_floored() {
 }
 
 #[test]
-fn a_level_change_or_a_pause_starts_over_and_unguarded_rollouts_are_not_judged() {
+fn a_level_or_share_change_or_a_pause_starts_over_and_unguarded_rollouts_are_not_judged() {
     let g = guard(Some(0.1), None, 20, 2);
     let mut sim = Sim::new();
     sim.tick(0, 3, true, &g);
@@ -172,6 +173,12 @@ fn a_level_change_or_a_pause_starts_over_and_unguarded_rollouts_are_not_judged()
     }
     assert!(sim.tick(250, 3, true, &g).is_empty());
     assert!(sim.window(40, 20, 0, 0, &g).is_empty());
+    assert_eq!(sim.window(40, 20, 0, 0, &g).len(), 1);
+    // The share raised (new sessions join the treatment): the bad window is forgotten.
+    assert!(sim.window(40, 20, 0, 0, &g).is_empty());
+    sim.share_bp = 3_000;
+    assert!(sim.tick(250, 3, true, &g).is_empty());
+    assert!(sim.window(40, 20, 0, 0, &g).is_empty(), "first bad window at the new share");
     assert_eq!(sim.window(40, 20, 0, 0, &g).len(), 1);
     // No error thresholds at all: never judged.
     let cpu_only = guard(None, None, 20, 1);

@@ -235,6 +235,36 @@ fn rollout_rejections() {
 }
 
 #[test]
+fn a_live_rollouts_share_moves_and_is_checked_like_a_new_spec() {
+    let mut log = Log::new();
+    let share = |bp| Command::SetRolloutShare { id: id("lag"), share_bp: bp };
+    assert_eq!(log.rejects(share(1000)), REJECT_NOT_FOUND);
+    let spec = json!({"description": "d", "override": {"max_lag_ms": 500}, "salt": "s"});
+    log.run(Command::CreateRollout { id: id("lag"), spec });
+    log.run(level("lag", 3));
+    assert!(log.run(share(1000)).is_ok());
+    assert!(log.run(share(3000)).is_ok());
+    let lag = &log.state.rollouts["lag"];
+    // The rest of the spec is kept as written; only the share changed.
+    assert_eq!(
+        lag.spec,
+        json!({"description": "d", "override": {"max_lag_ms": 500}, "salt": "s", "gates": {"share_bp": 3000}})
+    );
+    let history: Vec<_> = lag.history.iter().map(|e| (e.what.as_str(), e.level)).collect();
+    assert_eq!(history[2..], [("share 0 -> 1000 bp", 3), ("share 1000 -> 3000 bp", 3)]);
+    assert_eq!(log.state.audit.back().map(|e| e.action.as_str()), Some("rollout.set_share"));
+
+    let before = log.state.rollouts["lag"].clone();
+    assert_eq!(log.rejects(share(10_001)), REJECT_INVALID);
+    assert_eq!(log.state.rollouts["lag"], before);
+    // A spec that is not a rollout spec (opaque to the state machine) has no share.
+    log.run(rollout("opaque"));
+    assert_eq!(log.rejects(Command::SetRolloutShare { id: id("opaque"), share_bp: 10 }), REJECT_INVALID);
+    log.run(Command::AbortRollout { id: id("lag") });
+    assert_eq!(log.rejects(share(100)), REJECT_CONFLICT);
+}
+
+#[test]
 fn noop_changes_nothing_but_the_applied_index() {
     let mut log = Log::new();
     let outcome = log.run_as("", Command::Noop);
