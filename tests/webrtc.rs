@@ -1151,8 +1151,8 @@ fn a_cpu_burning_treatment_trips_on_its_edge_without_voters_and_is_recorded_when
     let _publisher = Proc::spawn("publisher", &mut cmd);
     wait_for_stream(&cluster.edges["o"]);
     let auth = format!("Bearer {}", token(stream, Action::View, Duration::from_secs(600), SystemTime::now()));
-    let spec = r#"{"id":"burn","spec":{"override":{"fault":{"cpu_burn_ms_per_s":900}},"gates":{"edges":["a"]},
-        "guard":{"cpu_max":0.3,"consecutive":5}}}"#;
+    let spec = r#"{"id":"burn","spec":{"override":{"fault":{"cpu_burn_ms_per_s":900},"max_lag_ms":20000},
+        "gates":{"edges":["a"]},"guard":{"cpu_max":0.3,"consecutive":5}}}"#;
     assert_eq!(cluster.voter.send("POST", "/v1/rollouts", None, spec).0, 200);
     assert_eq!(cluster.voter.send("POST", "/v1/rollouts/burn/level", None, r#"{"level":2}"#).0, 200);
     let a = &cluster.edges["a"];
@@ -1160,10 +1160,27 @@ fn a_cpu_burning_treatment_trips_on_its_edge_without_voters_and_is_recorded_when
     wait_for("edge a gives the treatment", Duration::from_secs(10), || {
         (whep_variant(a, stream, &auth, "s1", "curl").0 == "burn=treatment").then_some(())
     });
+    // A treated QUIC viewer that stays: its 20 s latency budget is the treatment's.
+    let mut cmd = ferry();
+    cmd.args(["watch", "--edge", &a.quic, "--stream", stream, "--insecure", "--session-id", "stays"])
+        .args(["--duration", "300s"])
+        .stdout(std::process::Stdio::null());
+    let _viewer = Proc::spawn("treated viewer", &mut cmd);
+    let treated = "ferry_rollout_sessions_total{rollout=\"burn\",cohort=\"treatment\"}";
+    wait_for("the viewer's treated subscription", Duration::from_secs(20), || {
+        let m = a.metrics();
+        let subscribed = m.lines().any(|l| {
+            l.starts_with("ferry_subscriptions{") && l.contains("role=\"viewer\"") && !l.ends_with(" 0")
+        });
+        (subscribed && metric_value(&m, treated) >= Some(2.0)).then_some(())
+    });
+    let moved_back = || a.metric("ferry_rollout_moved_back_sessions_total{rollout=\"burn\"}").unwrap_or(0.0);
     // Every voter stops: the edge guards itself.
     cluster.voter.signal("-STOP");
     assert_eq!(trips(), 0.0, "tripped before the voters stopped; the drill proves nothing");
     wait_for("edge a's CPU guard trips", Duration::from_secs(30), || (trips() == 1.0).then_some(()));
+    // The live treated viewer moves back to its own budget (the WHEP probe has ended).
+    wait_for("the live viewer moves back", Duration::from_secs(10), || (moved_back() == 1.0).then_some(()));
     assert_eq!(
         whep_variant(a, stream, &auth, "s1", "curl").0,
         "burn=baseline",
@@ -1569,6 +1586,31 @@ fn rollout_overrides_apply_per_session_and_edge_wide_where_the_gates_say() {
         failed.iter().all(|l| l.contains("ice_failed") || l.contains("connect_timeout")) && failed.len() == 1,
         "{failed:?}"
     );
+    // A live treated WHEP viewer moves back to the edge's budget when the operator
+    // lowers its rollout's level.
+    let spec = r#"{"id":"lag","spec":{"override":{"max_lag_ms":20000},"gates":{"edges":["a"]}}}"#;
+    assert_eq!(cluster.voter.send("POST", "/v1/rollouts", None, spec).0, 200);
+    assert_eq!(cluster.voter.send("POST", "/v1/rollouts/lag/level", None, r#"{"level":2}"#).0, 200);
+    let a = &cluster.edges["a"];
+    let treated = || a.metric("ferry_rollout_sessions_total{rollout=\"lag\",cohort=\"treatment\"}");
+    wait_for("edge a treats new sessions", Duration::from_secs(10), || {
+        (whep(a).0.contains("lag=treatment")).then_some(())
+    });
+    let before = treated().unwrap_or(0.0);
+    let mut cmd = ferry();
+    cmd.args(["watch", "--whep", &format!("http://{}/whep/{stream}", a.http)])
+        .args(["--token", auth.trim_start_matches("Bearer "), "--duration", "300s", "--json"])
+        .stdout(std::process::Stdio::null());
+    let _viewer = Proc::spawn("treated whep viewer", &mut cmd);
+    wait_for("a live treated WHEP viewer", Duration::from_secs(30), || {
+        let live = a.metric("ferry_webrtc_sessions{direction=\"whep\"}").unwrap_or(0.0) >= 1.0;
+        (live && treated() > Some(before)).then_some(())
+    });
+    ctl(&cluster, &["rollout", "level", "lag", "1"]);
+    wait_for("the live viewer moves back", Duration::from_secs(10), || {
+        (a.metric("ferry_rollout_moved_back_sessions_total{rollout=\"lag\"}") == Some(1.0)).then_some(())
+    });
+
     // Pacing cannot be rolled out: quinn always paces and has no switch.
     let (code, answer) = cluster.voter.send(
         "POST",

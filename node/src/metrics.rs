@@ -37,6 +37,12 @@ pub struct CohortLabels {
     pub cohort: String,
 }
 
+/// A rollout.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabels {
+    pub rollout: String,
+}
+
 /// A rollout and the guard that tripped it.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GuardLabels {
@@ -81,6 +87,8 @@ pub struct EdgeMetrics {
     pub rollout_errors: Family<CohortReasonLabels, Counter>,
     /// Rollout trips by this edge's guards.
     pub rollout_trips: Family<GuardLabels, Counter>,
+    /// Live treatment sessions moved back to the baseline (their latency budget).
+    pub rollout_moved_back: Family<RolloutLabels, Counter>,
     /// QUIC connections accepted, by the congestion controller they got.
     pub congestion_connections: Family<ControllerLabels, Counter>,
     /// Streams known here (published locally or relayed).
@@ -140,6 +148,11 @@ impl EdgeMetrics {
             self.rollout_errors.clone(),
         );
         r.register("rollout_trips", "Rollouts tripped by this edge's guards", self.rollout_trips.clone());
+        r.register(
+            "rollout_moved_back_sessions",
+            "Live treatment sessions moved back to the baseline when their rollout stopped treating them",
+            self.rollout_moved_back.clone(),
+        );
         r.register(
             "quic_congestion_connections",
             "QUIC connections accepted, by congestion controller (a rollout's congestion override)",

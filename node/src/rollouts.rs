@@ -3,10 +3,18 @@
 //! from the control plane (so it keeps deciding while the control plane is down), and
 //! the treatment's overrides apply to that session.
 //!
-//! Only settings that change one session are applied here: today `max_lag_ms` for
-//! WHEP viewers, and `client_flag`, which the client gets back.
+//! The per-session settings are applied by the session paths (`max_lag_ms` to QUIC and
+//! WHEP viewers, `group_cache` to publishers, `webrtc_nack` to WHEP, `client_flag` back
+//! to the client); the edge-wide ones (`congestion`, the CPU drill) by the edge.
+//!
+//! When a rollout stops treating a live session (it tripped on this edge or globally,
+//! its level or share went down, it was aborted), the one setting that can change on a
+//! live session moves back: the viewer's latency budget ([`LagBudget`]).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use ferry_proto::cohort::{decide, Cohort, Session};
 use ferry_proto::rollout::{Override, RolloutSpec};
@@ -54,6 +62,9 @@ pub struct Assignment {
     pub overrides: Override,
     /// (rollout id, salt) of the treatment that set `fault.reject_sessions_bp`.
     pub reject_from: Option<(String, String)>,
+    /// Who was placed (to place the live session again when the rollouts change).
+    pub session_id: String,
+    pub tags: Vec<String>,
 }
 
 impl Assignment {
@@ -97,7 +108,11 @@ impl Assignment {
 /// Places `session` in every rollout; rollouts in `tripped` (this edge's CPU guard)
 /// give everyone the baseline.
 pub fn assign(rollouts: &[Live], session: &Session<'_>, tripped: &BTreeSet<String>) -> Assignment {
-    let mut out = Assignment::default();
+    let mut out = Assignment {
+        session_id: session.id.to_owned(),
+        tags: session.tags.to_vec(),
+        ..Assignment::default()
+    };
     for r in rollouts {
         let cohort = match tripped.contains(&r.id) {
             true => Cohort::Baseline,
@@ -232,6 +247,60 @@ fn merge(into: &mut Override, from: &Override) {
     into.fault.cpu_burn_ms_per_s = into.fault.cpu_burn_ms_per_s.or(from.fault.cpu_burn_ms_per_s);
 }
 
+/// A viewer's latency budget: the baseline (what the client asked for, or the edge's
+/// default) and a rollout treatment's `max_lag_ms`, which falls back to the baseline
+/// when the rollout stops treating the session. Clones share the treatment, so one
+/// fallback reaches every subscription of the session.
+#[derive(Debug, Clone)]
+pub struct LagBudget {
+    baseline: Duration,
+    cap: Duration,
+    /// The treatment's budget in ms; 0: none (the baseline applies).
+    treatment_ms: Arc<AtomicU32>,
+}
+
+impl LagBudget {
+    /// `treatment_ms` (capped at `cap`) while treated, else `baseline`.
+    pub fn new(baseline: Duration, treatment_ms: Option<u32>, cap: Duration) -> Self {
+        let ms = treatment_ms.map_or(0, |ms| ms.max(1));
+        LagBudget { baseline, cap, treatment_ms: Arc::new(AtomicU32::new(ms)) }
+    }
+
+    /// The same treatment over another baseline (a subscription's own request).
+    pub fn with_baseline(&self, baseline: Duration) -> Self {
+        LagBudget { baseline, cap: self.cap, treatment_ms: Arc::clone(&self.treatment_ms) }
+    }
+
+    /// The budget now.
+    pub fn current(&self) -> Duration {
+        match self.treatment_ms.load(Ordering::Relaxed) {
+            0 => self.baseline,
+            ms => Duration::from_millis(ms.into()).min(self.cap),
+        }
+    }
+
+    /// Whether a treatment's budget applies.
+    pub fn treated(&self) -> bool {
+        self.treatment_ms.load(Ordering::Relaxed) != 0
+    }
+
+    /// Drops the treatment's budget; returns whether there was one.
+    pub fn fall_back(&self) -> bool {
+        self.treatment_ms.swap(0, Ordering::Relaxed) != 0
+    }
+}
+
+/// The rollouts that treated a session (`before`) and no longer do (`now`).
+pub fn left_treatment<'a>(before: &'a Assignment, now: &Assignment) -> Vec<&'a str> {
+    before
+        .variants
+        .iter()
+        .filter(|(_, cohort)| *cohort == Cohort::Treatment)
+        .filter(|(id, _)| !now.variants.iter().any(|(other, c)| other == id && *c == Cohort::Treatment))
+        .map(|(id, _)| id.as_str())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -267,6 +336,48 @@ mod tests {
             assign(&[], &Session { id: "v1", tags: &tags, region: "eu", edge: "e1" }, &none).header(),
             None
         );
+    }
+
+    #[test]
+    fn a_lag_budget_falls_back_to_each_subscriptions_baseline_once() {
+        let cap = Duration::from_secs(30);
+        let session = LagBudget::new(Duration::from_millis(500), Some(60_000), cap);
+        let sub = session.with_baseline(Duration::from_millis(800));
+        assert!(session.treated());
+        assert_eq!((session.current(), sub.current()), (cap, cap), "capped");
+        assert!(sub.fall_back(), "one fallback reaches every clone");
+        assert!(!session.fall_back());
+        assert_eq!(session.current(), Duration::from_millis(500));
+        assert_eq!(sub.current(), Duration::from_millis(800));
+        let untreated = LagBudget::new(Duration::from_millis(500), None, cap);
+        assert!(!untreated.treated() && !untreated.fall_back());
+        assert_eq!(LagBudget::new(Duration::ZERO, Some(0), cap).current(), Duration::from_millis(1));
+    }
+
+    #[test]
+    fn sessions_leave_the_treatment_when_the_level_drops_the_share_shrinks_or_a_guard_trips() {
+        let spec = json!({"override": {"max_lag_ms": 700}, "gates": {"share_bp": 5000}, "salt": "s"});
+        let at = |level: u8, spec: Value| -> BTreeMap<String, RolloutRecord> {
+            [record("lag", level, "active", spec)].into_iter().collect()
+        };
+        let tags = Vec::new();
+        let id = (0..)
+            .map(|i| format!("v{i}"))
+            .find(|id| (1000..5000).contains(&ferry_proto::cohort::bucket("s", id)))
+            .unwrap();
+        let who = Session { id: &id, tags: &tags, region: "eu", edge: "e1" };
+        let none = BTreeSet::new();
+        let before = assign(&live(&at(3, spec.clone())), &who, &none);
+        assert_eq!(before.overrides.max_lag_ms, Some(700));
+        assert!(left_treatment(&before, &assign(&live(&at(4, spec.clone())), &who, &none)).is_empty());
+        assert_eq!(left_treatment(&before, &assign(&live(&at(2, spec.clone())), &who, &none)), ["lag"]);
+        let mut smaller = spec.clone();
+        smaller["gates"]["share_bp"] = json!(1000);
+        let shrunk = assign(&live(&at(3, smaller)), &who, &none);
+        assert_eq!((left_treatment(&before, &shrunk), shrunk.overrides.max_lag_ms), (vec!["lag"], None));
+        let tripped: BTreeSet<String> = ["lag".to_owned()].into();
+        assert_eq!(left_treatment(&before, &assign(&live(&at(3, spec)), &who, &tripped)), ["lag"]);
+        assert_eq!(left_treatment(&before, &assign(&[], &who, &none)), ["lag"], "aborted");
     }
 
     #[test]

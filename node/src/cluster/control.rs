@@ -94,6 +94,9 @@ pub struct ControlLink {
     registered_once: AtomicBool,
     /// Signs registrations with this edge's cluster certificate (when it has one).
     signer: Option<Signer>,
+    /// Bumped whenever the rollouts in force here change (read from the control plane,
+    /// or tripped by this edge's CPU guard): live sessions re-check their treatment.
+    rollouts_epoch: tokio::sync::watch::Sender<u64>,
 }
 
 impl ControlLink {
@@ -113,6 +116,7 @@ impl ControlLink {
             syncs: AtomicU64::new(0),
             registered_once: AtomicBool::new(false),
             signer,
+            rollouts_epoch: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -129,6 +133,16 @@ impl ControlLink {
     /// Completed reconcile passes.
     pub fn syncs(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Tells live sessions that the rollouts in force changed.
+    pub fn rollouts_changed(&self) {
+        self.rollouts_epoch.send_modify(|epoch| *epoch = epoch.wrapping_add(1));
+    }
+
+    /// Changes whenever the rollouts in force change.
+    pub fn watch_rollouts(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.rollouts_epoch.subscribe()
     }
 
     /// Asks the loop to reconcile now (a local publisher started or stopped).
@@ -223,8 +237,13 @@ impl ControlLink {
             self.write(url, "PUT", &format!("/v1/streams/{stream}"), &body).await?;
             tracing::info!(%stream, "committed this edge as the stream's origin");
         }
+        let mut rollouts_moved = false;
         if let Ok(mut s) = self.snapshot.write() {
+            rollouts_moved = s.rollouts != snapshot.rollouts;
             *s = snapshot;
+        }
+        if rollouts_moved {
+            self.rollouts_changed();
         }
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.connected.store(true, Ordering::Relaxed);

@@ -9,6 +9,7 @@ use quinn::{Connection, SendStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{EdgeMetrics, RoleLabels};
+use crate::rollouts::LagBudget;
 use crate::track::{Read, TrackConsumer};
 use crate::wire::write_frame;
 
@@ -28,6 +29,8 @@ pub struct Delivery {
     pub conn: Connection,
     pub id: u64,
     pub consumer: TrackConsumer,
+    /// The latency budget, followed as it moves (a rollout's treatment falling back).
+    pub lag: LagBudget,
     pub metrics: EdgeMetrics,
     pub role: &'static str,
     /// The protocol version negotiated on this connection.
@@ -53,8 +56,9 @@ impl Delivery {
     /// Runs until the track ends, the connection drops or `cancel` fires.
     pub async fn run(mut self, cancel: CancellationToken) -> DeliveryEnd {
         let mut current: Option<(u64, SendStream)> = None;
-        let max_lag = self.consumer.max_lag();
         loop {
+            self.consumer.follow(&self.lag);
+            let max_lag = self.consumer.max_lag();
             let read = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {

@@ -197,9 +197,9 @@ impl EdgeState {
         ClusterView { gossip: self.gossip.get().cloned(), control: self.control.clone() }
     }
 
-    /// Places a new session in every rollout this edge knows (the last ones read from
-    /// the control plane) and counts it.
-    pub fn assign(&self, session_id: &str, tags: &[String]) -> crate::rollouts::Assignment {
+    /// Where a session stands in every rollout this edge knows (the last ones read from
+    /// the control plane), not counted.
+    fn decide(&self, session_id: &str, tags: &[String]) -> crate::rollouts::Assignment {
         let records = self.control.as_ref().map(|c| c.snapshot().rollouts).unwrap_or_default();
         let live = crate::rollouts::live(&records);
         let session = ferry_proto::cohort::Session {
@@ -208,10 +208,68 @@ impl EdgeState {
             region: &self.config.region,
             edge: self.config.node_id.as_str(),
         };
-        let mut assignment = crate::rollouts::assign(&live, &session, &self.cpu_guard().tripped());
-        if !self.config.allow_fault_injection {
-            assignment = assignment.without_faults();
+        let assignment = crate::rollouts::assign(&live, &session, &self.cpu_guard().tripped());
+        match self.config.allow_fault_injection {
+            true => assignment,
+            false => assignment.without_faults(),
         }
+    }
+
+    /// Runs a session's `work`. Meanwhile, whenever the rollouts in force change (a
+    /// trip here or on the control plane, a lower level or share, an abort), places
+    /// the session again; once no rollout treats it with a latency budget, `lag` falls
+    /// back to the baseline for the rest of the session (counted per rollout left).
+    /// Sessions only ever leave a treatment this way, never join one.
+    pub async fn with_fallback<T>(
+        &self,
+        assignment: &crate::rollouts::Assignment,
+        lag: &crate::rollouts::LagBudget,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        tokio::pin!(work);
+        let fallback = self.fall_back_when_untreated(assignment, lag);
+        tokio::pin!(fallback);
+        let mut watching = true;
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                () = &mut fallback, if watching => watching = false,
+            }
+        }
+    }
+
+    async fn fall_back_when_untreated(
+        &self,
+        assignment: &crate::rollouts::Assignment,
+        lag: &crate::rollouts::LagBudget,
+    ) {
+        let Some(control) = &self.control else { return };
+        if !lag.treated() {
+            return;
+        }
+        let mut changes = control.watch_rollouts();
+        loop {
+            let now = self.decide(&assignment.session_id, &assignment.tags);
+            if now.overrides.max_lag_ms.is_none() {
+                lag.fall_back();
+                let left = crate::rollouts::left_treatment(assignment, &now);
+                tracing::info!(session = %assignment.session_id, rollouts = ?left, "session moved back to the baseline");
+                for rollout in left {
+                    let labels = crate::metrics::RolloutLabels { rollout: rollout.to_owned() };
+                    self.metrics.rollout_moved_back.get_or_create(&labels).inc();
+                }
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Places a new session in every rollout this edge knows (the last ones read from
+    /// the control plane) and counts it.
+    pub fn assign(&self, session_id: &str, tags: &[String]) -> crate::rollouts::Assignment {
+        let assignment = self.decide(session_id, tags);
         let mut counts = self.lock_counts();
         for (rollout, cohort) in &assignment.variants {
             let labels =
@@ -513,6 +571,9 @@ async fn guard_loop(state: Arc<EdgeState>) {
         let records = state.control.as_ref().map(|c| c.snapshot().rollouts).unwrap_or_default();
         let live = crate::rollouts::live(&records);
         let tripped_now = state.cpu_guard().observe(cpu, &live, &records);
+        if let (false, Some(control)) = (tripped_now.is_empty(), &state.control) {
+            control.rollouts_changed();
+        }
         for rollout in tripped_now {
             tracing::warn!(%rollout, cpu, "rollout tripped by the CPU guard: new sessions get the baseline");
             let labels = crate::metrics::GuardLabels { rollout, guard: "cpu".into() };

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::deliver::{Delivery, DeliveryEnd};
 use super::EdgeState;
 use crate::metrics::{RoleLabels, SubscriptionLabels};
-use crate::rollouts::Assignment;
+use crate::rollouts::{Assignment, LagBudget};
 use crate::wire::{pump_control, read_message, write_message};
 use crate::{Error, Result};
 
@@ -139,7 +139,9 @@ async fn serve(
     let (in_tx, in_rx) = mpsc::channel::<Result<Message>>(CONTROL_QUEUE);
     state.tracker.spawn(pump_control(send, ctl_rx, version, cancel.clone()));
     state.tracker.spawn(read_control(recv, in_tx, cancel.clone()));
-    let max_lag_ms = assignment.overrides.max_lag_ms;
+    // A treatment's latency budget; each subscription's own request is its baseline.
+    let config = &state.config;
+    let lag = LagBudget::new(config.relay_max_lag, assignment.overrides.max_lag_ms, config.max_lag_cap);
     let ctx = Session {
         state: Arc::clone(state),
         conn: conn.clone(),
@@ -147,13 +149,16 @@ async fn serve(
         version,
         ctl: ctl_tx,
         cancel,
-        max_lag_ms,
+        lag,
         buffer: assignment.buffer(state.config.buffer),
     };
-    let result = match hello.role {
-        Role::Publisher => super::session_publish::run(&ctx, in_rx).await,
-        Role::Viewer | Role::Edge => subscriber_loop(&ctx, hello.role, in_rx).await,
+    let role = async {
+        match hello.role {
+            Role::Publisher => super::session_publish::run(&ctx, in_rx).await,
+            Role::Viewer | Role::Edge => subscriber_loop(&ctx, hello.role, in_rx).await,
+        }
     };
+    let result = state.with_fallback(&assignment, &ctx.lag, role).await;
     // A mid-session error counts against the session's cohorts; a peer that left or
     // an edge that shuts down does not.
     if let Err(e) = &result {
@@ -217,8 +222,9 @@ pub(super) struct Session<'a> {
     pub version: u16,
     pub ctl: mpsc::Sender<Message>,
     pub cancel: &'a CancellationToken,
-    /// A rollout's treatment latency budget for this viewer's subscriptions.
-    pub max_lag_ms: Option<u32>,
+    /// A rollout's treatment latency budget for this viewer's subscriptions (it falls
+    /// back to each subscription's own request when the rollout stops treating it).
+    pub lag: LagBudget,
     /// The track buffer of a publisher's tracks (a rollout's `group_cache`).
     pub buffer: crate::track::BufferConfig,
 }
@@ -286,8 +292,12 @@ async fn subscriber_loop(
                     }
                     let token = ctx.cancel.child_token();
                     subs.insert(id, token.clone());
-                    let max_lag_ms = ctx.max_lag_ms.unwrap_or(max_lag_ms);
-                    let sub = Subscription { id, stream, track, max_lag_ms, role };
+                    let requested = match max_lag_ms {
+                        0 => ctx.state.config.relay_max_lag,
+                        ms => Duration::from_millis(ms.into()).min(ctx.state.config.max_lag_cap),
+                    };
+                    let lag = ctx.lag.with_baseline(requested);
+                    let sub = Subscription { id, stream, track, lag, role };
                     ctx.state.tracker.spawn(run_subscription(ctx.clone_parts(), sub, token, done_tx.clone()));
                 }
                 Some(Ok(Message::Unsubscribe { id })) => {
@@ -315,7 +325,7 @@ struct Subscription {
     id: u64,
     stream: StreamName,
     track: TrackName,
-    max_lag_ms: u32,
+    lag: LagBudget,
     role: Role,
 }
 
@@ -362,11 +372,7 @@ async fn run_subscription(
             return;
         }
     };
-    let max_lag = match sub.max_lag_ms {
-        0 => state.config.relay_max_lag,
-        ms => Duration::from_millis(ms.into()).min(state.config.max_lag_cap),
-    };
-    let consumer = producer.subscribe(max_lag);
+    let consumer = producer.subscribe(sub.lag.current());
     if producer.newest_group_age().is_some_and(|age| age > KEYFRAME_ON_JOIN_AGE)
         && producer.request_keyframe()
     {
@@ -379,8 +385,15 @@ async fn run_subscription(
         role: sub.role.name().to_owned(),
     };
     let _gauge = hold(state.metrics.subscriptions.get_or_create(&labels).clone());
-    let delivery =
-        Delivery { conn, id, consumer, metrics: state.metrics.clone(), role: sub.role.name(), version };
+    let delivery = Delivery {
+        conn,
+        id,
+        consumer,
+        lag: sub.lag,
+        metrics: state.metrics.clone(),
+        role: sub.role.name(),
+        version,
+    };
     let end = delivery.run(cancel).await;
     if end == DeliveryEnd::TrackEnded {
         let message = "the publisher left".to_owned();

@@ -100,6 +100,11 @@ impl Cursor {
         self.max_lag
     }
 
+    /// Changes the latency budget for the frames read from now on.
+    pub fn set_max_lag(&mut self, max_lag: Duration) {
+        self.max_lag = max_lag;
+    }
+
     /// Whether some of the current group has been read (so abandoning it drops frames).
     pub fn mid_group(&self) -> bool {
         self.group.is_some() && self.index > 0

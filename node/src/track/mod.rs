@@ -201,6 +201,15 @@ impl TrackConsumer {
         self.cursor.max_lag()
     }
 
+    /// Follows `budget` if it moved (a rollout's treatment fell back): the frames read
+    /// from now on are judged against the new budget.
+    pub fn follow(&mut self, budget: &crate::rollouts::LagBudget) {
+        let want = budget.current();
+        if want != self.cursor.max_lag() {
+            self.cursor.set_max_lag(want);
+        }
+    }
+
     /// Asks the producer for a keyframe; throttled per track. Returns whether the
     /// request went through.
     pub fn request_keyframe(&self) -> bool {

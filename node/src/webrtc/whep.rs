@@ -24,7 +24,7 @@ use super::whip::{flow, Answer};
 use super::{random_u32, sdp, Direction, LiveSession, SessionLease};
 use crate::edge::EdgeState;
 use crate::metrics::{EdgeMetrics, RoleLabels};
-use crate::rollouts::Assignment;
+use crate::rollouts::{Assignment, LagBudget};
 use crate::track::{Read, TrackProducer};
 
 /// Joining a group older than this asks the source for a fresh keyframe.
@@ -49,10 +49,11 @@ pub(crate) async fn start(
     offer: String,
     assignment: Assignment,
 ) -> Result<Answer, ApiError> {
-    let max_lag = match assignment.overrides.max_lag_ms {
-        Some(ms) => Duration::from_millis(ms.into()).min(state.config.max_lag_cap),
-        None => state.webrtc.config.viewer_max_lag,
-    };
+    let lag = LagBudget::new(
+        state.webrtc.config.viewer_max_lag,
+        assignment.overrides.max_lag_ms,
+        state.config.max_lag_cap,
+    );
     let nack = match assignment.overrides.webrtc_nack {
         Some(true) => engine::Nack::On,
         _ => engine::Nack::Off,
@@ -77,7 +78,7 @@ pub(crate) async fn start(
                 outgoing,
                 lease,
                 cancel,
-                max_lag,
+                lag,
                 assignment,
             };
             state.tracker.spawn(session.run());
@@ -183,7 +184,8 @@ struct Session {
     outgoing: Vec<Outgoing>,
     lease: SessionLease,
     cancel: CancellationToken,
-    max_lag: Duration,
+    /// The viewer's latency budget; a treatment's falls back while the session lives.
+    lag: LagBudget,
     assignment: Assignment,
 }
 
@@ -191,7 +193,8 @@ impl Session {
     async fn run(mut self) {
         let metrics = self.state.metrics.clone();
         let live = LiveSession::start(&metrics, Direction::Whep, self.stream.as_str(), &self.lease);
-        let reason = self.serve(&metrics).await;
+        let (state, assignment, lag) = (Arc::clone(&self.state), self.assignment.clone(), self.lag.clone());
+        let reason = state.with_fallback(&assignment, &lag, self.serve(&metrics)).await;
         live.ended(&self.state, &self.assignment, reason);
         self.cancel.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.pc.close()).await;
@@ -225,7 +228,7 @@ impl Session {
                 out,
                 wants_keyframe,
                 metrics: metrics.clone(),
-                max_lag: self.max_lag,
+                lag: self.lag.clone(),
                 cancel: self.cancel.child_token(),
             };
             tasks.spawn(egress.run());
@@ -294,7 +297,7 @@ struct Egress {
     out: Outgoing,
     wants_keyframe: Arc<Notify>,
     metrics: EdgeMetrics,
-    max_lag: Duration,
+    lag: LagBudget,
     cancel: CancellationToken,
 }
 
@@ -316,7 +319,7 @@ impl Egress {
         ) else {
             return EgressEnd::Cancelled;
         };
-        let mut consumer = producer.subscribe(self.max_lag);
+        let mut consumer = producer.subscribe(self.lag.current());
         if producer.newest_group_age().is_some_and(|age| age > KEYFRAME_ON_JOIN_AGE)
             && producer.request_keyframe()
         {
@@ -334,6 +337,7 @@ impl Egress {
             }
         };
         loop {
+            consumer.follow(&self.lag);
             let read = tokio::select! {
                 _ = self.cancel.cancelled() => return EgressEnd::Cancelled,
                 _ = self.wants_keyframe.notified() => {

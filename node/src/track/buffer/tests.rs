@@ -259,3 +259,34 @@ fn newest_group_start_time_is_its_first_frame() {
     buffer.push_frame(0, frame(clock.now(), false, 1, 10));
     assert_eq!(buffer.newest_group_started(), Some(t0));
 }
+
+#[test]
+fn a_reader_whose_budget_shrinks_skips_from_its_next_read() {
+    let mut clock = Clock::new();
+    let mut buffer = TrackBuffer::new(BufferConfig::default());
+    let mut reader = Cursor::new(Duration::from_secs(20));
+    buffer.begin_group(0);
+    buffer.push_frame(0, frame(clock.now(), true, 0, 10));
+    assert!(matches!(buffer.read(&mut reader, clock.now()), Read::Frame { group: 0, .. }));
+    // Two seconds of frames pile up behind the reader, in two more groups.
+    let mut pts = 1;
+    for g in 0..3u64 {
+        for i in 0..30 {
+            if g > 0 || i > 0 {
+                buffer.push_frame(g, frame(clock.now(), i == 0, pts, 10));
+                pts += 1;
+            }
+            clock.advance(Duration::from_millis(33));
+        }
+        if g < 2 {
+            buffer.end_group(g);
+            buffer.begin_group(g + 1);
+        }
+    }
+    // Within a 20 s budget it reads on in order.
+    assert!(matches!(buffer.read(&mut reader, clock.now()), Read::Frame { group: 0, index: 1, .. }));
+    // The budget falls back to 500 ms: the next read jumps to the newest group.
+    reader.set_max_lag(LAG);
+    assert_eq!(buffer.read(&mut reader, clock.now()), Read::Skipped { from: 0, to: 2, groups: 2 });
+    assert_eq!(reader.skipped_groups(), 2);
+}
