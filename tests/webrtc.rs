@@ -819,6 +819,66 @@ fn page(browser: &browser::Browser, expr: &str) -> serde_json::Value {
 }
 
 #[test]
+fn the_demo_publisher_re_routes_when_its_edge_dies_and_viewers_resume() {
+    let _heavy = heavy();
+    let dir = TempDir::new("whip-failover");
+    let mut cluster = whep_cluster(dir.path(), &[]);
+    let stream = "live/p";
+    let publish = token(stream, Action::Publish, Duration::from_secs(3600), SystemTime::now());
+    // A browser publishes on edge a's demo page (it learns the control plane from the edge).
+    let a_http = cluster.edges["a"].http.clone();
+    let publisher = browser::Browser::start();
+    publisher.open(&format!("http://{a_http}/demo/publish?stream={stream}&source=canvas&token={publish}"));
+    publisher.wait_until(
+        "the WHIP publisher to go live on edge a",
+        Duration::from_secs(30),
+        "return window.ferry && window.ferry.state === 'live';",
+    );
+    let origin = |want: &str| {
+        let (code, s) = cluster.voter.get(&format!("/v1/streams/{stream}"));
+        (code == 200 && s["origin"] == want && s["origin_lost"] != true).then_some(())
+    };
+    wait_for("edge a is the stream's origin", Duration::from_secs(20), || origin("a"));
+    // A routed QUIC viewer in r1 plays it through edge o.
+    let mut cmd = ferry();
+    cmd.args(["watch", "--control-plane", &cluster.control, "--region", "r1", "--stream", stream])
+        .args(["--insecure", "--max-failures", "200", "--duration", "300s", "--json"])
+        .stdout(std::process::Stdio::piped());
+    let viewer = Proc::spawn("routed viewer", &mut cmd);
+    let o_http = cluster.edges["o"].http.clone();
+    let sent = || metric_value(&http_get(&o_http, "/metrics").1, "ferry_frames_out_total").unwrap_or(0.0);
+    wait_for("the viewer receives through edge o", Duration::from_secs(30), || (sent() > 30.0).then_some(()));
+
+    // Kill -9 edge a: the page keeps capturing, routes again and publishes elsewhere.
+    drop(cluster.edges.remove("a"));
+    publisher.wait_until(
+        "the publisher live again after re-routing",
+        Duration::from_secs(60),
+        &format!(
+            "return window.ferry.reconnects >= 1 && window.ferry.state === 'live' \
+             && !window.ferry.endpoint.startsWith('http://{a_http}/');"
+        ),
+    );
+    let endpoint = page(&publisher, "endpoint");
+    let new_origin = ["o", "b"]
+        .into_iter()
+        .find(|e| {
+            endpoint.as_str().is_some_and(|u| u.starts_with(&format!("http://{}/", cluster.edges[e].http)))
+        })
+        .unwrap_or_else(|| panic!("routed to an unknown edge: {endpoint}"));
+    wait_for("the new edge is the stream's origin", Duration::from_secs(30), || origin(new_origin));
+    assert_eq!(page(&publisher, "error"), serde_json::Value::Null, "no error it could not recover from");
+    // The viewer resumes: frames flow through edge o again, and its legs show it.
+    let before = sent();
+    wait_for("the viewer receives again", Duration::from_secs(60), || (sent() > before + 30.0).then_some(()));
+    viewer.terminate();
+    let stats = json_output(viewer, Duration::from_secs(30));
+    assert!(stats["frames"].as_u64().unwrap() > 60, "{stats}");
+    assert_eq!(stats["ended"], "stopped", "it never gave up: {stats}");
+    println!("publisher moved a -> {new_origin}; viewer legs: {stats}");
+}
+
+#[test]
 fn whep_viewers_re_route_by_themselves_when_their_edge_dies_or_drains() {
     require_ffmpeg();
     let _heavy = heavy();
