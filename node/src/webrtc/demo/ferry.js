@@ -10,6 +10,8 @@ window.FerryDemo = (() => {
   const ICE_GATHER_MAX_MS = 2000;
   const POST_TIMEOUT_MS = 15000;
   const ROUTE_TIMEOUT_MS = 2000;
+  const REROUTE_RETRY_MS = [250, 500, 1000, 2000];
+  const REROUTE_MAX_ATTEMPTS = 60;
 
   const $ = (id) => document.getElementById(id);
 
@@ -90,6 +92,24 @@ window.FerryDemo = (() => {
         }
       }
       throw new Error(`no route for ${stream}: ${last}`);
+    }
+
+    // After a lost session: asks routing for an edge and calls `attempt(endpoint)`
+    // (resolves true once the session is up there) until it works, calling
+    // `cleanup()` after each failed try and backing off. Resolves true when up again,
+    // false when stopped or out of attempts (ferry.error says why).
+    async function reroute(protocol, attempt, cleanup) {
+      for (let i = 0; i < REROUTE_MAX_ATTEMPTS && !stopped && !over(); i++) {
+        try {
+          if (await attempt(await route(protocol))) { ferry.error = null; return true; }
+        } catch (e) {
+          ferry.error = e.message || String(e);
+        }
+        cleanup();
+        const wait = REROUTE_RETRY_MS[Math.min(i, REROUTE_RETRY_MS.length - 1)];
+        await new Promise((resolve) => setTimeout(resolve, wait));
+      }
+      return false;
     }
 
     // 'ended' and 'error' are final: whichever comes first is what happened.
@@ -203,7 +223,7 @@ window.FerryDemo = (() => {
     $("stream").textContent = stream;
     $("stop").addEventListener("click", () => { stop(); });
 
-    return { ferry, params, stream, over, setState, fail: failFinal, connect, canRoute, route,
+    return { ferry, params, stream, over, setState, fail: failFinal, connect, canRoute, reroute,
       stopped: () => stopped };
   }
 
