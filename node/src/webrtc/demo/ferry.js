@@ -41,6 +41,20 @@ window.FerryDemo = (() => {
     return `HTTP ${response.status}${detail ? " " + detail : ""}`;
   }
 
+  // Calls `lost(why)` when a DTLS transport of `pc` closes or fails while `current()`
+  // is still `pc`: how the edge ending a session (it died, drained, or was told to)
+  // reaches the page. Call once per peer connection, after the answer is applied.
+  function watchTransports(pc, current, lost) {
+    const transports = new Set([...pc.getSenders(), ...pc.getReceivers()].map((x) => x.transport));
+    for (const transport of transports) {
+      if (!transport) continue;
+      transport.addEventListener("statechange", () => {
+        if (current() !== pc) return;
+        if (transport.state === "closed" || transport.state === "failed") lost(`transport ${transport.state}`);
+      });
+    }
+  }
+
   // One session of a page, set up from its query (stream=live/x, token=T).
   // `fields` are the page's own members of `window.ferry`, after state, error and
   // location and before stop. `release` stops the page's media, timers and peer
@@ -227,5 +241,5 @@ window.FerryDemo = (() => {
       stopped: () => stopped };
   }
 
-  return { $, session };
+  return { $, session, watchTransports };
 })();
