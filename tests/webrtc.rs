@@ -1010,12 +1010,14 @@ fn whep_variant(edge: &Edge, stream: &str, auth: &str, session: &str, user_agent
         ("Ferry-Session", session),
         ("User-Agent", user_agent),
     ];
-    // The edge's few UDP ports free up as ended sessions finish: 503 means "again".
+    // The edge's few UDP ports free up as ended sessions finish: 503 means "again". So
+    // does 404 while the stream was just published: the edge learns its origin through
+    // gossip or the control plane a moment later (a lasting 404 still fails).
     let (hdrs, _) = wait_for("a WHEP session", Duration::from_secs(20), || {
         let (status, hdrs, answer) =
             http(&edge.http, "POST", &format!("/whep/{stream}"), &headers, vp8_offer("recvonly").as_bytes());
         match status {
-            503 => None,
+            503 | 404 => None,
             201 => Some((hdrs, answer)),
             other => panic!("{session}: HTTP {other}: {answer}"),
         }
@@ -1584,7 +1586,8 @@ fn rollout_overrides_apply_per_session_and_edge_wide_where_the_gates_say() {
             let (status, hdrs, answer) =
                 http(&edge.http, "POST", &format!("/whep/{stream}"), &headers, offer.as_bytes());
             match status {
-                503 => None,
+                // Ports freeing up, or the edge still learning the new stream's origin.
+                503 | 404 => None,
                 201 => Some((hdrs, answer)),
                 other => panic!("HTTP {other}: {answer}"),
             }
