@@ -367,28 +367,16 @@ async fn rollout(client: &Client, cmd: RolloutCmd) -> anyhow::Result<(Value, Str
             (v, s)
         }
         RolloutCmd::Level { id, level } => {
-            let v = client
-                .call(
-                    "POST",
-                    &format!("/v1/rollouts/{}/level", encode_path(&id)),
-                    Some(json!({ "level": level })),
-                )
-                .await?;
+            let v = action(client, &id, "level", Some(json!({ "level": level }))).await?;
             (v, format!("rollout {id} at level {level}"))
         }
         RolloutCmd::Share { id, share } => {
-            let v = client
-                .call(
-                    "POST",
-                    &format!("/v1/rollouts/{}/share", encode_path(&id)),
-                    Some(json!({ "share_bp": share })),
-                )
-                .await?;
+            let v = action(client, &id, "share", Some(json!({ "share_bp": share }))).await?;
             (v, format!("rollout {id}: level 3 share {share} bp"))
         }
-        RolloutCmd::Pause { id } => action(client, &id, "pause").await?,
-        RolloutCmd::Resume { id } => action(client, &id, "resume").await?,
-        RolloutCmd::Abort { id } => action(client, &id, "abort").await?,
+        RolloutCmd::Pause { id } => done(client, &id, "pause").await?,
+        RolloutCmd::Resume { id } => done(client, &id, "resume").await?,
+        RolloutCmd::Abort { id } => done(client, &id, "abort").await?,
     })
 }
 
@@ -428,8 +416,14 @@ fn read_spec(file: Option<&std::path::Path>, json: Option<&str>) -> anyhow::Resu
     }
 }
 
-async fn action(client: &Client, id: &str, what: &str) -> anyhow::Result<(Value, String)> {
-    let v = client.call("POST", &format!("/v1/rollouts/{}/{what}", encode_path(id)), None).await?;
+/// `POST /v1/rollouts/{id}/{what}` with `body`.
+async fn action(client: &Client, id: &str, what: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    client.call("POST", &format!("/v1/rollouts/{}/{what}", encode_path(id)), body).await
+}
+
+/// A rollout action without a body (pause, resume, abort) and its summary.
+async fn done(client: &Client, id: &str, what: &str) -> anyhow::Result<(Value, String)> {
+    let v = action(client, id, what, None).await?;
     Ok((v, format!("rollout {id}: {what} done")))
 }
 
