@@ -241,7 +241,12 @@ fn bad_requests_get_json_errors_and_change_nothing() {
     wait_for_leader(&refs);
     let v = &voters[0];
     assert_eq!(register_edge(v, "e1", "e1"), 200);
-    let before = v.status()["applied_index"].as_u64().unwrap();
+    // The write is answered once the leader applied it; voter 0 may apply it a moment
+    // later, so count from the highest applied index once voter 0 has reached it.
+    let before = voters.iter().map(|x| x.status()["applied_index"].as_u64().unwrap()).max().unwrap();
+    wait_for("voter 0 applies the registration", Duration::from_secs(10), || {
+        (v.status()["applied_index"].as_u64()? >= before).then_some(())
+    });
 
     let big = format!(r#"{{"region":"{}"}}"#, "x".repeat(100_000));
     let cases: Vec<(&str, &str, Option<&str>, String, u16)> = vec![
