@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use ferry_node::client::publish::{publish, PublishOptions, Source};
-use ferry_node::client::stats::Samples;
-use ferry_node::client::watch::{watch_detailed, WatchOptions};
-use ferry_node::client::whep::{watch_whep, WhepOptions};
-use ferry_node::media::synthetic::SyntheticConfig;
-use ferry_node::tls::{ClientTrust, TransportTuning};
+use ferry_client::publish::{publish, PublishOptions, Source};
+use ferry_client::stats::Samples;
+use ferry_client::watch::{watch_detailed, WatchOptions};
+use ferry_client::whep::{watch_whep, WhepOptions};
+use ferry_media::synthetic::SyntheticConfig;
+use ferry_net::tls::{ClientTrust, TransportTuning};
 use ferry_proto::{ErrorCode, NodeId, StreamName, TrackName};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -142,7 +142,7 @@ async fn spawn_edge(
 
 /// CPU seconds (user + system) a process used so far, from /proc.
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    ferry_node::cluster::load::cpu_seconds(pid).with_context(|| format!("no CPU figures in /proc/{pid}/stat"))
+    ferry_edge::cluster::load::cpu_seconds(pid).with_context(|| format!("no CPU figures in /proc/{pid}/stat"))
 }
 
 /// Resident set size of a process in MiB.
@@ -239,6 +239,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
                 connect_timeout: Duration::from_secs(20),
                 failover: None,
                 session_id: None,
+                http: ferry_net::http::HttpClient::plain(),
             };
             whep_viewers.spawn(watch_whep(opts, token));
         } else {
@@ -369,7 +370,9 @@ async fn wait_for_stream(edge: &str, stream: &StreamName, args: &FanoutArgs) -> 
         match watch_detailed(opts, CancellationToken::new()).await {
             Ok((stats, _)) if stats.frames > 0 => return Ok(()),
             Ok(_) => {}
-            Err(ferry_node::Error::Refused { code: ErrorCode::NotFound, .. }) => {}
+            Err(ferry_client::Error::Net(ferry_net::Error::Refused {
+                code: ErrorCode::NotFound, ..
+            })) => {}
             Err(e) => return Err(e.into()),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

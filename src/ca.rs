@@ -29,7 +29,7 @@ pub struct IssueArgs {
     #[arg(long)]
     pub node: String,
     /// DNS names or IPs the node serves under (repeat or comma-separate).
-    #[arg(long = "name", value_delimiter = ',', default_values_t = ferry_node::edge::default_names())]
+    #[arg(long = "name", value_delimiter = ',', default_values_t = ferry_net::tls::default_names())]
     pub names: Vec<String>,
     /// Where to write the files (default: --dir).
     #[arg(long)]
@@ -39,14 +39,14 @@ pub struct IssueArgs {
 pub fn run(cmd: CaCommand) -> anyhow::Result<()> {
     match cmd {
         CaCommand::Init(args) => {
-            let (cert, key) = ferry_node::tls::init_ca(&args.dir)?;
+            let (cert, key) = ferry_net::tls::init_ca(&args.dir)?;
             out!("{}", serde_json::json!({ "ca": cert, "ca_key": key }))?;
         }
         CaCommand::Issue(args) => {
             ferry_proto::NodeId::new(args.node.clone())
                 .map_err(|e| anyhow::anyhow!("--node {:?}: {e}", args.node))?;
             let out = args.out_dir.clone().unwrap_or_else(|| args.dir.clone());
-            let (cert, key) = ferry_node::tls::issue_node_cert(&args.dir, &args.node, &args.names, &out)?;
+            let (cert, key) = ferry_net::tls::issue_node_cert(&args.dir, &args.node, &args.names, &out)?;
             out!(
                 "{}",
                 serde_json::json!({ "node": args.node, "cert": cert, "key": key, "ca": args.dir.join("ca.pem") })

@@ -8,17 +8,19 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use ferry_node::auth::TokenSecret;
-use ferry_node::client::conn::SessionHello;
-use ferry_node::client::publish::{publish, PublishOptions, Source};
-use ferry_node::client::routed::{publish_routed, watch_routed, RouteOptions};
-use ferry_node::client::watch::{watch, WatchOptions};
-use ferry_node::client::whep::{watch_whep, WhepFailover, WhepOptions};
-use ferry_node::edge::{default_names, BoundEdge, EdgeConfig};
-use ferry_node::media::synthetic::SyntheticConfig;
-use ferry_node::tls::{ClientTrust, ClusterTls, ServerIdentity, TransportTuning};
-use ferry_node::track::BufferConfig;
-use ferry_node::webrtc::WebRtcConfig;
+use ferry_client::publish::{publish, PublishOptions, Source};
+use ferry_client::routed::{publish_routed, watch_routed, RouteOptions};
+use ferry_client::watch::{watch, WatchOptions};
+use ferry_client::whep::{watch_whep, WhepFailover, WhepOptions};
+use ferry_edge::auth::TokenSecret;
+use ferry_edge::track::BufferConfig;
+use ferry_edge::webrtc::WebRtcConfig;
+use ferry_edge::{BoundEdge, EdgeConfig};
+use ferry_media::synthetic::SyntheticConfig;
+use ferry_net::dial::SessionHello;
+use ferry_net::http::HttpClient;
+use ferry_net::tls::default_names;
+use ferry_net::tls::{ClientTrust, ClusterTls, ServerIdentity, TransportTuning};
 use ferry_proto::{NodeId, StreamName, TrackName};
 
 use crate::units;
@@ -79,6 +81,15 @@ pub struct TrustArgs {
 }
 
 impl TrustArgs {
+    /// The HTTP client for `https://` WHEP and control-plane URLs: verified with
+    /// `--ca-file` (or not at all with `--insecure`); plain `http://` needs neither.
+    pub fn http(&self) -> anyhow::Result<HttpClient> {
+        match (&self.ca_file, self.insecure) {
+            (None, false) => Ok(HttpClient::plain()),
+            _ => Ok(HttpClient::new(Some(&self.trust()?))?),
+        }
+    }
+
     pub fn trust(&self) -> anyhow::Result<ClientTrust> {
         match (&self.ca_file, self.insecure) {
             (Some(ca), _) => Ok(ClientTrust::CaFile(ca.clone())),
@@ -200,7 +211,7 @@ pub struct WebRtcArgs {
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
-    ferry_node::webrtc::parse_port_range(s)
+    ferry_edge::webrtc::parse_port_range(s)
 }
 
 impl WebRtcArgs {
@@ -287,11 +298,12 @@ pub struct RouteArgs {
 }
 
 impl RouteArgs {
-    fn options(&self) -> Option<RouteOptions> {
+    fn options(&self, http: HttpClient) -> Option<RouteOptions> {
         (!self.control_plane.is_empty()).then(|| RouteOptions {
             control_plane: self.control_plane.clone(),
             region: self.region.clone(),
             max_failures: Some(self.max_failures),
+            http,
         })
     }
 }
@@ -430,7 +442,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Docs(cmd) => crate::docs::run(cmd),
         Command::Ca(cmd) => crate::ca::run(cmd),
         Command::Cert(args) => {
-            let files = ferry_node::tls::generate_cluster_certs(&args.out_dir, &args.names)?;
+            let files = ferry_net::tls::generate_cluster_certs(&args.out_dir, &args.names)?;
             out!(
                 "{}",
                 serde_json::json!({
@@ -471,7 +483,7 @@ async fn run_publish(args: PublishArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let routed = args.route.options();
+    let routed = args.route.options(args.trust.http()?);
     let tuning = match routed {
         Some(_) => TransportTuning::default().failing_over(args.route.failover_after),
         None => TransportTuning::default(),
@@ -518,7 +530,7 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
     if let Some(url) = &args.whep {
         return run_watch_whep(&args, url).await;
     }
-    let routed = args.route.options();
+    let routed = args.route.options(args.trust.http()?);
     let opts = WatchOptions {
         edge: match routed {
             Some(_) => String::new(),
@@ -606,6 +618,7 @@ async fn run_watch_whep(args: &WatchArgs, url: &str) -> anyhow::Result<()> {
         connect_timeout: Duration::from_secs(10),
         failover,
         session_id: args.session.session_id.clone(),
+        http: args.trust.http()?,
     };
     let stats = watch_whep(opts, crate::shutdown_signal()).await.with_context(|| format!("WHEP {url}"))?;
     if args.json {

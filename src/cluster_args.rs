@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use ferry_node::cluster::gossip::{GossipConfig, DEFAULT_INTERVAL};
+use ferry_net::gossip::{GossipConfig, DEFAULT_INTERVAL};
 
 use crate::units;
 
@@ -65,7 +65,7 @@ impl ControlPlaneArgs {
     /// The URLs (checked) and the token; empty URLs when no control plane is given.
     pub fn resolve(&self) -> anyhow::Result<(Vec<String>, String)> {
         for url in &self.control_plane {
-            ferry_node::http_client::authority(url).with_context(|| format!("--control-plane {url}"))?;
+            ferry_net::http::check_base_url(url).with_context(|| format!("--control-plane {url}"))?;
         }
         let token = match (&self.control_token_file, &self.control_token) {
             (Some(file), _) => std::fs::read_to_string(file)

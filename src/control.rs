@@ -10,7 +10,7 @@ use clap::Args;
 use ferry_control_plane::node::NodeConfig;
 use ferry_control_plane::server::{Control, ControlConfig};
 use ferry_control_plane::transport::TransportConfig;
-use ferry_node::tls::{ClientTrust, ClusterTls, ServerIdentity};
+use ferry_net::tls::{ClientTrust, ClusterTls, ServerIdentity};
 
 use crate::units;
 
@@ -115,7 +115,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     node.join = args.join;
     let identity = match (&args.cert, &args.key) {
         (Some(cert), Some(key)) => ServerIdentity::Files { cert: cert.clone(), key: key.clone() },
-        _ => ServerIdentity::SelfSigned { names: ferry_node::edge::default_names() },
+        _ => ServerIdentity::SelfSigned { names: ferry_net::tls::default_names() },
     };
     let trust = match (&args.ca_file, &args.cert, &args.key) {
         (Some(ca), Some(cert), Some(key)) => {

@@ -4,7 +4,7 @@
 //! leader (503) or unreachable is skipped. Writes carry one `Idempotency-Key` per
 //! invocation, so trying them on several voters applies them once.
 
-use ferry_node::http_client as http;
+use ferry_net::http::{join, HttpClient, Method, Response};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -145,6 +145,7 @@ pub enum RolloutCmd {
 }
 
 struct Client {
+    http: HttpClient,
     urls: Vec<String>,
     token: String,
     timeout: Duration,
@@ -153,23 +154,32 @@ struct Client {
 
 impl Client {
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let key = (method != "GET").then_some(self.key.as_str());
+        let method = Method::from_bytes(method.as_bytes())?;
         let mut last = None;
         for url in &self.urls {
-            match http::request(url, method, path, &self.token, body.as_ref(), key, self.timeout).await {
+            let mut request =
+                self.http.request(method.clone(), &join(url, path)).bearer(&self.token).timeout(self.timeout);
+            if method != Method::GET {
+                request = request.header("idempotency-key", &self.key);
+            }
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            match request.send().await {
                 Ok(r) if r.status == 503 => last = Some(describe(url, &r)),
-                Ok(r) if (200..300).contains(&r.status) => return Ok(r.body),
+                Ok(r) if r.ok() => return Ok(r.json()),
                 Ok(r) => bail!("{}", describe(url, &r)),
-                Err(e) => last = Some(format!("{e:#}")),
+                Err(e) => last = Some(ferry_net::Chain(&e).to_string()),
             }
         }
         bail!("no control-plane voter could serve the request: {}", last.unwrap_or_default())
     }
 }
 
-fn describe(url: &str, r: &http::Response) -> String {
-    let code = r.body.pointer("/error/code").and_then(Value::as_str).unwrap_or("error");
-    let message = r.body.pointer("/error/message").and_then(Value::as_str).unwrap_or("");
+fn describe(url: &str, r: &Response) -> String {
+    let body = r.json();
+    let code = body.pointer("/error/code").and_then(Value::as_str).unwrap_or("error");
+    let message = body.pointer("/error/message").and_then(Value::as_str).unwrap_or("");
     format!("{url}: HTTP {} {code}: {message}", r.status)
 }
 
@@ -188,6 +198,7 @@ fn encode_path(name: &str) -> String {
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let client = Client {
+        http: HttpClient::plain(),
         urls: args.control.clone(),
         token: args.token.clone(),
         timeout: args.timeout,

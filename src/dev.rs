@@ -12,16 +12,17 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use ferry_client::publish::{PublishOptions, Source};
+use ferry_client::routed::{publish_routed, RouteOptions};
 use ferry_control_plane::node::NodeConfig;
 use ferry_control_plane::server::{Control, ControlConfig};
 use ferry_control_plane::transport::TransportConfig;
-use ferry_node::client::publish::{PublishOptions, Source};
-use ferry_node::client::routed::{publish_routed, RouteOptions};
-use ferry_node::cluster::gossip::{GossipConfig, DEFAULT_INTERVAL};
-use ferry_node::edge::{default_names, BoundEdge, EdgeConfig};
-use ferry_node::media::synthetic::SyntheticConfig;
-use ferry_node::tls::{ClientTrust, ClusterTls, ServerIdentity, TransportTuning};
-use ferry_node::webrtc::WebRtcConfig;
+use ferry_edge::webrtc::WebRtcConfig;
+use ferry_edge::{BoundEdge, EdgeConfig};
+use ferry_media::synthetic::SyntheticConfig;
+use ferry_net::gossip::{GossipConfig, DEFAULT_INTERVAL};
+use ferry_net::tls::default_names;
+use ferry_net::tls::{ClientTrust, ClusterTls, ServerIdentity, TransportTuning};
 use ferry_proto::{NodeId, StreamName};
 
 #[derive(Debug, Clone, Args)]
@@ -55,7 +56,7 @@ pub struct DevArgs {
     pub stream: String,
     /// UDP ports the dev edges' WebRTC sessions bind (on 127.0.0.1), split between them.
     #[arg(long, env = "FERRY_DEV_WEBRTC_UDP_PORTS", default_value = "51000-51099",
-          value_parser = ferry_node::webrtc::parse_port_range)]
+          value_parser = ferry_edge::webrtc::parse_port_range)]
     pub webrtc_udp_ports: (u16, u16),
 }
 
@@ -105,10 +106,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // A cluster CA and a certificate per node: relay and raft are mutual TLS.
     let ca_dir = data_dir.join("ca");
     if !ca_dir.join("ca.pem").exists() {
-        ferry_node::tls::init_ca(&ca_dir).context("creating the dev cluster CA")?;
+        ferry_net::tls::init_ca(&ca_dir).context("creating the dev cluster CA")?;
     }
     let cluster_tls = |node: &str| -> anyhow::Result<ClusterTls> {
-        let (cert, key) = ferry_node::tls::issue_node_cert(&ca_dir, node, &default_names(), &ca_dir)
+        let (cert, key) = ferry_net::tls::issue_node_cert(&ca_dir, node, &default_names(), &ca_dir)
             .with_context(|| format!("issuing the dev certificate for {node}"))?;
         Ok(ClusterTls { ca: ca_dir.join("ca.pem"), cert, key })
     };
@@ -225,8 +226,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         max_frame: ferry_proto::MAX_FRAME_PAYLOAD,
         session: Default::default(),
     };
-    let route =
-        RouteOptions { control_plane: urls.clone(), region: Some("local-a".into()), max_failures: None };
+    let route = RouteOptions {
+        control_plane: urls.clone(),
+        region: Some("local-a".into()),
+        max_failures: None,
+        http: ferry_net::http::HttpClient::plain(),
+    };
     let publisher = tokio::spawn(publish_routed(opts, route, shutdown.clone()));
     // The printed commands work once the stream has its origin (the edges register
     // and the publisher is routed first).

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgGroup, Args};
-use ferry_node::auth::{Action, Claims, StreamScope, TokenSecret};
+use ferry_edge::auth::{Action, Claims, StreamScope, TokenSecret};
 use ferry_proto::StreamName;
 
 use crate::units;
@@ -92,7 +92,7 @@ mod tests {
     use std::time::UNIX_EPOCH;
 
     use clap::Parser;
-    use ferry_node::auth::authorize;
+    use ferry_edge::auth::authorize;
 
     use super::*;
 

@@ -357,8 +357,8 @@ fn a_cluster_started_from_the_rendered_chart_plays_a_stream_and_has_every_charte
 /// A QUIC viewer placed in the rollouts that then sends a publisher's message: the edge
 /// closes it with protocol_violation, an error of its cohort.
 fn misbehave(quic: &str) {
-    use ferry_node::client::conn::{connect, SessionHello};
-    use ferry_node::tls::{ClientTrust, TransportTuning};
+    use ferry_net::dial::{connect, SessionHello};
+    use ferry_net::tls::{ClientTrust, TransportTuning};
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -381,7 +381,7 @@ fn misbehave(quic: &str) {
             stream: ferry_proto::StreamName::new("live/nope").unwrap(),
             tracks: vec![],
         };
-        let _ = ferry_node::wire::write_message(&mut link.send, link.version, &announce).await;
+        let _ = ferry_net::wire::write_message(&mut link.send, link.version, &announce).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), link.conn.closed()).await;
     });
 }

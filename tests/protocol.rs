@@ -6,10 +6,10 @@ mod support;
 
 use std::time::Duration;
 
-use ferry_node::client::conn::{connect, Link};
-use ferry_node::client::watch::{watch, WatchOptions};
-use ferry_node::tls::{self, ClientTrust, TransportTuning};
-use ferry_node::wire::{read_message, write_message};
+use ferry_client::watch::{watch, WatchOptions};
+use ferry_net::dial::{connect, Link};
+use ferry_net::tls::{self, ClientTrust, TransportTuning};
+use ferry_net::wire::{read_message, write_message};
 use ferry_proto::{
     encode_frame_header, encode_message, ErrorCode, FrameFlags, FrameHeader, GroupHeader, Hello, Message,
     NodeId, Role, StreamName, TrackName, MAX_CONTROL_MESSAGE,

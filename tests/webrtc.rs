@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, SystemTime};
 
-use ferry_node::auth::{mint, Action, StreamScope, TokenSecret};
+use ferry_edge::auth::{mint, Action, StreamScope, TokenSecret};
 use support::*;
 
 /// A raw HTTP/1.1 exchange: (status, headers lowercased, body).
@@ -1272,8 +1272,8 @@ fn a_cpu_burning_treatment_trips_on_its_edge_without_voters_and_is_recorded_when
 /// Opens a QUIC viewer session as `id` with `tags` on the edge at `quic`: its
 /// `Ferry-Variant`, or the refusal.
 async fn quic_variant(quic: String, id: String, tags: Vec<String>) -> Result<String, String> {
-    use ferry_node::client::conn::{connect, SessionHello};
-    use ferry_node::tls::{ClientTrust, TransportTuning};
+    use ferry_net::dial::{connect, SessionHello};
+    use ferry_net::tls::{ClientTrust, TransportTuning};
     let _ = rustls::crypto::ring::default_provider().install_default();
     let session = SessionHello { id: Some(id), tags };
     let node = ferry_proto::NodeId::new("rollout-probe").unwrap();

@@ -5,6 +5,7 @@
 //! - [`storage`]: the raft log, hard state, conf state and snapshots on sled, behind [`storage::LogStore`].
 
 pub mod api;
+mod error;
 pub mod failover;
 pub mod guard;
 pub mod node;
@@ -14,3 +15,5 @@ pub mod server;
 pub mod state;
 pub mod storage;
 pub mod transport;
+
+pub use error::{Error, Result};

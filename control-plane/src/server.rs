@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use ferry_node::cluster::gossip::{Gossip, GossipConfig, GossipMetrics, SelfInfo};
-use ferry_node::tls;
+use ferry_net::gossip::{Gossip, GossipConfig, GossipMetrics, SelfInfo};
+use ferry_net::tls;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -19,7 +19,8 @@ use crate::guard::{ErrorGuard, Reading, Watched};
 use crate::node::{self, NodeConfig, NodeHandle};
 use crate::relays::{self, EdgeHealth, Placed, Placement};
 use crate::state::{Command, Request, RolloutState};
-use crate::transport::TransportConfig;
+use crate::transport::{Transport, TransportConfig};
+use crate::{Error, Result};
 use ferry_proto::rollout::RolloutSpec;
 
 /// Everything a voter needs.
@@ -46,34 +47,23 @@ pub struct Control {
     http: tokio::task::JoinHandle<()>,
 }
 
-/// Why a voter could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("raft node: {0}")]
-    Node(#[from] node::NodeError),
-    #[error("http listener on {addr}: {source}")]
-    Http { addr: SocketAddr, source: std::io::Error },
-    #[error("{0}")]
-    Setup(String),
-}
-
 impl Control {
     /// Opens storage, starts raft and binds the HTTP API.
-    pub async fn start(config: ControlConfig, cancel: CancellationToken) -> Result<Control, StartError> {
+    pub async fn start(config: ControlConfig, cancel: CancellationToken) -> Result<Control> {
         let tracker = TaskTracker::new();
         let listener = tokio::net::TcpListener::bind(config.http_listen)
             .await
-            .map_err(|source| StartError::Http { addr: config.http_listen, source })?;
+            .map_err(Error::bind("the API (--http-listen)", config.http_listen))?;
         let http_addr =
-            listener.local_addr().map_err(|source| StartError::Http { addr: config.http_listen, source })?;
+            listener.local_addr().map_err(Error::bind("the API (--http-listen)", config.http_listen))?;
         let cluster_ca = match &config.transport.trust {
             tls::ClientTrust::Cluster(c) => Some(c.ca.clone()),
             _ => None,
         };
-        let node = node::start(config.node, config.transport, &tracker, cancel.clone()).await?;
+        let node = start_node(config.node, config.transport, &tracker, cancel.clone()).await?;
         let mut api = Api::new(node.clone(), config.token, config.request_timeout);
         if let Some(ca) = cluster_ca {
-            let ca = tls::load_certs(&ca).map_err(|e| StartError::Setup(format!("cluster CA: {e}")))?;
+            let ca = tls::load_certs(&ca)?;
             api = api.with_cluster_ca(ca);
         }
         if let Some(gossip_config) = config.gossip {
@@ -92,8 +82,7 @@ impl Control {
                 &tracker,
                 cancel.clone(),
             )
-            .await
-            .map_err(|e| StartError::Setup(e.to_string()))?;
+            .await?;
             tracker.spawn(failover_loop(
                 node.clone(),
                 Arc::clone(&gossip),
@@ -151,10 +140,7 @@ async fn guard_loop(
         let rollouts: Vec<(String, u8, bool, RolloutSpec)> = node.read(|s| {
             s.rollouts
                 .values()
-                .map(|r| {
-                    let spec = serde_json::from_value::<RolloutSpec>(r.spec.clone()).unwrap_or_default();
-                    (r.id.clone(), r.level, r.state == RolloutState::Active, spec)
-                })
+                .map(|r| (r.id.clone(), r.level, r.state == RolloutState::Active, r.spec.clone()))
                 .collect()
         });
         let watched: Vec<Watched<'_>> = rollouts
@@ -314,4 +300,17 @@ fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// Opens storage and starts the node task with the QUIC transport on `tracker`.
+async fn start_node(
+    config: NodeConfig,
+    transport: TransportConfig,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) -> Result<NodeHandle> {
+    let (runner, handle) = node::open(config)?;
+    let network = Transport::start(transport, handle.clone(), tracker, cancel.clone()).await?;
+    tracker.spawn(runner.run(Arc::new(network), cancel));
+    Ok(handle)
 }

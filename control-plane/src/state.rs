@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+pub use ferry_proto::api::{AuditEvent, Edge, Rollout, RolloutEvent, RolloutState, Stream};
 use ferry_proto::rollout::RolloutSpec;
 use ferry_proto::{NodeId, StreamName};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -107,100 +108,6 @@ impl PartialEq for State {
     }
 }
 
-/// An edge node as registered with the control plane.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Edge {
-    pub id: String,
-    pub region: String,
-    /// Where peers and publishers reach the edge over QUIC.
-    pub quic_addr: String,
-    /// Where the edge serves HTTP (health, metrics, viewers).
-    pub http_addr: String,
-    /// Software version the edge reported.
-    pub version: String,
-    /// Relative capacity used by placement.
-    pub capacity: u32,
-    /// An operator asked it to drain (`ferry ctl edges drain`): it leaves routing, moves
-    /// its sessions and exits. Cleared when the edge (a new process) registers again.
-    #[serde(default)]
-    pub draining: bool,
-    pub registered_at_ms: u64,
-    pub updated_at_ms: u64,
-}
-
-/// A stream: the edge its publisher is on, and the edges relaying it per viewer region.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stream {
-    pub name: String,
-    /// Id of the edge the publisher is connected to.
-    pub origin: String,
-    /// Relay edge ids by region. Regions with no relays are not stored.
-    pub relays: BTreeMap<String, Vec<String>>,
-    /// The origin edge died (committed by the leader's failover) and no publisher has
-    /// come back yet. Cleared when a new origin is put.
-    #[serde(default)]
-    pub origin_lost: bool,
-    pub created_at_ms: u64,
-    pub updated_at_ms: u64,
-}
-
-/// A staged rollout. The engine that moves levels is a later piece; here it is data.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Rollout {
-    pub id: String,
-    /// Opaque to the state machine.
-    #[serde(with = "json_value")]
-    pub spec: Value,
-    /// 0..=[`MAX_ROLLOUT_LEVEL`].
-    pub level: u8,
-    pub state: RolloutState,
-    /// The newest [`MAX_ROLLOUT_HISTORY`] events, oldest first.
-    pub history: Vec<RolloutEvent>,
-    pub created_at_ms: u64,
-}
-
-/// Where a rollout stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RolloutState {
-    /// Levels may move.
-    Active,
-    /// Held by an operator; resume to continue.
-    Paused,
-    /// Ended by an operator; final.
-    Aborted,
-    /// Stopped by a failing guard; resume to continue.
-    Tripped,
-}
-
-/// One step in a rollout's history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RolloutEvent {
-    pub at_ms: u64,
-    pub actor: String,
-    /// What happened, e.g. `created`, `level 1 -> 2`, `paused`.
-    pub what: String,
-    /// Level after the event.
-    pub level: u8,
-}
-
-/// A successful change, for operators.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditEvent {
-    pub id: u64,
-    /// Raft index of the entry that made the change.
-    pub index: u64,
-    pub at_ms: u64,
-    pub actor: String,
-    pub request_id: String,
-    /// Dotted action name, see [`Command::action`].
-    pub action: String,
-    /// Id or name of the edge, stream or rollout changed.
-    pub target: String,
-    /// Human-readable summary.
-    pub detail: String,
-}
-
 /// A change to the state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -248,7 +155,7 @@ pub enum Command {
     /// Creates a rollout at level 0, active.
     CreateRollout {
         id: String,
-        spec: Value,
+        spec: RolloutSpec,
     },
     SetRolloutLevel {
         id: String,
@@ -699,20 +606,15 @@ fn delete_stream(state: &mut State, name: &str) -> Step {
     }))
 }
 
-/// The settings a stored spec changes (none for a spec that is not a [`RolloutSpec`]).
-fn spec_settings(spec: &Value) -> Vec<&'static str> {
-    serde_json::from_value::<RolloutSpec>(spec.clone()).map(|s| s.settings()).unwrap_or_default()
-}
-
-fn create_rollout(state: &mut State, now: u64, actor: &str, id: &str, spec: &Value) -> Step {
+fn create_rollout(state: &mut State, now: u64, actor: &str, id: &str, spec: &RolloutSpec) -> Step {
     check_label("rollout id", id)?;
     if state.rollouts.contains_key(id) {
         return Err(rejected(REJECT_CONFLICT, format!("rollout {id:?} already exists")));
     }
     // Only one rollout that is not aborted may change a given setting.
-    let settings = spec_settings(spec);
+    let settings = spec.settings();
     for other in state.rollouts.values().filter(|r| r.state != RolloutState::Aborted) {
-        let theirs = spec_settings(&other.spec);
+        let theirs = other.spec.settings();
         if let Some(shared) = settings.iter().find(|s| theirs.contains(s)) {
             return Err(rejected(
                 REJECT_INVALID,
@@ -760,22 +662,11 @@ fn set_rollout_share(state: &mut State, now: u64, actor: &str, id: &str, share_b
     if rollout.state == RolloutState::Aborted {
         return Err(rejected(REJECT_CONFLICT, format!("rollout {id:?} is aborted")));
     }
-    // Patch the stored spec in place (it stays as the operator wrote it), then check
-    // the result like a new spec.
+    // Change the share, then check the result like a new spec.
     let mut spec = rollout.spec.clone();
-    let before = spec.pointer("/gates/share_bp").and_then(Value::as_u64).unwrap_or(0);
-    let Some(object) = spec.as_object_mut() else {
-        return Err(rejected(REJECT_INVALID, format!("rollout {id:?} has no spec object")));
-    };
-    let gates = object.entry("gates").or_insert_with(|| json!({}));
-    let Some(gates) = gates.as_object_mut() else {
-        return Err(rejected(REJECT_INVALID, format!("rollout {id:?}: gates is not an object")));
-    };
-    gates.insert("share_bp".into(), json!(share_bp));
-    let checked = serde_json::from_value::<RolloutSpec>(spec.clone())
-        .map_err(|e| e.to_string())
-        .and_then(|s| s.validate());
-    if let Err(reason) = checked {
+    let before = spec.gates.share_bp;
+    spec.gates.share_bp = share_bp;
+    if let Err(reason) = spec.validate() {
         return Err(rejected(REJECT_INVALID, reason));
     }
     rollout.spec = spec;
@@ -822,8 +713,7 @@ fn trip_rollout(state: &mut State, now: u64, actor: &str, id: &str, guard: &str)
             return Err(rejected(REJECT_CONFLICT, format!("rollout {id:?} is {other:?}, not active")));
         }
     }
-    let on_trip =
-        serde_json::from_value::<RolloutSpec>(rollout.spec.clone()).map(|s| s.on_trip).unwrap_or_default();
+    let on_trip = rollout.spec.on_trip;
     let from = rollout.level;
     let to = match on_trip {
         ferry_proto::rollout::OnTrip::Off => 0,

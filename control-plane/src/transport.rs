@@ -8,14 +8,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ferry_node::tls::{self, ClientTrust, ServerIdentity, TransportTuning};
+use ferry_net::tls::{self, ClientTrust, ServerIdentity, TransportTuning};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::node::NodeHandle;
+use crate::node::{NodeHandle, RaftNetwork};
 
 /// ALPN of the raft transport (distinct from the relay protocol).
 pub const RAFT_ALPN: &[u8] = b"ferry-raft/1";
@@ -36,55 +36,9 @@ pub struct TransportConfig {
     pub trust: ClientTrust,
 }
 
-/// Where the node sends raft messages. The QUIC [`Transport`] in production;
-/// [`MemoryRouter`] in tests, which can also cut nodes off.
-pub trait RaftNetwork: Send + Sync + 'static {
-    /// Queues messages for their destinations (`msg.to`). Must not block.
-    fn send(&self, msgs: Vec<Message>);
-}
-
 impl RaftNetwork for Transport {
     fn send(&self, msgs: Vec<Message>) {
         Transport::send(self, msgs);
-    }
-}
-
-/// An in-memory network between nodes of one process, for deterministic tests of
-/// the node logic: delivers directly to each node's handle, and drops everything
-/// to or from a partitioned node.
-#[derive(Default, Clone)]
-pub struct MemoryRouter {
-    nodes: Arc<Mutex<HashMap<u64, NodeHandle>>>,
-    cut: Arc<Mutex<std::collections::HashSet<u64>>>,
-}
-
-impl MemoryRouter {
-    /// Connects a node.
-    pub fn add(&self, id: u64, node: NodeHandle) {
-        self.nodes.lock().unwrap_or_else(PoisonError::into_inner).insert(id, node);
-    }
-    /// Cuts a node off from everyone.
-    pub fn partition(&self, id: u64) {
-        self.cut.lock().unwrap_or_else(PoisonError::into_inner).insert(id);
-    }
-    /// Reconnects a node.
-    pub fn heal(&self, id: u64) {
-        self.cut.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
-    }
-}
-
-impl RaftNetwork for MemoryRouter {
-    fn send(&self, msgs: Vec<Message>) {
-        let nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
-        let cut = self.cut.lock().unwrap_or_else(PoisonError::into_inner);
-        for msg in msgs {
-            if cut.contains(&msg.from) || cut.contains(&msg.to) {
-                continue;
-            }
-            if let Some(node) = nodes.get(&msg.to) {
-                node.deliver(msg);
-            }
-        }
     }
 }
 
@@ -110,7 +64,7 @@ impl Transport {
         node: NodeHandle,
         tracker: &TaskTracker,
         cancel: CancellationToken,
-    ) -> ferry_node::Result<Transport> {
+    ) -> crate::Result<Transport> {
         let tuning = TransportTuning {
             send_window: 64 * 1024 * 1024,
             stream_receive_window: 64 * 1024 * 1024,
@@ -126,7 +80,8 @@ impl Transport {
             _ => tls::ClientAuth::None,
         };
         let server = tls::server_config_with(&config.identity, &tuning, RAFT_ALPN, &client_auth)?;
-        let mut endpoint = quinn::Endpoint::server(server, config.listen)?;
+        let mut endpoint = quinn::Endpoint::server(server, config.listen)
+            .map_err(crate::Error::bind("raft (--raft-listen)", config.listen))?;
         endpoint.set_default_client_config(tls::client_config_for(&config.trust, &tuning, RAFT_ALPN)?);
         tracker.spawn(accept(endpoint.clone(), node.clone(), tracker.clone(), cancel.clone()));
         Ok(Transport {
@@ -218,20 +173,20 @@ async fn send_loop(
     }
 }
 
-async fn connect(endpoint: &quinn::Endpoint, addr: &str) -> ferry_node::Result<quinn::Connection> {
-    let (host, remote) = ferry_node::client::conn::resolve(addr).await?;
+async fn connect(endpoint: &quinn::Endpoint, addr: &str) -> ferry_net::Result<quinn::Connection> {
+    let (host, remote) = ferry_net::dial::resolve(addr).await?;
     let connecting = endpoint.connect(remote, &host)?;
     tokio::time::timeout(Duration::from_secs(2), connecting)
         .await
-        .map_err(|_| ferry_node::Error::Timeout("a raft peer"))?
+        .map_err(|_| ferry_net::Error::Timeout("a raft peer"))?
         .map_err(Into::into)
 }
 
-async fn write_batch(conn: &quinn::Connection, batch: &[Message]) -> ferry_node::Result<()> {
+async fn write_batch(conn: &quinn::Connection, batch: &[Message]) -> ferry_net::Result<()> {
     let mut buf = Vec::new();
     buf.extend_from_slice(&u32::try_from(batch.len()).unwrap_or(u32::MAX).to_be_bytes());
     for msg in batch {
-        let bytes = msg.write_to_bytes().map_err(|e| ferry_node::Error::Protocol(e.to_string()))?;
+        let bytes = msg.write_to_bytes().map_err(|e| ferry_net::Error::Protocol(e.to_string()))?;
         buf.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
         buf.extend_from_slice(&bytes);
     }
@@ -283,23 +238,23 @@ async fn serve_peer(incoming: quinn::Incoming, node: NodeHandle) {
     }
 }
 
-async fn read_batch(stream: &mut quinn::RecvStream) -> ferry_node::Result<Vec<Message>> {
+async fn read_batch(stream: &mut quinn::RecvStream) -> ferry_net::Result<Vec<Message>> {
     let mut head = [0u8; 4];
     stream.read_exact(&mut head).await?;
     let count = u32::from_be_bytes(head) as usize;
     if count > MAX_BATCH {
-        return Err(ferry_node::Error::Protocol(format!("batch of {count} messages")));
+        return Err(ferry_net::Error::Protocol(format!("batch of {count} messages")));
     }
     let mut msgs = Vec::with_capacity(count);
     for _ in 0..count {
         stream.read_exact(&mut head).await?;
         let len = u32::from_be_bytes(head) as usize;
         if len > MAX_MESSAGE {
-            return Err(ferry_node::Error::Protocol(format!("raft message of {len} bytes")));
+            return Err(ferry_net::Error::Protocol(format!("raft message of {len} bytes")));
         }
         let mut body = vec![0u8; len];
         stream.read_exact(&mut body).await?;
-        msgs.push(Message::parse_from_bytes(&body).map_err(|e| ferry_node::Error::Protocol(e.to_string()))?);
+        msgs.push(Message::parse_from_bytes(&body).map_err(|e| ferry_net::Error::Protocol(e.to_string()))?);
     }
     Ok(msgs)
 }

@@ -1,6 +1,8 @@
 //! ferry-proto: the vocabulary every Ferry process shares.
 //!
 //! # Layout
+//! - [`api`]: records of the control-plane API and health gossip (edges, streams,
+//!   rollouts, audit events, gossip members), shared by every process.
 //! - [`ids`]: validated names and ids (streams, tracks, nodes, sessions).
 //! - [`media`]: the media model — track descriptions, frame headers, flags.
 //! - [`message`]: relay protocol messages (control stream and group-stream headers).
@@ -14,6 +16,7 @@
 //! This crate is pure: no tokio, no sockets, no clock. Every decoder takes a size
 //! limit and returns an error on garbage; none of them panics.
 
+pub mod api;
 pub mod codec;
 pub mod cohort;
 pub mod error;

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use ferry_node::client::conn::{connect, SessionHello};
-use ferry_node::http_client::request;
-use ferry_node::tls::{ClientTrust, TransportTuning};
+use ferry_net::dial::{connect, SessionHello};
+use ferry_net::http::{join, HttpClient};
+use ferry_net::tls::{ClientTrust, TransportTuning};
 use ferry_proto::{NodeId, Role};
 use serde_json::{json, Value};
 
@@ -62,9 +62,15 @@ async fn session(quic: &str, id: String) -> Option<String> {
 }
 
 async fn post(base: &str, path: &str, body: Value) -> anyhow::Result<()> {
-    let r = request(base, "POST", path, TOKEN, Some(&body), None, Duration::from_secs(5)).await?;
+    let r = HttpClient::plain()
+        .post(&join(base, path))
+        .bearer(TOKEN)
+        .json(&body)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?;
     if r.status != 200 {
-        bail!("POST {path}: HTTP {}: {}", r.status, r.body);
+        bail!("POST {path}: HTTP {}: {}", r.status, r.json());
     }
     Ok(())
 }
@@ -254,7 +260,7 @@ pub async fn run(args: CanaryArgs) -> anyhow::Result<()> {
         "cpu_max": 0.5,
         "burn_ms_per_s": 900,
         "consecutive_samples": args.consecutive,
-        "sample_interval_ms": ferry_node::edge::CPU_SAMPLE.as_millis() as u64,
+        "sample_interval_ms": ferry_edge::server::CPU_SAMPLE.as_millis() as u64,
         "treatment_seen_to_fallback_ms": fallback as i64 - treated as i64,
         "level_change_to_fallback_ms": fallback_elapsed.as_millis() as u64,
         "trip_counter_seen_to_baseline_ms": tripped.map(|t| fallback as i64 - t as i64),

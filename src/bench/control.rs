@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use ferry_node::client::stats::Samples;
+use ferry_client::stats::Samples;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
 use crate::units;
-use ferry_node::http_client::HttpConn;
+use ferry_net::http::{HttpClient, Method};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Target {
@@ -288,17 +288,16 @@ async fn find_leader(api: &Api, endpoints: &[String]) -> anyhow::Result<usize> {
 async fn is_leader(api: &Api, endpoint: &str) -> anyhow::Result<bool> {
     match api {
         Api::Ferry { token } => {
-            let mut conn = HttpConn::connect(endpoint, MAX_RESPONSE).await?;
-            let (status, body) = tokio::time::timeout(
-                Duration::from_secs(2),
-                conn.request("GET", "/v1/cluster", token, None, None),
-            )
-            .await
-            .context("GET /v1/cluster timed out")??;
-            if status != 200 {
-                bail!("GET /v1/cluster: HTTP {status}");
+            let r = HttpClient::plain()
+                .get(&format!("http://{endpoint}/v1/cluster"))
+                .bearer(token)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await?;
+            if r.status != 200 {
+                bail!("GET /v1/cluster: HTTP {}", r.status);
             }
-            let v: serde_json::Value = serde_json::from_slice(&body).context("GET /v1/cluster body")?;
+            let v = r.json();
             let id = v.get("id").and_then(|x| x.as_u64()).unwrap_or(0);
             let leader = v.get("leader").and_then(|x| x.as_u64()).unwrap_or(0);
             Ok(leader != 0 && id == leader)
@@ -312,7 +311,8 @@ enum Writer {
     Ferry {
         endpoint: String,
         token: Arc<str>,
-        conn: Option<HttpConn>,
+        /// Keeps its connection alive between writes (one client, one connection).
+        http: HttpClient,
     },
     #[cfg(feature = "etcd-bench")]
     Etcd(Box<etcd_client::Client>),
@@ -324,7 +324,7 @@ impl Writer {
             Api::Ferry { token } => Ok(Writer::Ferry {
                 endpoint: endpoint.to_owned(),
                 token: token.clone(),
-                conn: Some(HttpConn::connect(endpoint, MAX_RESPONSE).await?),
+                http: HttpClient::plain().with_max_response(MAX_RESPONSE),
             }),
             Api::Etcd => etcd::writer(endpoint).await,
         }
@@ -333,19 +333,19 @@ impl Writer {
     /// One write of `key`; Ok only when the system acknowledged it.
     async fn put(&mut self, key: &str, idempotency_key: Option<&str>) -> anyhow::Result<()> {
         match self {
-            Writer::Ferry { endpoint, token, conn } => {
-                let mut c = match conn.take() {
-                    Some(c) => c,
-                    None => HttpConn::connect(endpoint, MAX_RESPONSE).await?,
-                };
-                let path = format!("/v1/edges/{key}");
-                let (status, body) =
-                    c.request("PUT", &path, token, idempotency_key, Some(EDGE_BODY.as_bytes())).await?;
-                if c.reusable() {
-                    *conn = Some(c);
+            Writer::Ferry { endpoint, token, http } => {
+                let url = format!("http://{endpoint}/v1/edges/{key}");
+                let mut request = http
+                    .request(Method::PUT, &url)
+                    .bearer(token)
+                    .body("application/json", EDGE_BODY)
+                    .timeout(Duration::from_secs(30));
+                if let Some(k) = idempotency_key {
+                    request = request.header("idempotency-key", k);
                 }
-                if status != 200 {
-                    bail!("HTTP {status}: {}", String::from_utf8_lossy(&body));
+                let r = request.send().await?;
+                if r.status != 200 {
+                    bail!("HTTP {}: {}", r.status, r.text());
                 }
                 Ok(())
             }
@@ -656,9 +656,11 @@ impl Writer {
     /// connection for Ferry, a clone of the multiplexed gRPC channel for etcd.
     fn fresh(&self) -> Writer {
         match self {
-            Writer::Ferry { endpoint, token, .. } => {
-                Writer::Ferry { endpoint: endpoint.clone(), token: token.clone(), conn: None }
-            }
+            Writer::Ferry { endpoint, token, .. } => Writer::Ferry {
+                endpoint: endpoint.clone(),
+                token: token.clone(),
+                http: HttpClient::plain().with_max_response(MAX_RESPONSE),
+            },
             #[cfg(feature = "etcd-bench")]
             Writer::Etcd(client) => Writer::Etcd(client.clone()),
         }

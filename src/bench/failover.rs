@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use ferry_node::http_client::request;
+use ferry_net::http::{join, HttpClient};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -71,15 +71,24 @@ pub(super) fn free_udp() -> anyhow::Result<String> {
 }
 
 pub(super) async fn get(base: &str, path: &str) -> Option<Value> {
-    let r = request(base, "GET", path, TOKEN, None, None, Duration::from_secs(2)).await.ok()?;
-    (r.status == 200).then_some(r.body)
+    let r = HttpClient::plain()
+        .get(&join(base, path))
+        .bearer(TOKEN)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    (r.status == 200).then(|| r.json())
 }
 
 pub(super) async fn metric(http: &str, sample: &str) -> Option<f64> {
-    let r = request(&format!("http://{http}"), "GET", "/metrics", "", None, None, Duration::from_secs(2))
+    let r = HttpClient::plain()
+        .get(&format!("http://{http}/metrics"))
+        .timeout(Duration::from_secs(2))
+        .send()
         .await
         .ok()?;
-    let text = r.body.as_str()?.to_owned();
+    let text = r.text();
     text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
 }
 

@@ -3,8 +3,8 @@
 //! relay costs per byte above this is Ferry's own overhead.
 
 use anyhow::Context;
-use ferry_node::media::synthetic::{SyntheticConfig, SyntheticSource};
-use ferry_node::tls::{self, ClientTrust, ServerIdentity, TransportTuning};
+use ferry_media::synthetic::{SyntheticConfig, SyntheticSource};
+use ferry_net::tls::{self, ClientTrust, ServerIdentity, TransportTuning};
 
 /// Moves `total` bytes in synthetic-sized frames, one stream per group, as fast as
 /// possible; returns CPU seconds (sender + receiver) per GB.

@@ -27,7 +27,7 @@ use prometheus_client::registry::Registry;
 
 pub use error::ApiError;
 
-use ferry_node::cluster::gossip::{Gossip, GossipMetrics};
+use ferry_net::gossip::{Gossip, GossipMetrics};
 
 use crate::node::NodeHandle;
 
@@ -47,7 +47,7 @@ pub struct Api {
     /// Health gossip, when this voter takes part.
     pub gossip: Option<Arc<Gossip>>,
     /// The cluster CA: when set, an edge registers only with a proof signed by a
-    /// certificate from it that names the edge (see `ferry_node::cluster::proof`).
+    /// certificate from it that names the edge (see `ferry_net::proof`).
     pub cluster_ca: Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>>,
     /// The rollouts' error guard, for its windows.
     pub guard: Option<Arc<std::sync::Mutex<crate::guard::ErrorGuard>>>,
@@ -268,7 +268,7 @@ async fn metrics(State(api): State<Api>) -> Response {
         for r in state.rollouts.values() {
             let labels = RolloutLabels { rollout: r.id.clone() };
             m.rollout_level.get_or_create(&labels).set(i64::from(r.level));
-            let share = r.spec.pointer("/gates/share_bp").and_then(serde_json::Value::as_i64).unwrap_or(0);
+            let share = i64::from(r.spec.gates.share_bp);
             m.rollout_share.get_or_create(&labels).set(share);
             let state = serde_json::to_value(r.state).ok().and_then(|v| v.as_str().map(str::to_owned));
             let state = RolloutStateLabels { rollout: r.id.clone(), state: state.unwrap_or_default() };

@@ -196,7 +196,7 @@ pub async fn put_edge(
     if let Some(ca) = &api.cluster_ca {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let path = format!("/v1/edges/{id}");
-        ferry_node::cluster::proof::verify(ca, header, &id, "PUT", &path, &raw, now_ms()).map_err(|e| {
+        ferry_net::proof::verify(ca, header, &id, "PUT", &path, &raw, now_ms()).map_err(|e| {
             ApiError::new(StatusCode::UNAUTHORIZED, "node_certificate_required", format!("edge {id}: {e}"))
         })?;
     }
@@ -301,7 +301,6 @@ pub async fn create_rollout(State(api): State<Api>, headers: HeaderMap, b: Body<
     let spec: RolloutSpec =
         serde_json::from_value(r.spec).map_err(|e| ApiError::bad_request(format!("spec: {e}")))?;
     spec.validate().map_err(|e| ApiError::bad_request(format!("spec: {e}")))?;
-    let spec = serde_json::to_value(&spec).map_err(|e| ApiError::bad_request(format!("spec: {e}")))?;
     api.write(&headers, Command::CreateRollout { id: r.id, spec }).await
 }
 

@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ferry_node::cluster::gossip::Member;
+use ferry_net::gossip::Member;
 use serde::Deserialize;
 use serde_json::{json, Value};
 

@@ -13,10 +13,10 @@ use raft::{Config, RawNode, Storage};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::RaftNetwork;
 use super::{Input, Members, NodeConfig, NodeError, NodeHandle, Status};
 use crate::state::{apply, decode_request, encode_request, Outcome, State};
 use crate::storage::{LogStore, SledStore};
-use crate::transport::RaftNetwork;
 
 type WriteReply = oneshot::Sender<Result<(u64, Outcome), NodeError>>;
 type IndexReply = oneshot::Sender<Result<u64, NodeError>>;

@@ -10,6 +10,7 @@
 mod driver;
 pub mod log;
 mod members;
+mod network;
 #[cfg(test)]
 mod tests;
 
@@ -22,10 +23,9 @@ use raft::eraftpb::Message;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::state::{Outcome, Request, State};
-use crate::transport::RaftNetwork;
+pub use network::{MemoryRouter, RaftNetwork};
 
 pub use members::Members;
 
@@ -222,19 +222,4 @@ pub fn open(config: NodeConfig) -> Result<(NodeRunner, NodeHandle), NodeError> {
     let (inputs, rx) = mpsc::channel(INPUT_QUEUE);
     let (driver, handle) = driver::Driver::open(config, inputs, rx)?;
     Ok((NodeRunner(driver), handle))
-}
-
-/// Opens storage and starts the node task with the QUIC transport on `tracker`.
-pub async fn start(
-    config: NodeConfig,
-    transport: crate::transport::TransportConfig,
-    tracker: &TaskTracker,
-    cancel: CancellationToken,
-) -> Result<NodeHandle, NodeError> {
-    let (runner, handle) = open(config)?;
-    let network = crate::transport::Transport::start(transport, handle.clone(), tracker, cancel.clone())
-        .await
-        .map_err(|e| NodeError::Storage(format!("raft transport: {e}")))?;
-    tracker.spawn(runner.run(Arc::new(network), cancel));
-    Ok(handle)
 }

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::MemoryRouter;
 use super::*;
 use crate::state::Command;
-use crate::transport::MemoryRouter;
 
 struct Cluster {
     nodes: Vec<NodeHandle>,

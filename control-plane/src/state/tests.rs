@@ -66,11 +66,12 @@ fn put_stream(name: &str, origin: &str, relays: &[(&str, &[&str])]) -> Command {
     }
 }
 
+fn spec(json: serde_json::Value) -> RolloutSpec {
+    serde_json::from_value(json).unwrap()
+}
+
 fn rollout(id: &str) -> Command {
-    Command::CreateRollout {
-        id: id.to_owned(),
-        spec: json!({"image": "ferry:0.2", "steps": [1, 5, 25, 100]}),
-    }
+    Command::CreateRollout { id: id.to_owned(), spec: spec(json!({"description": "ferry:0.2"})) }
 }
 
 fn level(id: &str, level: u8) -> Command {
@@ -194,7 +195,7 @@ fn a_rollout_moves_through_levels_and_states() {
     let mut log = Log::new();
     assert!(log.run(rollout("r1")).is_ok());
     assert_eq!(log.state.rollouts["r1"].state, RolloutState::Active);
-    assert_eq!(log.state.rollouts["r1"].spec["image"], "ferry:0.2");
+    assert_eq!(log.state.rollouts["r1"].spec.description, "ferry:0.2");
     assert!(log.run(level("r1", 2)).is_ok());
     assert!(log.run(Command::PauseRollout { id: id("r1") }).is_ok());
     assert_eq!(log.rejects(Command::PauseRollout { id: id("r1") }), REJECT_CONFLICT);
@@ -239,8 +240,8 @@ fn a_live_rollouts_share_moves_and_is_checked_like_a_new_spec() {
     let mut log = Log::new();
     let share = |bp| Command::SetRolloutShare { id: id("lag"), share_bp: bp };
     assert_eq!(log.rejects(share(1000)), REJECT_NOT_FOUND);
-    let spec = json!({"description": "d", "override": {"max_lag_ms": 500}, "salt": "s"});
-    log.run(Command::CreateRollout { id: id("lag"), spec });
+    let created = spec(json!({"description": "d", "override": {"max_lag_ms": 500}, "salt": "s"}));
+    log.run(Command::CreateRollout { id: id("lag"), spec: created });
     log.run(level("lag", 3));
     assert!(log.run(share(1000)).is_ok());
     assert!(log.run(share(3000)).is_ok());
@@ -248,7 +249,9 @@ fn a_live_rollouts_share_moves_and_is_checked_like_a_new_spec() {
     // The rest of the spec is kept as written; only the share changed.
     assert_eq!(
         lag.spec,
-        json!({"description": "d", "override": {"max_lag_ms": 500}, "salt": "s", "gates": {"share_bp": 3000}})
+        spec(
+            json!({"description": "d", "override": {"max_lag_ms": 500}, "salt": "s", "gates": {"share_bp": 3000}})
+        )
     );
     let history: Vec<_> = lag.history.iter().map(|e| (e.what.as_str(), e.level)).collect();
     assert_eq!(history[2..], [("share 0 -> 1000 bp", 3), ("share 1000 -> 3000 bp", 3)]);
@@ -384,7 +387,7 @@ fn a_damaged_snapshot_is_refused() {
 fn state_and_outcomes_serialize_as_readable_json() {
     let state = busy_log().state;
     let text = serde_json::to_value(&state).unwrap();
-    assert_eq!(text["rollouts"]["r1"]["spec"]["steps"][1], 5);
+    assert_eq!(text["rollouts"]["r1"]["spec"]["description"], "ferry:0.2");
     assert_eq!(text["applied_requests"]["retry"][1]["result"], "ok");
     let back: State = serde_json::from_value(text).unwrap();
     assert_eq!(back, state);
@@ -437,12 +440,12 @@ fn requests_round_trip_as_entry_data() {
 
 #[test]
 fn oversized_requests_are_refused_both_ways() {
-    let spec = json!({ "blob": "x".repeat(MAX_REQUEST_BYTES) });
+    let big = spec(json!({ "description": "x".repeat(MAX_REQUEST_BYTES) }));
     let request = Request {
         request_id: id("r"),
         actor: id("ci"),
         at_ms: 7,
-        command: Command::CreateRollout { id: id("r1"), spec },
+        command: Command::CreateRollout { id: id("r1"), spec: big },
     };
     assert!(matches!(encode_request(&request), Err(StateError::RequestTooLarge { .. })));
     let bytes = vec![b' '; MAX_REQUEST_BYTES + 1];
@@ -520,8 +523,7 @@ fn relays_are_placed_only_while_the_origin_is_unchanged() {
 #[test]
 fn a_guard_trip_falls_back_once_and_holds_until_resumed() {
     let mut log = Log::new();
-    let spec = json!({"override": {"pacing": true}});
-    log.run(Command::CreateRollout { id: id("r"), spec: spec.clone() });
+    log.run(Command::CreateRollout { id: id("r"), spec: spec(json!({"override": {"pacing": true}})) });
     log.run(Command::SetRolloutLevel { id: id("r"), level: 2 });
     log.run(Command::SetRolloutLevel { id: id("r"), level: 3 });
     let trip = |guard: &str| Command::TripRollout { id: id("r"), guard: guard.to_owned() };
@@ -537,7 +539,7 @@ fn a_guard_trip_falls_back_once_and_holds_until_resumed() {
     // on_trip = off goes to 0; a paused rollout cannot trip.
     log.run(Command::CreateRollout {
         id: id("z"),
-        spec: json!({"override": {"webrtc_nack": true}, "on_trip": "off"}),
+        spec: spec(json!({"override": {"webrtc_nack": true}, "on_trip": "off"})),
     });
     log.run(Command::SetRolloutLevel { id: id("z"), level: 4 });
     assert!(log.run(Command::TripRollout { id: id("z"), guard: "errors".into() }).is_ok());

@@ -1,0 +1,73 @@
+//! The one error type of this crate.
+
+use ferry_proto::ErrorCode;
+
+/// Result of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong publishing or watching.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reaching or talking to the edge or the control plane failed.
+    #[error(transparent)]
+    Net(#[from] ferry_net::Error),
+    /// Reading or writing media (an IVF file, standard input or output).
+    #[error("reading or writing media")]
+    Media(#[from] ferry_media::MediaError),
+    /// A file could not be opened or created.
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The options or the input cannot work (names what to change).
+    #[error("{0}")]
+    Config(String),
+    /// No edge could be found for the stream.
+    #[error("no route for {stream}: {reason}")]
+    NoRoute { stream: String, reason: String },
+    /// WebRTC signalling or the `webrtc` crate failed.
+    #[error("webrtc: {0}")]
+    WebRtc(String),
+}
+
+impl Error {
+    /// The refusal code when the edge refused us.
+    pub fn refused_code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Net(ferry_net::Error::Refused { code, .. }) => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// A protocol violation by the edge.
+    pub(crate) fn protocol(message: impl Into<String>) -> Self {
+        Error::Net(ferry_net::Error::Protocol(message.into()))
+    }
+
+    /// The edge refused with `code` and `message`.
+    pub(crate) fn refused(code: ErrorCode, message: String) -> Self {
+        Error::Net(ferry_net::Error::Refused { code, message })
+    }
+}
+
+macro_rules! via_net {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::Net(e.into())
+            }
+        }
+    )*};
+}
+
+via_net!(
+    ferry_proto::Error,
+    quinn::ConnectError,
+    quinn::ConnectionError,
+    quinn::ReadError,
+    quinn::WriteError,
+    quinn::ClosedStream,
+    quinn::ReadExactError
+);

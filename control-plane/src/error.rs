@@ -1,0 +1,37 @@
+//! The error of starting a voter. Narrow errors stay where callers match on them
+//! ([`NodeError`] for raft operations, [`crate::state::StateError`] for encoding,
+//! [`crate::storage::StoreError`] for the log store, `ApiError` for HTTP answers);
+//! this one names what failed at startup and keeps the cause as its source.
+
+use std::net::SocketAddr;
+
+use crate::node::NodeError;
+
+/// Result of this crate's startup paths.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a voter could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Opening storage or starting raft failed.
+    #[error("raft node")]
+    Node(#[from] NodeError),
+    /// A socket could not be bound: names the address and the flag that sets it.
+    #[error("cannot listen on {addr} for {what}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TLS, gossip or another network setup failed.
+    #[error(transparent)]
+    Net(#[from] ferry_net::Error),
+}
+
+impl Error {
+    /// Binding `addr` for `what` (`HTTP (--http-listen)`) failed.
+    pub fn bind(what: &'static str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> Error {
+        move |source| Error::Bind { what, addr, source }
+    }
+}

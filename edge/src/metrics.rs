@@ -1,0 +1,233 @@
+//! Prometheus metrics of an edge. Handles are cheap clones over shared atomics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// A subscription's identity for labels: keep cardinality to streams × tracks × roles.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubscriptionLabels {
+    pub stream: String,
+    pub track: String,
+    pub role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabels {
+    pub role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrackLabels {
+    pub stream: String,
+    pub track: String,
+}
+
+/// A rollout and a cohort.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CohortLabels {
+    pub rollout: String,
+    pub cohort: String,
+}
+
+/// A rollout.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabels {
+    pub rollout: String,
+}
+
+/// A rollout and the guard that tripped it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuardLabels {
+    pub rollout: String,
+    pub guard: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: String,
+}
+
+/// Why a WebRTC session failed or was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+impl ReasonLabels {
+    pub fn new(reason: &str) -> Self {
+        Self { reason: reason.to_owned() }
+    }
+}
+
+/// A rollout, a cohort and why a session failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CohortReasonLabels {
+    pub rollout: String,
+    pub cohort: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: String,
+}
+
+/// Everything an edge reports at `/metrics`.
+#[derive(Clone, Default)]
+pub struct EdgeMetrics {
+    /// Open QUIC connections, by peer role (after hello).
+    pub connections: Family<RoleLabels, Gauge>,
+    /// QUIC connections accepted since start.
+    pub connections_accepted: Counter,
+    /// Live tasks owned by the edge's task tracker (a leak shows here).
+    pub tasks: Gauge,
+    /// Active subscriptions served, by stream, track and subscriber role.
+    pub subscriptions: Family<SubscriptionLabels, Gauge>,
+    /// Subscriptions this edge holds on its upstream, by stream and track.
+    pub upstream_subscriptions: Family<TrackLabels, Gauge>,
+    /// New sessions by rollout and cohort.
+    pub rollout_sessions: Family<CohortLabels, Counter>,
+    /// Sessions that failed (refused after placement, or ended in error), by rollout, cohort and reason.
+    pub rollout_errors: Family<CohortReasonLabels, Counter>,
+    /// Rollout trips by this edge's guards.
+    pub rollout_trips: Family<GuardLabels, Counter>,
+    /// Live treatment sessions moved back to the baseline (their latency budget).
+    pub rollout_moved_back: Family<RolloutLabels, Counter>,
+    /// QUIC connections accepted, by the congestion controller they got.
+    pub congestion_connections: Family<ControllerLabels, Counter>,
+    /// Streams known here (published locally or relayed).
+    pub streams: Gauge,
+    pub frames_in: Counter,
+    pub bytes_in: Counter,
+    pub frames_out: Counter,
+    pub bytes_out: Counter,
+    /// Groups subscribers skipped because they fell behind `max_lag`.
+    pub skipped_groups: Family<RoleLabels, Counter>,
+    /// Group streams reset because a subscriber stalled past its budget.
+    pub stale_group_resets: Counter,
+    /// Frames refused by track buffers (oversized groups, too-old groups).
+    pub frames_dropped: Counter,
+    /// Connections or requests refused, by error code.
+    pub errors: Family<CodeLabels, Counter>,
+    /// Keyframe requests forwarded upstream or to publishers.
+    pub keyframe_requests: Counter,
+    /// Payload bytes held in track buffers.
+    pub buffered_bytes: Gauge,
+    /// Live WebRTC sessions, by direction (whip, whep).
+    pub webrtc_sessions: Family<DirectionLabels, Gauge>,
+    /// RTP packets received from WHIP publishers (in) and sent to WHEP viewers (out).
+    pub rtp_packets: Family<DirectionLabels, Counter>,
+    /// RTP payload bytes, in and out.
+    pub rtp_bytes: Family<DirectionLabels, Counter>,
+    /// Keyframe requests sent to WHIP publishers (sent) and received from WHEP viewers (received).
+    pub plis: Family<DirectionLabels, Counter>,
+    /// NACKs received from WHEP viewers (loss reports; answered only for a rollout's `webrtc_nack`).
+    pub nacks: Counter,
+    /// WebRTC sessions refused or ended by an error, by reason.
+    pub webrtc_session_errors: Family<ReasonLabels, Counter>,
+}
+
+impl EdgeMetrics {
+    /// Registers every metric under the `ferry_` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        self.init_known_series();
+        let r = registry.sub_registry_with_prefix("ferry");
+        r.register("connections", "Open QUIC connections by peer role", self.connections.clone());
+        r.register("connections_accepted", "QUIC connections accepted", self.connections_accepted.clone());
+        r.register("tasks", "Live tasks owned by the edge", self.tasks.clone());
+        r.register("subscriptions", "Active subscriptions served", self.subscriptions.clone());
+        r.register(
+            "upstream_subscriptions",
+            "Subscriptions held on the upstream edge",
+            self.upstream_subscriptions.clone(),
+        );
+        r.register(
+            "rollout_sessions",
+            "New sessions by rollout and cohort (treatment or baseline)",
+            self.rollout_sessions.clone(),
+        );
+        r.register(
+            "rollout_errors",
+            "Sessions that failed (refused after placement, or ended in error), by rollout, cohort and reason",
+            self.rollout_errors.clone(),
+        );
+        r.register("rollout_trips", "Rollouts tripped by this edge's guards", self.rollout_trips.clone());
+        r.register(
+            "rollout_moved_back_sessions",
+            "Live treatment sessions moved back to the baseline when their rollout stopped treating them",
+            self.rollout_moved_back.clone(),
+        );
+        r.register(
+            "quic_congestion_connections",
+            "QUIC connections accepted, by congestion controller (a rollout's congestion override)",
+            self.congestion_connections.clone(),
+        );
+        r.register("streams", "Streams known to this edge", self.streams.clone());
+        r.register("frames_in", "Frames received from publishers and upstreams", self.frames_in.clone());
+        r.register("bytes_in", "Payload bytes received", self.bytes_in.clone());
+        r.register("frames_out", "Frames sent to subscribers", self.frames_out.clone());
+        r.register("bytes_out", "Payload bytes sent to subscribers", self.bytes_out.clone());
+        r.register("skipped_groups", "Groups skipped by lagging subscribers", self.skipped_groups.clone());
+        r.register("stale_group_resets", "Group streams reset past max_lag", self.stale_group_resets.clone());
+        r.register("frames_dropped", "Frames refused by track buffers", self.frames_dropped.clone());
+        r.register("errors", "Connections and requests refused, by code", self.errors.clone());
+        r.register("keyframe_requests", "Keyframe requests sent upstream", self.keyframe_requests.clone());
+        r.register("buffered_bytes", "Payload bytes held in track buffers", self.buffered_bytes.clone());
+        r.register("webrtc_sessions", "Live WebRTC sessions by direction", self.webrtc_sessions.clone());
+        r.register("rtp_packets", "RTP packets received (in) and sent (out)", self.rtp_packets.clone());
+        r.register("rtp_bytes", "RTP payload bytes received (in) and sent (out)", self.rtp_bytes.clone());
+        r.register(
+            "plis",
+            "Keyframe requests sent to publishers or received from viewers",
+            self.plis.clone(),
+        );
+        r.register("nacks", "NACKs received from WHEP viewers", self.nacks.clone());
+        r.register(
+            "webrtc_session_errors",
+            "WebRTC sessions refused or failed, by reason",
+            self.webrtc_session_errors.clone(),
+        );
+    }
+
+    /// Creates the series whose label values are known up front, at zero, so alerts
+    /// and dashboards see them (and `rate()` works) before the first event.
+    fn init_known_series(&self) {
+        let label = |s: &str| s.to_owned();
+        for code in ferry_proto::ErrorCode::ALL.into_iter().filter(|c| *c != ferry_proto::ErrorCode::NoError)
+        {
+            let _ = self.errors.get_or_create(&CodeLabels { code: label(code.name()) });
+        }
+        for role in ["publisher", "viewer", "edge"] {
+            let _ = self.connections.get_or_create(&RoleLabels { role: label(role) });
+        }
+        for role in ["viewer", "edge", "whep"] {
+            let _ = self.skipped_groups.get_or_create(&RoleLabels { role: label(role) });
+        }
+        for direction in ["whip", "whep"] {
+            let _ = self.webrtc_sessions.get_or_create(&DirectionLabels { direction: label(direction) });
+        }
+        for direction in ["in", "out"] {
+            let _ = self.rtp_packets.get_or_create(&DirectionLabels { direction: label(direction) });
+            let _ = self.rtp_bytes.get_or_create(&DirectionLabels { direction: label(direction) });
+        }
+        for direction in ["sent", "received"] {
+            let _ = self.plis.get_or_create(&DirectionLabels { direction: label(direction) });
+        }
+        for reason in ["too_many_sessions", "no_free_port"] {
+            let _ = self.webrtc_session_errors.get_or_create(&ReasonLabels::new(reason));
+        }
+    }
+
+    /// Counts a refusal with `code`.
+    pub fn error(&self, code: ferry_proto::ErrorCode) {
+        self.errors.get_or_create(&CodeLabels { code: code.name().to_owned() }).inc();
+    }
+}

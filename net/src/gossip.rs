@@ -1,0 +1,402 @@
+//! Health gossip over UDP (chitchat 0.13): every process publishes a few keys about
+//! itself, and reads everybody else's together with the failure detector's verdict.
+//!
+//! chitchat's defaults (1 s rounds, a 5 s prior for the failure detector, 24 h before a
+//! dead node is forgotten) detect a dead process in tens of seconds. Ferry gossips every
+//! 100 ms, starts the detector from that interval, and declares a node dead when its
+//! heartbeat is [`PHI_THRESHOLD`] mean intervals late — about a second.
+
+pub use ferry_proto::api::{Member, SelfInfo};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chitchat::transport::UdpTransport;
+use chitchat::{
+    spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState,
+};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::{Error, Result};
+
+/// Heartbeat lateness, in mean heartbeat intervals, at which a node is declared dead.
+pub const PHI_THRESHOLD: f64 = 8.0;
+/// Default gossip round interval.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
+/// A dead node's state is forgotten after this long (chitchat's default is 24 h).
+const DEAD_NODE_GRACE: Duration = Duration::from_secs(600);
+/// Deleted keys are kept this long so late peers learn of the deletion.
+const TOMBSTONE_GRACE: Duration = Duration::from_secs(60);
+/// Longest list published under one key (streams originated or carried).
+const MAX_LISTED_STREAMS: usize = 256;
+
+/// Keys every Ferry process publishes.
+pub mod keys {
+    pub const ROLE: &str = "role";
+    pub const REGION: &str = "region";
+    pub const VERSION: &str = "version";
+    pub const QUIC: &str = "quic";
+    pub const HTTP: &str = "http";
+    pub const DRAINING: &str = "draining";
+    pub const SESSIONS: &str = "sessions";
+    pub const CPU: &str = "cpu";
+    pub const BYTES_PER_S: &str = "bytes_per_s";
+    pub const ORIGINS: &str = "origins";
+    pub const CARRIES: &str = "carries";
+    pub const TRIPS: &str = "trips";
+    pub const ROLLOUT_COUNTS: &str = "rollout_counts";
+}
+
+/// How to join the gossip.
+#[derive(Debug, Clone)]
+pub struct GossipConfig {
+    /// This process's id (edge id, or `voter-N`).
+    pub node_id: String,
+    /// UDP address to bind.
+    pub listen: SocketAddr,
+    /// Address peers reach us at (default: `listen`).
+    pub advertise: Option<SocketAddr>,
+    /// Gossip addresses of a few peers (`HOST:PORT`).
+    pub seeds: Vec<String>,
+    /// Processes with another cluster id ignore each other.
+    pub cluster_id: String,
+    pub interval: Duration,
+}
+
+/// Produces this process's current [`SelfInfo`].
+pub type SelfInfoFn = Arc<dyn Fn() -> SelfInfo + Send + Sync>;
+
+/// A member as read from chitchat's state of it.
+fn member_from_state(id: &ChitchatId, state: &NodeState, alive: bool) -> Member {
+    let get = |k: &str| state.get(k).unwrap_or_default().to_owned();
+    let list = |k: &str| -> BTreeSet<String> {
+        state.get(k).and_then(|v| serde_json::from_str(v).ok()).unwrap_or_default()
+    };
+    Member {
+        id: id.node_id.to_string(),
+        gossip_addr: id.gossip_advertise_addr.to_string(),
+        generation: id.generation_id,
+        alive,
+        info: SelfInfo {
+            role: get(keys::ROLE),
+            region: get(keys::REGION),
+            version: get(keys::VERSION),
+            quic_addr: get(keys::QUIC),
+            http_addr: get(keys::HTTP),
+            draining: state.get(keys::DRAINING) == Some("1"),
+            sessions: get(keys::SESSIONS).parse().unwrap_or(0),
+            cpu: get(keys::CPU).parse().unwrap_or(0.0),
+            bytes_per_s: get(keys::BYTES_PER_S).parse().unwrap_or(0),
+            origins: list(keys::ORIGINS),
+            carries: list(keys::CARRIES),
+            trips: list(keys::TRIPS),
+            rollout_counts: state
+                .get(keys::ROLLOUT_COUNTS)
+                .and_then(|v| serde_json::from_str(v).ok())
+                .unwrap_or_default(),
+        },
+    }
+}
+
+/// Gossip metrics.
+#[derive(Debug, Clone, Default)]
+pub struct GossipMetrics {
+    /// Members by state (`alive` / `dead`).
+    pub members: Family<StateLabel, Gauge>,
+    /// Peers this process saw go from alive to dead.
+    pub deaths: Counter,
+    /// Gossip rounds this process observed.
+    pub rounds: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+impl GossipMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("ferry_gossip_members", "Gossip members by state", self.members.clone());
+        registry.register(
+            "ferry_gossip_peer_deaths",
+            "Peers this process saw go from alive to dead",
+            self.deaths.clone(),
+        );
+        registry.register("ferry_gossip_rounds", "Gossip membership refreshes", self.rounds.clone());
+    }
+}
+
+/// A running gossip participant. Dropping it does not stop it; call [`Gossip::shutdown`].
+pub struct Gossip {
+    handle: tokio::sync::Mutex<Option<ChitchatHandle>>,
+    members: RwLock<BTreeMap<String, Member>>,
+    /// When each peer was last seen going dead, for logs and the failover bench.
+    deaths: RwLock<BTreeMap<String, SystemTime>>,
+    metrics: GossipMetrics,
+    local_addr: SocketAddr,
+}
+
+impl Gossip {
+    /// Binds the UDP socket and starts gossiping; the refresh task runs on `tracker`
+    /// until `cancel` fires.
+    pub async fn start(
+        config: GossipConfig,
+        info: SelfInfoFn,
+        metrics: GossipMetrics,
+        tracker: &TaskTracker,
+        cancel: CancellationToken,
+    ) -> Result<Arc<Gossip>> {
+        let advertise = config.advertise.unwrap_or(config.listen);
+        let generation =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+        let interval = config.interval.max(Duration::from_millis(10));
+        let chitchat_config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(config.node_id.clone(), generation, advertise),
+            cluster_id: config.cluster_id.clone(),
+            gossip_interval: interval,
+            listen_addr: config.listen,
+            seed_nodes: config.seeds.clone(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: PHI_THRESHOLD,
+                sampling_window_size: 100,
+                max_interval: interval * 20,
+                initial_interval: interval,
+                dead_node_grace_period: DEAD_NODE_GRACE,
+            },
+            marked_for_deletion_grace_period: TOMBSTONE_GRACE,
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: chitchat::ProtocolVersion::V0,
+        };
+        let initial = encode(&info());
+        let handle = spawn_chitchat(chitchat_config, initial, &UdpTransport).await.map_err(|e| {
+            Error::Config(format!("cannot start gossip on {} (--gossip-listen): {e:#}", config.listen))
+        })?;
+        let gossip = Arc::new(Gossip {
+            handle: tokio::sync::Mutex::new(Some(handle)),
+            members: RwLock::new(BTreeMap::new()),
+            deaths: RwLock::new(BTreeMap::new()),
+            metrics,
+            local_addr: config.listen,
+        });
+        tracker.spawn(refresh(Arc::clone(&gossip), info, interval, cancel));
+        Ok(gossip)
+    }
+
+    /// The UDP address gossip is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Every known process (one entry per id: its newest generation), self included.
+    pub fn members(&self) -> Vec<Member> {
+        self.members.read().map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// One process by id.
+    pub fn member(&self, id: &str) -> Option<Member> {
+        self.members.read().ok()?.get(id).cloned()
+    }
+
+    /// When gossip last declared each peer dead (wall clock, for reports).
+    pub fn deaths(&self) -> BTreeMap<String, SystemTime> {
+        self.deaths.read().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    /// Leaves the gossip: stops the chitchat server.
+    pub async fn shutdown(&self) {
+        if let Some(handle) = self.handle.lock().await.take() {
+            if let Err(e) = handle.shutdown().await {
+                tracing::debug!("gossip shutdown: {e:#}");
+            }
+        }
+    }
+
+    /// Publishes `info` and refreshes the member table from chitchat.
+    async fn round(&self, info: &SelfInfo) {
+        let guard = self.handle.lock().await;
+        let Some(handle) = guard.as_ref() else { return };
+        let snapshot = handle
+            .with_chitchat(|c| {
+                let node = c.self_node_state();
+                for (k, v) in encode(info) {
+                    node.set(k, v);
+                }
+                let live: BTreeSet<ChitchatId> = c.live_nodes().cloned().collect();
+                c.node_states()
+                    .iter()
+                    .map(|(id, state)| member_from_state(id, state, live.contains(id)))
+                    .collect::<Vec<_>>()
+            })
+            .await;
+        drop(guard);
+        self.metrics.rounds.inc();
+        // One entry per node id: a live generation wins, else the newest.
+        let mut by_id: BTreeMap<String, Member> = BTreeMap::new();
+        for m in snapshot {
+            let replace = match by_id.get(&m.id) {
+                None => true,
+                Some(old) => (m.alive, m.generation) > (old.alive, old.generation),
+            };
+            if replace {
+                by_id.insert(m.id.clone(), m);
+            }
+        }
+        let (alive, dead) =
+            by_id.values().fold((0, 0), |(a, d), m| if m.alive { (a + 1, d) } else { (a, d + 1) });
+        self.metrics.members.get_or_create(&StateLabel { state: "alive" }).set(alive);
+        self.metrics.members.get_or_create(&StateLabel { state: "dead" }).set(dead);
+        let Ok(mut members) = self.members.write() else { return };
+        for (id, m) in &by_id {
+            let was_alive = members.get(id).is_some_and(|old| old.alive);
+            if was_alive && !m.alive {
+                self.metrics.deaths.inc();
+                tracing::warn!(peer = %id, addr = %m.gossip_addr, "gossip: peer is dead");
+                if let Ok(mut deaths) = self.deaths.write() {
+                    deaths.insert(id.clone(), SystemTime::now());
+                }
+            } else if !was_alive && m.alive && members.contains_key(id) {
+                tracing::info!(peer = %id, "gossip: peer is alive again");
+            }
+        }
+        *members = by_id;
+    }
+}
+
+async fn refresh(gossip: Arc<Gossip>, info: SelfInfoFn, interval: Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = Instant::now();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        gossip.round(&info()).await;
+        if started.elapsed() < interval * 2 {
+            tracing::debug!(members = gossip.members().len(), "gossip started");
+        }
+    }
+    gossip.shutdown().await;
+}
+
+/// The key/value pairs for `info`.
+fn encode(info: &SelfInfo) -> Vec<(String, String)> {
+    let list = |set: &BTreeSet<String>| {
+        let limited: Vec<&String> = set.iter().take(MAX_LISTED_STREAMS).collect();
+        serde_json::to_string(&limited).unwrap_or_else(|_| "[]".into())
+    };
+    vec![
+        (keys::ROLE.into(), info.role.clone()),
+        (keys::REGION.into(), info.region.clone()),
+        (keys::VERSION.into(), info.version.clone()),
+        (keys::QUIC.into(), info.quic_addr.clone()),
+        (keys::HTTP.into(), info.http_addr.clone()),
+        (keys::DRAINING.into(), if info.draining { "1" } else { "0" }.into()),
+        (keys::SESSIONS.into(), info.sessions.to_string()),
+        (keys::CPU.into(), format!("{:.3}", info.cpu)),
+        (keys::BYTES_PER_S.into(), info.bytes_per_s.to_string()),
+        (keys::ORIGINS.into(), list(&info.origins)),
+        (keys::CARRIES.into(), list(&info.carries)),
+        (keys::TRIPS.into(), list(&info.trips)),
+        (
+            keys::ROLLOUT_COUNTS.into(),
+            serde_json::to_string(&info.rollout_counts).unwrap_or_else(|_| "{}".into()),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+    use super::*;
+
+    fn info(role: &str, origins: &[&str]) -> SelfInfoFn {
+        let info = SelfInfo {
+            role: role.into(),
+            region: "r1".into(),
+            quic_addr: "127.0.0.1:1".into(),
+            origins: origins.iter().map(|s| s.to_string()).collect(),
+            ..SelfInfo::default()
+        };
+        Arc::new(move || info.clone())
+    }
+
+    async fn start(
+        id: &str,
+        seeds: Vec<String>,
+        role: &str,
+        tracker: &TaskTracker,
+        cancel: &CancellationToken,
+    ) -> Arc<Gossip> {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let listen = socket.local_addr().unwrap();
+        drop(socket);
+        let config = GossipConfig {
+            node_id: id.into(),
+            listen,
+            advertise: None,
+            seeds,
+            cluster_id: "test".into(),
+            interval: DEFAULT_INTERVAL,
+        };
+        Gossip::start(
+            config,
+            info(role, &["live/a"]),
+            GossipMetrics::default(),
+            tracker,
+            cancel.child_token(),
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Three processes see each other with their keys; one stops and the others mark it
+    /// dead; it returns under a new generation and is alive again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn members_see_each_other_and_a_stopped_one_goes_dead() {
+        let tracker = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let a = start("a", vec![], "voter", &tracker, &cancel).await;
+        let seed = vec![a.local_addr().to_string()];
+        let b = start("b", seed.clone(), "edge", &tracker, &cancel).await;
+        let c_cancel = cancel.child_token();
+        let c = start("c", seed.clone(), "edge", &tracker, &c_cancel).await;
+        until("all alive", || {
+            [&a, &b, &c].iter().all(|g| g.members().iter().filter(|m| m.alive).count() == 3)
+        })
+        .await;
+        let seen = a.member("c").unwrap();
+        assert_eq!((seen.info.role.as_str(), seen.info.region.as_str()), ("edge", "r1"));
+        assert!(seen.info.origins.contains("live/a"));
+
+        c_cancel.cancel();
+        c.shutdown().await;
+        until("c dead at a and b", || [&a, &b].iter().all(|g| g.member("c").is_some_and(|m| !m.alive))).await;
+        assert!(a.deaths().contains_key("c"));
+
+        let c2 = start("c", seed, "edge", &tracker, &cancel).await;
+        until("c alive again", || a.member("c").is_some_and(|m| m.alive)).await;
+        // The restarted process learns the others on its own schedule.
+        until("a alive at c again", || c2.members().iter().any(|m| m.id == "a" && m.alive)).await;
+        cancel.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+}

@@ -1,0 +1,26 @@
+//! ferry-net: how Ferry processes reach each other.
+//!
+//! # Layout
+//! - [`tls`]: rustls and quinn configurations (server identities, client trust, mutual
+//!   TLS inside the cluster), transport tuning, and certificate generation.
+//! - [`wire`]: the relay codec on quinn streams (messages and frames).
+//! - [`dial`]: resolving `HOST:PORT` and opening a relay-protocol connection (QUIC
+//!   handshake, `Hello`, `Session`).
+//! - [`http`]: the one HTTP client (hyper, rustls for `https://`), with bounded bodies.
+//! - [`gossip`]: health gossip among all processes (chitchat over UDP).
+//! - [`proof`]: a node's signed proof of its cluster certificate on HTTP requests.
+//! - [`random`]: random ids from the operating system's generator.
+//!
+//! Depends only on `ferry-proto`; the edge, the clients and the control plane build on
+//! it, and none of them on each other.
+
+pub mod dial;
+mod error;
+pub mod gossip;
+pub mod http;
+pub mod proof;
+pub mod random;
+pub mod tls;
+pub mod wire;
+
+pub use error::{BoxError, Chain, Error, Result};
