@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+use ferry_net::tls::default_names;
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum CaCommand {
@@ -53,5 +54,27 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<()> {
             )?;
         }
     }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CertArgs {
+    /// Directory for ca.pem, ca-key.pem, cert.pem, key.pem.
+    #[arg(long, env = "FERRY_CERT_OUT_DIR")]
+    pub out_dir: PathBuf,
+    /// Names (DNS or IP) the certificate is valid for.
+    #[arg(long = "name", env = "FERRY_CERT_NAMES", value_delimiter = ',', default_values_t = default_names())]
+    pub names: Vec<String>,
+}
+
+/// `ferry cert`: a cluster CA and one certificate signed by it.
+pub fn run_cert(args: CertArgs) -> anyhow::Result<()> {
+    let files = ferry_net::tls::generate_cluster_certs(&args.out_dir, &args.names)?;
+    out!(
+        "{}",
+        serde_json::json!({
+            "ca": files.ca_cert, "ca_key": files.ca_key, "cert": files.cert, "key": files.key
+        })
+    )?;
     Ok(())
 }

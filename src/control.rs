@@ -133,7 +133,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
         gossip: args.gossip.to_config(&format!("voter-{}", args.id)),
         failover_grace: args.failover_grace,
     };
-    let cancel = crate::shutdown_signal();
+    let cancel = crate::process::shutdown_signal();
     let control = Control::start(config, cancel.clone()).await.context("cannot start the control plane")?;
     if let Err(e) = out!(
         "{}",

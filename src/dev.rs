@@ -83,7 +83,7 @@ fn free_udp_port() -> anyhow::Result<SocketAddr> {
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    let shutdown = crate::shutdown_signal();
+    let shutdown = crate::process::shutdown_signal();
     let (data_dir, _cleanup) = match &args.data_dir {
         Some(dir) => (dir.clone(), TempData(None)),
         None => {

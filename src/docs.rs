@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::fmt::Write;
 
-use clap::{Command, CommandFactory, Subcommand};
+use clap::{Command, Subcommand};
 
 #[derive(Debug, Subcommand)]
 pub enum DocsCommand {
@@ -14,9 +14,10 @@ pub enum DocsCommand {
     Configuration,
 }
 
-pub fn run(cmd: DocsCommand) -> anyhow::Result<()> {
+/// Runs `cmd` over `root`, the whole command line's definition.
+pub fn run(cmd: DocsCommand, root: Command) -> anyhow::Result<()> {
     match cmd {
-        DocsCommand::Configuration => out!("{}", configuration().trim_end())?,
+        DocsCommand::Configuration => out!("{}", configuration(root).trim_end())?,
     }
     Ok(())
 }
@@ -48,9 +49,8 @@ then the default. Durations take units (`500ms`, `10s`, `5m`), bit rates `k`/`M`
 Lists take commas or repeated flags.
 ";
 
-/// The whole page.
-pub fn configuration() -> String {
-    let mut root = crate::cli::Cli::command();
+/// The whole page, for the command line `root`.
+pub fn configuration(mut root: Command) -> String {
     root.build();
     let mut out = String::from(HEADER);
     let _ = writeln!(out, "\n## Global flags\n");

@@ -1,14 +1,22 @@
 //! `ferry`: the command line. Thin: parse flags (command line > environment >
 //! `--config` TOML file > defaults), then hand over to the library crates.
+//!
+//! # Layout
+//! Bottom up: `process` (stdout, logging, signals), `units` and `config` (flag
+//! values and the TOML file), `args` and `cluster_args` (flags several commands share),
+//! one module per command (`edge`, `publish`, `watch`, `dev`, `control`, `ctl`, `ca`,
+//! `token`, `bench`, `docs`), `cli` (the command line that names them all), and `main`,
+//! which dispatches.
 
 /// `println!` that returns the write error instead of panicking (a closed pipe must
 /// not bring a server down; a one-shot command reports it and exits non-zero).
 macro_rules! out {
     ($($arg:tt)*) => {
-        $crate::write_stdout(format_args!($($arg)*))
+        $crate::process::write_stdout(format_args!($($arg)*))
     };
 }
 
+mod args;
 mod bench;
 mod ca;
 mod cli;
@@ -18,18 +26,23 @@ mod control;
 mod ctl;
 mod dev;
 mod docs;
+mod edge;
+mod process;
+mod publish;
 mod token;
 mod units;
+mod watch;
 
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
-use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     // Both ring and aws-lc-rs can end up linked; pick one before any TLS config is built.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let command = cli::Cli::command();
+    let command = Cli::command();
     let args = match config::args_with_config_file(&command, std::env::args_os().collect()) {
         Ok(args) => args,
         Err(e) => {
@@ -37,14 +50,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cli = match command.try_get_matches_from(args).and_then(|m| cli::Cli::from_arg_matches(&m)) {
+    let cli = match command.try_get_matches_from(args).and_then(|m| Cli::from_arg_matches(&m)) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
-    init_tracing(&cli.log);
+    process::init_tracing(&cli.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -52,7 +65,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(cli)) {
+    match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -61,53 +74,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// One line on stdout, flushed.
-fn write_stdout(line: std::fmt::Arguments<'_>) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_fmt(line)?;
-    stdout.write_all(b"\n")?;
-    stdout.flush()
-}
-
-fn init_tracing(filter: &str) {
-    // The WebRTC stack logs every state change at info and benign conditions at warn;
-    // keep its errors only unless the filter names it.
-    let filter = if filter.contains("rtc") {
-        filter.to_owned()
-    } else {
-        format!("{filter},rtc=error,rtc_ice=error,rtc_dtls=error,rtc_sctp=error,webrtc=error")
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&filter))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-}
-
-/// A token cancelled on Ctrl-C or SIGTERM.
-pub fn shutdown_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutdown requested");
-        t.cancel();
-    });
-    token
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Dev(args) => dev::run(args).await,
+        Command::Edge(args) => edge::run(*args).await,
+        Command::Publish(args) => publish::run(args).await,
+        Command::Watch(args) => watch::run(args).await,
+        Command::Bench(cmd) => bench::run(cmd).await,
+        Command::Control(args) => control::run(args).await,
+        Command::Ctl(args) => ctl::run(args).await,
+        Command::Token(args) => token::run(args),
+        Command::Docs(cmd) => docs::run(cmd, Cli::command()),
+        Command::Ca(cmd) => ca::run(cmd),
+        Command::Cert(args) => ca::run_cert(args),
+    }
 }

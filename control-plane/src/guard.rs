@@ -1,4 +1,4 @@
-//! The global error guard of rollouts (DESIGN.md §7), sans-IO: fed the edges' gossiped
+//! The global error guard of rollouts (docs/rollouts.md), sans-IO: fed the edges' gossiped
 //! session and error counters ([`CohortCounts`], cumulative since each edge started)
 //! and a monotonic clock, it judges each active rollout window by window and says
 //! when one trips. Every voter runs it so any voter can show the windows; only the

@@ -1,4 +1,4 @@
-//! Who gets a rollout's treatment: the cohort decision of DESIGN.md §7, a pure function
+//! Who gets a rollout's treatment: the cohort decision of docs/rollouts.md, a pure function
 //! shared by edges (which decide per session), the control plane and the tests, so all
 //! of them agree.
 //!

@@ -1,4 +1,4 @@
-//! Relay protocol messages (DESIGN.md §4).
+//! Relay protocol messages (docs/protocol.md).
 //!
 //! One bidirectional control stream per connection carries [`Message`]s, each in the
 //! versioned envelope of [`crate::codec`]. Each group travels on its own
@@ -82,7 +82,7 @@ pub enum Message {
     GoAway { reason: String },
     /// Publisher or viewer → edge, version 2 and later: the first message after
     /// `HelloOk`. The session's stable id and client tags, by which rollouts place it
-    /// in a cohort (DESIGN.md §7).
+    /// in a cohort (docs/rollouts.md).
     Session { id: String, tags: Vec<String> },
     /// Edge → publisher or viewer: where the rollouts placed the session, e.g.
     /// `bbr=treatment, lag=baseline` (empty: no rollouts), and the treatment's client

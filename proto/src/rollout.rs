@@ -1,4 +1,4 @@
-//! A rollout's spec (DESIGN.md §7): the typed override of edge settings it applies to
+//! A rollout's spec (docs/rollouts.md): the typed override of edge settings it applies to
 //! its treatment, who gets it ([`crate::cohort::Gates`]), the guard that falls it back,
 //! and what a trip does. Operators write it as TOML (`ferry ctl rollout create -f`) or
 //! JSON (`POST /v1/rollouts`); unknown keys are refused, so a typo is an error rather

@@ -179,7 +179,7 @@ impl Session {
     }
 }
 
-/// Audio groups span this much media time (DESIGN.md §3: audio-only streams).
+/// Audio groups span this much media time (docs/architecture.md, media model: audio-only streams).
 const AUDIO_GROUP_MS: u64 = 500;
 
 /// Where an assembled frame goes in the track: which group, and whether it opens one.

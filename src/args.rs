@@ -1,0 +1,104 @@
+//! Flags shared by several commands: how clients trust edges, who a session is, and
+//! routing through the control plane.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use ferry_client::routed::RouteOptions;
+use ferry_net::dial::SessionHello;
+use ferry_net::http::HttpClient;
+use ferry_net::tls::ClientTrust;
+use ferry_proto::NodeId;
+
+use crate::units;
+
+/// TLS trust for clients.
+#[derive(Debug, Clone, Args)]
+pub struct TrustArgs {
+    /// CA certificate(s) (PEM) to verify the edge with.
+    #[arg(long, env = "FERRY_CA_FILE", value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// Skip certificate verification (dev only; traffic stays encrypted).
+    #[arg(long, env = "FERRY_INSECURE")]
+    pub insecure: bool,
+}
+
+impl TrustArgs {
+    /// The HTTP client for `https://` WHEP and control-plane URLs: verified with
+    /// `--ca-file` (or not at all with `--insecure`); plain `http://` needs neither.
+    pub fn http(&self) -> anyhow::Result<HttpClient> {
+        match (&self.ca_file, self.insecure) {
+            (None, false) => Ok(HttpClient::plain()),
+            _ => Ok(HttpClient::new(Some(&self.trust()?))?),
+        }
+    }
+
+    pub fn trust(&self) -> anyhow::Result<ClientTrust> {
+        match (&self.ca_file, self.insecure) {
+            (Some(ca), _) => Ok(ClientTrust::CaFile(ca.clone())),
+            (None, true) => Ok(ClientTrust::Insecure),
+            (None, false) => {
+                anyhow::bail!("give --ca-file PEM to verify the edge, or --insecure to skip verification")
+            }
+        }
+    }
+}
+
+/// Routing through the control plane, with failover.
+#[derive(Debug, Clone, Args)]
+pub struct RouteArgs {
+    /// Ask the control plane (http://HOST:PORT,...) for the edge, and ask again
+    /// whenever the edge fails (conflicts with --edge).
+    #[arg(long, env = "FERRY_CONTROL_PLANE", value_delimiter = ',', conflicts_with = "edge")]
+    pub control_plane: Vec<String>,
+    /// Region to be routed in.
+    #[arg(long, env = "FERRY_CLIENT_REGION", requires = "control_plane")]
+    pub region: Option<String>,
+    /// With --control-plane: silence after which the edge counts as dead and the
+    /// client moves on.
+    #[arg(long, env = "FERRY_FAILOVER_AFTER", default_value = "1500ms", value_parser = units::duration)]
+    pub failover_after: Duration,
+    /// With --control-plane: give up after this many sessions in a row fail.
+    #[arg(long, env = "FERRY_MAX_FAILURES", default_value_t = 20)]
+    pub max_failures: u32,
+}
+
+impl RouteArgs {
+    pub fn options(&self, http: HttpClient) -> Option<RouteOptions> {
+        (!self.control_plane.is_empty()).then(|| RouteOptions {
+            control_plane: self.control_plane.clone(),
+            region: self.region.clone(),
+            max_failures: Some(self.max_failures),
+            http,
+        })
+    }
+}
+
+/// Who a publisher or viewer session is, for rollouts, see docs/rollouts.md.
+#[derive(Debug, Clone, Args)]
+pub struct SessionArgs {
+    /// This session's stable id, by which rollouts place it in a cohort (over WHEP the
+    /// `Ferry-Session` header); without it the edge side picks a random one.
+    #[arg(long, env = "FERRY_SESSION_ID")]
+    pub session_id: Option<String>,
+    /// A client tag that rollouts' `gates.client_tags` match (repeatable; QUIC only,
+    /// over WHEP the User-Agent is the tag). Default: `ferry/<version>`.
+    #[arg(long = "client-tag", env = "FERRY_CLIENT_TAGS", value_delimiter = ',')]
+    pub client_tags: Vec<String>,
+}
+
+impl SessionArgs {
+    /// The checked session hello.
+    pub fn hello(&self) -> anyhow::Result<SessionHello> {
+        let id = self.session_id.clone().unwrap_or_else(|| "x".into());
+        ferry_proto::check_session(&id, &self.client_tags)
+            .map_err(|e| anyhow::anyhow!("--session-id/--client-tag: {e}"))?;
+        Ok(SessionHello { id: self.session_id.clone(), tags: self.client_tags.clone() })
+    }
+}
+
+/// A client label unique per process, e.g. `viewer-1234`.
+pub fn label(prefix: &str) -> anyhow::Result<NodeId> {
+    Ok(NodeId::new(format!("{prefix}-{}", std::process::id()))?)
+}

@@ -1,0 +1,211 @@
+//! `ferry edge`: run an edge.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use ferry_edge::auth::TokenSecret;
+use ferry_edge::track::BufferConfig;
+use ferry_edge::webrtc::WebRtcConfig;
+use ferry_edge::{BoundEdge, EdgeConfig};
+use ferry_net::tls::{default_names, ClientTrust, ClusterTls, ServerIdentity, TransportTuning};
+use ferry_proto::NodeId;
+
+use crate::units;
+
+#[derive(Debug, Clone, Args)]
+pub struct EdgeArgs {
+    /// This edge's node id.
+    #[arg(long, env = "FERRY_NODE_ID")]
+    pub node_id: String,
+    /// Region label (placement and metrics).
+    #[arg(long, env = "FERRY_REGION", default_value = "local")]
+    pub region: String,
+    /// UDP address for QUIC.
+    #[arg(long, env = "FERRY_QUIC_LISTEN", default_value = "127.0.0.1:4433")]
+    pub quic_listen: SocketAddr,
+    /// TCP address for /healthz, /readyz, /metrics.
+    #[arg(long, env = "FERRY_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
+    /// Host (IP or DNS name) peers, the control plane and routed clients reach this
+    /// edge at; the listen ports are added. Needed when listening on 0.0.0.0 or [::]
+    /// in a cluster (in Kubernetes: the pod IP). Default: the listen addresses.
+    #[arg(long, env = "FERRY_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
+    /// Pull streams this edge lacks from the edge at HOST:PORT.
+    #[arg(long, env = "FERRY_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// CA to verify the upstream edge with (default: no verification, dev only).
+    #[arg(long, env = "FERRY_UPSTREAM_CA_FILE", value_name = "PEM", conflicts_with = "cluster_ca")]
+    pub upstream_ca_file: Option<PathBuf>,
+    /// Cluster CA (PEM, from `ferry ca init`): upstreams are verified against it and
+    /// downstream edges must present a certificate it signed.
+    #[arg(long, env = "FERRY_CLUSTER_CA", requires_all = ["cluster_cert", "cluster_key"])]
+    pub cluster_ca: Option<PathBuf>,
+    /// This edge's cluster certificate (PEM, from `ferry ca issue`); also its QUIC
+    /// server certificate unless --cert is given.
+    #[arg(long, env = "FERRY_CLUSTER_CERT", requires = "cluster_ca")]
+    pub cluster_cert: Option<PathBuf>,
+    /// Private key for --cluster-cert.
+    #[arg(long, env = "FERRY_CLUSTER_KEY", requires = "cluster_ca")]
+    pub cluster_key: Option<PathBuf>,
+    /// Certificate chain (PEM). Without it a self-signed certificate is generated.
+    #[arg(long, env = "FERRY_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) for --cert.
+    #[arg(long, env = "FERRY_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Connections served at once.
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Groups kept per track.
+    #[arg(long, env = "FERRY_GROUP_CACHE", default_value_t = 4)]
+    pub group_cache: usize,
+    /// Payload bytes kept per track.
+    #[arg(long, env = "FERRY_TRACK_BUFFER_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub track_buffer_bytes: usize,
+    /// Unacknowledged bytes QUIC queues per connection (bounds memory per slow viewer).
+    #[arg(long, env = "FERRY_SEND_WINDOW", default_value_t = 4 * 1024 * 1024)]
+    pub send_window: u64,
+    /// Latency budget this edge asks of its upstream.
+    #[arg(long, env = "FERRY_RELAY_MAX_LAG", default_value = "3s", value_parser = units::duration)]
+    pub relay_max_lag: Duration,
+    /// Drop relayed tracks nobody watched for this long.
+    #[arg(long, env = "FERRY_RELAY_LINGER", default_value = "10s", value_parser = units::duration)]
+    pub relay_linger: Duration,
+    /// Drain deadline: how long shutdown (SIGTERM, `ferry ctl edges drain`) waits for
+    /// sessions to move away after GOAWAY before the process exits anyway.
+    #[arg(long, alias = "drain-deadline", env = "FERRY_SHUTDOWN_GRACE", default_value = "30s", value_parser = units::duration)]
+    pub shutdown_grace: Duration,
+    /// Apply rollouts' fault injection (`fault.reject_sessions_bp`, ...) for drills;
+    /// without it, edges ignore those overrides.
+    #[arg(long, env = "FERRY_ALLOW_FAULT_INJECTION")]
+    pub allow_fault_injection: bool,
+    /// On drain, how long WHEP viewers keep playing before they are closed (and
+    /// re-route by themselves); at most the drain deadline.
+    #[arg(long, env = "FERRY_WHEP_DRAIN_GRACE", default_value = "10s", value_parser = units::duration)]
+    pub whep_drain_grace: Duration,
+    #[command(flatten)]
+    pub webrtc: WebRtcArgs,
+    #[command(flatten)]
+    pub gossip: crate::cluster_args::GossipArgs,
+    #[command(flatten)]
+    pub control: crate::cluster_args::ControlPlaneArgs,
+}
+
+/// WHIP/WHEP settings of an edge.
+#[derive(Debug, Clone, Args)]
+pub struct WebRtcArgs {
+    /// UDP ports WebRTC sessions bind, LOW-HIGH (one port per session).
+    #[arg(long, env = "FERRY_WEBRTC_UDP_PORTS", default_value = "50000-50999", value_parser = parse_port_range)]
+    pub webrtc_udp_ports: (u16, u16),
+    /// Address WebRTC sockets bind (0.0.0.0: every non-loopback interface).
+    #[arg(long, env = "FERRY_WEBRTC_BIND", default_value = "0.0.0.0")]
+    pub webrtc_bind: IpAddr,
+    /// Address to advertise in ICE candidates instead (behind NAT, Kubernetes node IP).
+    #[arg(long, env = "FERRY_WEBRTC_PUBLIC_IP")]
+    pub webrtc_public_ip: Option<IpAddr>,
+    /// WebRTC sessions served at once; more get 503 with Retry-After.
+    #[arg(long, env = "FERRY_WEBRTC_MAX_SESSIONS", default_value_t = 500)]
+    pub webrtc_max_sessions: usize,
+    /// Latency budget of a WHEP viewer; behind by more, it skips to the newest keyframe.
+    #[arg(long, env = "FERRY_WEBRTC_MAX_LAG", default_value = "1500ms", value_parser = units::duration)]
+    pub webrtc_max_lag: Duration,
+    /// Largest SDP offer accepted, in bytes.
+    #[arg(long, env = "FERRY_WEBRTC_MAX_SDP_BYTES", default_value_t = 32 * 1024)]
+    pub webrtc_max_sdp_bytes: usize,
+    /// File holding the HS256 secret that signs WHIP/WHEP tokens (see `ferry token`).
+    #[arg(long, env = "FERRY_TOKEN_SECRET_FILE", value_name = "FILE")]
+    pub token_secret_file: Option<PathBuf>,
+    /// Serve WHIP/WHEP without a token (dev only).
+    #[arg(long, env = "FERRY_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    ferry_edge::webrtc::parse_port_range(s)
+}
+
+impl WebRtcArgs {
+    pub fn to_config(&self) -> anyhow::Result<WebRtcConfig> {
+        let token_secret = match &self.token_secret_file {
+            Some(path) => Some(Arc::new(
+                TokenSecret::from_file(path)
+                    .with_context(|| format!("--token-secret-file {}", path.display()))?,
+            )),
+            None => None,
+        };
+        Ok(WebRtcConfig {
+            udp_ports: self.webrtc_udp_ports,
+            bind_ip: self.webrtc_bind,
+            public_ip: self.webrtc_public_ip,
+            max_sessions: self.webrtc_max_sessions.max(1),
+            max_sdp_bytes: self.webrtc_max_sdp_bytes,
+            viewer_max_lag: self.webrtc_max_lag,
+            token_secret,
+            allow_anonymous: self.allow_anonymous,
+            ..WebRtcConfig::default()
+        })
+    }
+}
+
+impl EdgeArgs {
+    pub fn to_config(&self) -> anyhow::Result<EdgeConfig> {
+        let node = NodeId::new(self.node_id.clone()).context("--node-id")?;
+        let mut config = EdgeConfig::new(node.clone(), self.quic_listen, self.http_listen);
+        config.region = self.region.clone();
+        config.advertise_host = self.advertise_host.clone();
+        config.upstream = self.upstream.clone();
+        if let Some(ca) = &self.upstream_ca_file {
+            config.upstream_trust = ClientTrust::CaFile(ca.clone());
+        }
+        if let (Some(ca), Some(cert), Some(key)) = (&self.cluster_ca, &self.cluster_cert, &self.cluster_key) {
+            let cluster = ClusterTls { ca: ca.clone(), cert: cert.clone(), key: key.clone() };
+            config.upstream_trust = ClientTrust::Cluster(cluster.clone());
+            config.cluster_tls = Some(cluster);
+        }
+        config.identity = match (&self.cert, &self.key, &config.cluster_tls) {
+            (Some(cert), Some(key), _) => ServerIdentity::Files { cert: cert.clone(), key: key.clone() },
+            (_, _, Some(c)) => ServerIdentity::Files { cert: c.cert.clone(), key: c.key.clone() },
+            _ => {
+                let mut names = default_names();
+                names.push(node.to_string());
+                ServerIdentity::SelfSigned { names }
+            }
+        };
+        config.max_connections = self.max_connections;
+        config.buffer =
+            BufferConfig { max_groups: self.group_cache.max(1), max_bytes: self.track_buffer_bytes };
+        config.tuning = TransportTuning { send_window: self.send_window, ..TransportTuning::default() };
+        config.relay_max_lag = self.relay_max_lag;
+        config.relay_linger = self.relay_linger;
+        config.shutdown_grace = self.shutdown_grace;
+        config.whep_drain_grace = self.whep_drain_grace;
+        config.allow_fault_injection = self.allow_fault_injection;
+        config.webrtc = self.webrtc.to_config()?;
+        config.gossip = self.gossip.to_config(&self.node_id);
+        (config.control_plane, config.control_token) = self.control.resolve()?;
+        config.capacity = self.control.capacity;
+        Ok(config)
+    }
+}
+
+pub async fn run(args: EdgeArgs) -> anyhow::Result<()> {
+    let config = args.to_config()?;
+    let edge = BoundEdge::bind(config).await.context("cannot start the edge")?;
+    // One machine-readable line so scripts and tests learn the bound ports.
+    if let Err(e) = out!(
+        "{}",
+        serde_json::json!({
+            "event": "ready", "node": args.node_id,
+            "quic": edge.quic_addr()?.to_string(), "http": edge.http_addr()?.to_string()
+        })
+    ) {
+        tracing::warn!(error = %e, "cannot print the ready line");
+    }
+    edge.run(crate::process::shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! Process-wide plumbing of the binary: stdout lines that never panic, logging, and
+//! the shutdown signal.
+
+use std::io::IsTerminal;
+
+use tokio_util::sync::CancellationToken;
+
+/// One line on stdout, flushed.
+pub fn write_stdout(line: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_fmt(line)?;
+    stdout.write_all(b"\n")?;
+    stdout.flush()
+}
+
+pub fn init_tracing(filter: &str) {
+    // The WebRTC stack logs every state change at info and benign conditions at warn;
+    // keep its errors only unless the filter names it.
+    let filter = if filter.contains("rtc") {
+        filter.to_owned()
+    } else {
+        format!("{filter},rtc=error,rtc_ice=error,rtc_dtls=error,rtc_sctp=error,webrtc=error")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal; plain text in files and pipes.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM.
+pub fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown requested");
+        t.cancel();
+    });
+    token
+}
