@@ -243,7 +243,7 @@ fn to_args(arg: &Arg, value: &Value, ctx: &str) -> Result<Vec<OsString>> {
 mod tests {
     use super::*;
     use clap::{CommandFactory, FromArgMatches};
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::path::Path;
 
     #[derive(clap::Parser)]
     struct Cli {
@@ -285,28 +285,19 @@ mod tests {
     }
 
     /// A config file in the temp dir, removed when dropped.
-    struct TempConfig(PathBuf);
+    struct TempConfig(tempfile::TempPath);
 
     impl std::ops::Deref for TempConfig {
-        type Target = PathBuf;
-        fn deref(&self) -> &PathBuf {
+        type Target = Path;
+        fn deref(&self) -> &Path {
             &self.0
         }
     }
 
-    impl Drop for TempConfig {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-
     fn write_config(body: &str) -> TempConfig {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let name = format!("ferry-cfgtest-{}-{n}.toml", std::process::id());
-        let path = std::env::temp_dir().join(name);
-        std::fs::write(&path, body).unwrap();
-        TempConfig(path)
+        let file = tempfile::Builder::new().prefix("ferry-cfgtest-").suffix(".toml").tempfile().unwrap();
+        std::fs::write(file.path(), body).unwrap();
+        TempConfig(file.into_temp_path())
     }
 
     /// Expands and parses `ferry --config FILE <rest>`; summarises the leaf's args.
@@ -382,7 +373,7 @@ mod tests {
     fn missing_or_invalid_file_errors_with_path() {
         let missing = std::env::temp_dir().join("ferry-cfgtest-does-not-exist.toml");
         let invalid = write_config("port = = 2");
-        for path in [missing, invalid.0.clone()] {
+        for path in [missing, invalid.to_path_buf()] {
             let err = expand("FERRY_CFGTEST_E6", &path, &["edge"]).unwrap_err();
             let shown = path.display().to_string();
             assert!(err.to_string().contains(&shown), "{err}");

@@ -65,17 +65,6 @@ const DEV_TOKEN: &str = "ferry-dev-operator-token";
 /// Silence after which the dev publisher counts its edge as gone (as `ferry publish`).
 const DEV_FAILOVER_AFTER: Duration = Duration::from_millis(1500);
 
-/// Removes a temp data dir when dropped.
-struct TempData(Option<PathBuf>);
-
-impl Drop for TempData {
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.take() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
 /// A free UDP port on loopback (bound, then released for gossip to bind).
 fn free_udp_port() -> anyhow::Result<SocketAddr> {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").context("no free UDP port for gossip")?;
@@ -84,11 +73,15 @@ fn free_udp_port() -> anyhow::Result<SocketAddr> {
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let shutdown = crate::process::shutdown_signal();
+    // Without --data-dir, a temporary directory removed on exit.
     let (data_dir, _cleanup) = match &args.data_dir {
-        Some(dir) => (dir.clone(), TempData(None)),
+        Some(dir) => (dir.clone(), None),
         None => {
-            let dir = std::env::temp_dir().join(format!("ferry-dev-{}", std::process::id()));
-            (dir.clone(), TempData(Some(dir)))
+            let temp = tempfile::Builder::new()
+                .prefix("ferry-dev-")
+                .tempdir()
+                .context("cannot create a temporary data directory (give --data-dir)")?;
+            (temp.path().to_owned(), Some(temp))
         }
     };
 

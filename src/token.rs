@@ -106,12 +106,12 @@ mod tests {
         TestCli::try_parse_from(std::iter::once("token").chain(args.iter().copied())).map(|c| c.args)
     }
 
-    fn secret_file(name: &str, contents: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("ferry-token-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
+    /// A secret file that lives as long as the returned guard.
+    fn secret_file(name: &str, contents: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
         std::fs::write(&path, contents).unwrap();
-        path
+        (dir, path)
     }
 
     fn now() -> SystemTime {
@@ -120,7 +120,7 @@ mod tests {
 
     #[test]
     fn minted_token_verifies_for_its_stream() {
-        let file = secret_file("good", "0123456789abcdef0123456789abcdef\n");
+        let (_dir, file) = secret_file("good", "0123456789abcdef0123456789abcdef\n");
         let f = file.to_str().unwrap();
         let args =
             parse(&["--secret-file", f, "--stream", "live/room1", "--action", "publish", "--ttl", "10m"])
@@ -134,7 +134,7 @@ mod tests {
 
     #[test]
     fn prefix_token_carries_subject_and_covers_below_it() {
-        let file = secret_file("prefix", "0123456789abcdef0123456789abcdef");
+        let (_dir, file) = secret_file("prefix", "0123456789abcdef0123456789abcdef");
         let f = file.to_str().unwrap();
         let args =
             parse(&["--secret-file", f, "--stream-prefix", "live/", "--action", "view", "--subject", "bob"])
@@ -157,8 +157,8 @@ mod tests {
 
     #[test]
     fn bad_input_is_refused_with_a_reason() {
-        let good = secret_file("ok", "0123456789abcdef0123456789abcdef");
-        let short = secret_file("short", "tooshort\n");
+        let (_good_dir, good) = secret_file("ok", "0123456789abcdef0123456789abcdef");
+        let (_short_dir, short) = secret_file("short", "tooshort\n");
         let (g, s) = (good.to_str().unwrap(), short.to_str().unwrap());
         let cases: [(&[&str], &str); 6] = [
             (&["--secret-file", s, "--stream", "live/a", "--action", "view"], "at least 16"),

@@ -41,7 +41,9 @@ pub struct WatchArgs {
     /// Latency budget: fall further behind and the edge skips you to the newest keyframe.
     #[arg(long, env = "FERRY_MAX_LAG", default_value = "2s", value_parser = units::duration)]
     pub max_lag: Duration,
-    /// Stop after this long.
+    /// Stop after watching this long. With --control-plane it counts from the first
+    /// frame: until the stream plays, the viewer keeps being routed (up to
+    /// --max-failures sessions in a row without a frame).
     #[arg(long, env = "FERRY_DURATION", value_parser = units::duration)]
     pub duration: Option<Duration>,
     /// Print the stats as one JSON object.

@@ -250,7 +250,8 @@ fn ferry_dev_with_three_voters_runs_a_replicated_control_plane() {
         let mut cmd = ferry();
         cmd.args(["watch", "--control-plane", &urls.join(","), "--region", region, "--stream", "live/demo"])
             .args(["--insecure", "--json", "--duration", "2s"])
-            .stdout(Stdio::piped());
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         json_output(Proc::spawn("routed watcher", &mut cmd), Duration::from_secs(40))
     };
     // A routed viewer's legs say where the rollouts placed them.

@@ -27,9 +27,16 @@ pub enum Error {
     /// No edge could be found for the stream.
     #[error("no route for {stream}: {reason}")]
     NoRoute { stream: String, reason: String },
-    /// WebRTC signalling or the `webrtc` crate failed.
+    /// WHEP signalling failed (the edge refused, redirected too often, ...).
     #[error("webrtc: {0}")]
     WebRtc(String),
+    /// The `webrtc` crate failed while `what`.
+    #[error("webrtc: {what}")]
+    Peer {
+        what: &'static str,
+        #[source]
+        source: webrtc::error::Error,
+    },
 }
 
 impl Error {

@@ -91,15 +91,22 @@ pub struct RoutedWatchStats {
 }
 
 /// Watches `opts.stream` wherever routing says, moving on whenever a session ends
-/// early (edge died, went away, stalled, or the track ended) until `opts.duration`
-/// passes or `cancel` fires.
+/// early (edge died, went away, stalled, the track ended, or the stream is not
+/// published yet) until `opts.duration` of watching passes or `cancel` fires.
+///
+/// The duration counts from the first frame: a viewer that arrives while the stream's
+/// publisher is moving between edges (or before it started) keeps being routed until
+/// the stream plays, and gives up only after `max_failures` sessions in a row without
+/// a frame.
 pub async fn watch_routed(
     mut opts: WatchOptions,
     route_opts: RouteOptions,
     cancel: CancellationToken,
 ) -> Result<RoutedWatchStats> {
     let started = Instant::now();
-    let deadline = opts.duration.map(|d| started + d);
+    let duration = opts.duration;
+    // Set once the first frame arrived.
+    let mut deadline: Option<Instant> = None;
     let mut stats = RoutedWatchStats::default();
     // (wall time of the last frame, its synthetic seq) of the previous leg.
     let mut previous: Option<(Option<Instant>, Option<u64>)> = None;
@@ -110,13 +117,17 @@ pub async fn watch_routed(
             stats.ended = "stopped".into();
             break;
         }
-        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let remaining = match deadline {
+            Some(d) => Some(d.saturating_duration_since(Instant::now())),
+            None => duration,
+        };
         if remaining.is_some_and(|r| r.is_zero()) {
             stats.ended = "duration reached".into();
             break;
         }
         if route_opts.max_failures.is_some_and(|max| failures >= max) {
-            stats.ended = format!("gave up after {failures} failed sessions");
+            stats.ended =
+                format!("gave up after {failures} sessions in a row without a frame: {}", stats.ended);
             break;
         }
         let leg_result = match route(&route_opts, opts.stream.as_str(), "quic").await {
@@ -141,6 +152,9 @@ pub async fn watch_routed(
         };
         let at = |ms: Option<f64>| ms.map(|ms| leg_start + Duration::from_secs_f64(ms / 1000.0));
         let (first_at, last_at) = (at(leg.first_frame_ms), at(leg.last_frame_ms));
+        if let (None, Some(first), Some(duration)) = (deadline, first_at, duration) {
+            deadline = Some(first + duration);
+        }
         let (gap_ms, frames_lost_between) = match (&previous, first_at) {
             (Some((prev_last, prev_seq)), Some(first)) => (
                 prev_last.map(|p| first.saturating_duration_since(p).as_secs_f64() * 1000.0),
@@ -156,7 +170,9 @@ pub async fn watch_routed(
         } else {
             failures += 1;
         }
-        if leg.ended == "duration reached" || leg.ended == "stopped" {
+        // A leg that ran out its duration after frames arrived watched enough; one that
+        // saw no frame at all was waiting for the stream, and another one starts.
+        if leg.ended == "stopped" || (leg.ended == "duration reached" && deadline.is_some()) {
             stats.ended = leg.ended;
             break;
         }
@@ -188,10 +204,7 @@ fn merge(
         ended: leg.ended.clone(),
         gap_ms,
         frames_lost_between: lost,
-        ended_unix_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
+        ended_unix_ms: ferry_net::time::unix_ms(),
         variant: leg.variant.clone(),
         client_flag: leg.client_flag.clone(),
     });

@@ -158,15 +158,20 @@ pub async fn watch_whep(opts: WhepOptions, cancel: CancellationToken) -> Result<
                     frames: stats.frames,
                     ended: stats.ended.clone(),
                     gap_ms,
-                    ended_unix_ms: unix_ms(),
+                    ended_unix_ms: ferry_net::time::unix_ms(),
                 };
                 let ended = stats.ended.clone();
                 absorb(&mut total, stats);
                 (leg, ended)
             }
             Err(e) => {
-                let leg =
-                    WhepLeg { url, frames: 0, ended: e.to_string(), gap_ms: None, ended_unix_ms: unix_ms() };
+                let leg = WhepLeg {
+                    url,
+                    frames: 0,
+                    ended: e.to_string(),
+                    gap_ms: None,
+                    ended_unix_ms: ferry_net::time::unix_ms(),
+                };
                 (leg, String::new())
             }
         };
@@ -215,13 +220,6 @@ fn absorb(total: &mut WhepStats, leg: WhepStats) {
     total.client_flag = leg.client_flag.or(total.client_flag.take());
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// One WHEP session at `url`; `stall`: end it once frames stop for that long.
 async fn watch_once(
     opts: &WhepOptions,
@@ -231,13 +229,19 @@ async fn watch_once(
 ) -> Result<WhepStats> {
     let started = Instant::now();
     let codecs: Vec<Codec> = engine::CODECS.iter().map(|(c, _)| *c).collect();
-    let (pc, mut events) = engine::build_client(opts.bind_ip, &codecs).await.map_err(other)?;
+    let (pc, mut events) =
+        engine::build_client(opts.bind_ip, &codecs).await.map_err(peer("building the peer connection"))?;
     let result = session(opts, url, stall, &pc, &mut events, cancel, started).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), pc.close()).await;
     let mut stats = result?;
     stats.duration_s = started.elapsed().as_secs_f64();
     stats.latency_ms = stats.latency.summary();
     Ok(stats)
+}
+
+/// A `webrtc` crate failure while `what`, with the crate's error as the source.
+fn peer(what: &'static str) -> impl FnOnce(webrtc::error::Error) -> Error {
+    move |source| Error::Peer { what, source }
 }
 
 fn other(e: impl std::fmt::Display) -> Error {
@@ -259,17 +263,19 @@ async fn session(
     for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
         let init =
             RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, ..Default::default() };
-        pc.add_transceiver_from_kind(kind, Some(init)).await.map_err(other)?;
+        pc.add_transceiver_from_kind(kind, Some(init))
+            .await
+            .map_err(peer("adding a receiving transceiver"))?;
     }
-    let offer = pc.create_offer(None).await.map_err(other)?;
-    pc.set_local_description(offer).await.map_err(other)?;
+    let offer = pc.create_offer(None).await.map_err(peer("creating the offer"))?;
+    pc.set_local_description(offer).await.map_err(peer("applying the offer"))?;
     engine::gathered(events, Duration::from_secs(2)).await;
     let offer = pc.local_description().await.ok_or_else(|| other("no local offer"))?.sdp;
     let answered =
         post_offer(&opts.http, url, opts.token.as_deref(), opts.session_id.as_deref(), &offer).await?;
     let Answered { url, location, sdp: answer, variant, client_flag } = answered;
-    let answer = RTCSessionDescription::answer(answer).map_err(other)?;
-    pc.set_remote_description(answer).await.map_err(other)?;
+    let answer = RTCSessionDescription::answer(answer).map_err(peer("reading the edge's answer"))?;
+    pc.set_remote_description(answer).await.map_err(peer("applying the edge's answer"))?;
 
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let connect_by = tokio::time::Instant::now() + opts.connect_timeout;

@@ -1,8 +1,22 @@
 //! ferry-control-plane: the cluster's source of truth.
 //!
 //! # Layout
+//! Modules from the bottom up; each uses only those above it.
 //! - [`state`]: the pure replicated state machine: `apply(&mut State, index, &Request) -> Outcome`.
 //! - [`storage`]: the raft log, hard state, conf state and snapshots on sled, behind [`storage::LogStore`].
+//! - [`node`]: the raft node (raft-rs `RawNode` driven by one task) and its seam to the
+//!   network, [`node::RaftNetwork`] (with an in-memory router for tests).
+//! - `error`: why a voter could not start.
+//! - [`transport`]: raft messages between voters over QUIC (mutual TLS).
+//! - [`guard`]: the global error guard of rollouts (sans-IO).
+//! - [`failover`]: the leader's reaction to edges gossip declares dead (sans-IO).
+//! - [`relays`]: relay placement per region (sans-IO).
+//! - [`api`]: the HTTP API (axum): reads, writes through raft, watch, routing.
+//! - [`server`]: starting and stopping a voter, and the loops that feed the sans-IO
+//!   cores from gossip.
+//!
+//! Depends on `ferry-proto` and `ferry-net` only: a voter never links the edge, the
+//! clients or WebRTC.
 
 pub mod api;
 mod error;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use ferry_net::gossip::{Gossip, GossipConfig, GossipMetrics, SelfInfo};
 use ferry_net::tls;
@@ -164,7 +164,7 @@ async fn guard_loop(
         let now_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let trips = guard.lock().unwrap_or_else(std::sync::PoisonError::into_inner).observe(
             now_ms,
-            unix_ms(),
+            ferry_net::time::unix_ms(),
             &watched,
             &readings,
         );
@@ -291,15 +291,8 @@ async fn commit(
     request_id: String,
     command: Command,
 ) -> Result<crate::state::Outcome, String> {
-    let request = Request { request_id, actor: actor.into(), at_ms: unix_ms(), command };
+    let request = Request { request_id, actor: actor.into(), at_ms: ferry_net::time::unix_ms(), command };
     node.write(request, Duration::from_secs(5)).await.map(|(_, outcome)| outcome).map_err(|e| e.to_string())
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// Opens storage and starts the node task with the QUIC transport on `tracker`.

@@ -342,7 +342,8 @@ mod tests {
 
     #[tokio::test]
     async fn patched_frame_count_is_read_back() {
-        let path = std::env::temp_dir().join(format!("ferry-ivf-test-{}.ivf", std::process::id()));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("test.ivf");
         let file = tokio::fs::File::create(&path).await.unwrap();
         let mut writer = IvfWriter::new(file, &vp8_header()).await.unwrap();
         writer.write_frame(0, b"one").await.unwrap();
@@ -356,7 +357,6 @@ mod tests {
         drop(file);
 
         let bytes = tokio::fs::read(&path).await.unwrap();
-        let _ = tokio::fs::remove_file(&path).await;
         let (mut reader, header) = IvfReader::open(&bytes[..], 1024).await.unwrap();
         assert_eq!(header.frame_count, 2);
         let mut n = 0;

@@ -157,6 +157,12 @@ impl RequestBuilder<'_> {
         self.header(CONTENT_TYPE.as_str(), content_type)
     }
 
+    /// A body without a `Content-Type` (give one with [`RequestBuilder::header`]).
+    pub fn raw_body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+
     /// The deadline for the whole exchange, response body included.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -189,8 +195,7 @@ impl RequestBuilder<'_> {
         let exchange = async {
             let response = client.inner.request(request).await.map_err(|e| fail(e.into()))?;
             let (parts, body) = response.into_parts();
-            let body =
-                Limited::new(body, client.max_response).collect().await.map_err(|e| fail(e))?.to_bytes();
+            let body = Limited::new(body, client.max_response).collect().await.map_err(&fail)?.to_bytes();
             Ok(Response { status: parts.status.as_u16(), headers: parts.headers, body })
         };
         match tokio::time::timeout(timeout, exchange).await {

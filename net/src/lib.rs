@@ -10,6 +10,7 @@
 //! - [`gossip`]: health gossip among all processes (chitchat over UDP).
 //! - [`proof`]: a node's signed proof of its cluster certificate on HTTP requests.
 //! - [`random`]: random ids from the operating system's generator.
+//! - [`time`]: wall-clock stamps for what crosses process boundaries.
 //!
 //! Depends only on `ferry-proto`; the edge, the clients and the control plane build on
 //! it, and none of them on each other.
@@ -20,6 +21,7 @@ pub mod gossip;
 pub mod http;
 pub mod proof;
 pub mod random;
+pub mod time;
 pub mod tls;
 pub mod wire;
 

@@ -1,8 +1,8 @@
 //! The media model: a stream has tracks, a track has groups, a group has frames.
 //!
 //! A video group starts at a keyframe (one GOP). A frame is one media unit (an IVF
-//! frame, or one RTP packet for WebRTC) with a media timestamp and flags; edges
-//! forward frames without looking inside them.
+//! frame, or a whole frame reassembled from a WHIP publisher's RTP packets) with a
+//! media timestamp and flags; edges forward frames without looking inside them.
 
 use serde::{Deserialize, Serialize};
 

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -26,7 +26,7 @@ use ferry_net::tls::{ClientTrust, TransportTuning};
 use ferry_proto::{NodeId, Role};
 use serde_json::{json, Value};
 
-use super::failover::{at, field, free_udp, get, metric, spawn_ready, until, Cleanup, Ready, TOKEN};
+use super::failover::{at, field, free_udp, get, metric, spawn_ready, temp_dir, until, Ready, TOKEN};
 
 #[derive(Debug, Clone, Args)]
 pub struct CanaryArgs {
@@ -45,10 +45,6 @@ pub struct CanaryArgs {
     /// The ferry binary to run (default: this one).
     #[arg(long)]
     pub binary: Option<PathBuf>,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// One QUIC viewer session as `id`: its variant, or `None` when refused.
@@ -107,7 +103,7 @@ async fn first_variant(quic: &str, want: &str, tag: &str, limit: Duration) -> Op
         n += 1;
         let variant = session(quic, format!("probe-{tag}-{n}")).await.unwrap_or_default();
         if variant.split(", ").any(|v| v == want) {
-            return Some(unix_ms());
+            return Some(ferry_net::time::unix_ms());
         }
     }
     None
@@ -125,8 +121,8 @@ pub async fn run(args: CanaryArgs) -> anyhow::Result<()> {
         Some(b) => b.clone(),
         None => std::env::current_exe()?,
     };
-    let dir = std::env::temp_dir().join(format!("ferry-bench-canary-{}", std::process::id()));
-    let _cleanup = Cleanup(dir.clone());
+    let temp = temp_dir("canary")?;
+    let dir = temp.path();
     let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<String>>();
 
     let voter_gossip = free_udp()?;
@@ -177,7 +173,7 @@ pub async fn run(args: CanaryArgs) -> anyhow::Result<()> {
     let opened = Arc::new(AtomicU64::new(0));
     let workers =
         load(quic.values().cloned().collect(), args.concurrency, Arc::clone(&stop), Arc::clone(&opened));
-    let flipped = unix_ms();
+    let flipped = ferry_net::time::unix_ms();
     post(&control, "/v1/rollouts/bench-errors/level", json!({"level": 3})).await?;
     // Each edge's probe waits for treatment (the level arrived), then for the baseline.
     let limit = args.window * (args.consecutive + 10) + Duration::from_secs(20);
@@ -248,7 +244,7 @@ pub async fn run(args: CanaryArgs) -> anyhow::Result<()> {
         tokio::join!(first_variant(&e1, "bench-cpu=baseline", "cpu-after", limit), async {
             until(limit, || async { metric(&e1_http, trips).await.unwrap_or(0.0) >= 1.0 })
                 .await
-                .map(|_| unix_ms())
+                .map(|_| ferry_net::time::unix_ms())
         });
     let fallback = probe.context("e1 never fell back")?;
     let fallback_elapsed = flip_at.elapsed();

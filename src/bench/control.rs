@@ -128,12 +128,12 @@ struct Member {
 /// A cluster this bench started, in a temporary directory removed at the end.
 struct Cluster {
     members: Vec<Member>,
-    dir: TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Cluster {
     async fn start(args: &ControlArgs, token: &str) -> anyhow::Result<Cluster> {
-        let dir = TempDir::new(args.target.name())?;
+        let dir = super::failover::temp_dir(args.target.name())?;
         let members = match args.target {
             Target::Ferry => start_ferry(args, token, dir.path()).await?,
             Target::Etcd => start_etcd(args, dir.path())?,
@@ -151,31 +151,6 @@ impl Cluster {
             let _ = m.child.kill().await;
         }
         drop(self.dir);
-    }
-}
-
-/// A fresh temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> anyhow::Result<TempDir> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!("ferry-bench-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        Ok(TempDir(dir))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -121,8 +121,8 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
         Some(b) => b.clone(),
         None => std::env::current_exe()?,
     };
-    let dir = std::env::temp_dir().join(format!("ferry-bench-failover-{}", std::process::id()));
-    let _cleanup = Cleanup(dir.clone());
+    let temp = temp_dir("failover")?;
+    let dir = temp.path();
     let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<String>>();
 
     let voter_gossip = free_udp()?;
@@ -306,11 +306,10 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes the voter's data directory.
-pub(super) struct Cleanup(pub(super) PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A temporary directory for a bench's processes, removed when dropped.
+pub(super) fn temp_dir(tag: &str) -> anyhow::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!("ferry-bench-{tag}-"))
+        .tempdir()
+        .context("cannot create a temporary directory for the bench")
 }

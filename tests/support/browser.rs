@@ -9,8 +9,7 @@
 //! A missing browser is a failure, never a skip: a CI box without Chromium must say so.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -265,7 +264,7 @@ fn error_text(body: &Value) -> String {
     }
 }
 
-/// One HTTP/1.1 request with an optional JSON body: (status, JSON body).
+/// One WebDriver request with an optional JSON body: (status, JSON body).
 fn request(
     addr: &str,
     method: &str,
@@ -273,52 +272,9 @@ fn request(
     body: Option<&Value>,
     timeout: Duration,
 ) -> Result<(u16, Value), String> {
-    let io = |e: std::io::Error| format!("{method} {path}: {e}");
-    let mut stream = TcpStream::connect(addr).map_err(io)?;
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    stream.set_write_timeout(Some(timeout)).map_err(io)?;
     let body = body.map(Value::to_string).unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Content-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).map_err(io)?;
-    stream.write_all(body.as_bytes()).map_err(io)?;
-    let (status, body) = read_response(&mut stream).map_err(io)?;
-    let json = serde_json::from_slice(&body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
-    Ok((status, json))
-}
-
-/// Reads one response. chromedriver keeps the connection open despite
-/// `Connection: close`, so the body is read by its `Content-Length`, not to EOF.
-fn read_response(stream: &mut TcpStream) -> std::io::Result<(u16, Vec<u8>)> {
-    let mut reader = BufReader::new(stream);
-    let mut status_line = String::new();
-    reader.read_line(&mut status_line)?;
-    let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let mut length = None;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse::<usize>().ok();
-            }
-        }
-    }
-    let mut body = Vec::new();
-    match length {
-        Some(n) => {
-            body.resize(n, 0);
-            reader.read_exact(&mut body)?;
-        }
-        None => {
-            reader.read_to_end(&mut body)?;
-        }
-    }
-    Ok((status, body))
+    let headers = [("content-type", "application/json; charset=utf-8")];
+    let reply = super::http::exchange(addr, method, path, &headers, body.as_bytes(), timeout)
+        .map_err(|e| format!("{method} {path}: {e}"))?;
+    Ok((reply.status, reply.json()))
 }

@@ -2,9 +2,10 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 pub mod browser;
+pub mod http;
 pub mod netns;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+pub mod webrtc;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -47,6 +48,18 @@ impl Proc {
     /// Waits for exit with a deadline; returns the output (stdout must be piped).
     pub fn wait_output(mut self, timeout: Duration) -> Output {
         let deadline = Instant::now() + timeout;
+        // Drain the pipes while waiting, so a chatty child never blocks on a full pipe.
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_end(&mut bytes);
+                }
+                bytes
+            })
+        };
+        let stdout = drain(self.child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+        let stderr = drain(self.child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
         loop {
             match self.child.try_wait().unwrap() {
                 Some(_) => break,
@@ -56,14 +69,8 @@ impl Proc {
                 None => std::thread::sleep(Duration::from_millis(20)),
             }
         }
-        let mut stdout = Vec::new();
-        let mut stderr = Vec::new();
-        if let Some(mut out) = self.child.stdout.take() {
-            out.read_to_end(&mut stdout).unwrap();
-        }
-        if let Some(mut err) = self.child.stderr.take() {
-            err.read_to_end(&mut stderr).unwrap();
-        }
+        let stdout = stdout.join().unwrap();
+        let stderr = stderr.join().unwrap();
         let status = self.child.wait().unwrap();
         Output { status, stdout, stderr }
     }
@@ -146,16 +153,10 @@ pub fn metric_sum(text: &str, family: &str) -> f64 {
         .sum()
 }
 
-/// A minimal HTTP/1.1 GET: (status, body).
+/// A GET: (status, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
+    let reply = http::exchange(addr, "GET", path, &[], b"", Duration::from_secs(10)).unwrap();
+    (reply.status, reply.text())
 }
 
 /// Polls `check` until it returns Some, or panics with `what` after `timeout`.
@@ -206,24 +207,15 @@ pub fn wait_for_stream(edge: &Edge) {
     });
 }
 
-/// A fresh temporary directory, removed on drop.
-pub struct TempDir(pub PathBuf);
+/// A fresh temporary directory named after its test, removed on drop.
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let dir = std::env::temp_dir().join(format!("ferry-test-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
+        TempDir(tempfile::Builder::new().prefix(&format!("ferry-test-{tag}-")).tempdir().unwrap())
     }
     pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path()
     }
 }
 
@@ -246,31 +238,18 @@ pub fn http_json(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> (u16, serde_json::Value) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let body = body.unwrap_or("");
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut all: Vec<(&str, &str)> = Vec::new();
     if !body.is_empty() {
-        head.push_str("Content-Type: application/json\r\n");
+        all.push(("content-type", "application/json"));
     }
-    if let Some(token) = token {
-        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    if let Some(bearer) = &bearer {
+        all.push(("authorization", bearer));
     }
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body.as_bytes()).unwrap();
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response);
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)))
+    all.extend_from_slice(headers);
+    let reply = http::exchange(addr, method, path, &all, body.as_bytes(), Duration::from_secs(30)).unwrap();
+    (reply.status, reply.json())
 }
 
 /// A free UDP port on loopback (bound and released; fine for tests that start at once).

@@ -47,9 +47,12 @@ impl From<NodeError> for ApiError {
             NodeError::Timeout(_) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "not_committed", e.to_string())
             }
+            NodeError::Busy => Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string()),
             NodeError::Stopped => Self::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", e.to_string()),
             NodeError::Rejected(m) => Self::new(StatusCode::CONFLICT, "rejected", m),
-            NodeError::Storage(m) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", m),
+            NodeError::Storage { .. } => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", ferry_net::Chain(&e).to_string())
+            }
         }
     }
 }

@@ -198,7 +198,7 @@ impl Api {
             .route("/v1/route/{*stream}", get(routing::route).options(routing::preflight))
             .route("/whep/{*stream}", post(routing::redirect_whep).options(routing::preflight))
             .route("/whip/{*stream}", post(routing::redirect_whip).options(routing::preflight))
-            .layer(middleware::from_fn(routing::cors));
+            .layer(routing::cors());
         Router::new()
             .merge(public)
             .route("/healthz", get(healthz))

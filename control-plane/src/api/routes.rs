@@ -26,10 +26,6 @@ fn body<T>(b: Body<T>) -> Result<T, ApiError> {
     b.map(|Json(v)| v).map_err(ApiError::from)
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 /// Longest accepted `Idempotency-Key`.
 const MAX_REQUEST_ID: usize = 128;
 
@@ -58,7 +54,7 @@ impl Api {
         let request = Request {
             request_id: self.request_id(headers)?,
             actor: "operator".into(),
-            at_ms: now_ms(),
+            at_ms: ferry_net::time::unix_ms(),
             command,
         };
         let started = Instant::now();
@@ -196,9 +192,15 @@ pub async fn put_edge(
     if let Some(ca) = &api.cluster_ca {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let path = format!("/v1/edges/{id}");
-        ferry_net::proof::verify(ca, header, &id, "PUT", &path, &raw, now_ms()).map_err(|e| {
-            ApiError::new(StatusCode::UNAUTHORIZED, "node_certificate_required", format!("edge {id}: {e}"))
-        })?;
+        ferry_net::proof::verify(ca, header, &id, "PUT", &path, &raw, ferry_net::time::unix_ms()).map_err(
+            |e| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "node_certificate_required",
+                    format!("edge {id}: {e}"),
+                )
+            },
+        )?;
     }
     let e: PutEdge =
         serde_json::from_slice(&raw).map_err(|e| ApiError::bad_request(format!("bad edge: {e}")))?;

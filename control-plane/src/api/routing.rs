@@ -183,24 +183,19 @@ pub async fn redirect(
 }
 
 /// Routing answers are readable from any origin (they carry no secrets), errors too.
-pub async fn cors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let mut response = next.run(request).await;
-    let headers = response.headers_mut();
-    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Location"));
-    response
+pub fn cors() -> tower_http::cors::CorsLayer {
+    use axum::http::Method;
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([header::LOCATION])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
-/// The CORS preflight for the routing endpoints.
+/// `OPTIONS` that is not a CORS preflight (the CORS layer answers those).
 pub async fn preflight() -> impl IntoResponse {
-    (
-        StatusCode::NO_CONTENT,
-        [
-            (header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS"),
-            (header::ACCESS_CONTROL_ALLOW_HEADERS, "Authorization, Content-Type"),
-            (header::ACCESS_CONTROL_MAX_AGE, "600"),
-        ],
-    )
+    StatusCode::NO_CONTENT
 }
 
 pub async fn redirect_whep(

@@ -53,8 +53,11 @@ pub(super) struct Driver {
     snapshot_due: bool,
 }
 
-fn storage_err(e: impl std::fmt::Display) -> NodeError {
-    NodeError::Storage(e.to_string())
+/// A storage step that failed, with its cause.
+fn storage_err<E: std::error::Error + Send + Sync + 'static>(
+    what: &'static str,
+) -> impl FnOnce(E) -> NodeError {
+    move |e| NodeError::Storage { what, source: Arc::new(e) }
 }
 
 impl Driver {
@@ -63,13 +66,15 @@ impl Driver {
         inputs: mpsc::Sender<Input>,
         rx: mpsc::Receiver<Input>,
     ) -> Result<(Self, NodeHandle), NodeError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(storage_err)?;
-        let mut store = SledStore::open(&config.data_dir.join("raft")).map_err(storage_err)?;
+        std::fs::create_dir_all(&config.data_dir).map_err(storage_err("creating the data directory"))?;
+        let mut store =
+            SledStore::open(&config.data_dir.join("raft")).map_err(storage_err("opening the raft store"))?;
         if store.is_empty() {
             let voters: Vec<u64> = if config.join { vec![] } else { config.peers.keys().copied().collect() };
-            store.initialize(&voters).map_err(storage_err)?;
+            store.initialize(&voters).map_err(storage_err("initializing the raft store"))?;
         }
-        let members = Members::load(&config.data_dir, &config.peers).map_err(storage_err)?;
+        let members = Members::load(&config.data_dir, &config.peers)
+            .map_err(storage_err("loading the members file"))?;
         // Rebuild the state machine from the newest snapshot; raft re-delivers the
         // committed entries after it.
         let snapshot = store.snapshot(0, config.id).unwrap_or_default();
@@ -77,7 +82,7 @@ impl Driver {
         let state = if snapshot.data.is_empty() {
             State::default()
         } else {
-            State::from_snapshot_bytes(&snapshot.data).map_err(storage_err)?
+            State::from_snapshot_bytes(&snapshot.data).map_err(storage_err("decoding the stored snapshot"))?
         };
         let raft_config = Config {
             id: config.id,
@@ -90,8 +95,9 @@ impl Driver {
             max_inflight_msgs: 256,
             ..Config::default()
         };
-        raft_config.validate().map_err(storage_err)?;
-        let raw = RawNode::new(&raft_config, store, &super::log::logger()).map_err(storage_err)?;
+        raft_config.validate().map_err(storage_err("checking the raft configuration"))?;
+        let raw =
+            RawNode::new(&raft_config, store, &super::log::logger()).map_err(storage_err("starting raft"))?;
         let (status_tx, status_rx) = watch::channel(Status { id: config.id, ..Status::default() });
         let state = Arc::new(RwLock::new(state));
         let handle =
@@ -303,19 +309,19 @@ impl Driver {
         let mut answers = Vec::new();
         self.apply_committed(ready.take_committed_entries(), &mut answers)?;
         if !ready.entries().is_empty() {
-            self.raw.mut_store().append(ready.entries()).map_err(storage_err)?;
+            self.raw.mut_store().append(ready.entries()).map_err(storage_err("appending log entries"))?;
         }
         if let Some(hs) = ready.hs() {
-            self.raw.mut_store().set_hard_state(hs).map_err(storage_err)?;
+            self.raw.mut_store().set_hard_state(hs).map_err(storage_err("writing the hard state"))?;
         }
-        self.raw.mut_store().flush().map_err(storage_err)?;
+        self.raw.mut_store().flush().map_err(storage_err("flushing the raft store"))?;
         answer(answers);
         transport.send(ready.take_persisted_messages());
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
             let mut hs = self.raw.raft.hard_state();
             hs.commit = commit;
-            self.raw.mut_store().set_hard_state(&hs).map_err(storage_err)?;
+            self.raw.mut_store().set_hard_state(&hs).map_err(storage_err("writing the hard state"))?;
         }
         transport.send(light.take_messages());
         let mut answers = Vec::new();
@@ -331,8 +337,9 @@ impl Driver {
 
     fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), NodeError> {
         let index = snapshot.get_metadata().index;
-        let state = State::from_snapshot_bytes(&snapshot.data).map_err(storage_err)?;
-        self.raw.mut_store().apply_snapshot(snapshot).map_err(storage_err)?;
+        let state = State::from_snapshot_bytes(&snapshot.data)
+            .map_err(storage_err("decoding a received snapshot"))?;
+        self.raw.mut_store().apply_snapshot(snapshot).map_err(storage_err("storing a received snapshot"))?;
         *self.state.write().unwrap_or_else(PoisonError::into_inner) = state;
         self.applied = index;
         self.snapshot_index = index;
@@ -355,7 +362,7 @@ impl Driver {
             }
             self.applied = entry.index;
         }
-        self.raw.mut_store().set_applied(self.applied).map_err(storage_err)?;
+        self.raw.mut_store().set_applied(self.applied).map_err(storage_err("recording the applied index"))?;
         Ok(())
     }
 
@@ -377,9 +384,10 @@ impl Driver {
     }
 
     fn apply_conf_change(&mut self, entry: &Entry, answers: &mut Vec<Answer>) -> Result<(), NodeError> {
-        let cc = ConfChange::parse_from_bytes(&entry.data).map_err(storage_err)?;
-        let cs = self.raw.apply_conf_change(&cc).map_err(storage_err)?;
-        self.raw.mut_store().set_conf_state(&cs).map_err(storage_err)?;
+        let cc =
+            ConfChange::parse_from_bytes(&entry.data).map_err(storage_err("decoding a membership change"))?;
+        let cs = self.raw.apply_conf_change(&cc).map_err(storage_err("applying a membership change"))?;
+        self.raw.mut_store().set_conf_state(&cs).map_err(storage_err("writing the conf state"))?;
         let addr = match cc.get_change_type() {
             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
                 Some(String::from_utf8_lossy(&cc.context).into_owned()).filter(|a| !a.is_empty())
@@ -388,7 +396,7 @@ impl Driver {
         };
         self.snapshot_due = true;
         if addr.is_some() || cc.get_change_type() == ConfChangeType::RemoveNode {
-            self.members.update(cc.node_id, addr).map_err(storage_err)?;
+            self.members.update(cc.node_id, addr).map_err(storage_err("updating the members file"))?;
         }
         tracing::info!(index = entry.index, node = cc.node_id, change = ?cc.get_change_type(), voters = ?cs.voters, "membership changed");
         if let Some(reply) = self.conf_changes.remove(entry.context.as_ref() as &[u8]) {
@@ -408,10 +416,13 @@ impl Driver {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .to_snapshot_bytes()
-            .map_err(storage_err)?;
+            .map_err(storage_err("taking a snapshot"))?;
         let conf = self.raw.raft.prs().conf().to_conf_state();
-        self.raw.mut_store().create_snapshot(self.applied, conf, data).map_err(storage_err)?;
-        self.raw.mut_store().flush().map_err(storage_err)?;
+        self.raw
+            .mut_store()
+            .create_snapshot(self.applied, conf, data)
+            .map_err(storage_err("storing a snapshot"))?;
+        self.raw.mut_store().flush().map_err(storage_err("flushing the raft store"))?;
         self.snapshot_index = self.applied;
         self.snapshots_taken += 1;
         tracing::info!(index = self.applied, "snapshot taken, log compacted");

@@ -85,7 +85,7 @@ pub struct Status {
 }
 
 /// Why a node operation failed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum NodeError {
     /// No leader is known (election in progress, or no quorum).
     #[error("no raft leader (election in progress or no quorum)")]
@@ -94,18 +94,27 @@ pub enum NodeError {
     /// same request id (retries are applied once).
     #[error("not committed within {0:?}; retry with the same request id")]
     Timeout(Duration),
+    /// The node's input queue is full (overloaded): nothing was proposed; retry.
+    #[error("the raft node is overloaded (its input queue is full); retry shortly")]
+    Busy,
     /// The node is shutting down.
     #[error("the raft node stopped")]
     Stopped,
     /// The change is not allowed (e.g. removing an unknown member).
     #[error("{0}")]
     Rejected(String),
-    #[error("storage: {0}")]
-    Storage(String),
+    /// The raft log, its state or the snapshot could not be read or written: `what`
+    /// names the step; the cause is the source.
+    #[error("raft storage: {what}")]
+    Storage {
+        what: &'static str,
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 pub(crate) enum Input {
-    Propose { request: Request, reply: oneshot::Sender<Result<(u64, Outcome), NodeError>> },
+    Propose { request: Box<Request>, reply: oneshot::Sender<Result<(u64, Outcome), NodeError>> },
     ReadIndex { reply: oneshot::Sender<Result<u64, NodeError>> },
     AddVoter { id: u64, addr: String, reply: oneshot::Sender<Result<u64, NodeError>> },
     RemoveVoter { id: u64, reply: oneshot::Sender<Result<u64, NodeError>> },
@@ -153,7 +162,7 @@ impl NodeHandle {
     ) -> Result<T, NodeError> {
         let (tx, rx) = oneshot::channel();
         self.inputs.try_send(make(tx)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => NodeError::Timeout(Duration::ZERO),
+            mpsc::error::TrySendError::Full(_) => NodeError::Busy,
             mpsc::error::TrySendError::Closed(_) => NodeError::Stopped,
         })?;
         match tokio::time::timeout(timeout, rx).await {
@@ -167,7 +176,7 @@ impl NodeHandle {
     /// Proposes a write and waits until it is committed, applied and flushed here.
     /// Returns the log index and the outcome.
     pub async fn write(&self, request: Request, timeout: Duration) -> Result<(u64, Outcome), NodeError> {
-        self.call(|reply| Input::Propose { request, reply }, timeout).await
+        self.call(|reply| Input::Propose { request: Box::new(request), reply }, timeout).await
     }
 
     /// Waits until this node has applied everything committed before the call

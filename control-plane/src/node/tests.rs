@@ -15,15 +15,7 @@ struct Cluster {
     nodes: Vec<NodeHandle>,
     router: MemoryRouter,
     cancel: CancellationToken,
-    _dirs: Vec<TempDir>,
-}
-
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    _dirs: Vec<tempfile::TempDir>,
 }
 
 fn cluster(n: u64) -> Cluster {
@@ -33,16 +25,15 @@ fn cluster(n: u64) -> Cluster {
     let mut nodes = Vec::new();
     let mut dirs = Vec::new();
     for id in 1..=n {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let dir = std::env::temp_dir().join(format!("ferry-node-test-{}-{id}-{nanos}", std::process::id()));
-        let mut config = NodeConfig::new(id, peers.clone(), dir.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = NodeConfig::new(id, peers.clone(), dir.path().to_owned());
         config.tick = Duration::from_millis(10);
         config.snapshot_every = 20;
         let (runner, handle) = open(config).unwrap();
         router.add(id, handle.clone());
         tokio::spawn(runner.run(Arc::new(router.clone()), cancel.clone()));
         nodes.push(handle);
-        dirs.push(TempDir(dir));
+        dirs.push(dir);
     }
     Cluster { nodes, router, cancel, _dirs: dirs }
 }

@@ -1,23 +1,21 @@
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::*;
 
-/// A fresh directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
+/// A store's directory in a fresh temporary directory, removed when dropped.
+struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     fn new(name: &str) -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let unique =
-            format!("ferry-store-{name}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let path = std::env::temp_dir().join(unique);
-        let _ = std::fs::remove_dir_all(&path);
-        TempDir(path)
+        TempDir(tempfile::Builder::new().prefix(&format!("ferry-store-{name}-")).tempdir().unwrap())
+    }
+
+    fn path(&self) -> PathBuf {
+        self.0.path().join("store")
     }
 
     fn open(&self) -> SledStore {
-        SledStore::open(&self.0).unwrap()
+        SledStore::open(&self.path()).unwrap()
     }
 
     /// Opens the store again after the previous handle was dropped. sled
@@ -27,20 +25,14 @@ impl TempDir {
     fn reopen(&self) -> SledStore {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            match SledStore::open(&self.0) {
+            match SledStore::open(&self.path()) {
                 Ok(store) => return store,
                 Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
-                Err(e) => panic!("reopening {}: {e}", self.0.display()),
+                Err(e) => panic!("reopening {}: {e}", self.path().display()),
             }
         }
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -262,9 +262,8 @@ fn short_secrets_are_refused() {
 
 #[test]
 fn secret_files_drop_trailing_newline_and_refuse_short_ones() {
-    let dir = std::env::temp_dir().join(format!("ferry-auth-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("secret");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
     std::fs::write(&file, [SECRET, b"\r\n"].concat()).unwrap();
     let from_file = TokenSecret::from_file(&file).unwrap();
     let token = mint(&from_file, exact("live/a"), Action::View, Duration::from_secs(60), t0());
@@ -273,9 +272,8 @@ fn secret_files_drop_trailing_newline_and_refuse_short_ones() {
     std::fs::write(&file, b"0123456789abcde\n").unwrap();
     let err = TokenSecret::from_file(&file).unwrap_err();
     assert!(err.to_string().contains("at least 16"), "{err}");
-    let err = TokenSecret::from_file(&dir.join("missing")).unwrap_err();
+    let err = TokenSecret::from_file(&dir.path().join("missing")).unwrap_err();
     assert!(matches!(err, SecretError::Read { .. }), "{err}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -273,9 +273,7 @@ impl ControlLink {
             .body("application/json", bytes.clone())
             .timeout(REQUEST_TIMEOUT);
         if let Some(signer) = &self.signer {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            let now = ferry_net::time::unix_ms();
             for (name, value) in signer.headers(method.as_str(), path, now, bytes.as_bytes())? {
                 request = request.header(&name, &value);
             }

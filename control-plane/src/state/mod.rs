@@ -1,0 +1,407 @@
+//! The replicated state machine: edges, streams, rollouts and the audit log.
+//!
+//! [`apply`] is a pure function of the state, the raft index and a [`Request`]: no IO, no
+//! clock (time arrives in [`Request::at_ms`], stamped by the proposer), no randomness. Every
+//! replica that applies the same log therefore holds the same [`State`], byte for byte.
+//!
+//! A rejected command changes nothing but [`State::applied_index`] and the exactly-once
+//! memory, so a client retrying with the same `request_id` sees the same answer.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+pub use ferry_proto::api::{AuditEvent, Edge, Rollout, RolloutEvent, RolloutState, Stream};
+use ferry_proto::rollout::RolloutSpec;
+use ferry_proto::{NodeId, StreamName};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{json, Value};
+
+mod checks;
+mod codec;
+mod edges;
+mod rollouts;
+mod streams;
+#[cfg(test)]
+mod tests;
+
+use checks::check_len;
+use edges::{drain_edge, edge_failed, register_edge, remove_edge};
+use rollouts::{create_rollout, move_rollout, set_rollout_level, set_rollout_share, trip_rollout};
+use streams::{delete_stream, place_relays, put_stream};
+
+/// Outcomes remembered for exactly-once retries. A client that retries a request older than
+/// the newest this many may apply it twice; at hundreds of writes a second that is minutes.
+pub const MAX_APPLIED_REQUESTS: usize = 100_000;
+/// Audit events kept in the replicated state; older ones fall off the front. Snapshots carry
+/// the whole state, so this bounds their size.
+pub const MAX_AUDIT_EVENTS: usize = 10_000;
+/// History entries kept per rollout; levels change a handful of times, so this only guards
+/// against a runaway automation.
+pub const MAX_ROLLOUT_HISTORY: usize = 1_000;
+/// Largest encoded [`Request`] that may become raft entry data: entries travel inside
+/// append messages and every replica holds them in memory until compaction.
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+/// Highest rollout level; level 0 is "nobody", 4 is "everybody".
+pub const MAX_ROLLOUT_LEVEL: u8 = 4;
+
+/// [`Outcome::Rejected`] code: the command names something that does not exist.
+pub const REJECT_NOT_FOUND: &str = "not_found";
+/// [`Outcome::Rejected`] code: the command clashes with the current state.
+pub const REJECT_CONFLICT: &str = "conflict";
+/// [`Outcome::Rejected`] code: the command is malformed (bad name, level out of range, ...).
+pub const REJECT_INVALID: &str = "invalid";
+
+/// Longest request id or actor; they are stored for every remembered request.
+const MAX_ENVELOPE_TEXT: usize = 128;
+/// Longest region, rollout id or version.
+const MAX_LABEL: usize = 64;
+/// Longest advertised address (`host:port`).
+const MAX_ADDR: usize = 256;
+/// First byte of every snapshot, bumped when the encoding of [`State`] changes.
+const SNAPSHOT_VERSION: u8 = 2;
+
+/// Why a request or snapshot could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// An encoded request is bigger than [`MAX_REQUEST_BYTES`].
+    #[error("request of {len} bytes exceeds the limit of {limit} bytes")]
+    RequestTooLarge { len: usize, limit: usize },
+    /// The bytes are not a JSON-encoded [`Request`].
+    #[error("malformed request: {0}")]
+    MalformedRequest(#[source] serde_json::Error),
+    /// A request could not be encoded (should not happen for well-formed values).
+    #[error("request encoding failed: {0}")]
+    EncodeRequest(#[source] serde_json::Error),
+    /// The state could not be encoded as a snapshot.
+    #[error("snapshot encoding failed: {0}")]
+    EncodeSnapshot(#[from] bincode::error::EncodeError),
+    /// The bytes are not a snapshot of this version.
+    #[error("malformed snapshot: {0}")]
+    MalformedSnapshot(String),
+    /// The snapshot was written by a build with another snapshot format.
+    #[error("unsupported snapshot version {0}")]
+    UnsupportedSnapshotVersion(u8),
+}
+
+/// The whole replicated state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    /// Registered edges by id.
+    pub edges: BTreeMap<String, Edge>,
+    /// Streams by name.
+    pub streams: BTreeMap<String, Stream>,
+    /// Rollouts by id.
+    pub rollouts: BTreeMap<String, Rollout>,
+    /// The newest [`MAX_AUDIT_EVENTS`] successful changes, oldest first.
+    pub audit: VecDeque<AuditEvent>,
+    /// Outcome of each remembered request id, with the raft index it was applied at.
+    pub applied_requests: BTreeMap<String, (u64, Outcome)>,
+    /// Raft index of the last applied entry.
+    pub applied_index: u64,
+    /// Id the next audit event gets; ids start at 1 and never repeat.
+    pub next_audit_id: u64,
+    /// `applied_requests` ordered by index, so eviction does not scan. Derived data: rebuilt
+    /// whenever it disagrees with `applied_requests` (after a snapshot or deserialization).
+    #[serde(skip)]
+    request_order: BTreeSet<(u64, String)>,
+}
+
+impl PartialEq for State {
+    fn eq(&self, other: &Self) -> bool {
+        // `request_order` is derived from `applied_requests`, so it is left out.
+        self.edges == other.edges
+            && self.streams == other.streams
+            && self.rollouts == other.rollouts
+            && self.audit == other.audit
+            && self.applied_requests == other.applied_requests
+            && self.applied_index == other.applied_index
+            && self.next_audit_id == other.next_audit_id
+    }
+}
+
+/// A change to the state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    /// Registers an edge, or updates its fields if the id is known.
+    RegisterEdge {
+        id: String,
+        region: String,
+        quic_addr: String,
+        http_addr: String,
+        version: String,
+        capacity: u32,
+    },
+    /// Forgets an edge and takes it out of every relay list. Refused while it is an origin.
+    RemoveEdge {
+        id: String,
+    },
+    /// The leader's failover reaction to a dead edge: the streams it originated are
+    /// marked "origin lost", and it leaves every relay list. The edge stays registered.
+    EdgeFailed {
+        id: String,
+    },
+    /// Asks an edge to drain: it stops taking sessions, moves its viewers, and exits.
+    DrainEdge {
+        id: String,
+    },
+    /// Creates or replaces a stream's placement.
+    PutStream {
+        name: String,
+        origin: String,
+        #[serde(default)]
+        relays: BTreeMap<String, Vec<String>>,
+    },
+    DeleteStream {
+        name: String,
+    },
+    /// The leader's relay placement: which edges in which regions pull `name` from its
+    /// origin for the other edges of their region. Rejected (conflict) when the stream
+    /// has moved to another origin or lost it since the leader looked.
+    PlaceRelays {
+        name: String,
+        origin: String,
+        relays: BTreeMap<String, Vec<String>>,
+    },
+    /// Creates a rollout at level 0, active.
+    CreateRollout {
+        id: String,
+        spec: RolloutSpec,
+    },
+    SetRolloutLevel {
+        id: String,
+        level: u8,
+    },
+    /// Sets the sampled share (basis points) of level 3 on a live rollout. The hash
+    /// buckets are sticky: raising it only adds sessions, lowering only removes them.
+    SetRolloutShare {
+        id: String,
+        share_bp: u32,
+    },
+    PauseRollout {
+        id: String,
+    },
+    /// Continues a paused or tripped rollout.
+    ResumeRollout {
+        id: String,
+    },
+    AbortRollout {
+        id: String,
+    },
+    /// A guard tripped an active rollout: it falls back per its `on_trip` (the previous
+    /// level, or 0) and is held (`tripped`) until an operator resumes it.
+    TripRollout {
+        id: String,
+        /// Which guard, and where: e.g. `cpu on edge e1`.
+        guard: String,
+    },
+    /// Changes nothing; a new leader may propose it to commit an entry of its term.
+    Noop,
+}
+
+impl Command {
+    /// Dotted name used in audit events and metrics.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Command::RegisterEdge { .. } => "edge.register",
+            Command::RemoveEdge { .. } => "edge.remove",
+            Command::EdgeFailed { .. } => "edge.failed",
+            Command::DrainEdge { .. } => "edge.drain",
+            Command::PutStream { .. } => "stream.put",
+            Command::DeleteStream { .. } => "stream.delete",
+            Command::PlaceRelays { .. } => "stream.place_relays",
+            Command::CreateRollout { .. } => "rollout.create",
+            Command::SetRolloutLevel { .. } => "rollout.set_level",
+            Command::SetRolloutShare { .. } => "rollout.set_share",
+            Command::PauseRollout { .. } => "rollout.pause",
+            Command::ResumeRollout { .. } => "rollout.resume",
+            Command::AbortRollout { .. } => "rollout.abort",
+            Command::TripRollout { .. } => "rollout.trip",
+            Command::Noop => "noop",
+        }
+    }
+}
+
+/// A command with its envelope: who, when, and the id that makes retries safe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Chosen by the client; a second request with the same id gets the first one's outcome
+    /// and changes nothing. Empty means "no exactly-once".
+    pub request_id: String,
+    pub actor: String,
+    /// Wall-clock time stamped by the proposer; the only clock the state machine sees.
+    pub at_ms: u64,
+    pub command: Command,
+}
+
+/// What applying a request did. Serialized as `{"result": "ok", "detail": ..}` or
+/// `{"result": "rejected", "code": .., "message": ..}`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Ok {
+        detail: Value,
+    },
+    /// `code` is one of [`REJECT_NOT_FOUND`], [`REJECT_CONFLICT`], [`REJECT_INVALID`].
+    Rejected {
+        code: String,
+        message: String,
+    },
+}
+
+impl Outcome {
+    /// Whether the command was carried out.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Ok { .. })
+    }
+}
+
+/// Applies `request`, committed at raft `index`, to `state`.
+pub fn apply(state: &mut State, index: u64, request: &Request) -> Outcome {
+    state.applied_index = index;
+    if !request.request_id.is_empty() {
+        if let Some((_, outcome)) = state.applied_requests.get(&request.request_id) {
+            return outcome.clone();
+        }
+    }
+    let outcome = match check_envelope(request).and_then(|()| execute(state, request)) {
+        Ok(None) => Outcome::Ok { detail: json!({}) },
+        Ok(Some(change)) => {
+            state.record_audit(index, request, change.target, change.summary);
+            Outcome::Ok { detail: change.detail }
+        }
+        Err(rejection) => Outcome::Rejected { code: rejection.code.to_owned(), message: rejection.message },
+    };
+    state.remember(index, &request.request_id, &outcome);
+    outcome
+}
+
+/// Encodes a request as raft entry data (JSON, so entries stay readable in a debugger).
+pub fn encode_request(request: &Request) -> Result<Vec<u8>, StateError> {
+    let bytes = serde_json::to_vec(request).map_err(StateError::EncodeRequest)?;
+    if bytes.len() > MAX_REQUEST_BYTES {
+        return Err(StateError::RequestTooLarge { len: bytes.len(), limit: MAX_REQUEST_BYTES });
+    }
+    Ok(bytes)
+}
+
+/// Decodes raft entry data written by [`encode_request`].
+pub fn decode_request(bytes: &[u8]) -> Result<Request, StateError> {
+    if bytes.len() > MAX_REQUEST_BYTES {
+        return Err(StateError::RequestTooLarge { len: bytes.len(), limit: MAX_REQUEST_BYTES });
+    }
+    serde_json::from_slice(bytes).map_err(StateError::MalformedRequest)
+}
+
+impl State {
+    /// Encodes the whole state for a raft snapshot: a version byte, then bincode (standard
+    /// config). JSON values inside travel as JSON text, as bincode cannot carry them natively.
+    pub fn to_snapshot_bytes(&self) -> Result<Vec<u8>, StateError> {
+        let mut bytes = vec![SNAPSHOT_VERSION];
+        let body = bincode::serde::encode_to_vec(self, bincode::config::standard())?;
+        bytes.extend_from_slice(&body);
+        Ok(bytes)
+    }
+
+    /// Decodes bytes written by [`State::to_snapshot_bytes`].
+    pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<State, StateError> {
+        let (version, body) =
+            bytes.split_first().ok_or_else(|| StateError::MalformedSnapshot("empty snapshot".to_owned()))?;
+        if *version != SNAPSHOT_VERSION {
+            return Err(StateError::UnsupportedSnapshotVersion(*version));
+        }
+        let (mut state, used): (State, usize) =
+            bincode::serde::decode_from_slice(body, bincode::config::standard())
+                .map_err(|e| StateError::MalformedSnapshot(e.to_string()))?;
+        if used != body.len() {
+            return Err(StateError::MalformedSnapshot(format!("{} trailing bytes", body.len() - used)));
+        }
+        state.rebuild_request_order();
+        Ok(state)
+    }
+
+    fn record_audit(&mut self, index: u64, request: &Request, target: String, detail: String) {
+        let id = self.next_audit_id.max(1);
+        self.next_audit_id = id.saturating_add(1);
+        self.audit.push_back(AuditEvent {
+            id,
+            index,
+            at_ms: request.at_ms,
+            actor: request.actor.clone(),
+            request_id: request.request_id.clone(),
+            action: request.command.action().to_owned(),
+            target,
+            detail,
+        });
+        while self.audit.len() > MAX_AUDIT_EVENTS {
+            self.audit.pop_front();
+        }
+    }
+
+    fn remember(&mut self, index: u64, request_id: &str, outcome: &Outcome) {
+        if request_id.is_empty() {
+            return;
+        }
+        if self.request_order.len() != self.applied_requests.len() {
+            self.rebuild_request_order();
+        }
+        self.applied_requests.insert(request_id.to_owned(), (index, outcome.clone()));
+        self.request_order.insert((index, request_id.to_owned()));
+        while self.applied_requests.len() > MAX_APPLIED_REQUESTS {
+            let Some((_, oldest)) = self.request_order.pop_first() else { break };
+            self.applied_requests.remove(&oldest);
+        }
+    }
+
+    fn rebuild_request_order(&mut self) {
+        self.request_order =
+            self.applied_requests.iter().map(|(id, (index, _))| (*index, id.clone())).collect();
+    }
+}
+
+/// A successful change: what the audit log and the client are told.
+struct Change {
+    target: String,
+    summary: String,
+    detail: Value,
+}
+
+struct Rejection {
+    code: &'static str,
+    message: String,
+}
+
+fn rejected(code: &'static str, message: impl Into<String>) -> Rejection {
+    Rejection { code, message: message.into() }
+}
+
+/// `Ok(None)`: accepted, nothing changed.
+type Step = Result<Option<Change>, Rejection>;
+
+fn check_envelope(request: &Request) -> Result<(), Rejection> {
+    check_len("request id", &request.request_id, 0, MAX_ENVELOPE_TEXT)?;
+    check_len("actor", &request.actor, 0, MAX_ENVELOPE_TEXT)
+}
+
+fn execute(state: &mut State, request: &Request) -> Step {
+    let now = request.at_ms;
+    let actor = &request.actor;
+    match &request.command {
+        Command::RegisterEdge { id, region, quic_addr, http_addr, version, capacity } => {
+            let fields = (region.as_str(), quic_addr.as_str(), http_addr.as_str(), version.as_str());
+            register_edge(state, now, id, fields, *capacity)
+        }
+        Command::RemoveEdge { id } => remove_edge(state, id),
+        Command::EdgeFailed { id } => edge_failed(state, now, id),
+        Command::DrainEdge { id } => drain_edge(state, now, id),
+        Command::PutStream { name, origin, relays } => put_stream(state, now, name, origin, relays),
+        Command::DeleteStream { name } => delete_stream(state, name),
+        Command::PlaceRelays { name, origin, relays } => place_relays(state, now, name, origin, relays),
+        Command::CreateRollout { id, spec } => create_rollout(state, now, actor, id, spec),
+        Command::SetRolloutLevel { id, level } => set_rollout_level(state, now, actor, id, *level),
+        Command::SetRolloutShare { id, share_bp } => set_rollout_share(state, now, actor, id, *share_bp),
+        Command::PauseRollout { id } => move_rollout(state, now, actor, id, RolloutState::Paused),
+        Command::ResumeRollout { id } => move_rollout(state, now, actor, id, RolloutState::Active),
+        Command::AbortRollout { id } => move_rollout(state, now, actor, id, RolloutState::Aborted),
+        Command::TripRollout { id, guard } => trip_rollout(state, now, actor, id, guard),
+        Command::Noop => Ok(None),
+    }
+}

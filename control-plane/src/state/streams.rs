@@ -1,0 +1,106 @@
+//! Commands on streams: put (origin and relays), relay placement, delete.
+
+use super::checks::{check_known_edge, check_label};
+use super::*;
+
+pub(super) fn put_stream(
+    state: &mut State,
+    now: u64,
+    name: &str,
+    origin: &str,
+    relays: &BTreeMap<String, Vec<String>>,
+) -> Step {
+    StreamName::new(name).map_err(|e| rejected(REJECT_INVALID, e.to_string()))?;
+    check_known_edge(state, origin)?;
+    let placed = checked_relays(state, relays)?;
+    let created_at_ms = state.streams.get(name).map_or(now, |s| s.created_at_ms);
+    let created = !state.streams.contains_key(name);
+    let relay_count: usize = placed.values().map(Vec::len).sum();
+    let stream = Stream {
+        name: name.to_owned(),
+        origin: origin.to_owned(),
+        relays: placed,
+        origin_lost: false,
+        created_at_ms,
+        updated_at_ms: now,
+    };
+    state.streams.insert(name.to_owned(), stream);
+    Ok(Some(Change {
+        target: name.to_owned(),
+        summary: format!("origin {origin}, {relay_count} relay(s)"),
+        detail: json!({ "stream": name, "created": created }),
+    }))
+}
+
+/// Relay lists with known edges, valid regions, no edge twice in a region; empty
+/// regions dropped.
+pub(super) fn checked_relays(
+    state: &State,
+    relays: &BTreeMap<String, Vec<String>>,
+) -> Result<BTreeMap<String, Vec<String>>, Rejection> {
+    let mut placed = BTreeMap::new();
+    for (region, edges) in relays {
+        check_label("region", region)?;
+        let mut seen = BTreeSet::new();
+        for edge in edges {
+            check_known_edge(state, edge)?;
+            if !seen.insert(edge.as_str()) {
+                return Err(rejected(
+                    REJECT_INVALID,
+                    format!("edge {edge:?} listed twice in region {region:?}"),
+                ));
+            }
+        }
+        if !edges.is_empty() {
+            placed.insert(region.clone(), edges.clone());
+        }
+    }
+    Ok(placed)
+}
+
+pub(super) fn place_relays(
+    state: &mut State,
+    now: u64,
+    name: &str,
+    origin: &str,
+    relays: &BTreeMap<String, Vec<String>>,
+) -> Step {
+    let placed = checked_relays(state, relays)?;
+    let stream = state
+        .streams
+        .get_mut(name)
+        .ok_or_else(|| rejected(REJECT_NOT_FOUND, format!("no stream {name:?}")))?;
+    if stream.origin != origin || stream.origin_lost {
+        return Err(rejected(
+            REJECT_CONFLICT,
+            format!("stream {name:?} is no longer originated by {origin:?}"),
+        ));
+    }
+    if stream.relays == placed {
+        return Ok(None);
+    }
+    let summary = format!("relays {}", describe_relays(&placed));
+    stream.relays = placed;
+    stream.updated_at_ms = now;
+    Ok(Some(Change { target: name.to_owned(), summary, detail: json!({ "stream": name }) }))
+}
+
+pub(super) fn describe_relays(relays: &BTreeMap<String, Vec<String>>) -> String {
+    if relays.is_empty() {
+        return "none".to_owned();
+    }
+    let parts: Vec<String> =
+        relays.iter().map(|(region, edges)| format!("{region}: {}", edges.join(","))).collect();
+    parts.join("; ")
+}
+
+pub(super) fn delete_stream(state: &mut State, name: &str) -> Step {
+    if state.streams.remove(name).is_none() {
+        return Err(rejected(REJECT_NOT_FOUND, format!("no stream {name:?}")));
+    }
+    Ok(Some(Change {
+        target: name.to_owned(),
+        summary: "deleted".to_owned(),
+        detail: json!({ "stream": name }),
+    }))
+}

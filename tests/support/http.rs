@@ -1,0 +1,58 @@
+//! The tests' HTTP: the product's one client (`ferry_net::http`), driven from
+//! synchronous test code on a small runtime of its own per request.
+
+use std::time::Duration;
+
+use ferry_net::http::{HttpClient, Method};
+
+/// A whole response: status, headers (names lowercase, in order) and body.
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON; a JSON string of the text when it is not JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| serde_json::Value::String(self.text()))
+    }
+}
+
+/// One request to `http://{addr}{path}` with `headers` and `body`.
+pub fn exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Reply, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("test runtime: {e}"))?;
+    let method = Method::from_bytes(method.as_bytes()).map_err(|e| format!("method {method}: {e}"))?;
+    let url = format!("http://{addr}{path}");
+    runtime.block_on(async {
+        let client = HttpClient::plain();
+        let mut request = client.request(method, &url).timeout(timeout);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        if !body.is_empty() {
+            request = request.raw_body(body.to_vec());
+        }
+        let response = request.send().await.map_err(|e| ferry_net::Chain(&e).to_string())?;
+        let headers = response
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        Ok(Reply { status: response.status, headers, body: response.body.to_vec() })
+    })
+}
