@@ -65,10 +65,24 @@ pub struct CertArgs {
     /// Names (DNS or IP) the certificate is valid for.
     #[arg(long = "name", env = "FERRY_CERT_NAMES", value_delimiter = ',', default_values_t = default_names())]
     pub names: Vec<String>,
+    /// Replace a CA already in --out-dir (every certificate it signed stops being
+    /// trusted by whoever takes the new ca.pem).
+    #[arg(long)]
+    pub force: bool,
 }
 
-/// `ferry cert`: a cluster CA and one certificate signed by it.
+/// `ferry cert`: a cluster CA and one certificate signed by it. Refuses to replace a
+/// CA unless `--force`.
 pub fn run_cert(args: CertArgs) -> anyhow::Result<()> {
+    let existing = ["ca.pem", "ca-key.pem"].map(|f| args.out_dir.join(f));
+    if !args.force && existing.iter().any(|p| p.exists()) {
+        anyhow::bail!(
+            "{} already holds a CA (ca.pem, ca-key.pem): every certificate it signed depends on it. \
+             Use `ferry ca issue --dir {} --node NAME` for another certificate, or --force to replace the CA",
+            args.out_dir.display(),
+            args.out_dir.display()
+        );
+    }
     let files = ferry_net::tls::generate_cluster_certs(&args.out_dir, &args.names)?;
     out!(
         "{}",

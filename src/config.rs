@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Arg, ArgAction as A, Command};
 use toml::Value;
 
@@ -62,18 +62,26 @@ pub fn args_with_config_file(cmd: &Command, args: Vec<OsString>) -> Result<Vec<O
                 continue; // a subcommand's section: a later layer, or not chosen
             }
             let full = format!("{prefix}{key}");
-            let (level, arg) = resolve_key(&scan.chain, key).ok_or_else(|| {
+            let Some((level, arg)) = resolve_key(&scan.chain, key) else {
+                // A top-level key belongs to whichever commands have that flag (one file
+                // serves `ferry edge` and `ferry ctl`); it is an error only when no
+                // command has it. A key in a `[command]` table must be that command's.
+                if *depth == 0 && flag_anywhere(&cmd, key) {
+                    continue;
+                }
                 let names: Vec<&str> = scan.chain.iter().map(|(c, _)| c.get_name()).collect();
                 let (names, opt) = (names.join(" "), key.replace('_', "-"));
-                anyhow!("unknown key `{full}` in config file {shown}: `{names}` has no --{opt}")
-            })?;
+                bail!("unknown key `{full}` in config file {shown}: `{names}` has no --{opt}");
+            };
             chosen.insert((level, arg.get_id().to_string()), (full, value, arg));
         }
     }
 
     let mut inject: Vec<(usize, Vec<OsString>)> = scan.chain.iter().map(|(_, pos)| (*pos, vec![])).collect();
     for ((level, _), (key, value, arg)) in chosen {
-        let values = to_args(arg, value, &format!("key `{key}` in config file {shown}"))?;
+        let ctx = format!("key `{key}` in config file {shown}");
+        let values = to_args(arg, value, &ctx)?;
+        check_values(arg, &values, &ctx)?;
         let env = arg.get_env().and_then(std::env::var_os);
         if scan.given(arg) || env.is_some_and(|v| !v.is_empty()) {
             continue;
@@ -201,6 +209,36 @@ fn resolve_key<'a>(chain: &[(&'a Command, usize)], key: &str) -> Option<(usize, 
     levels.find_map(|(level, (c, _))| c.get_arguments().find(names).map(|a| (level, a)))
 }
 
+/// Whether any command of the whole command line has the flag `key`.
+fn flag_anywhere(cmd: &Command, key: &str) -> bool {
+    let chain = [(cmd, 0)];
+    resolve_key(&chain, key).is_some() || cmd.get_subcommands().any(|sub| flag_anywhere(sub, key))
+}
+
+/// Runs a config key's `--flag=value`s through the flag's own parser (alone, without
+/// its relations to other flags), so a bad value is reported with the file and the
+/// key, not as if it had been typed on the command line.
+fn check_values(arg: &Arg, values: &[OsString], ctx: &str) -> Result<()> {
+    if !matches!(arg.get_action(), A::Set | A::Append) || values.is_empty() {
+        return Ok(());
+    }
+    let Some(long) = arg.get_long() else { return Ok(()) };
+    let mut alone = Arg::new(arg.get_id().clone())
+        .long(long.to_owned())
+        .action(arg.get_action().clone())
+        .value_parser(arg.get_value_parser().clone());
+    if let Some(delimiter) = arg.get_value_delimiter() {
+        alone = alone.value_delimiter(delimiter);
+    }
+    let command = Command::new("ferry").arg(alone).no_binary_name(true);
+    if let Err(e) = command.try_get_matches_from(values) {
+        let why = e.to_string();
+        let why = why.lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned();
+        bail!("{ctx}: {why}");
+    }
+    Ok(())
+}
+
 fn scalar(value: &Value, ctx: &str) -> Result<String> {
     Ok(match value {
         Value::String(s) => s.clone(),
@@ -258,6 +296,13 @@ mod tests {
         Edge(EdgeArgs),
         #[command(subcommand)]
         Bench(BenchSub),
+        Ctl(CtlArgs),
+    }
+
+    #[derive(clap::Args)]
+    struct CtlArgs {
+        #[arg(long)]
+        json: bool,
     }
 
     #[derive(clap::Subcommand)]
@@ -307,7 +352,13 @@ mod tests {
         args.extend(rest.iter().map(OsString::from));
         let args = args_with_config_file(&cmd, args)?;
         let (Sub::Edge(a) | Sub::Bench(BenchSub::Fanout(a))) =
-            Cli::from_arg_matches(&cmd.try_get_matches_from(args)?)?.cmd;
+            (match Cli::from_arg_matches(&cmd.try_get_matches_from(args)?)?.cmd {
+                Sub::Ctl(c) => return Ok(format!("ctl {}", c.json)),
+                other => other,
+            })
+        else {
+            unreachable!("ctl returned above")
+        };
         let (node, peers) = (a.node_id.unwrap_or_default(), a.peer.join(","));
         Ok(format!("{node} {} {} [{peers}]", a.port, a.verbose))
     }
@@ -367,6 +418,21 @@ mod tests {
         for bad in ["[port]\nx = 1\n", "port = [1, 2]", "verbose = \"yes\""] {
             assert!(run("FERRY_CFGTEST_E5", bad, &["edge"]).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn top_level_keys_of_other_commands_are_ignored_and_bad_values_name_the_key() {
+        // One file serves several commands: `ctl` ignores the edge's top-level keys...
+        assert_eq!(run("FERRY_CFGTEST_E7", "node-id = \"a\"\njson = true", &["ctl"]).unwrap(), "ctl true");
+        // ...but a key no command has, or another command's key in `[ctl]`, is an error.
+        let err = run("FERRY_CFGTEST_E7", "nonsense = 1", &["ctl"]).unwrap_err().to_string();
+        assert!(err.contains("`nonsense`"), "{err}");
+        assert!(run("FERRY_CFGTEST_E7", "[ctl]\nnode-id = \"a\"", &["ctl"]).is_err());
+        // A value the flag's parser refuses names the file and the key.
+        let path = write_config("port = \"four\"");
+        let err = expand("FERRY_CFGTEST_E7", &path, &["edge"]).unwrap_err().to_string();
+        let shown = path.display().to_string();
+        assert!(err.contains("key `port`") && err.contains(&shown) && err.contains("four"), "{err}");
     }
 
     #[test]

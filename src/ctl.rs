@@ -1,8 +1,9 @@
 //! `ferry ctl`: operate the control plane over its HTTP API.
 //!
-//! Every request goes to the first `--control` URL that answers; a voter without a
-//! leader (503) or unreachable is skipped. Writes carry one `Idempotency-Key` per
-//! invocation, so trying them on several voters applies them once.
+//! Every request goes to the first `--control-plane` URL that answers; a voter without
+//! a leader (503) or unreachable is skipped, and the whole list is tried again until
+//! `--timeout` (an election takes about a second). Writes carry one `Idempotency-Key`
+//! per invocation, so trying them on several voters applies them once.
 
 use ferry_net::http::{join, HttpClient, Method, Response};
 
@@ -10,20 +11,37 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use ferry_proto::api;
 use serde_json::{json, Value};
 
 #[derive(Debug, Clone, Args)]
 pub struct CtlArgs {
-    /// Control-plane API URLs, e.g. http://127.0.0.1:9000,http://127.0.0.1:9001.
-    #[arg(long, env = "FERRY_CONTROL", value_delimiter = ',', required = true)]
+    /// Control-plane API URLs, e.g. http://127.0.0.1:9001,http://127.0.0.1:9002.
+    #[arg(
+        long = "control-plane",
+        visible_alias = "control",
+        env = "FERRY_CONTROL_PLANE",
+        value_delimiter = ',',
+        required = true
+    )]
     pub control: Vec<String>,
-    /// Operator bearer token.
-    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
-    pub token: String,
+    /// Operator bearer token (prefer --control-token-file).
+    #[arg(
+        long = "control-token",
+        visible_alias = "token",
+        env = "FERRY_CONTROL_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "control_token_file"
+    )]
+    pub token: Option<String>,
+    /// File holding the operator bearer token.
+    #[arg(long, env = "FERRY_CONTROL_TOKEN_FILE", value_name = "FILE", conflicts_with = "token")]
+    pub control_token_file: Option<std::path::PathBuf>,
     /// Print the API's JSON answer instead of a summary.
     #[arg(long, global = true, env = "FERRY_CTL_JSON")]
     pub json: bool,
-    /// Per-request timeout.
+    /// How long a command waits for an answer; voters without a leader (during an
+    /// election) or unreachable ones are retried until then.
     #[arg(long, env = "FERRY_CTL_TIMEOUT", default_value = "10s", value_parser = crate::units::duration)]
     pub timeout: Duration,
     #[command(subcommand)]
@@ -49,6 +67,7 @@ pub enum CtlCommand {
     Rollout(RolloutCmd),
     /// The audit log (newest last).
     Audit {
+        /// How many of the newest events.
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
@@ -63,28 +82,61 @@ pub enum ClusterCmd {
 #[derive(Debug, Clone, Subcommand)]
 pub enum MembersCmd {
     /// Add voter ID with its raft address (start it first with `ferry control --join`).
-    Add { id: u64, raft_addr: String },
+    Add {
+        /// The new voter's id.
+        id: u64,
+        /// Its raft address, HOST:PORT.
+        raft_addr: String,
+    },
     /// Remove voter ID.
-    Remove { id: u64 },
+    Remove {
+        /// The voter's id.
+        id: u64,
+    },
 }
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum EdgesCmd {
+    /// Registered edges: id, region, QUIC address.
     List,
+    /// Register an edge by hand (edges started with --control-plane register
+    /// themselves). A control plane that knows the cluster CA refuses this: edges then
+    /// must prove their cluster certificate.
+    Register {
+        /// The edge's node id.
+        id: String,
+        /// Its region.
+        #[arg(long)]
+        region: String,
+        /// Where peers and publishers reach it over QUIC (HOST:PORT).
+        #[arg(long)]
+        quic_addr: String,
+        /// Where it serves HTTP: WHIP/WHEP, health, metrics (HOST:PORT).
+        #[arg(long)]
+        http_addr: String,
+        /// Relative capacity for placement.
+        #[arg(long, default_value_t = 100)]
+        capacity: u32,
+    },
     /// Drain an edge: routing stops sending it sessions, its viewers move, it exits.
     Drain {
+        /// The edge's node id.
         id: String,
     },
 }
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum StreamsCmd {
+    /// Every stream and its origin edge.
     List,
+    /// One stream: origin, relays per region.
     Get {
+        /// Stream name, e.g. live/room1.
         name: String,
     },
-    /// Create or update a stream.
+    /// Create or update a stream (edges do this for their publishers).
     Put {
+        /// Stream name, e.g. live/room1.
         name: String,
         /// The edge the publisher is on.
         #[arg(long)]
@@ -93,22 +145,27 @@ pub enum StreamsCmd {
         #[arg(long = "relay")]
         relays: Vec<String>,
     },
+    /// Forget a stream.
     Delete {
+        /// Stream name, e.g. live/room1.
         name: String,
     },
 }
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum RolloutCmd {
+    /// Every rollout: id, level, state.
     List,
-    /// A rollout: spec, level, state, history.
+    /// A rollout: spec, level, state, history, the error guard's last windows.
     #[command(alias = "show")]
     Get {
+        /// Rollout id.
         id: String,
     },
     /// Create a rollout at level 0 from a spec: `-f spec.toml` (or .json), or `--spec JSON`.
     /// The id comes from the argument, else from the spec's `id` key.
     Create {
+        /// Rollout id (or `id` in the spec).
         id: Option<String>,
         /// Spec file, TOML (or JSON when it ends in .json); see docs/rollouts.md.
         #[arg(short = 'f', long, conflicts_with = "spec", required_unless_present = "spec")]
@@ -119,27 +176,38 @@ pub enum RolloutCmd {
     },
     /// Every change of a rollout: who, when, what.
     History {
+        /// Rollout id.
         id: String,
     },
     /// Set the level (0-4).
     Level {
+        /// Rollout id.
         id: String,
+        /// 0 nobody, 1 allowlist, 2 + regions/edges, 3 + a share, 4 everyone.
         level: u8,
     },
     /// Set the share of level 3: basis points (`3000`) or a percentage (`30%`). Sticky:
     /// raising it only adds sessions to the treatment, lowering only removes them.
     Share {
+        /// Rollout id.
         id: String,
+        /// Basis points (`3000`) or a percentage (`30%`).
         #[arg(value_parser = parse_share)]
         share: u32,
     },
+    /// Hold a rollout at its level (the guards stop judging it).
     Pause {
+        /// Rollout id.
         id: String,
     },
+    /// Continue a paused or tripped rollout.
     Resume {
+        /// Rollout id.
         id: String,
     },
+    /// End a rollout for good: everyone gets the baseline.
     Abort {
+        /// Rollout id.
         id: String,
     },
 }
@@ -152,27 +220,43 @@ struct Client {
     key: String,
 }
 
+/// Pause between rounds over every voter while none can answer.
+const RETRY: Duration = Duration::from_millis(200);
+
 impl Client {
+    /// `method path` on the first voter that answers; voters without a leader (503)
+    /// or unreachable are skipped, and the round is repeated until `timeout`.
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let method = Method::from_bytes(method.as_bytes())?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let mut last = None;
-        for url in &self.urls {
-            let mut request =
-                self.http.request(method.clone(), &join(url, path)).bearer(&self.token).timeout(self.timeout);
-            if method != Method::GET {
-                request = request.header("idempotency-key", &self.key);
+        loop {
+            for url in &self.urls {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let mut request =
+                    self.http.request(method.clone(), &join(url, path)).bearer(&self.token).timeout(left);
+                if method != Method::GET {
+                    request = request.header("idempotency-key", &self.key);
+                }
+                if let Some(body) = &body {
+                    request = request.json(body);
+                }
+                match request.send().await {
+                    Ok(r) if r.status == 503 => last = Some(describe(url, &r)),
+                    Ok(r) if r.ok() => return Ok(r.json()),
+                    Ok(r) => bail!("{}", describe(url, &r)),
+                    Err(e) => last = Some(ferry_net::Chain(&e).to_string()),
+                }
             }
-            if let Some(body) = &body {
-                request = request.json(body);
+            if tokio::time::Instant::now() + RETRY >= deadline {
+                bail!(
+                    "no control-plane voter could serve the request within {:?} (--timeout): {}",
+                    self.timeout,
+                    last.unwrap_or_default()
+                );
             }
-            match request.send().await {
-                Ok(r) if r.status == 503 => last = Some(describe(url, &r)),
-                Ok(r) if r.ok() => return Ok(r.json()),
-                Ok(r) => bail!("{}", describe(url, &r)),
-                Err(e) => last = Some(ferry_net::Chain(&e).to_string()),
-            }
+            tokio::time::sleep(RETRY).await;
         }
-        bail!("no control-plane voter could serve the request: {}", last.unwrap_or_default())
     }
 }
 
@@ -197,10 +281,21 @@ fn encode_path(name: &str) -> String {
 
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let token = match (&args.token, &args.control_token_file) {
+        (Some(token), _) => token.clone(),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read --control-token-file {}", file.display()))?
+            .trim()
+            .to_owned(),
+        (None, None) => bail!("give --control-token-file or --control-token (FERRY_CONTROL_TOKEN)"),
+    };
+    for url in &args.control {
+        ferry_net::http::check_base_url(url).with_context(|| format!("--control-plane {url}"))?;
+    }
     let client = Client {
         http: HttpClient::plain(),
         urls: args.control.clone(),
-        token: args.token.clone(),
+        token,
         timeout: args.timeout,
         key: format!("ctl-{}-{nanos:x}", std::process::id()),
     };
@@ -229,15 +324,15 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         }
         CtlCommand::Edges(EdgesCmd::List) => {
             let v = client.call("GET", "/v1/edges", None).await?;
-            let lines = list(f(&v, "edges"), |e| {
-                format!(
-                    "{}\t{}\t{}",
-                    f(e, "id").as_str().unwrap_or(""),
-                    f(e, "region").as_str().unwrap_or(""),
-                    f(e, "quic_addr").as_str().unwrap_or("")
-                )
-            });
-            (v, lines)
+            let edges: Vec<api::Edge> = records(&v, "edges")?;
+            let lines: Vec<String> =
+                edges.iter().map(|e| format!("{}\t{}\t{}", e.id, e.region, e.quic_addr)).collect();
+            (v, lines.join("\n"))
+        }
+        CtlCommand::Edges(EdgesCmd::Register { id, region, quic_addr, http_addr, capacity }) => {
+            let body = api::EdgeRegistration { region, quic_addr, http_addr, version: None, capacity };
+            let v = client.call("PUT", &format!("/v1/edges/{}", encode_path(&id)), Some(json!(body))).await?;
+            (v, format!("edge {id} registered"))
         }
         CtlCommand::Edges(EdgesCmd::Drain { id }) => {
             let v = client.call("POST", &format!("/v1/edges/{id}/drain"), None).await?;
@@ -279,6 +374,11 @@ fn t(v: &Value, key: &str) -> String {
         Value::Null => "-".to_owned(),
         other => other.to_string(),
     }
+}
+
+/// The typed records of a list answer (`{"edges": [...]}`).
+fn records<T: serde::de::DeserializeOwned>(answer: &Value, key: &str) -> anyhow::Result<Vec<T>> {
+    serde_json::from_value(f(answer, key).clone()).with_context(|| format!("the control plane's {key} list"))
 }
 
 fn list(items: &Value, line: impl Fn(&Value) -> String) -> String {
@@ -383,7 +483,13 @@ async fn rollout(client: &Client, cmd: RolloutCmd) -> anyhow::Result<(Value, Str
         }
         RolloutCmd::Share { id, share } => {
             let v = action(client, &id, "share", Some(json!({ "share_bp": share }))).await?;
-            (v, format!("rollout {id}: level 3 share {share} bp"))
+            let level = f(f(&v, "result"), "level").as_u64().unwrap_or(0);
+            let applies = match level {
+                3 => "it applies now, at level 3".to_owned(),
+                4 => "at level 4 everyone is treated; the share applies at level 3".to_owned(),
+                _ => format!("it applies at level 3 (the rollout is at level {level})"),
+            };
+            (v, format!("rollout {id}: share {share} bp; {applies}"))
         }
         RolloutCmd::Pause { id } => done(client, &id, "pause").await?,
         RolloutCmd::Resume { id } => done(client, &id, "resume").await?,

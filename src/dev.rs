@@ -206,6 +206,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let [(quic, http), (quic_b, http_b)] = addrs[..] else { bail!("dev edges did not start") };
 
     let stream = StreamName::new(args.stream.clone()).context("--stream")?;
+    // Routing has somewhere to send the publisher once both edges registered: start it
+    // then, so a normal start logs no routing failure.
+    if let Some(control) = voters.first() {
+        let node = &control.node;
+        let registered =
+            |_: &_| node.read(|s| ["dev-edge", "dev-edge-b"].iter().all(|id| s.edges.contains_key(*id)));
+        let mut status = node.status_watch();
+        if !matches!(
+            tokio::time::timeout(Duration::from_secs(15), status.wait_for(registered)).await,
+            Ok(Ok(_))
+        ) {
+            tracing::warn!("the dev edges have not registered within 15 s; the publisher starts anyway");
+        }
+    }
     // The publisher is routed in dev-edge's region, like `ferry publish --control-plane`:
     // when that edge is drained or dies it moves to the other one.
     let opts = PublishOptions {
@@ -245,7 +259,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         format!("Routed:    cargo run --release -- watch --control-plane {control_url} --region local-b --stream {stream} --insecure --duration 10s"),
         format!("Publish from a browser (WHIP): http://{http}/demo/publish?stream=live/browser"),
         format!("Watch in a browser (WHEP):     http://{http_b}/demo/watch?stream=live/browser"),
-        format!("Operate:   cargo run --release -- ctl --control {control_url} --token {DEV_TOKEN} edges list"),
+        format!("Operate:   cargo run --release -- ctl --control-plane {control_url} --control-token {DEV_TOKEN} edges list"),
         "Stop with Ctrl-C.".to_owned(),
     ];
     // Whoever started us may have closed stdout; the cluster keeps running.

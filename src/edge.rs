@@ -27,7 +27,7 @@ pub struct EdgeArgs {
     /// UDP address for QUIC.
     #[arg(long, env = "FERRY_QUIC_LISTEN", default_value = "127.0.0.1:4433")]
     pub quic_listen: SocketAddr,
-    /// TCP address for /healthz, /readyz, /metrics.
+    /// TCP address for HTTP: WHIP/WHEP, the demo pages, /healthz, /readyz, /metrics.
     #[arg(long, env = "FERRY_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
     pub http_listen: SocketAddr,
     /// Host (IP or DNS name) peers, the control plane and routed clients reach this
@@ -58,14 +58,14 @@ pub struct EdgeArgs {
     /// Private key (PEM) for --cert.
     #[arg(long, env = "FERRY_KEY", requires = "cert")]
     pub key: Option<PathBuf>,
-    /// Connections served at once.
-    #[arg(long, env = "FERRY_MAX_CONNECTIONS", default_value_t = 4096)]
+    /// QUIC connections served at once (at least 1).
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS", default_value = "4096", value_parser = units::at_least_one)]
     pub max_connections: usize,
-    /// Groups kept per track.
-    #[arg(long, env = "FERRY_GROUP_CACHE", default_value_t = 4)]
+    /// Groups kept per track (at least 1).
+    #[arg(long, env = "FERRY_GROUP_CACHE", default_value = "4", value_parser = units::at_least_one)]
     pub group_cache: usize,
-    /// Payload bytes kept per track.
-    #[arg(long, env = "FERRY_TRACK_BUFFER_BYTES", default_value_t = 16 * 1024 * 1024)]
+    /// Payload bytes kept per track (at least 1).
+    #[arg(long, env = "FERRY_TRACK_BUFFER_BYTES", default_value = "16777216", value_parser = units::at_least_one)]
     pub track_buffer_bytes: usize,
     /// Unacknowledged bytes QUIC queues per connection (bounds memory per slow viewer).
     #[arg(long, env = "FERRY_SEND_WINDOW", default_value_t = 4 * 1024 * 1024)]
@@ -108,14 +108,14 @@ pub struct WebRtcArgs {
     /// Address to advertise in ICE candidates instead (behind NAT, Kubernetes node IP).
     #[arg(long, env = "FERRY_WEBRTC_PUBLIC_IP")]
     pub webrtc_public_ip: Option<IpAddr>,
-    /// WebRTC sessions served at once; more get 503 with Retry-After.
-    #[arg(long, env = "FERRY_WEBRTC_MAX_SESSIONS", default_value_t = 500)]
+    /// WebRTC sessions served at once (at least 1); more get 503 with Retry-After.
+    #[arg(long, env = "FERRY_WEBRTC_MAX_SESSIONS", default_value = "500", value_parser = units::at_least_one)]
     pub webrtc_max_sessions: usize,
     /// Latency budget of a WHEP viewer; behind by more, it skips to the newest keyframe.
     #[arg(long, env = "FERRY_WEBRTC_MAX_LAG", default_value = "1500ms", value_parser = units::duration)]
     pub webrtc_max_lag: Duration,
-    /// Largest SDP offer accepted, in bytes.
-    #[arg(long, env = "FERRY_WEBRTC_MAX_SDP_BYTES", default_value_t = 32 * 1024)]
+    /// Largest SDP offer accepted, in bytes (at least 1).
+    #[arg(long, env = "FERRY_WEBRTC_MAX_SDP_BYTES", default_value = "32768", value_parser = units::at_least_one)]
     pub webrtc_max_sdp_bytes: usize,
     /// File holding the HS256 secret that signs WHIP/WHEP tokens (see `ferry token`).
     #[arg(long, env = "FERRY_TOKEN_SECRET_FILE", value_name = "FILE")]

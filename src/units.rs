@@ -25,6 +25,15 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value * scale).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
+/// Parses a count that must be at least 1 (a size, a limit).
+pub fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a whole number")),
+    }
+}
+
 /// Parses a bit rate in bits per second: `2500k`, `2.5M`, `1G`, or a bare number.
 pub fn bitrate(s: &str) -> Result<u64, String> {
     let s = s.trim();

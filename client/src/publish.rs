@@ -161,6 +161,8 @@ pub async fn publish(opts: PublishOptions, cancel: CancellationToken) -> Result<
         }
         Ok(None) | Err(_) => return Err(closed_error(&conn).into()),
     }
+    // The one line that says the stream is live (scripts wait for it).
+    tracing::info!(stream = %opts.stream, edge = %link.peer, at = %opts.edge, "publishing");
     let keyframe_wanted = Arc::new(AtomicBool::new(false));
     let stop = cancel.child_token();
     let control = tokio::spawn(read_control(recv, Arc::clone(&keyframe_wanted), stop.clone()));

@@ -107,7 +107,8 @@ pub struct WhepStats {
     pub ended: String,
     /// The edge's WHEP URL of the (last) session, after redirects.
     pub url: Option<String>,
-    /// The edge's `Ferry-Variant` answer (rollout cohorts) of the (last) session.
+    /// The edge's `Ferry-Variant` answer (rollout cohorts, `bbr=treatment, …`) of the
+    /// (last) session: empty without rollouts, as over QUIC; `null` before any answer.
     pub variant: Option<String>,
     /// The treatment's `Ferry-Client-Flag`, if any.
     pub client_flag: Option<String>,
@@ -337,7 +338,9 @@ async fn session(
     }
     stats.ended = ended.to_owned();
     stats.url = Some(url);
-    stats.variant = variant;
+    // An edge without rollouts sends no Ferry-Variant: the same empty variant a QUIC
+    // session reports.
+    stats.variant = Some(variant.unwrap_or_default());
     stats.client_flag = client_flag;
     Ok(stats)
 }

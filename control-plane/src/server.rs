@@ -186,7 +186,7 @@ async fn guard_loop(
         for (rollout, reason) in std::mem::take(&mut pending) {
             let command = Command::TripRollout { id: rollout.clone(), guard: reason.clone() };
             match commit(&node, "guard", String::new(), command).await {
-                Ok(outcome) => tracing::warn!(%rollout, %reason, ?outcome, "recorded a rollout trip"),
+                Ok(outcome) => tracing::warn!(%rollout, %reason, %outcome, "recorded a rollout trip"),
                 Err(e) => {
                     tracing::warn!(%rollout, "recording a rollout trip failed, retrying: {e}");
                     pending.insert(rollout, reason);
@@ -240,7 +240,7 @@ async fn failover_loop(node: NodeHandle, gossip: Arc<Gossip>, grace: Duration, c
             let command = Command::EdgeFailed { id: edge.clone() };
             match commit(&node, "failover", format!("failover-{edge}-{generation}"), command).await {
                 Ok(outcome) => {
-                    tracing::warn!(%edge, ?outcome, "failover: committed the reaction to a dead edge");
+                    tracing::warn!(%edge, %outcome, "failover: committed the reaction to a dead edge");
                     failover.committed(&edge, generation);
                 }
                 Err(e) => tracing::warn!(%edge, "failover: commit failed, retrying: {e}"),
@@ -277,7 +277,7 @@ async fn failover_loop(node: NodeHandle, gossip: Arc<Gossip>, grace: Duration, c
             let command = Command::PlaceRelays { name: name.clone(), origin, relays };
             // No request id: a placement is recomputed from the state every tick.
             match commit(&node, "placement", String::new(), command).await {
-                Ok(outcome) => tracing::info!(stream = %name, ?outcome, "placed relays"),
+                Ok(outcome) => tracing::info!(stream = %name, %outcome, "placed relays"),
                 Err(e) => tracing::warn!(stream = %name, "relay placement: commit failed: {e}"),
             }
         }

@@ -154,7 +154,7 @@ async fn send_loop(
                     Some(c)
                 }
                 Err(e) => {
-                    tracing::debug!(peer = id, %addr, error = %e, "raft peer unreachable");
+                    tracing::debug!(peer = id, %addr, error = %ferry_net::Chain(&e), "raft peer unreachable");
                     // Back off; what queues meanwhile is dropped by `send` when full.
                     tokio::select! {
                         _ = cancel.cancelled() => return,
@@ -168,7 +168,7 @@ async fn send_loop(
         let Some(c) = live else { continue };
         match write_batch(&c, &batch).await {
             Ok(()) => conn = Some(c),
-            Err(e) => tracing::debug!(peer = id, error = %e, "raft send failed"),
+            Err(e) => tracing::debug!(peer = id, error = %ferry_net::Chain(&e), "raft send failed"),
         }
     }
 }
@@ -230,7 +230,7 @@ async fn serve_peer(incoming: quinn::Incoming, node: NodeHandle) {
         match read_batch(&mut stream).await {
             Ok(msgs) => msgs.into_iter().for_each(|m| node.deliver(m)),
             Err(e) => {
-                tracing::warn!(peer = %conn.remote_address(), error = %e, "bad raft batch; closing");
+                tracing::warn!(peer = %conn.remote_address(), error = %ferry_net::Chain(&e), "bad raft batch; closing");
                 conn.close(1u32.into(), b"bad raft batch");
                 return;
             }

@@ -23,8 +23,25 @@ impl Reply {
     }
 }
 
-/// One request to `http://{addr}{path}` with `headers` and `body`.
+/// One request to `http://{addr}{path}` with `headers` and `body`. Runs on a thread
+/// of its own, so async tests may call it too.
 pub fn exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Reply, String> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| exchange_here(addr, method, path, headers, body, timeout))
+            .join()
+            .unwrap_or_else(|_| Err("the request thread panicked".into()))
+    })
+}
+
+fn exchange_here(
     addr: &str,
     method: &str,
     path: &str,

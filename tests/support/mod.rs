@@ -355,5 +355,5 @@ pub fn wait_for_leader(voters: &[&Voter]) -> u64 {
 /// Panics (never skips) when ffmpeg is missing: the IVF tests encode real VP8 with it.
 pub fn require_ffmpeg() {
     let ok = Command::new("ffmpeg").arg("-version").output().map(|o| o.status.success()).unwrap_or(false);
-    assert!(ok, "ffmpeg is required for this test (apt-get install ffmpeg; .ci/run installs it)");
+    assert!(ok, "ffmpeg is required for this test (scripts/test installs it)");
 }

@@ -149,7 +149,7 @@ impl Driver {
             }
             if let Err(e) = self.on_ready(transport.as_ref()) {
                 // Storage failed: we cannot persist, so we must not vote or ack.
-                tracing::error!(error = %e, "raft storage failure; stopping this node");
+                tracing::error!(error = %ferry_net::Chain(&e), "raft storage failure; stopping this node");
                 break;
             }
         }
@@ -370,7 +370,7 @@ impl Driver {
         let request = match decode_request(&entry.data) {
             Ok(request) => request,
             Err(e) => {
-                tracing::error!(index = entry.index, error = %e, "undecodable log entry skipped");
+                tracing::error!(index = entry.index, error = %ferry_net::Chain(&e), "undecodable log entry skipped");
                 return;
             }
         };

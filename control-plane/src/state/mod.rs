@@ -247,6 +247,15 @@ pub enum Outcome {
     },
 }
 
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Ok { detail } => write!(f, "ok {detail}"),
+            Outcome::Rejected { code, message } => write!(f, "rejected ({code}): {message}"),
+        }
+    }
+}
+
 impl Outcome {
     /// Whether the command was carried out.
     pub fn is_ok(&self) -> bool {

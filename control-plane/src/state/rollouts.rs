@@ -88,7 +88,7 @@ pub(super) fn move_rollout(state: &mut State, now: u64, actor: &str, id: &str, t
         RolloutState::Tripped => (from == RolloutState::Active, "tripped"),
     };
     if !allowed {
-        return Err(rejected(REJECT_CONFLICT, format!("rollout {id:?} is {from:?}, cannot be {what}")));
+        return Err(rejected(REJECT_CONFLICT, format!("rollout {id:?} is {from}, cannot be {what}")));
     }
     rollout.state = to;
     let level = rollout.level;
@@ -107,7 +107,7 @@ pub(super) fn trip_rollout(state: &mut State, now: u64, actor: &str, id: &str, g
         RolloutState::Tripped => return Ok(None),
         RolloutState::Active => {}
         other => {
-            return Err(rejected(REJECT_CONFLICT, format!("rollout {id:?} is {other:?}, not active")));
+            return Err(rejected(REJECT_CONFLICT, format!("rollout {id:?} is {other}, not active")));
         }
     }
     let on_trip = rollout.spec.on_trip;

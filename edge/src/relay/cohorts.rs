@@ -74,7 +74,7 @@ impl EdgeState {
             if now.overrides.max_lag_ms.is_none() {
                 lag.fall_back();
                 let left = crate::rollouts::left_treatment(assignment, &now);
-                tracing::info!(session = %assignment.session_id, rollouts = ?left, "session moved back to the baseline");
+                tracing::info!(session = %assignment.session_id, rollouts = %left.join(", "), "session moved back to the baseline");
                 for rollout in left {
                     let labels = crate::metrics::RolloutLabels { rollout: rollout.to_owned() };
                     self.metrics.rollout_moved_back.get_or_create(&labels).inc();

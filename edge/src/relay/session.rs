@@ -51,9 +51,14 @@ pub async fn run(state: Arc<EdgeState>, incoming: quinn::Connecting, session: u6
         Err(e) => {
             let code = e.code();
             state.metrics.error(code);
-            tracing::info!(session, peer = %conn.remote_address(), %code, error = %e, "closing connection");
-            let mut reason = e.to_string();
-            reason.truncate(MAX_REASON);
+            tracing::info!(session, peer = %conn.remote_address(), %code, error = %ferry_net::Chain(&e), "closing connection");
+            let mut reason = ferry_net::Chain(&e).to_string();
+            // On a character boundary: truncating inside one panics.
+            let mut end = MAX_REASON.min(reason.len());
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
             conn.close(code.as_u32().into(), reason.as_bytes());
         }
     }

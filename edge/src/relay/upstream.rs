@@ -241,7 +241,7 @@ async fn run_link(
                     });
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "upstream connection lost");
+                    tracing::warn!(error = %ferry_net::Chain(&e), "upstream connection lost");
                     break;
                 }
             },
@@ -382,6 +382,6 @@ async fn ingest_upstream_group(state: &EdgeState, shared: &LinkState, mut recv: 
         }
     };
     if let Err(e) = ingest_group(recv, &producer, header.seq, state.config.max_frame, &state.metrics).await {
-        tracing::warn!(error = %e, "bad group from upstream");
+        tracing::warn!(error = %ferry_net::Chain(&e), "bad group from upstream");
     }
 }
