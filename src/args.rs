@@ -49,8 +49,8 @@ impl TrustArgs {
 #[derive(Debug, Clone, Args)]
 pub struct RouteArgs {
     /// Ask the control plane (http://HOST:PORT,...) for the edge, and ask again
-    /// whenever the edge fails (conflicts with --edge).
-    #[arg(long, env = "FERRY_CONTROL_PLANE", value_delimiter = ',', conflicts_with = "edge")]
+    /// whenever the edge fails (ignored when --edge is given).
+    #[arg(long, env = "FERRY_CONTROL_PLANE", value_delimiter = ',')]
     pub control_plane: Vec<String>,
     /// Region to be routed in.
     #[arg(long, env = "FERRY_CLIENT_REGION", requires = "control_plane")]

@@ -104,7 +104,7 @@ async fn spawn_edge(
     upstream: Option<&str>,
     webrtc_sessions: usize,
 ) -> anyhow::Result<EdgeProcess> {
-    let mut cmd = Command::new(binary);
+    let mut cmd = crate::process::ferry_child(binary);
     cmd.args(["edge", "--node-id", &format!("bench-edge-{id}"), "--quic-listen", "127.0.0.1:0"])
         .args(["--http-listen", "127.0.0.1:0", "--log", "warn"])
         .stdout(Stdio::piped())

@@ -50,8 +50,8 @@ pub struct ControlPlaneArgs {
     /// Control-plane API URLs, http://HOST:PORT,... (any voter; the edge moves on when one fails).
     #[arg(long, env = "FERRY_CONTROL_PLANE", value_delimiter = ',')]
     pub control_plane: Vec<String>,
-    /// File holding the control plane's bearer token.
-    #[arg(long, env = "FERRY_CONTROL_TOKEN_FILE", conflicts_with = "control_token")]
+    /// File holding the control plane's bearer token (wins over --control-token).
+    #[arg(long, env = "FERRY_CONTROL_TOKEN_FILE")]
     pub control_token_file: Option<PathBuf>,
     /// The control plane's bearer token (prefer --control-token-file).
     #[arg(long, env = "FERRY_CONTROL_TOKEN")]

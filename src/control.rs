@@ -31,8 +31,8 @@ pub struct ControlArgs {
     /// UDP address of the raft transport (QUIC). Default: this id's address in --peers.
     #[arg(long, env = "FERRY_CONTROL_RAFT_LISTEN")]
     pub raft_listen: Option<SocketAddr>,
-    /// File holding the operator bearer token.
-    #[arg(long, env = "FERRY_CONTROL_TOKEN_FILE", conflicts_with = "token")]
+    /// File holding the operator bearer token (wins over --token).
+    #[arg(long, env = "FERRY_CONTROL_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// The operator bearer token (prefer --token-file).
     #[arg(long, env = "FERRY_CONTROL_TOKEN")]

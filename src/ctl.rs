@@ -34,8 +34,8 @@ pub struct CtlArgs {
         required_unless_present = "control_token_file"
     )]
     pub token: Option<String>,
-    /// File holding the operator bearer token.
-    #[arg(long, env = "FERRY_CONTROL_TOKEN_FILE", value_name = "FILE", conflicts_with = "token")]
+    /// File holding the operator bearer token (wins over --control-token).
+    #[arg(long, env = "FERRY_CONTROL_TOKEN_FILE", value_name = "FILE")]
     pub control_token_file: Option<std::path::PathBuf>,
     /// Print the API's JSON answer instead of a summary.
     #[arg(long, global = true, env = "FERRY_CTL_JSON")]
@@ -281,12 +281,13 @@ fn encode_path(name: &str) -> String {
 
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    // A file wins over a token (either may come from the environment).
     let token = match (&args.token, &args.control_token_file) {
-        (Some(token), _) => token.clone(),
-        (None, Some(file)) => std::fs::read_to_string(file)
+        (_, Some(file)) => std::fs::read_to_string(file)
             .with_context(|| format!("cannot read --control-token-file {}", file.display()))?
             .trim()
             .to_owned(),
+        (Some(token), None) => token.clone(),
         (None, None) => bail!("give --control-token-file or --control-token (FERRY_CONTROL_TOKEN)"),
     };
     for url in &args.control {

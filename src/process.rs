@@ -5,6 +5,19 @@ use std::io::IsTerminal;
 
 use tokio_util::sync::CancellationToken;
 
+/// A `ferry` child process for the benches: the caller's `FERRY_*` settings (a config
+/// file, a control plane, tokens) are not inherited, so each process runs exactly as
+/// the bench configures it.
+pub fn ferry_child(binary: &std::path::Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(binary);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("FERRY_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
 /// One line on stdout, flushed.
 pub fn write_stdout(line: std::fmt::Arguments<'_>) -> std::io::Result<()> {
     use std::io::Write;

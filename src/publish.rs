@@ -67,7 +67,11 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let routed = args.route.options(args.trust.http()?);
+    // --edge wins over a control plane (which may come from the environment).
+    let routed = match args.edge {
+        Some(_) => None,
+        None => args.route.options(args.trust.http()?),
+    };
     let tuning = match routed {
         Some(_) => TransportTuning::default().failing_over(args.route.failover_after),
         None => TransportTuning::default(),

@@ -63,7 +63,11 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     if let Some(url) = &args.whep {
         return run_watch_whep(&args, url).await;
     }
-    let routed = args.route.options(args.trust.http()?);
+    // --edge wins over a control plane (which may come from the environment).
+    let routed = match args.edge {
+        Some(_) => None,
+        None => args.route.options(args.trust.http()?),
+    };
     let opts = WatchOptions {
         edge: match routed {
             Some(_) => String::new(),

@@ -313,3 +313,76 @@ fn an_edge_in_a_cluster_listening_on_every_interface_needs_an_advertised_host() 
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--advertise-host"), "{stderr}");
 }
+
+#[test]
+fn what_users_read_names_what_failed_and_what_to_do() {
+    let dir = TempDir::new("people");
+    // A port in use: the error names the address and the flag, once.
+    let mut first = ferry();
+    first
+        .args(["edge", "--node-id", "a", "--quic-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut edge = Proc::spawn("edge a", &mut first);
+    let mut line = String::new();
+    BufReader::new(edge.child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let taken = ready["http"].as_str().unwrap().to_owned();
+    let out = ferry()
+        .args(["edge", "--node-id", "b", "--quic-listen", "127.0.0.1:0", "--http-listen", &taken])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(&taken) && stderr.contains("--http-listen"), "{stderr}");
+    assert_eq!(stderr.matches("Address already in use").count(), 1, "{stderr}");
+
+    // Logs to a pipe are plain text, and values read as values.
+    drop(edge);
+    let mut logged = ferry();
+    logged
+        .args(["edge", "--node-id", "c", "--quic-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut edge = Proc::spawn("edge c", &mut logged);
+    let mut line = String::new();
+    BufReader::new(edge.child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let stderr = BufReader::new(edge.child.stderr.take().unwrap());
+    let log = stderr.lines().map(|l| l.unwrap()).find(|l| l.contains("edge serving")).unwrap();
+    assert!(!log.contains('\u{1b}'), "ANSI colour codes in a log that goes to a pipe: {log:?}");
+    assert!(!log.contains("Some("), "{log}");
+    drop(edge);
+
+    // `ferry cert` never replaces a CA by surprise.
+    let certs = dir.path().join("certs");
+    let certs_arg = certs.to_str().unwrap();
+    assert!(ferry().args(["cert", "--out-dir", certs_arg]).output().unwrap().status.success());
+    let ca = std::fs::read(certs.join("ca.pem")).unwrap();
+    let again = ferry().args(["cert", "--out-dir", certs_arg]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success() && stderr.contains("--force"), "{stderr}");
+    assert_eq!(std::fs::read(certs.join("ca.pem")).unwrap(), ca, "the CA is unchanged");
+    assert!(ferry().args(["cert", "--out-dir", certs_arg, "--force"]).output().unwrap().status.success());
+    assert_ne!(std::fs::read(certs.join("ca.pem")).unwrap(), ca, "--force replaces it");
+
+    // Config values are checked where they are written; documented minimums hold.
+    let file = dir.path().join("ferry.toml");
+    std::fs::write(&file, "[edge]\nnode-id = \"x\"\ngroup-cache = \"four\"\n").unwrap();
+    let out = ferry().args(["edge", "--config", file.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("key `edge.group-cache`") && stderr.contains(file.to_str().unwrap()), "{stderr}");
+    let out = ferry().args(["edge", "--node-id", "x", "--group-cache", "0"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("at least 1"), "{stderr}");
+    // One file serves several commands: `ctl` ignores an edge's top-level keys.
+    std::fs::write(&file, "node-id = \"x\"\n").unwrap();
+    let out = ferry()
+        .args(["ctl", "--config", file.to_str().unwrap(), "--control-plane", "http://127.0.0.1:9"])
+        .args(["--control-token", "0123456789abcdef", "--timeout", "300ms", "edges", "list"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("node-id") && stderr.contains("no control-plane voter"), "{stderr}");
+}

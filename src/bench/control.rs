@@ -180,7 +180,7 @@ async fn start_ferry(args: &ControlArgs, token: &str, dir: &Path) -> anyhow::Res
     let peers = peers.join(",");
     let mut members = Vec::new();
     for id in 1..=3u64 {
-        let mut cmd = Command::new(&binary);
+        let mut cmd = crate::process::ferry_child(&binary);
         cmd.args(["control", "--id", &id.to_string(), "--peers", &peers, "--http-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(dir.join(format!("v{id}")))

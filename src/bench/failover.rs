@@ -41,7 +41,7 @@ pub(super) struct Ready {
 }
 
 pub(super) async fn spawn_ready(binary: &PathBuf, args: &[String]) -> anyhow::Result<Ready> {
-    let mut child = Command::new(binary)
+    let mut child = crate::process::ferry_child(binary)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -160,7 +160,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     .context("edges did not register")?;
 
     let failover_after = format!("{}ms", args.failover_after.as_millis());
-    let mut publisher = Command::new(&binary);
+    let mut publisher = crate::process::ferry_child(&binary);
     publisher
         .args(["publish", "--control-plane", &control, "--stream", STREAM, "--synthetic", "--insecure"])
         .args(["--bitrate", &args.bitrate.to_string(), "--failover-after", &failover_after, "--log", "warn"])
@@ -196,7 +196,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     let victim_http = field(&edges.get(&victim).context("victim")?.1.line, "http")?;
     let mut viewers = Vec::new();
     for _ in 0..args.viewers {
-        let child = Command::new(&binary)
+        let child = crate::process::ferry_child(&binary)
             .args(["watch", "--control-plane", &control, "--region", region, "--stream", STREAM])
             .args(["--insecure", "--json", "--failover-after", &failover_after, "--log", "warn"])
             .stdout(Stdio::piped())

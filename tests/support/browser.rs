@@ -1,8 +1,8 @@
 //! A headless Chromium driven over WebDriver (W3C) by `chromedriver`, for tests that
 //! need a real browser's WebRTC stack against the edge.
 //!
-//! The client is plain HTTP/1.1 over `TcpStream` with JSON bodies: one request per
-//! connection (`Connection: close`), so there is no keep-alive state to get wrong.
+//! WebDriver requests go through the product's HTTP client (`super::http`), one JSON
+//! request at a time.
 //! `chromedriver` runs in its own process group; dropping the [`Browser`] ends the
 //! session and kills that group, which takes every Chromium child with it.
 //!
