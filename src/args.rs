@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
 use ferry_client::routed::RouteOptions;
 use ferry_net::dial::SessionHello;
@@ -75,9 +76,18 @@ impl RouteArgs {
     }
 }
 
-/// Who a publisher or viewer session is, for rollouts, see docs/rollouts.md.
+/// Who a publisher or viewer session is: its access token, and for rollouts (see
+/// docs/rollouts.md) its id and tags.
 #[derive(Debug, Clone, Args)]
 pub struct SessionArgs {
+    /// Access token minted by `ferry token` for this stream and action (prefer
+    /// --token-file). Edges refuse clients without one unless they allow anonymous
+    /// clients (dev). Over WHEP it is sent as `Authorization: Bearer`.
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the access token (wins over --token).
+    #[arg(long, env = "FERRY_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// This session's stable id, by which rollouts place it in a cohort (over WHEP the
     /// `Ferry-Session` header); without it the edge side picks a random one.
     #[arg(long, env = "FERRY_SESSION_ID")]
@@ -89,12 +99,24 @@ pub struct SessionArgs {
 }
 
 impl SessionArgs {
-    /// The checked session hello.
+    /// The checked session hello, with the token.
     pub fn hello(&self) -> anyhow::Result<SessionHello> {
         let id = self.session_id.clone().unwrap_or_else(|| "x".into());
         ferry_proto::check_session(&id, &self.client_tags)
             .map_err(|e| anyhow::anyhow!("--session-id/--client-tag: {e}"))?;
-        Ok(SessionHello { id: self.session_id.clone(), tags: self.client_tags.clone() })
+        Ok(SessionHello { id: self.session_id.clone(), tags: self.client_tags.clone(), token: self.token()? })
+    }
+
+    /// The access token: from --token-file, else --token.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        match &self.token_file {
+            Some(file) => {
+                let token = std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read --token-file {}", file.display()))?;
+                Ok(Some(token.trim().to_owned()))
+            }
+            None => Ok(self.token.clone().filter(|t| !t.is_empty())),
+        }
     }
 }
 

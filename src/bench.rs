@@ -16,7 +16,7 @@ use ferry_net::tls::{ClientTrust, TransportTuning};
 use ferry_proto::{ErrorCode, NodeId, StreamName, TrackName};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
 use crate::units;
@@ -99,14 +99,15 @@ struct EdgeProcess {
 }
 
 async fn spawn_edge(
-    binary: &PathBuf,
+    binary: &std::path::Path,
     id: usize,
     upstream: Option<&str>,
     webrtc_sessions: usize,
 ) -> anyhow::Result<EdgeProcess> {
     let mut cmd = crate::process::ferry_child(binary);
+    // A bench on loopback: its clients and relays need no credentials.
     cmd.args(["edge", "--node-id", &format!("bench-edge-{id}"), "--quic-listen", "127.0.0.1:0"])
-        .args(["--http-listen", "127.0.0.1:0", "--log", "warn"])
+        .args(["--http-listen", "127.0.0.1:0", "--log", "warn", "--allow-anonymous"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
@@ -117,7 +118,7 @@ async fn spawn_edge(
         // A port range of its own per edge: sessions plus headroom for ports in use.
         let low = 52_000 + id * 2_000;
         let high = low + webrtc_sessions + 200;
-        cmd.args(["--allow-anonymous", "--webrtc-bind", "127.0.0.1"])
+        cmd.args(["--webrtc-bind", "127.0.0.1"])
             .args(["--webrtc-udp-ports", &format!("{low}-{high}")])
             .args(["--webrtc-max-sessions", &(webrtc_sessions + 10).to_string()]);
     }

@@ -17,9 +17,12 @@ use ferry_client::routed::{publish_routed, RouteOptions};
 use ferry_control_plane::node::NodeConfig;
 use ferry_control_plane::server::{Control, ControlConfig};
 use ferry_control_plane::transport::TransportConfig;
+use ferry_edge::auth::{kid_of, Action, Claims, Policy, StreamScope, TokenSecret};
+use ferry_edge::config::AccessConfig;
 use ferry_edge::webrtc::WebRtcConfig;
 use ferry_edge::{BoundEdge, EdgeConfig};
 use ferry_media::synthetic::SyntheticConfig;
+use ferry_net::dial::SessionHello;
 use ferry_net::gossip::{GossipConfig, DEFAULT_INTERVAL};
 use ferry_net::tls::default_names;
 use ferry_net::tls::{ClientTrust, ClusterTls, ServerIdentity, TransportTuning};
@@ -60,6 +63,8 @@ pub struct DevArgs {
     pub webrtc_udp_ports: (u16, u16),
 }
 
+/// The cluster id of a dev cluster: gossip's, and the audience of its tokens.
+const DEV_CLUSTER: &str = "ferry-dev";
 /// The operator token of a dev cluster (local only; never use it elsewhere).
 const DEV_TOKEN: &str = "ferry-dev-operator-token";
 /// Silence after which the dev publisher counts its edge as gone (as `ferry publish`).
@@ -92,9 +97,34 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         listen,
         advertise: None,
         seeds: vec![voter_gossip.to_string()],
-        cluster_id: "ferry-dev".into(),
+        cluster_id: DEV_CLUSTER.into(),
         interval: DEFAULT_INTERVAL,
     };
+
+    // The secret that signs the dev tokens (kept with the data, so tokens minted for a
+    // --data-dir keep working across restarts).
+    let secret_path = data_dir.join("tokens").join("dev.key");
+    if !secret_path.exists() {
+        let dir = data_dir.join("tokens");
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let secret = ferry_net::random::id().context("generating the dev token secret")?
+            + &ferry_net::random::id().context("generating the dev token secret")?;
+        std::fs::write(&secret_path, secret)
+            .with_context(|| format!("cannot write {}", secret_path.display()))?;
+    }
+    let token = |action: Action| -> anyhow::Result<String> {
+        let secret = TokenSecret::from_file(&secret_path)?;
+        let mut claims = Claims::new(
+            StreamScope::Prefix("live/".into()),
+            action,
+            DEV_CLUSTER,
+            Duration::from_secs(12 * 3600),
+            std::time::SystemTime::now(),
+        );
+        claims.sub = Some(format!("dev-{action}"));
+        Ok(secret.sign(&claims, Some(&kid_of(&secret_path))))
+    };
+    let (publish_token, view_token) = (token(Action::Publish)?, token(Action::View)?);
 
     // A cluster CA and a certificate per node: relay and raft are mutual TLS.
     let ca_dir = data_dir.join("ca");
@@ -177,12 +207,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     for (id, region, quic, http, ports) in specs {
         let mut config = EdgeConfig::new(NodeId::new(id)?, quic, http);
         config.region = region.into();
-        // Local only: WebRTC on loopback, no tokens needed.
+        // WebRTC on loopback; clients need the dev tokens the banner prints.
         config.webrtc = WebRtcConfig {
             udp_ports: ports,
             bind_ip: std::net::IpAddr::from([127, 0, 0, 1]),
-            allow_anonymous: true,
             ..WebRtcConfig::default()
+        };
+        config.access = AccessConfig {
+            token_secrets: vec![secret_path.clone()],
+            policy: Policy { audience: DEV_CLUSTER.into(), ..Policy::default() },
+            allow_anonymous: false,
         };
         config.gossip = Some(gossip(id, free_udp_port()?));
         config.control_plane = urls.clone();
@@ -206,18 +240,23 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let [(quic, http), (quic_b, http_b)] = addrs[..] else { bail!("dev edges did not start") };
 
     let stream = StreamName::new(args.stream.clone()).context("--stream")?;
-    // Routing has somewhere to send the publisher once both edges registered: start it
-    // then, so a normal start logs no routing failure.
+    // Routing has somewhere to send the publisher once both edges registered and
+    // every voter's gossip shows them alive: start it then, so a normal start logs no
+    // routing failure.
     if let Some(control) = voters.first() {
         let node = &control.node;
         let registered =
             |_: &_| node.read(|s| ["dev-edge", "dev-edge-b"].iter().all(|id| s.edges.contains_key(*id)));
         let mut status = node.status_watch();
-        if !matches!(
-            tokio::time::timeout(Duration::from_secs(15), status.wait_for(registered)).await,
-            Ok(Ok(_))
-        ) {
-            tracing::warn!("the dev edges have not registered within 15 s; the publisher starts anyway");
+        let routable = async {
+            let _ = status.wait_for(registered).await;
+            // Gossip has no change notification: look every gossip round's fraction.
+            while !voters.iter().all(|v| v.live_edges().len() >= 2) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(15), routable).await.is_err() {
+            tracing::warn!("the dev edges are not routable within 15 s; the publisher starts anyway");
         }
     }
     // The publisher is routed in dev-edge's region, like `ferry publish --control-plane`:
@@ -231,7 +270,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         tuning: TransportTuning::default().failing_over(DEV_FAILOVER_AFTER),
         label: NodeId::new("dev-publisher")?,
         max_frame: ferry_proto::MAX_FRAME_PAYLOAD,
-        session: Default::default(),
+        session: SessionHello { token: Some(publish_token.clone()), ..SessionHello::default() },
     };
     let route = RouteOptions {
         control_plane: urls.clone(),
@@ -255,10 +294,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let banner = [
         format!("Ferry dev: edges dev-edge (local-a) quic://{quic} http://{http}, dev-edge-b (local-b) quic://{quic_b} http://{http_b}; publishing {stream} at dev-edge"),
         format!("Control plane ({} voter(s), data in {}): {control_url}", voters.len(), data_dir.display()),
-        format!("Watch it:  cargo run --release -- watch --edge {quic} --stream {stream} --insecure --duration 10s"),
-        format!("Routed:    cargo run --release -- watch --control-plane {control_url} --region local-b --stream {stream} --insecure --duration 10s"),
-        format!("Publish from a browser (WHIP): http://{http}/demo/publish?stream=live/browser"),
-        format!("Watch in a browser (WHEP):     http://{http_b}/demo/watch?stream=live/browser"),
+        format!("Watch it:  cargo run --release -- watch --edge {quic} --stream {stream} --insecure --duration 10s --token {view_token}"),
+        format!("Routed:    cargo run --release -- watch --control-plane {control_url} --region local-b --stream {stream} --insecure --duration 10s --token {view_token}"),
+        format!("Publish from a browser (WHIP): http://{http}/demo/publish?stream=live/browser&token={publish_token}"),
+        format!("Watch in a browser (WHEP):     http://{http_b}/demo/watch?stream=live/browser&token={view_token}"),
+        format!("More tokens: cargo run --release -- token --secret-file {} --cluster-id {DEV_CLUSTER} --stream-prefix live/ --action view", secret_path.display()),
         format!("Operate:   cargo run --release -- ctl --control-plane {control_url} --control-token {DEV_TOKEN} edges list"),
         "Stop with Ctrl-C.".to_owned(),
     ];
@@ -266,11 +306,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if let Err(e) = out!("{}", banner.join("\n")) {
         tracing::warn!(error = %e, "cannot print the dev banner");
     }
-    // The routed publisher runs until Ctrl-C (it never gives up on its own).
+    // The routed publisher runs until Ctrl-C unless another publisher takes its stream
+    // over; the cluster runs until Ctrl-C either way.
     if let Err(e) = publisher.await.context("publisher task")? {
-        tracing::error!(error = %e, "dev publisher stopped");
+        tracing::warn!("the dev publisher stopped: {}", ferry_net::Chain(&e));
     }
-    shutdown.cancel();
+    shutdown.cancelled().await;
     for task in edge_tasks {
         task.await.context("edge task")??;
     }

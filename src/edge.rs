@@ -2,12 +2,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use ferry_edge::auth::TokenSecret;
+use ferry_edge::auth::Policy;
+use ferry_edge::config::AccessConfig;
 use ferry_edge::track::BufferConfig;
 use ferry_edge::webrtc::WebRtcConfig;
 use ferry_edge::{BoundEdge, EdgeConfig};
@@ -88,6 +88,20 @@ pub struct EdgeArgs {
     /// re-route by themselves); at most the drain deadline.
     #[arg(long, env = "FERRY_WHEP_DRAIN_GRACE", default_value = "10s", value_parser = units::duration)]
     pub whep_drain_grace: Duration,
+    /// Secret that signs the tokens clients must present (QUIC publish and watch,
+    /// WHIP, WHEP): a file, or a directory of them (repeatable). A file's name
+    /// without the extension is its key id: edges accept every secret given, so a
+    /// secret rotates without dropping anyone; they are re-read every second.
+    #[arg(long, env = "FERRY_TOKEN_SECRET_FILE", value_name = "FILE|DIR", value_delimiter = ',')]
+    pub token_secret_file: Vec<PathBuf>,
+    /// Longest token lifetime honoured, from its issue time (longer ones expire then).
+    #[arg(long, env = "FERRY_TOKEN_MAX_TTL", default_value = "24h", value_parser = units::duration)]
+    pub token_max_ttl: Duration,
+    /// Serve clients without a token and, on an edge without --cluster-ca, relay to
+    /// edges without a cluster certificate. For development only: anyone who reaches
+    /// the edge may publish or watch any stream.
+    #[arg(long, env = "FERRY_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
     #[command(flatten)]
     pub webrtc: WebRtcArgs,
     #[command(flatten)]
@@ -117,12 +131,6 @@ pub struct WebRtcArgs {
     /// Largest SDP offer accepted, in bytes (at least 1).
     #[arg(long, env = "FERRY_WEBRTC_MAX_SDP_BYTES", default_value = "32768", value_parser = units::at_least_one)]
     pub webrtc_max_sdp_bytes: usize,
-    /// File holding the HS256 secret that signs WHIP/WHEP tokens (see `ferry token`).
-    #[arg(long, env = "FERRY_TOKEN_SECRET_FILE", value_name = "FILE")]
-    pub token_secret_file: Option<PathBuf>,
-    /// Serve WHIP/WHEP without a token (dev only).
-    #[arg(long, env = "FERRY_ALLOW_ANONYMOUS")]
-    pub allow_anonymous: bool,
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
@@ -131,13 +139,6 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
 
 impl WebRtcArgs {
     pub fn to_config(&self) -> anyhow::Result<WebRtcConfig> {
-        let token_secret = match &self.token_secret_file {
-            Some(path) => Some(Arc::new(
-                TokenSecret::from_file(path)
-                    .with_context(|| format!("--token-secret-file {}", path.display()))?,
-            )),
-            None => None,
-        };
         Ok(WebRtcConfig {
             udp_ports: self.webrtc_udp_ports,
             bind_ip: self.webrtc_bind,
@@ -145,8 +146,6 @@ impl WebRtcArgs {
             max_sessions: self.webrtc_max_sessions.max(1),
             max_sdp_bytes: self.webrtc_max_sdp_bytes,
             viewer_max_lag: self.webrtc_max_lag,
-            token_secret,
-            allow_anonymous: self.allow_anonymous,
             ..WebRtcConfig::default()
         })
     }
@@ -186,6 +185,11 @@ impl EdgeArgs {
         config.whep_drain_grace = self.whep_drain_grace;
         config.allow_fault_injection = self.allow_fault_injection;
         config.webrtc = self.webrtc.to_config()?;
+        config.access = AccessConfig {
+            token_secrets: self.token_secret_file.clone(),
+            policy: Policy { audience: self.gossip.cluster_id.clone(), max_ttl: self.token_max_ttl },
+            allow_anonymous: self.allow_anonymous,
+        };
         config.gossip = self.gossip.to_config(&self.node_id);
         (config.control_plane, config.control_token) = self.control.resolve()?;
         config.capacity = self.control.capacity;

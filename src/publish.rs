@@ -14,6 +14,9 @@ use ferry_proto::StreamName;
 use crate::args::{label, RouteArgs, SessionArgs, TrustArgs};
 use crate::units;
 
+/// Silence after which an edge counts a publisher as gone (no `--control-plane`).
+const PUBLISHER_IDLE: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone, Args)]
 pub struct PublishArgs {
     /// Edge QUIC address, HOST:PORT.
@@ -74,7 +77,9 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
     };
     let tuning = match routed {
         Some(_) => TransportTuning::default().failing_over(args.route.failover_after),
-        None => TransportTuning::default(),
+        // The edge notices a vanished publisher within seconds (QUIC's idle timeout
+        // is the smaller of the two ends'), so its stream is free again soon.
+        None => TransportTuning::default().failing_over(PUBLISHER_IDLE),
     };
     let opts = PublishOptions {
         edge: args.edge.clone().unwrap_or_default(),

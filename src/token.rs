@@ -1,4 +1,5 @@
-//! `ferry token`: mint a signed access token (HS256 JWT) for WHIP/WHEP.
+//! `ferry token`: mint a signed access token (HS256 JWT) for every client: QUIC
+//! publish and watch, WHIP and WHEP.
 //!
 //! The token goes to standard output followed by a newline, nothing else, so
 //! `TOKEN=$(ferry token ...)` works.
@@ -9,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgGroup, Args};
-use ferry_edge::auth::{Action, Claims, StreamScope, TokenSecret};
+use ferry_edge::auth::{kid_of, Action, Claims, StreamScope, TokenSecret};
 use ferry_proto::StreamName;
 
 use crate::units;
@@ -23,8 +24,14 @@ const MIN_TTL: Duration = Duration::from_secs(1);
 pub struct TokenArgs {
     /// File holding the secret shared with the edges (at least 16 bytes; a
     /// trailing newline is ignored). Create one with `openssl rand -hex 32 > FILE`.
+    /// Its name without the extension is the key id (`kid`) the token names, so
+    /// edges holding several secrets pick the right one.
     #[arg(long, env = "FERRY_TOKEN_SECRET_FILE", value_name = "FILE")]
     pub secret_file: PathBuf,
+    /// The cluster the token is for (`aud`): edges accept only their own
+    /// --cluster-id.
+    #[arg(long, env = "FERRY_CLUSTER_ID", default_value = ferry_edge::auth::DEFAULT_AUDIENCE)]
+    pub cluster_id: String,
     /// Grant exactly this stream, e.g. live/room1.
     #[arg(long, env = "FERRY_TOKEN_STREAM")]
     pub stream: Option<String>,
@@ -38,9 +45,17 @@ pub struct TokenArgs {
     /// How long the token is valid, e.g. 10m, 1h, 24h.
     #[arg(long, env = "FERRY_TOKEN_TTL", default_value = "1h", value_parser = units::duration)]
     pub ttl: Duration,
-    /// Who the token is for (recorded in the `sub` claim; edges log it).
+    /// Who the token is for (the `sub` claim): edges log it, and rollouts place the
+    /// session by it (a client cannot choose its own cohort).
     #[arg(long, env = "FERRY_TOKEN_SUBJECT")]
     pub subject: Option<String>,
+    /// A publish token that may take the stream over from a publisher that is live
+    /// on it (that publisher's session ends with `taken_over`).
+    #[arg(long, env = "FERRY_TOKEN_TAKEOVER")]
+    pub takeover: bool,
+    /// The token becomes valid this long from now (`nbf`; default: at once).
+    #[arg(long, env = "FERRY_TOKEN_NOT_BEFORE", value_parser = units::duration)]
+    pub not_before: Option<Duration>,
 }
 
 fn action_parser() -> impl TypedValueParser<Value = Action> {
@@ -60,10 +75,18 @@ fn mint(args: &TokenArgs, now: SystemTime) -> anyhow::Result<String> {
     if args.ttl < MIN_TTL {
         bail!("--ttl must be at least 1s");
     }
+    if args.takeover && args.action != Action::Publish {
+        bail!("--takeover is for publish tokens");
+    }
     let secret = TokenSecret::from_file(&args.secret_file)?;
-    let mut claims = Claims::new(scope, args.action, args.ttl, now);
+    let mut claims = Claims::new(scope, args.action, &args.cluster_id, args.ttl, now);
     claims.sub = args.subject.clone();
-    Ok(secret.sign(&claims))
+    claims.takeover = args.takeover;
+    if let Some(delay) = args.not_before {
+        claims.nbf = Some(claims.iat.saturating_add(delay.as_secs()));
+        claims.exp = claims.exp.saturating_add(delay.as_secs());
+    }
+    Ok(secret.sign(&claims, Some(&kid_of(&args.secret_file))))
 }
 
 /// The stream scope, validated like stream names so a typo cannot mint a token
@@ -92,7 +115,11 @@ mod tests {
     use std::time::UNIX_EPOCH;
 
     use clap::Parser;
-    use ferry_edge::auth::authorize;
+    use ferry_edge::auth::{authorize, KeyRing, Policy};
+
+    fn ring(file: &std::path::Path) -> KeyRing {
+        KeyRing::load(&[file.to_owned()]).unwrap()
+    }
 
     use super::*;
 
@@ -126,10 +153,14 @@ mod tests {
             parse(&["--secret-file", f, "--stream", "live/room1", "--action", "publish", "--ttl", "10m"])
                 .unwrap();
         let token = mint(&args, now()).unwrap();
-        let secret = TokenSecret::from_file(&file).unwrap();
-        let claims = authorize(&secret, &token, "live/room1", Action::Publish, now()).unwrap();
+        let (keys, policy) = (ring(&file), Policy::default());
+        let claims = authorize(&keys, &policy, &token, "live/room1", Action::Publish, now()).unwrap();
         assert_eq!(claims.exp - claims.iat, 600);
-        assert!(authorize(&secret, &token, "live/room1", Action::View, now()).is_err());
+        assert_eq!(claims.aud, "ferry");
+        assert!(authorize(&keys, &policy, &token, "live/room1", Action::View, now()).is_err());
+        // The key id is the secret file's name: a ring without that name refuses it.
+        let other = KeyRing::new(vec![("other".into(), TokenSecret::from_file(&file).unwrap())]);
+        assert!(authorize(&other, &policy, &token, "live/room1", Action::Publish, now()).is_err());
     }
 
     #[test]
@@ -140,8 +171,8 @@ mod tests {
             parse(&["--secret-file", f, "--stream-prefix", "live/", "--action", "view", "--subject", "bob"])
                 .unwrap();
         let token = mint(&args, now()).unwrap();
-        let secret = TokenSecret::from_file(&file).unwrap();
-        let claims = authorize(&secret, &token, "live/any", Action::View, now()).unwrap();
+        let claims =
+            authorize(&ring(&file), &Policy::default(), &token, "live/any", Action::View, now()).unwrap();
         assert_eq!(claims.sub.as_deref(), Some("bob"));
         assert_eq!(claims.exp - claims.iat, 3600, "default ttl is 1h");
     }
@@ -160,7 +191,7 @@ mod tests {
         let (_good_dir, good) = secret_file("ok", "0123456789abcdef0123456789abcdef");
         let (_short_dir, short) = secret_file("short", "tooshort\n");
         let (g, s) = (good.to_str().unwrap(), short.to_str().unwrap());
-        let cases: [(&[&str], &str); 6] = [
+        let cases: [(&[&str], &str); 7] = [
             (&["--secret-file", s, "--stream", "live/a", "--action", "view"], "at least 16"),
             (
                 &["--secret-file", "/nonexistent/ferry", "--stream", "live/a", "--action", "view"],
@@ -170,6 +201,7 @@ mod tests {
             (&["--secret-file", g, "--stream-prefix", "/", "--action", "view"], "at least one segment"),
             (&["--secret-file", g, "--stream-prefix", "live//", "--action", "view"], "--stream-prefix"),
             (&["--secret-file", g, "--stream", "live/a", "--action", "view", "--ttl", "0s"], "at least 1s"),
+            (&["--secret-file", g, "--stream", "live/a", "--action", "view", "--takeover"], "publish tokens"),
         ];
         for (args, expected) in cases {
             let err = mint(&parse(args).unwrap(), now()).unwrap_err();

@@ -32,9 +32,6 @@ pub struct WatchArgs {
     pub whep: Option<String>,
     #[command(flatten)]
     pub session: SessionArgs,
-    /// Access token for --whep (see `ferry token`).
-    #[arg(long, env = "FERRY_WHEP_TOKEN", requires = "whep")]
-    pub token: Option<String>,
     /// Track to watch.
     #[arg(long, env = "FERRY_TRACK", default_value = "video")]
     pub track: String,
@@ -149,7 +146,7 @@ async fn run_watch_whep(args: &WatchArgs, url: &str) -> anyhow::Result<()> {
     };
     let opts = WhepOptions {
         url: url.to_owned(),
-        token: args.token.clone(),
+        token: args.session.token()?,
         duration: args.duration,
         bind_ip: whep_bind_ip(url),
         connect_timeout: Duration::from_secs(10),

@@ -210,11 +210,9 @@ fn a_cluster_started_from_the_rendered_chart_plays_a_stream_and_has_every_charte
     // full.yaml gives its own Secrets (auth.existingSecret, tls existing): make them as
     // an operator would, the CA with the hook Job's own command.
     let token = "chart-test-operator-token-0123456789".to_owned();
-    let secrets: BTreeMap<String, String> = [
-        ("operator-token".to_owned(), token.clone()),
-        ("token-secret".to_owned(), "chart-test-jwt-secret".to_owned()),
-    ]
-    .into();
+    let secrets: BTreeMap<String, String> =
+        [("operator-token".to_owned(), token.clone()), ("token-secret".to_owned(), TOKEN_SECRET.to_owned())]
+            .into();
     let ca = dir.path().join("ca");
     let default_objects = render(&[]);
     let hook = find(&default_objects, "Job", "-ca-init");
@@ -282,7 +280,7 @@ fn a_cluster_started_from_the_rendered_chart_plays_a_stream_and_has_every_charte
         (format!("{}:{quic_port}", edge_pods[0].1), format!("{}:{quic_port}", edge_pods[1].1));
     let mut cmd = ferry();
     cmd.args(["publish", "--edge", &first, "--stream", "live/chart", "--synthetic", "--insecure"])
-        .args(["--duration", "120s"])
+        .args(["--duration", "120s", "--token", &client_token(ferry_edge::auth::Action::Publish)])
         .stdout(Stdio::null());
     let _publisher = Proc::spawn("publisher", &mut cmd);
     let http_port = edge_spec["containers"][0]["ports"][1]["containerPort"].as_u64().unwrap();
@@ -300,7 +298,7 @@ fn a_cluster_started_from_the_rendered_chart_plays_a_stream_and_has_every_charte
     let stats = wait_for("a viewer on the second edge plays", Duration::from_secs(60), || {
         let out = ferry()
             .args(["watch", "--edge", &second, "--stream", "live/chart", "--insecure", "--duration", "3s"])
-            .arg("--json")
+            .args(["--json", "--token", &client_token(ferry_edge::auth::Action::View)])
             .output()
             .unwrap();
         let stats: Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -349,6 +347,24 @@ fn a_cluster_started_from_the_rendered_chart_plays_a_stream_and_has_every_charte
     drop(procs);
 }
 
+/// The chart's token secret (the Secret's `token-secret` key) in the test.
+const TOKEN_SECRET: &str = "chart-test-jwt-secret";
+
+/// A client token for the chart's edges: signed with its secret (key id
+/// `token-secret`, the mounted file's name) for its cluster id.
+fn client_token(action: ferry_edge::auth::Action) -> String {
+    use ferry_edge::auth::{Claims, StreamScope, TokenSecret};
+    let secret = TokenSecret::from_bytes(TOKEN_SECRET.as_bytes()).unwrap();
+    let claims = Claims::new(
+        StreamScope::Prefix("live/".into()),
+        action,
+        "ferry",
+        Duration::from_secs(600),
+        std::time::SystemTime::now(),
+    );
+    secret.sign(&claims, Some("token-secret"))
+}
+
 /// A QUIC viewer placed in the rollouts that then sends a publisher's message: the edge
 /// closes it with protocol_violation, an error of its cohort.
 fn misbehave(quic: &str) {
@@ -358,14 +374,14 @@ fn misbehave(quic: &str) {
     rt.block_on(async {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let node = ferry_proto::NodeId::new("misbehaving").unwrap();
-        let session = SessionHello { id: Some("bad-client".into()), tags: vec![] };
+        let token = client_token(ferry_edge::auth::Action::View);
+        let session = SessionHello { id: Some("bad-client".into()), tags: vec![], token: Some(token) };
         let Ok(mut link) = connect(
             quic,
             &ClientTrust::Insecure,
             &TransportTuning::default(),
             node,
             ferry_proto::Role::Viewer,
-            None,
             &session,
         )
         .await

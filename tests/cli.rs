@@ -155,7 +155,7 @@ fn ferry_dev_serves_a_demo_stream_that_ferry_watch_plays() {
         .stderr(Stdio::inherit());
     let mut dev = Proc::spawn("ferry dev", &mut cmd);
     let mut lines = BufReader::new(dev.child.stdout.take().unwrap()).lines();
-    let printed: Vec<String> = lines.by_ref().take(8).map(|l| l.unwrap()).collect();
+    let printed: Vec<String> = lines.by_ref().take(9).map(|l| l.unwrap()).collect();
     // The browser demo pages it points to are served.
     for label in ["Publish from a browser", "Watch in a browser"] {
         let line =
@@ -179,9 +179,17 @@ fn ferry_dev_serves_a_demo_stream_that_ferry_watch_plays() {
     let args: Vec<&str> = watch_line.split_whitespace().collect();
     let edge = args[args.iter().position(|a| *a == "--edge").unwrap() + 1];
     let stream = args[args.iter().position(|a| *a == "--stream").unwrap() + 1];
+    let token = args[args.iter().position(|a| *a == "--token").unwrap() + 1];
     assert_eq!(stream, "live/demo");
+    // The dev edges need the tokens the banner carries.
+    let out = ferry()
+        .args(["watch", "--edge", edge, "--stream", stream, "--insecure", "--duration", "1s"])
+        .output();
+    let stderr = String::from_utf8_lossy(&out.unwrap().stderr).into_owned();
+    assert!(stderr.contains("token_missing"), "an anonymous viewer is refused: {stderr}");
     let mut cmd = ferry();
     cmd.args(["watch", "--edge", edge, "--stream", stream, "--insecure", "--json", "--duration", "2s"])
+        .args(["--token", token])
         .stdout(Stdio::piped());
     let v = json_output(Proc::spawn("watcher", &mut cmd), Duration::from_secs(20));
     assert!(v["frames"].as_u64().unwrap() > 0, "{v}");
@@ -219,7 +227,10 @@ fn ferry_dev_with_three_voters_runs_a_replicated_control_plane() {
         .stderr(Stdio::inherit());
     let mut dev = Proc::spawn("ferry dev --voters 3", &mut cmd);
     let lines: Vec<String> =
-        BufReader::new(dev.child.stdout.take().unwrap()).lines().take(2).map(|l| l.unwrap()).collect();
+        BufReader::new(dev.child.stdout.take().unwrap()).lines().take(3).map(|l| l.unwrap()).collect();
+    let watch_line = lines.iter().find(|l| l.starts_with("Watch it:")).expect("no watch line");
+    let words: Vec<&str> = watch_line.split_whitespace().collect();
+    let token = words[words.iter().position(|a| *a == "--token").unwrap() + 1].to_owned();
     let line =
         lines.iter().find(|l| l.starts_with("Control plane (3 voter(s)")).expect("no control plane line");
     let urls: Vec<&str> = line.split_whitespace().last().unwrap().split(',').collect();
@@ -249,7 +260,7 @@ fn ferry_dev_with_three_voters_runs_a_replicated_control_plane() {
     let routed_watch = |region: &str| {
         let mut cmd = ferry();
         cmd.args(["watch", "--control-plane", &urls.join(","), "--region", region, "--stream", "live/demo"])
-            .args(["--insecure", "--json", "--duration", "2s"])
+            .args(["--insecure", "--json", "--duration", "2s", "--token", &token])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         json_output(Proc::spawn("routed watcher", &mut cmd), Duration::from_secs(40))
@@ -272,6 +283,12 @@ fn ferry_dev_with_three_voters_runs_a_replicated_control_plane() {
         let (_, body) = http_json(addr, "GET", "/v1/edges", Some("ferry-dev-operator-token"), &[], None);
         let edges = body["edges"].as_array()?;
         edges.iter().all(|e| e["id"] != "dev-edge" || e["gossip"]["alive"] == false).then_some(())
+    });
+    // The demo publisher re-routed: its stream is now recorded on the other edge.
+    wait_for("the demo publisher on dev-edge-b", Duration::from_secs(40), || {
+        let (status, body) =
+            http_json(addr, "GET", "/v1/streams/live/demo", Some("ferry-dev-operator-token"), &[], None);
+        (status == 200 && body["origin"] == "dev-edge-b").then_some(())
     });
     let v = routed_watch("local-a");
     assert!(v["frames"].as_u64().unwrap() > 0, "{v}");

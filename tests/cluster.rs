@@ -53,21 +53,6 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-/// `ferry ca issue` for `node`; returns the flags that use the result: for edges
-/// (`kind` "cluster") --cluster-ca/-cert/-key, for voters --ca-file/--cert/--key.
-fn cluster_cert_args(ca: &std::path::Path, node: &str, kind: &str) -> Vec<String> {
-    let out = ferry().args(["ca", "issue", "--node", node, "--dir"]).arg(ca).output().unwrap();
-    assert!(out.status.success(), "ca issue: {}", String::from_utf8_lossy(&out.stderr));
-    let files: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let path = |k: &str| files[k].as_str().unwrap().to_owned();
-    let flags = if kind == "cluster" {
-        ["--cluster-ca", "--cluster-cert", "--cluster-key"]
-    } else {
-        ["--ca-file", "--cert", "--key"]
-    };
-    vec![flags[0].into(), path("ca"), flags[1].into(), path("cert"), flags[2].into(), path("key")]
-}
-
 /// `ferry ca init` in `dir`; a second init must refuse to overwrite it.
 fn ca_init(dir: &std::path::Path) -> std::path::PathBuf {
     let out = ferry().args(["ca", "init", "--dir"]).arg(dir).output().unwrap();

@@ -34,8 +34,8 @@ const MODULE_LAYERS: &[(&str, &[&str])] = &[
     (
         "edge/src",
         &[
-            "error", "track", "metrics", "auth", "config", "rollouts", "cluster", "relay", "webrtc", "http",
-            "server",
+            "auth", "error", "track", "metrics", "config", "access", "rollouts", "cluster", "relay",
+            "webrtc", "http", "server",
         ],
     ),
     (

@@ -69,7 +69,6 @@ async fn client(edge: &Edge, role: Role) -> Link {
         &TransportTuning::default(),
         NodeId::new("t").unwrap(),
         role,
-        None,
         &Default::default(),
     )
     .await

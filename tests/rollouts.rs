@@ -7,21 +7,19 @@
 mod support;
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use ferry_edge::auth::Action;
 use support::webrtc::*;
 use support::*;
 
 /// POSTs a WHEP offer as `session` (with `user_agent`) to `edge`, ends the session, and
 /// returns the edge's `Ferry-Variant` and `Ferry-Client-Flag` answers.
-fn whep_variant(edge: &Edge, stream: &str, auth: &str, session: &str, user_agent: &str) -> (String, String) {
-    let headers = [
-        ("Content-Type", "application/sdp"),
-        ("Authorization", auth),
-        ("Ferry-Session", session),
-        ("User-Agent", user_agent),
-    ];
+/// An anonymous WHEP session as `session`: its `Ferry-Variant` and client flag. (A
+/// session with a token is placed by the token's subject instead; these edges allow
+/// anonymous clients so the tests pick the ids.)
+fn whep_variant(edge: &Edge, stream: &str, session: &str, user_agent: &str) -> (String, String) {
+    let headers =
+        [("Content-Type", "application/sdp"), ("Ferry-Session", session), ("User-Agent", user_agent)];
     // The edge's few UDP ports free up as ended sessions finish: 503 means "again". So
     // does 404 while the stream was just published: the edge learns its origin through
     // gossip or the control plane a moment later (a lasting 404 still fails).
@@ -44,7 +42,7 @@ fn whep_variant(edge: &Edge, stream: &str, auth: &str, session: &str, user_agent
 fn rollout_levels_place_whep_sessions_on_every_edge_as_the_gates_say() {
     let _heavy = heavy();
     let dir = TempDir::new("rollout-levels");
-    let cluster = whep_cluster(dir.path(), &[]);
+    let cluster = whep_cluster(dir.path(), &["--allow-anonymous"]);
     let stream = "live/r";
     let mut cmd = ferry();
     cmd.args(["publish", "--edge", &cluster.edges["o"].quic, "--stream", stream, "--insecure"])
@@ -52,7 +50,6 @@ fn rollout_levels_place_whep_sessions_on_every_edge_as_the_gates_say() {
         .stdout(std::process::Stdio::null());
     let _publisher = Proc::spawn("publisher", &mut cmd);
     wait_for_stream(&cluster.edges["o"]);
-    let auth = format!("Bearer {}", token(stream, Action::View, Duration::from_secs(600), SystemTime::now()));
     let spec = r#"{"id":"lag","spec":{"override":{"max_lag_ms":800,"client_flag":"lag-1"},
         "gates":{"session_ids":["vip"],"client_tags":["Firefox/"],"regions":["r1"],"share_bp":3000}}}"#;
     let (code, answer) = cluster.voter.send("POST", "/v1/rollouts", None, spec);
@@ -90,13 +87,13 @@ fn rollout_levels_place_whep_sessions_on_every_edge_as_the_gates_say() {
             if let Some((id, ua)) = changed {
                 let want = if treated(next, name, id, ua) { "lag=treatment" } else { "lag=baseline" };
                 wait_for(&format!("edge {name} at level {next}"), Duration::from_secs(10), || {
-                    (whep_variant(edge, stream, &auth, id, ua).0 == want).then_some(())
+                    (whep_variant(edge, stream, id, ua).0 == want).then_some(())
                 });
                 println!("level {level} -> {next}: edge {name} applies it after {:?}", flipped.elapsed());
             }
             // Then every session lands where the gates say.
             for (id, ua) in &probes {
-                let (variant, flag) = whep_variant(edge, stream, &auth, id, ua);
+                let (variant, flag) = whep_variant(edge, stream, id, ua);
                 let treat = treated(next, name, id, ua);
                 let want = if treat { "lag=treatment" } else { "lag=baseline" };
                 assert_eq!(variant, want, "level {next}, edge {name}, {id}, {ua}");
@@ -118,15 +115,7 @@ fn rollout_levels_place_whep_sessions_on_every_edge_as_the_gates_say() {
     // `ferry watch --whep --session-id` reports its cohort.
     let mut cmd = ferry();
     cmd.args(["watch", "--whep", &format!("http://{}/whep/{stream}", cluster.edges["a"].http)])
-        .args([
-            "--token",
-            auth.trim_start_matches("Bearer "),
-            "--session-id",
-            "vip",
-            "--duration",
-            "2s",
-            "--json",
-        ])
+        .args(["--session-id", "vip", "--duration", "2s", "--json"])
         .stdout(std::process::Stdio::piped());
     let stats = json_output(Proc::spawn("whep viewer", &mut cmd), Duration::from_secs(60));
     // Level 0 now: even the allowlisted viewer gets the baseline.
@@ -137,7 +126,7 @@ fn rollout_levels_place_whep_sessions_on_every_edge_as_the_gates_say() {
 fn a_fault_injection_drill_refuses_its_share_of_treatment_sessions_and_counts_them() {
     let _heavy = heavy();
     let dir = TempDir::new("rollout-fault");
-    let cluster = whep_cluster(dir.path(), &["--allow-fault-injection"]);
+    let cluster = whep_cluster(dir.path(), &["--allow-fault-injection", "--allow-anonymous"]);
     let stream = "live/f";
     let mut cmd = ferry();
     cmd.args(["publish", "--edge", &cluster.edges["o"].quic, "--stream", stream, "--insecure"])
@@ -145,7 +134,6 @@ fn a_fault_injection_drill_refuses_its_share_of_treatment_sessions_and_counts_th
         .stdout(std::process::Stdio::null());
     let _publisher = Proc::spawn("publisher", &mut cmd);
     wait_for_stream(&cluster.edges["o"]);
-    let auth = format!("Bearer {}", token(stream, Action::View, Duration::from_secs(600), SystemTime::now()));
     let spec = r#"{"id":"drill","spec":{"override":{"fault":{"reject_sessions_bp":5000}},"gates":{"regions":["r2"]}}}"#;
     assert_eq!(cluster.voter.send("POST", "/v1/rollouts", None, spec).0, 200);
     assert_eq!(cluster.voter.send("POST", "/v1/rollouts/drill/level", None, r#"{"level":2}"#).0, 200);
@@ -160,7 +148,7 @@ fn a_fault_injection_drill_refuses_its_share_of_treatment_sessions_and_counts_th
             &edge.http,
             "POST",
             &format!("/whep/{stream}"),
-            &[("Content-Type", "application/sdp"), ("Authorization", &auth), ("Ferry-Session", refused)],
+            &[("Content-Type", "application/sdp"), ("Ferry-Session", refused)],
             vp8_offer("recvonly").as_bytes(),
         );
         (status == 503 && body.contains("fault_injected")).then_some(())
@@ -176,7 +164,7 @@ fn a_fault_injection_drill_refuses_its_share_of_treatment_sessions_and_counts_th
             &edge.http,
             "POST",
             &format!("/whep/{stream}"),
-            &[("Content-Type", "application/sdp"), ("Authorization", &auth), ("Ferry-Session", id)],
+            &[("Content-Type", "application/sdp"), ("Ferry-Session", id)],
             vp8_offer("recvonly").as_bytes(),
         );
         if refused_by_drill(id) {
@@ -205,7 +193,7 @@ fn a_fault_injection_drill_refuses_its_share_of_treatment_sessions_and_counts_th
         &cluster.edges["o"].http,
         "POST",
         &format!("/whep/{stream}"),
-        &[("Content-Type", "application/sdp"), ("Authorization", &auth), ("Ferry-Session", refused)],
+        &[("Content-Type", "application/sdp"), ("Ferry-Session", refused)],
         vp8_offer("recvonly").as_bytes(),
     );
     assert_eq!(status, 201, "{body}");
@@ -216,7 +204,7 @@ fn a_fault_injection_drill_refuses_its_share_of_treatment_sessions_and_counts_th
 fn a_cpu_burning_treatment_trips_on_its_edge_without_voters_and_is_recorded_when_they_return() {
     let _heavy = heavy();
     let dir = TempDir::new("rollout-cpu");
-    let cluster = whep_cluster(dir.path(), &["--allow-fault-injection"]);
+    let cluster = whep_cluster(dir.path(), &["--allow-fault-injection", "--allow-anonymous"]);
     let stream = "live/c";
     let mut cmd = ferry();
     cmd.args(["publish", "--edge", &cluster.edges["o"].quic, "--stream", stream, "--insecure"])
@@ -224,7 +212,6 @@ fn a_cpu_burning_treatment_trips_on_its_edge_without_voters_and_is_recorded_when
         .stdout(std::process::Stdio::null());
     let _publisher = Proc::spawn("publisher", &mut cmd);
     wait_for_stream(&cluster.edges["o"]);
-    let auth = format!("Bearer {}", token(stream, Action::View, Duration::from_secs(600), SystemTime::now()));
     let spec = r#"{"id":"burn","spec":{"override":{"fault":{"cpu_burn_ms_per_s":900},"max_lag_ms":20000},
         "gates":{"edges":["a"]},"guard":{"cpu_max":0.3,"consecutive":5}}}"#;
     assert_eq!(cluster.voter.send("POST", "/v1/rollouts", None, spec).0, 200);
@@ -232,7 +219,7 @@ fn a_cpu_burning_treatment_trips_on_its_edge_without_voters_and_is_recorded_when
     let a = &cluster.edges["a"];
     let trips = || a.metric("ferry_rollout_trips_total{rollout=\"burn\",guard=\"cpu\"}").unwrap_or(0.0);
     wait_for("edge a gives the treatment", Duration::from_secs(10), || {
-        (whep_variant(a, stream, &auth, "s1", "curl").0 == "burn=treatment").then_some(())
+        (whep_variant(a, stream, "s1", "curl").0 == "burn=treatment").then_some(())
     });
     // A treated QUIC viewer that stays: its 20 s latency budget is the treatment's.
     let mut cmd = ferry();
@@ -255,11 +242,7 @@ fn a_cpu_burning_treatment_trips_on_its_edge_without_voters_and_is_recorded_when
     wait_for("edge a's CPU guard trips", Duration::from_secs(30), || (trips() == 1.0).then_some(()));
     // The live treated viewer moves back to its own budget (the WHEP probe has ended).
     wait_for("the live viewer moves back", Duration::from_secs(10), || (moved_back() == 1.0).then_some(()));
-    assert_eq!(
-        whep_variant(a, stream, &auth, "s1", "curl").0,
-        "burn=baseline",
-        "new sessions get the baseline"
-    );
+    assert_eq!(whep_variant(a, stream, "s1", "curl").0, "burn=baseline", "new sessions get the baseline");
     // The voters return and record the trip: held, fallen back to the previous level.
     cluster.voter.signal("-CONT");
     let rollout = wait_for("the trip in the control plane", Duration::from_secs(30), || {
@@ -287,7 +270,7 @@ async fn quic_variant(quic: String, id: String, tags: Vec<String>) -> Result<Str
     use ferry_net::dial::{connect, SessionHello};
     use ferry_net::tls::{ClientTrust, TransportTuning};
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let session = SessionHello { id: Some(id), tags };
+    let session = SessionHello { id: Some(id), tags, token: None };
     let node = ferry_proto::NodeId::new("rollout-probe").unwrap();
     let link = connect(
         &quic,
@@ -295,7 +278,6 @@ async fn quic_variant(quic: String, id: String, tags: Vec<String>) -> Result<Str
         &TransportTuning::default(),
         node,
         ferry_proto::Role::Viewer,
-        None,
         &session,
     )
     .await
@@ -334,7 +316,7 @@ fn ctl(cluster: &WhepCluster, args: &[&str]) -> String {
 fn rollout_levels_place_200_quic_sessions_as_the_gates_say_and_ctl_flips_reach_every_edge() {
     let _heavy = heavy();
     let dir = TempDir::new("rollout-quic-levels");
-    let cluster = whep_cluster(dir.path(), &[]);
+    let cluster = whep_cluster(dir.path(), &["--allow-anonymous"]);
     let spec = dir.path().join("spec.toml");
     std::fs::write(
         &spec,
@@ -517,7 +499,7 @@ fn quic_load(
 fn an_erroring_treatment_trips_the_global_guard_and_every_edge_falls_back() {
     let _heavy = heavy();
     let dir = TempDir::new("rollout-errors");
-    let cluster = whep_cluster(dir.path(), &["--allow-fault-injection"]);
+    let cluster = whep_cluster(dir.path(), &["--allow-fault-injection", "--allow-anonymous"]);
     let spec = r#"{"id":"bad","spec":{"on_trip":"off",
         "override":{"client_flag":"bad-1","fault":{"reject_sessions_bp":5000}},
         "gates":{"share_bp":10000},
@@ -579,7 +561,7 @@ fn offers_nack(sdp: &str) -> bool {
 fn rollout_overrides_apply_per_session_and_edge_wide_where_the_gates_say() {
     let _heavy = heavy();
     let dir = TempDir::new("rollout-overrides");
-    let cluster = whep_cluster(dir.path(), &[]);
+    let cluster = whep_cluster(dir.path(), &["--allow-anonymous"]);
     let stream = "live/t";
     let mut cmd = ferry();
     cmd.args(["publish", "--edge", &cluster.edges["o"].quic, "--stream", stream, "--insecure"])
@@ -587,13 +569,12 @@ fn rollout_overrides_apply_per_session_and_edge_wide_where_the_gates_say() {
         .stdout(std::process::Stdio::null());
     let _publisher = Proc::spawn("publisher", &mut cmd);
     wait_for_stream(&cluster.edges["o"]);
-    let auth = format!("Bearer {}", token(stream, Action::View, Duration::from_secs(600), SystemTime::now()));
     let offer = vp8_offer("recvonly").replace(
         "a=rtpmap:96 VP8/90000\r\n",
         "a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack\r\na=rtcp-fb:96 nack pli\r\n",
     );
     let whep = |edge: &Edge| -> (String, String) {
-        let headers = [("Content-Type", "application/sdp"), ("Authorization", auth.as_str())];
+        let headers = [("Content-Type", "application/sdp")];
         let (hdrs, answer) = wait_for("a WHEP session", Duration::from_secs(20), || {
             let (status, hdrs, answer) =
                 http(&edge.http, "POST", &format!("/whep/{stream}"), &headers, offer.as_bytes());
@@ -645,7 +626,7 @@ fn rollout_overrides_apply_per_session_and_edge_wide_where_the_gates_say() {
     );
     // A treated WHEP session that never connects (ICE fails, or the edge's connect
     // timeout passes): a mid-session error of the treatment's cohort.
-    let headers = [("Content-Type", "application/sdp"), ("Authorization", auth.as_str())];
+    let headers = [("Content-Type", "application/sdp")];
     let (status, hdrs, body) =
         http(&cluster.edges["a"].http, "POST", &format!("/whep/{stream}"), &headers, offer.as_bytes());
     assert_eq!((status, header(&hdrs, "ferry-variant")), (201, Some("tune=treatment")), "{body}");
@@ -674,7 +655,7 @@ fn rollout_overrides_apply_per_session_and_edge_wide_where_the_gates_say() {
     let before = treated().unwrap_or(0.0);
     let mut cmd = ferry();
     cmd.args(["watch", "--whep", &format!("http://{}/whep/{stream}", a.http)])
-        .args(["--token", auth.trim_start_matches("Bearer "), "--duration", "300s", "--json"])
+        .args(["--duration", "300s", "--json"])
         .stdout(std::process::Stdio::null());
     let _viewer = Proc::spawn("treated whep viewer", &mut cmd);
     wait_for("a live treated WHEP viewer", Duration::from_secs(30), || {

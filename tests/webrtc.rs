@@ -88,7 +88,7 @@ fn bad_webrtc_requests_get_clear_refusals_and_the_edge_keeps_serving() {
         &sdp,
         &vp8_offer("sendonly"),
         403,
-        "token_stream_not_covered",
+        "token_wrong_stream",
     );
     expect("dot-dot segment", "/whip/live/../etc", &sdp, &vp8_offer("sendonly"), 400, "bad_stream_name");
     expect("encoded dot-dot", "/whip/live/%2e%2e/etc", &sdp, &vp8_offer("sendonly"), 400, "bad_stream_name");
@@ -134,7 +134,7 @@ fn bad_webrtc_requests_get_clear_refusals_and_the_edge_keeps_serving() {
         "too_many_sessions",
     );
     assert_eq!(header(&hdrs, "retry-after"), Some("1"));
-    expect("stream already published", "/whip/live/a", &sdp, &vp8_offer("sendonly"), 409, "stream_taken");
+    expect("stream already published", "/whip/live/a", &sdp, &vp8_offer("sendonly"), 409, "stream_busy");
 
     // The session resource: CORS preflight, trickle refused, DELETE ends it (once).
     let (status, hdrs, _) = http(&edge.http, "OPTIONS", "/whip/live/a", &[], b"");
@@ -300,8 +300,10 @@ fn quic_publishers_play_in_the_browser_and_whip_publishers_record_over_quic() {
 
     // IVF (VP8) in over QUIC, WebRTC out.
     let mut cmd = ferry();
+    let publish_vod = token("vod/x", Action::Publish, Duration::from_secs(600), now);
     cmd.args(["publish", "--edge", &edge.quic, "--stream", "vod/x", "--insecure", "--json", "--input"])
         .arg(&input)
+        .args(["--token", &publish_vod])
         .stdout(std::process::Stdio::null());
     let _publisher = Proc::spawn("ivf publisher", &mut cmd);
     wait_for_stream(&edge);
@@ -322,10 +324,11 @@ fn quic_publishers_play_in_the_browser_and_whip_publishers_record_over_quic() {
         Duration::from_secs(30),
         "return window.ferry && window.ferry.state === 'live';",
     );
+    let view_w = token("live/w", Action::View, Duration::from_secs(600), now);
     let watcher = watch(
         &edge,
         "live/w",
-        &["--track", "video", "--duration", "4s", "--output", output.to_str().unwrap()],
+        &["--track", "video", "--duration", "4s", "--output", output.to_str().unwrap(), "--token", &view_w],
     );
     let watched = json_output(watcher, Duration::from_secs(60));
     assert!(watched["frames"].as_u64().unwrap_or(0) >= 30, "{watched}");
@@ -666,7 +669,7 @@ fn ferry_watch_over_whep_with_a_token_from_ferry_token() {
 
     let mut cmd = ferry();
     cmd.args(["publish", "--edge", &edge.quic, "--stream", "live/cli", "--synthetic", "--synthetic-vp8"])
-        .args(["--bitrate", "1500k", "--insecure", "--duration", "30s"])
+        .args(["--bitrate", "1500k", "--insecure", "--duration", "30s", "--token", &publish])
         .stdout(std::process::Stdio::null());
     let _publisher = Proc::spawn("synthetic VP8 publisher", &mut cmd);
     wait_for_stream(&edge);
@@ -725,8 +728,9 @@ fn the_demo_publisher_re_routes_when_its_edge_dies_and_viewers_resume() {
     wait_for("edge a is the stream's origin", Duration::from_secs(20), || origin("a"));
     // A routed QUIC viewer in r1 plays it through edge o.
     let mut cmd = ferry();
+    let view = token(stream, Action::View, Duration::from_secs(3600), SystemTime::now());
     cmd.args(["watch", "--control-plane", &cluster.control, "--region", "r1", "--stream", stream])
-        .args(["--insecure", "--max-failures", "200", "--duration", "300s", "--json"])
+        .args(["--insecure", "--max-failures", "200", "--duration", "300s", "--json", "--token", &view])
         .stdout(std::process::Stdio::piped());
     let viewer = Proc::spawn("routed viewer", &mut cmd);
     let o_http = cluster.edges["o"].http.clone();
@@ -791,8 +795,10 @@ fn whep_viewers_re_route_by_themselves_when_their_edge_dies_or_drains() {
     let mut cluster = whep_cluster(dir.path(), &["--whep-drain-grace", "5s"]);
     let stream = "live/f";
     let mut cmd = ferry();
+    let publish = token(stream, Action::Publish, Duration::from_secs(600), SystemTime::now());
     cmd.args(["publish", "--edge", &cluster.edges["o"].quic, "--stream", stream, "--insecure", "--input"])
         .arg(&input)
+        .args(["--token", &publish])
         .stdout(std::process::Stdio::null());
     let _publisher = Proc::spawn("ivf publisher", &mut cmd);
     wait_for_stream(&cluster.edges["o"]);

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_proto::{
-    Codec, FrameFlags, FrameHeader, GroupHeader, Message, NodeId, Role, StreamName, Timebase, TrackInfo,
-    TrackKind, TrackName, MAX_CONTROL_MESSAGE,
+    Codec, ErrorCode, FrameFlags, FrameHeader, GroupHeader, Message, NodeId, Role, StreamName, Timebase,
+    TrackInfo, TrackKind, TrackName, MAX_CONTROL_MESSAGE,
 };
 use quinn::{Connection, SendStream};
 use serde::Serialize;
@@ -137,16 +137,9 @@ pub async fn publish(opts: PublishOptions, cancel: CancellationToken) -> Result<
             height: 0,
         },
     };
-    let link = connect(
-        &opts.edge,
-        &opts.trust,
-        &opts.tuning,
-        opts.label.clone(),
-        Role::Publisher,
-        None,
-        &opts.session,
-    )
-    .await?;
+    let link =
+        connect(&opts.edge, &opts.trust, &opts.tuning, opts.label.clone(), Role::Publisher, &opts.session)
+            .await?;
     let (variant, client_flag) = (link.variant, link.client_flag);
     let (conn, mut send, mut recv, version) = (link.conn, link.send, link.recv, link.version);
     write_message(&mut send, version, &Message::Announce { stream: opts.stream.clone(), tracks: vec![info] })
@@ -187,6 +180,18 @@ pub async fn publish(opts: PublishOptions, cancel: CancellationToken) -> Result<
     sender.finish().await;
     stop.cancel();
     let (requests, edge_ended) = control.await.unwrap_or((0, None));
+    // The edge ended the session on purpose (another publisher took the stream
+    // over, or holds it): that is an error to report, not a connection to retry.
+    if conn.close_reason().is_some() {
+        let closed = closed_error(&conn);
+        if let ferry_net::Error::Refused {
+            code: ErrorCode::TakenOver | ErrorCode::StreamBusy | ErrorCode::Unauthorized,
+            ..
+        } = closed
+        {
+            return Err(closed.into());
+        }
+    }
     let mut stats = sender.stats;
     stats.keyframe_requests = requests;
     match result {

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use ferry_net::http::{join, HttpClient};
+use ferry_proto::ErrorCode;
 use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +17,11 @@ use crate::{Error, Result};
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
+/// How long a routed publisher keeps trying while the stream is busy: its edge died
+/// and the stream is held until the failover frees it (gossip declares the edge
+/// dead, the control plane commits the failover). Past this, another publisher
+/// really holds the stream.
+pub const BUSY_PATIENCE: Duration = Duration::from_secs(20);
 
 /// Where and how to ask for a route.
 #[derive(Debug, Clone)]
@@ -230,6 +236,7 @@ pub async fn publish_routed(
     let mut sessions = Vec::new();
     let mut failures = 0u32;
     let mut retry = RETRY_MIN;
+    let mut busy_since = None;
     while !cancel.is_cancelled() {
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if remaining.is_some_and(|r| r.is_zero()) || route_opts.max_failures.is_some_and(|m| failures >= m) {
@@ -245,6 +252,7 @@ pub async fn publish_routed(
         };
         match result {
             Ok((edge, s)) => {
+                busy_since = None;
                 let clean = s.ended == "duration reached" || s.ended == "stopped";
                 let sent = s.frames > 0;
                 tracing::info!(%edge, frames = s.frames, ended = %s.ended, "publish session ended");
@@ -254,8 +262,24 @@ pub async fn publish_routed(
                 }
                 failures = if sent { 0 } else { failures + 1 };
             }
+            // Busy: the stream may be held for a publisher that just died with its
+            // edge; wait for the failover, no longer.
+            Err(e) if e.refused_code() == Some(ErrorCode::StreamBusy) => {
+                let since = *busy_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= BUSY_PATIENCE {
+                    return Err(e);
+                }
+                tracing::warn!("publish: {}; trying again", ferry_net::Chain(&e));
+                sleep_or_cancel(RETRY_MAX, &cancel).await;
+                continue;
+            }
+            // Another publisher took the stream over, or the token is not good:
+            // routing again cannot help.
+            Err(e) if matches!(e.refused_code(), Some(ErrorCode::TakenOver | ErrorCode::Unauthorized)) => {
+                return Err(e);
+            }
             Err(e) => {
-                tracing::warn!("publish: {e}; routing again");
+                tracing::warn!("publish: {}; routing again", ferry_net::Chain(&e));
                 failures += 1;
             }
         }

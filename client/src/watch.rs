@@ -129,7 +129,7 @@ pub async fn watch(opts: WatchOptions, cancel: CancellationToken) -> Result<Watc
 pub async fn watch_detailed(opts: WatchOptions, cancel: CancellationToken) -> Result<(WatchStats, Samples)> {
     let started = Instant::now();
     let link =
-        connect(&opts.edge, &opts.trust, &opts.tuning, opts.label.clone(), Role::Viewer, None, &opts.session)
+        connect(&opts.edge, &opts.trust, &opts.tuning, opts.label.clone(), Role::Viewer, &opts.session)
             .await?;
     let (conn, endpoint) = (link.conn.clone(), link.endpoint.clone());
     let result = session(&opts, link, started, &cancel).await;

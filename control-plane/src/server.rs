@@ -43,6 +43,7 @@ pub struct ControlConfig {
 pub struct Control {
     pub node: NodeHandle,
     pub http_addr: SocketAddr,
+    gossip: Option<Arc<Gossip>>,
     tracker: TaskTracker,
     http: tokio::task::JoinHandle<()>,
 }
@@ -62,6 +63,7 @@ impl Control {
         };
         let node = start_node(config.node, config.transport, &tracker, cancel.clone()).await?;
         let mut api = Api::new(node.clone(), config.token, config.request_timeout);
+        let mut gossip_handle = None;
         if let Some(ca) = cluster_ca {
             let ca = tls::load_certs(&ca)?;
             api = api.with_cluster_ca(ca);
@@ -91,6 +93,7 @@ impl Control {
             ));
             let guard = Arc::new(std::sync::Mutex::new(ErrorGuard::default()));
             tracker.spawn(guard_loop(node.clone(), Arc::clone(&gossip), Arc::clone(&guard), cancel.clone()));
+            gossip_handle = Some(Arc::clone(&gossip));
             api = api.with_gossip(gossip).with_guard(guard);
         }
         let router = api.router();
@@ -100,7 +103,13 @@ impl Control {
                 tracing::error!(error = %e, "http server failed");
             }
         });
-        Ok(Control { node, http_addr, tracker, http })
+        Ok(Control { node, http_addr, gossip: gossip_handle, tracker, http })
+    }
+
+    /// The edges this voter's gossip shows alive: where routing can send clients.
+    pub fn live_edges(&self) -> Vec<String> {
+        let members = self.gossip.as_ref().map(|g| g.members()).unwrap_or_default();
+        members.into_iter().filter(|m| m.alive && m.info.role == "edge").map(|m| m.id).collect()
     }
 
     /// Waits for shutdown to finish (after the cancel token fired).

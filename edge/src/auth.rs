@@ -1,11 +1,15 @@
-//! Access tokens for WHIP/WHEP: HS256 JWTs signed with a secret shared by the
-//! minter (`ferry token`) and every edge.
+//! Access tokens for every client (QUIC publish and watch, WHIP and WHEP): HS256
+//! JWTs signed with a secret shared by the minter (`ferry token`) and every edge.
 //!
-//! Sans-IO apart from [`TokenSecret::from_file`]: the clock is an argument.
-//! A token grants one action (`publish` or `view`) on one stream or on every
-//! stream under a prefix, until `exp`. The wire format is a compact JWS,
-//! `base64url(header).base64url(claims).base64url(HMAC-SHA256)`, with
-//! `{"alg":"HS256","typ":"JWT"}` as the only accepted header.
+//! Sans-IO apart from [`KeyRing::load`]: the clock is an argument. A token grants
+//! one action (`publish` or `view`) on one stream or on every stream under a prefix,
+//! for one audience (the cluster id), from `nbf` (or `iat`) until `exp` — capped at
+//! the edge's maximum lifetime. A publish token may also grant `takeover`: it may
+//! replace a publisher that is live on the stream. The wire format is a compact JWS,
+//! `base64url(header).base64url(claims).base64url(HMAC-SHA256)`; the header is
+//! `{"alg":"HS256","typ":"JWT"}` plus an optional `kid` naming the secret, so
+//! secrets rotate without dropping anyone: an edge accepts every secret of its
+//! [`KeyRing`].
 
 use std::fmt;
 use std::path::Path;
@@ -22,8 +26,12 @@ pub const MAX_TOKEN_LEN: usize = 4096;
 /// floor below which brute force becomes realistic.
 pub const MIN_SECRET_LEN: usize = 16;
 
-/// Clock skew tolerated between the minter and the edge when checking `exp`.
+/// Clock skew tolerated between the minter and the edge when checking `exp`, `nbf`
+/// and `iat`.
 pub const CLOCK_LEEWAY: Duration = Duration::from_secs(5);
+
+/// Longest key id accepted in a token header.
+const MAX_KID_LEN: usize = 64;
 
 /// The only algorithm we sign and accept. Accepting the header's choice is how
 /// `alg: none` and RS/HS confusion attacks work, so we never do.
@@ -100,7 +108,8 @@ impl fmt::Display for StreamScope {
 
 /// The payload of a token:
 /// `{"stream": "live/room1" | "stream_prefix": "live/", "action": "publish"|"view",
-///   "exp": unix seconds, "iat": unix seconds, "sub"?: "..."}`.
+///   "aud": "ferry", "exp": unix seconds, "iat": unix seconds, "nbf"?: unix seconds,
+///   "sub"?: "...", "takeover"?: true}`.
 ///
 /// Exactly one of `stream` and `stream_prefix` must be present; unknown claims
 /// are ignored.
@@ -111,19 +120,52 @@ pub struct Claims {
     pub scope: StreamScope,
     /// The action granted.
     pub action: Action,
+    /// The cluster the token is for (edges check it against their cluster id).
+    pub aud: String,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
     /// Issue time, seconds since the Unix epoch.
     pub iat: u64,
-    /// Who the token was issued to (logged, not checked).
+    /// Not valid before, seconds since the Unix epoch.
+    pub nbf: Option<u64>,
+    /// Who the token was issued to: logged, and the key of the session's rollout
+    /// cohort (so a client cannot choose its own treatment).
     pub sub: Option<String>,
+    /// A publish token that may replace a publisher live on the stream.
+    pub takeover: bool,
 }
 
 impl Claims {
-    /// Claims issued at `now`, expiring `ttl` later (whole seconds).
-    pub fn new(scope: StreamScope, action: Action, ttl: Duration, now: SystemTime) -> Self {
+    /// Claims for `audience` issued at `now`, expiring `ttl` later (whole seconds).
+    pub fn new(scope: StreamScope, action: Action, audience: &str, ttl: Duration, now: SystemTime) -> Self {
         let iat = unix_secs(now);
-        Claims { scope, action, exp: iat.saturating_add(ttl.as_secs()), iat, sub: None }
+        Claims {
+            scope,
+            action,
+            aud: audience.to_owned(),
+            exp: iat.saturating_add(ttl.as_secs()),
+            iat,
+            nbf: None,
+            sub: None,
+            takeover: false,
+        }
+    }
+
+    /// Whether these claims let their bearer do `action` on `stream`.
+    ///
+    /// `stream` must be a valid stream name; anything else (e.g. with `..` segments
+    /// that would slip under a prefix) is never covered.
+    pub fn permits(&self, action: Action, stream: &str) -> Result<(), AuthError> {
+        if self.action != action {
+            return Err(AuthError::WrongAction { granted: self.action, wanted: action });
+        }
+        if ferry_proto::StreamName::new(stream).is_err() || !self.scope.covers(stream) {
+            return Err(AuthError::StreamNotCovered {
+                stream: stream.chars().take(128).collect(),
+                scope: self.scope.clone(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -135,10 +177,16 @@ struct RawClaims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     stream_prefix: Option<String>,
     action: Action,
+    #[serde(default)]
+    aud: String,
     exp: u64,
     iat: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     sub: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    takeover: bool,
 }
 
 impl TryFrom<RawClaims> for Claims {
@@ -151,7 +199,16 @@ impl TryFrom<RawClaims> for Claims {
             (Some(_), Some(_)) => return Err("both stream and stream_prefix"),
             (None, None) => return Err("neither stream nor stream_prefix"),
         };
-        Ok(Claims { scope, action: raw.action, exp: raw.exp, iat: raw.iat, sub: raw.sub })
+        Ok(Claims {
+            scope,
+            action: raw.action,
+            aud: raw.aud,
+            exp: raw.exp,
+            iat: raw.iat,
+            nbf: raw.nbf,
+            sub: raw.sub,
+            takeover: raw.takeover,
+        })
     }
 }
 
@@ -161,15 +218,30 @@ impl From<Claims> for RawClaims {
             StreamScope::Exact(s) => (Some(s), None),
             StreamScope::Prefix(p) => (None, Some(p)),
         };
-        RawClaims { stream, stream_prefix, action: c.action, exp: c.exp, iat: c.iat, sub: c.sub }
+        RawClaims {
+            stream,
+            stream_prefix,
+            action: c.action,
+            aud: c.aud,
+            exp: c.exp,
+            iat: c.iat,
+            nbf: c.nbf,
+            sub: c.sub,
+            takeover: c.takeover,
+        }
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct Header {
     alg: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    typ: Option<String>,
+    /// Which secret signed the token (see [`KeyRing`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kid: Option<String>,
     /// RFC 7515 §4.1.11: extensions marked critical must be understood; we know none.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     crit: Option<serde_json::Value>,
 }
 
@@ -177,11 +249,17 @@ struct Header {
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("cannot read token secret {path}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "token secret is {len} bytes; at least {MIN_SECRET_LEN} are required (try `openssl rand -hex 32`)"
     )]
     TooShort { len: usize },
+    #[error("token secret {path} is {len} bytes; at least {MIN_SECRET_LEN} are required (try `openssl rand -hex 32`)")]
+    FileTooShort { path: String, len: usize },
 }
 
 /// The shared HMAC key. Its bytes are never printed.
@@ -210,15 +288,25 @@ impl TokenSecret {
     pub fn from_file(path: &Path) -> Result<Self, SecretError> {
         let bytes = std::fs::read(path)
             .map_err(|source| SecretError::Read { path: path.display().to_string(), source })?;
-        Self::from_bytes(bytes.trim_ascii_end())
+        Self::from_bytes(bytes.trim_ascii_end()).map_err(|e| match e {
+            SecretError::TooShort { len } => {
+                SecretError::FileTooShort { path: path.display().to_string(), len }
+            }
+            other => other,
+        })
     }
 
-    /// Encodes and signs `claims` as a compact HS256 JWT.
-    pub fn sign(&self, claims: &Claims) -> String {
+    /// Encodes and signs `claims` as a compact HS256 JWT, naming the secret `kid`
+    /// in the header when given.
+    pub fn sign(&self, claims: &Claims, kid: Option<&str>) -> String {
+        let header =
+            Header { alg: ALG.to_owned(), typ: Some("JWT".into()), kid: kid.map(str::to_owned), crit: None };
         // Serializing strings and integers into memory cannot fail; were it to,
-        // the empty payload would fail every verification rather than grant anything.
+        // the empty header or payload would fail every verification rather than
+        // grant anything.
+        let header = serde_json::to_vec(&header).unwrap_or_default();
         let payload = serde_json::to_vec(claims).unwrap_or_default();
-        let mut token = base64url::encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let mut token = base64url::encode(&header);
         token.push('.');
         token.push_str(&base64url::encode(&payload));
         let tag = hmac::sign(&self.key, token.as_bytes());
@@ -228,7 +316,85 @@ impl TokenSecret {
     }
 }
 
-/// Mints a token granting `action` on `scope` for `ttl` from `now`.
+/// The key id of a secret file: its name without the extension
+/// (`secrets/2026-12.key` is `2026-12`).
+pub fn kid_of(path: &Path) -> String {
+    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// The secrets an edge accepts, each under its key id. A token naming a `kid`
+/// is checked with that secret only; a token without one (older minters) with
+/// each secret in turn.
+#[derive(Clone, Debug, Default)]
+pub struct KeyRing {
+    keys: Vec<(String, TokenSecret)>,
+}
+
+impl KeyRing {
+    /// A ring of `(kid, secret)` pairs.
+    pub fn new(keys: Vec<(String, TokenSecret)>) -> Self {
+        KeyRing { keys }
+    }
+
+    /// Loads every secret: each path is a secret file (its key id is its name without
+    /// the extension, see [`kid_of`]) or a directory of them (hidden files skipped).
+    pub fn load(paths: &[std::path::PathBuf]) -> Result<Self, SecretError> {
+        let mut keys = Vec::new();
+        for path in paths {
+            if path.is_dir() {
+                let entries = std::fs::read_dir(path)
+                    .map_err(|source| SecretError::Read { path: path.display().to_string(), source })?;
+                let mut files: Vec<std::path::PathBuf> = entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                    })
+                    .collect();
+                files.sort();
+                for file in files {
+                    keys.push((kid_of(&file), TokenSecret::from_file(&file)?));
+                }
+            } else {
+                keys.push((kid_of(path), TokenSecret::from_file(path)?));
+            }
+        }
+        Ok(KeyRing { keys })
+    }
+
+    /// Whether the ring has no secret (then no token can verify).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The key ids, for logs.
+    pub fn kids(&self) -> Vec<&str> {
+        self.keys.iter().map(|(kid, _)| kid.as_str()).collect()
+    }
+}
+
+/// What an edge requires of tokens besides a valid signature.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// The `aud` every token must carry: the cluster id.
+    pub audience: String,
+    /// Longest lifetime honoured: a token is treated as expiring at most this long
+    /// after it was issued (or became valid).
+    pub max_ttl: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy { audience: DEFAULT_AUDIENCE.to_owned(), max_ttl: DEFAULT_MAX_TTL }
+    }
+}
+
+/// The audience (cluster id) of tokens when none is configured.
+pub const DEFAULT_AUDIENCE: &str = "ferry";
+/// The longest token lifetime an edge honours unless told otherwise.
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Mints a token granting `action` on `scope` for `ttl` from `now`, for the default
+/// audience and without a key id (tests and simple setups; `ferry token` sets both).
 pub fn mint(
     secret: &TokenSecret,
     scope: StreamScope,
@@ -236,23 +402,15 @@ pub fn mint(
     ttl: Duration,
     now: SystemTime,
 ) -> String {
-    secret.sign(&Claims::new(scope, action, ttl, now))
+    secret.sign(&Claims::new(scope, action, DEFAULT_AUDIENCE, ttl, now), None)
 }
 
-/// Checks that `token` lets its bearer do `action` on `stream` at `now`:
-/// size, shape, `alg == HS256`, signature (constant time), expiry (with
-/// [`CLOCK_LEEWAY`]), action, and stream coverage — in that order, so nothing
-/// from the payload is trusted before the signature is.
-///
-/// `stream` must be a valid stream name; anything else (e.g. with `..`
-/// segments that would slip under a prefix) is never covered.
-pub fn authorize(
-    secret: &TokenSecret,
-    token: &str,
-    stream: &str,
-    action: Action,
-    now: SystemTime,
-) -> Result<Claims, AuthError> {
+/// Checks a token's own validity at `now`, whatever it is used for: size, shape,
+/// `alg == HS256`, the secret its `kid` names (or any, without one), signature
+/// (constant time), audience, then time — `exp` (capped by `policy.max_ttl`), `nbf`
+/// and `iat` not in the future, each with [`CLOCK_LEEWAY`] — in that order, so
+/// nothing from the payload is trusted before the signature is.
+pub fn verify(keys: &KeyRing, policy: &Policy, token: &str, now: SystemTime) -> Result<Claims, AuthError> {
     if token.is_empty() {
         return Err(AuthError::Missing);
     }
@@ -281,24 +439,56 @@ pub fn authorize(
     // The signed input is `header.payload` exactly as received.
     let signed =
         token.get(..header64.len() + 1 + payload64.len()).ok_or(AuthError::Malformed("bad segments"))?;
-    hmac::verify(&secret.key, signed.as_bytes(), &signature).map_err(|_| AuthError::BadSignature)?;
+    let verifies = |secret: &TokenSecret| hmac::verify(&secret.key, signed.as_bytes(), &signature).is_ok();
+    let verified = match &header.kid {
+        Some(kid) => {
+            let (_, secret) = keys
+                .keys
+                .iter()
+                .find(|(k, _)| k == kid)
+                .ok_or_else(|| AuthError::UnknownKey(kid.chars().take(MAX_KID_LEN).collect()))?;
+            verifies(secret)
+        }
+        None => keys.keys.iter().any(|(_, secret)| verifies(secret)),
+    };
+    if !verified {
+        return Err(AuthError::BadSignature);
+    }
 
     let payload = base64url::decode(payload64).ok_or(AuthError::Malformed("payload is not base64url"))?;
     let claims: Claims =
         serde_json::from_slice(&payload).map_err(|_| AuthError::Malformed("payload is not valid claims"))?;
-
-    if unix_secs(now) >= claims.exp.saturating_add(CLOCK_LEEWAY.as_secs()) {
+    if claims.aud != policy.audience {
+        return Err(AuthError::WrongAudience { found: claims.aud.chars().take(64).collect() });
+    }
+    let now = unix_secs(now);
+    let leeway = CLOCK_LEEWAY.as_secs();
+    let start = claims.nbf.unwrap_or(claims.iat).max(claims.iat);
+    let expires = claims.exp.min(start.saturating_add(policy.max_ttl.as_secs()));
+    if now >= expires.saturating_add(leeway) {
         return Err(AuthError::Expired);
     }
-    if claims.action != action {
-        return Err(AuthError::WrongAction { granted: claims.action, wanted: action });
+    if claims.iat > now.saturating_add(leeway) {
+        return Err(AuthError::IssuedInFuture);
     }
-    if ferry_proto::StreamName::new(stream).is_err() || !claims.scope.covers(stream) {
-        return Err(AuthError::StreamNotCovered {
-            stream: stream.chars().take(128).collect(),
-            scope: claims.scope,
-        });
+    if claims.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+        return Err(AuthError::NotYetValid);
     }
+    Ok(claims)
+}
+
+/// Checks that `token` lets its bearer do `action` on `stream` at `now`:
+/// [`verify`], then [`Claims::permits`].
+pub fn authorize(
+    keys: &KeyRing,
+    policy: &Policy,
+    token: &str,
+    stream: &str,
+    action: Action,
+    now: SystemTime,
+) -> Result<Claims, AuthError> {
+    let claims = verify(keys, policy, token, now)?;
+    claims.permits(action, stream)?;
     Ok(claims)
 }
 
@@ -319,15 +509,25 @@ fn unix_secs(t: SystemTime) -> u64 {
 }
 
 /// Why a request's token was refused. [`AuthError::reason`] is the short code
-/// for responses and metrics; the `Display` text is for logs.
+/// for responses, close reasons and metrics; the `Display` text says what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("no bearer token")]
+    #[error("no token (mint one with `ferry token`)")]
     Missing,
+    #[error("this edge has no token secret (--token-secret-file) and does not allow anonymous clients (--allow-anonymous, dev only)")]
+    NotConfigured,
     #[error("malformed token: {0}")]
     Malformed(&'static str),
     #[error("token signature does not verify")]
     BadSignature,
+    #[error("token signed with key {0:?}, which this edge does not have")]
+    UnknownKey(String),
+    #[error("token is for audience {found:?}, not this cluster")]
+    WrongAudience { found: String },
+    #[error("token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("token issued in the future (iat); check the minter's clock")]
+    IssuedInFuture,
     #[error("token algorithm {0:?} is not supported (only HS256)")]
     UnsupportedAlgorithm(String),
     #[error("token expired")]
@@ -343,12 +543,17 @@ impl AuthError {
     pub fn reason(&self) -> &'static str {
         match self {
             AuthError::Missing => "token_missing",
+            AuthError::NotConfigured => "auth_not_configured",
             AuthError::Malformed(_) => "token_malformed",
             AuthError::BadSignature => "token_bad_signature",
+            AuthError::UnknownKey(_) => "token_unknown_key",
+            AuthError::WrongAudience { .. } => "token_wrong_audience",
+            AuthError::NotYetValid => "token_not_yet_valid",
+            AuthError::IssuedInFuture => "token_issued_in_future",
             AuthError::UnsupportedAlgorithm(_) => "token_unsupported_alg",
             AuthError::Expired => "token_expired",
             AuthError::WrongAction { .. } => "token_wrong_action",
-            AuthError::StreamNotCovered { .. } => "token_stream_not_covered",
+            AuthError::StreamNotCovered { .. } => "token_wrong_stream",
         }
     }
 }

@@ -3,14 +3,14 @@
 //! of this crate; the binary fills it from flags, the environment and files.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_net::gossip::GossipConfig;
 use ferry_net::tls::{ClientTrust, ClusterTls, ServerIdentity, TransportTuning};
 use ferry_proto::NodeId;
 
-use crate::auth::TokenSecret;
+use crate::auth::Policy;
 use crate::track::BufferConfig;
 use crate::Result;
 
@@ -49,6 +49,8 @@ pub struct EdgeConfig {
     pub whep_drain_grace: Duration,
     /// WHIP/WHEP sessions.
     pub webrtc: WebRtcConfig,
+    /// Who may publish and watch, over QUIC and WebRTC alike.
+    pub access: AccessConfig,
     /// Health gossip (none: this edge does not gossip).
     pub gossip: Option<GossipConfig>,
     /// Control-plane API URLs (`http://HOST:PORT`); empty: not registered anywhere.
@@ -88,6 +90,7 @@ impl EdgeConfig {
             whep_drain_grace: Duration::from_secs(10),
             allow_fault_injection: false,
             webrtc: WebRtcConfig::default(),
+            access: AccessConfig::default(),
             gossip: None,
             control_plane: Vec::new(),
             control_token: String::new(),
@@ -117,6 +120,19 @@ impl EdgeConfig {
     }
 }
 
+/// Who may publish and watch on an edge.
+#[derive(Debug, Clone, Default)]
+pub struct AccessConfig {
+    /// Token secret files, or directories of them (each file's name is its key id);
+    /// re-read while the edge runs, so secrets rotate without a restart.
+    pub token_secrets: Vec<PathBuf>,
+    /// The audience tokens must name, and the longest lifetime honoured.
+    pub policy: Policy,
+    /// Serve clients without a token and, without a cluster CA, relay to edges
+    /// without a cluster certificate (dev only).
+    pub allow_anonymous: bool,
+}
+
 /// WebRTC settings of an edge.
 #[derive(Clone)]
 pub struct WebRtcConfig {
@@ -132,10 +148,6 @@ pub struct WebRtcConfig {
     pub max_sdp_bytes: usize,
     /// Latency budget of a WHEP viewer: behind by more, it skips to the newest keyframe.
     pub viewer_max_lag: Duration,
-    /// Verifies `Authorization: Bearer` tokens.
-    pub token_secret: Option<Arc<TokenSecret>>,
-    /// Serve requests without a token (dev only).
-    pub allow_anonymous: bool,
     /// How long an answer waits for ICE gathering before it is sent with what it has.
     pub ice_gather_timeout: Duration,
     /// A session whose ICE/DTLS never connects is closed after this long.
@@ -151,8 +163,6 @@ impl std::fmt::Debug for WebRtcConfig {
             .field("max_sessions", &self.max_sessions)
             .field("max_sdp_bytes", &self.max_sdp_bytes)
             .field("viewer_max_lag", &self.viewer_max_lag)
-            .field("token_secret", &self.token_secret.as_ref().map(|_| "<set>"))
-            .field("allow_anonymous", &self.allow_anonymous)
             .finish_non_exhaustive()
     }
 }
@@ -166,8 +176,6 @@ impl Default for WebRtcConfig {
             max_sessions: 500,
             max_sdp_bytes: 32 * 1024,
             viewer_max_lag: Duration::from_millis(1500),
-            token_secret: None,
-            allow_anonymous: false,
             ice_gather_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(15),
         }

@@ -26,6 +26,9 @@ pub enum Error {
     /// The configuration cannot work (says what to change).
     #[error("{0}")]
     Config(String),
+    /// The token secrets could not be read.
+    #[error("token secrets")]
+    Secrets(#[from] crate::auth::SecretError),
     /// The control plane answered a request with an error.
     #[error("control plane {path}: HTTP {status}: {body}")]
     ControlPlane { path: String, status: u16, body: String },

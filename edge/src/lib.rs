@@ -7,6 +7,8 @@
 //! - [`metrics`]: the edge's Prometheus metrics and their labels.
 //! - [`auth`]: HS256 access tokens for WHIP/WHEP (sans-IO: minting and checking).
 //! - [`config`]: everything an edge is configured with ([`EdgeConfig`]).
+//! - [`access`]: who may publish and watch: token secrets (re-read while running),
+//!   the token policy, the dev-only anonymous mode.
 //! - [`rollouts`]: placing sessions in rollouts and the edge-local CPU guard
 //!   (sans-IO), over the rollouts read from the control plane.
 //! - [`cluster`]: the control link (registration and watch), load sampling, the
@@ -20,6 +22,7 @@
 //! Depends on `ferry-proto`, `ferry-net` and `ferry-media`; never on the clients or
 //! the control plane.
 
+pub mod access;
 pub mod auth;
 pub mod cluster;
 pub mod config;

@@ -105,6 +105,8 @@ pub struct EdgeMetrics {
     pub congestion_connections: Family<ControllerLabels, Counter>,
     /// Streams known here (published locally or relayed).
     pub streams: Gauge,
+    /// Tracks created since start (announced by publishers, or relayed).
+    pub tracks_created: Counter,
     pub frames_in: Counter,
     pub bytes_in: Counter,
     pub frames_out: Counter,
@@ -133,6 +135,8 @@ pub struct EdgeMetrics {
     pub nacks: Counter,
     /// WebRTC sessions refused or ended by an error, by reason.
     pub webrtc_session_errors: Family<ReasonLabels, Counter>,
+    /// Clients and peers refused for their credential, by reason (QUIC and WebRTC).
+    pub auth_refusals: Family<ReasonLabels, Counter>,
 }
 
 impl EdgeMetrics {
@@ -171,6 +175,11 @@ impl EdgeMetrics {
             self.congestion_connections.clone(),
         );
         r.register("streams", "Streams known to this edge", self.streams.clone());
+        r.register(
+            "tracks_created",
+            "Tracks created (announced by publishers, or relayed from upstream)",
+            self.tracks_created.clone(),
+        );
         r.register("frames_in", "Frames received from publishers and upstreams", self.frames_in.clone());
         r.register("bytes_in", "Payload bytes received", self.bytes_in.clone());
         r.register("frames_out", "Frames sent to subscribers", self.frames_out.clone());
@@ -194,6 +203,11 @@ impl EdgeMetrics {
             "webrtc_session_errors",
             "WebRTC sessions refused or failed, by reason",
             self.webrtc_session_errors.clone(),
+        );
+        r.register(
+            "auth_refusals",
+            "Clients refused for their token, and relaying peers for their certificate, by reason",
+            self.auth_refusals.clone(),
         );
     }
 
@@ -224,6 +238,11 @@ impl EdgeMetrics {
         for reason in ["too_many_sessions", "no_free_port"] {
             let _ = self.webrtc_session_errors.get_or_create(&ReasonLabels::new(reason));
         }
+    }
+
+    /// Counts a credential refused for `reason` (`token_expired`, ...).
+    pub fn auth_refused(&self, reason: &str) {
+        self.auth_refusals.get_or_create(&ReasonLabels::new(reason)).inc();
     }
 
     /// Counts a refusal with `code`.

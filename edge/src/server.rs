@@ -21,6 +21,7 @@ use prometheus_client::registry::Registry as MetricsRegistry;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access::Access;
 use crate::cluster::control::{ControlLink, Registration};
 use crate::cluster::load::{cpu_seconds, Rates};
 use crate::config::EdgeConfig;
@@ -104,6 +105,10 @@ impl BoundEdge {
             }
         };
         let webrtc = Arc::new(WebRtc::new(config.webrtc.clone()));
+        let access = Arc::new(Access::load(&config.access)?);
+        if access.allows_anonymous() {
+            tracing::warn!("serving clients without tokens (--allow-anonymous): for development only");
+        }
         let state = Arc::new(EdgeState {
             registry: Registry::new(metrics.clone()),
             metrics,
@@ -118,6 +123,7 @@ impl BoundEdge {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             sessions_plane: Arc::clone(&webrtc) as Arc<dyn SessionPlane>,
+            access,
             config,
             rates: Rates::default(),
             guard: std::sync::Mutex::new(CpuGuard::default()),
@@ -162,11 +168,11 @@ impl BoundEdge {
             http_shutdown.clone(),
         ));
         if let Some(control) = state.control.clone() {
-            let weak = Arc::downgrade(&state);
-            let originated = move || weak.upgrade().map(|s| s.registry.stream_names().0).unwrap_or_default();
-            state.tracker.spawn(control.run(originated, state.background.clone(), shutdown.clone()));
+            let local = Arc::clone(&state) as Arc<dyn crate::cluster::control::LocalPublishers>;
+            state.tracker.spawn(control.run(local, state.background.clone(), shutdown.clone()));
             state.tracker.spawn(guard_loop(Arc::clone(&state)));
         }
+        state.tracker.spawn(Arc::clone(&state.access).reload_loop(state.background.clone()));
         state.ready.store(true, Ordering::Relaxed);
         let quic = endpoint.local_addr().map_or_else(|_| "unbound".to_owned(), |a| a.to_string());
         tracing::info!(node = %state.config.node_id, %quic, "edge serving");
@@ -275,8 +281,9 @@ async fn wait_for_webrtc_sessions(state: &EdgeState) {
 
 async fn wait_for_sessions(state: &EdgeState) {
     // Sessions end once their peers leave after GOAWAY; only the HTTP task and the
-    // background tasks (gossip; the control link and the rollout guard) remain.
-    let background = 1 + usize::from(state.gossip.get().is_some()) + 2 * usize::from(state.control.is_some());
+    // background tasks (the secrets' reload; gossip; the control link and the
+    // rollout guard) remain.
+    let background = 2 + usize::from(state.gossip.get().is_some()) + 2 * usize::from(state.control.is_some());
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     while state.tracker.len() > background {
         tick.tick().await;

@@ -32,13 +32,28 @@ pub struct Link {
     pub client_flag: Option<String>,
 }
 
-/// Who a publisher or viewer session is, for rollouts (`Message::Session`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Who a publisher or viewer session is: its credential (`Hello.token`) and, for
+/// rollouts, its id and tags (`Message::Session`).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct SessionHello {
-    /// Stable id; `None`: a random one per connection.
+    /// Stable id; `None`: a random one per connection. An edge places a session with
+    /// a token by the token's subject instead.
     pub id: Option<String>,
     /// Client tags (like a user agent); empty: `ferry/<version>`.
     pub tags: Vec<String>,
+    /// The access token (`ferry token`); `None` on edges that allow anonymous
+    /// clients (dev).
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for SessionHello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionHello")
+            .field("id", &self.id)
+            .field("tags", &self.tags)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 /// Splits `HOST:PORT` (IPv6 in brackets) and resolves it.
@@ -75,12 +90,11 @@ pub async fn connect(
     tuning: &TransportTuning,
     node: NodeId,
     role: Role,
-    token: Option<String>,
     session: &SessionHello,
 ) -> Result<Link> {
     let (host, remote) = resolve(addr).await?;
     let endpoint = client_endpoint(remote, trust, tuning)?;
-    tokio::time::timeout(CONNECT_TIMEOUT, handshake(endpoint, &host, remote, node, role, token, session))
+    tokio::time::timeout(CONNECT_TIMEOUT, handshake(endpoint, &host, remote, node, role, session))
         .await
         .map_err(|_| Error::Timeout("the edge to answer"))?
 }
@@ -91,7 +105,6 @@ async fn handshake(
     remote: SocketAddr,
     node: NodeId,
     role: Role,
-    token: Option<String>,
     session: &SessionHello,
 ) -> Result<Link> {
     let name = tls::server_name(host)?;
@@ -102,8 +115,13 @@ async fn handshake(
     };
     let conn = endpoint.connect(remote, &server_name)?.await?;
     let (mut send, mut recv) = conn.open_bi().await?;
-    let hello =
-        Hello { min_version: MIN_PROTOCOL_VERSION, max_version: MAX_PROTOCOL_VERSION, node, role, token };
+    let hello = Hello {
+        min_version: MIN_PROTOCOL_VERSION,
+        max_version: MAX_PROTOCOL_VERSION,
+        node,
+        role,
+        token: session.token.clone(),
+    };
     write_message(&mut send, MAX_PROTOCOL_VERSION, &Message::Hello(hello)).await?;
     let (version, peer) = match read_message::<Message>(&mut recv, MAX_CONTROL_MESSAGE).await {
         Ok(Some((_, Message::HelloOk { version, node }))) => (version, node),

@@ -63,8 +63,9 @@ pub enum ErrorCode {
     GoingAway = 7,
     /// A bug or an unexpected local failure.
     Internal = 8,
-    /// The stream is already being published.
-    Duplicate = 9,
+    /// The stream is already being published, on this edge or another; a second
+    /// publisher needs a token with a takeover grant.
+    StreamBusy = 9,
     /// The track ended (publisher left).
     TrackEnded = 10,
     /// A group stream reset because it fell outside the subscriber's latency budget.
@@ -75,11 +76,13 @@ pub enum ErrorCode {
     UpstreamUnavailable = 18,
     /// Refused on purpose by a rollout's fault-injection drill.
     FaultInjected = 19,
+    /// Another publisher took the stream over (its token granted a takeover).
+    TakenOver = 20,
 }
 
 impl ErrorCode {
     /// Every code, for lookups and tests.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::NoError,
         ErrorCode::ProtocolViolation,
         ErrorCode::UnsupportedVersion,
@@ -89,12 +92,13 @@ impl ErrorCode {
         ErrorCode::ServerBusy,
         ErrorCode::GoingAway,
         ErrorCode::Internal,
-        ErrorCode::Duplicate,
+        ErrorCode::StreamBusy,
         ErrorCode::TrackEnded,
         ErrorCode::StaleGroup,
         ErrorCode::Cancelled,
         ErrorCode::UpstreamUnavailable,
         ErrorCode::FaultInjected,
+        ErrorCode::TakenOver,
     ];
 
     /// The numeric value on the wire.
@@ -119,12 +123,13 @@ impl ErrorCode {
             ErrorCode::ServerBusy => "server_busy",
             ErrorCode::GoingAway => "going_away",
             ErrorCode::Internal => "internal",
-            ErrorCode::Duplicate => "duplicate",
+            ErrorCode::StreamBusy => "stream_busy",
             ErrorCode::TrackEnded => "track_ended",
             ErrorCode::StaleGroup => "stale_group",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::UpstreamUnavailable => "upstream_unavailable",
             ErrorCode::FaultInjected => "fault_injected",
+            ErrorCode::TakenOver => "taken_over",
         }
     }
 }

@@ -49,10 +49,10 @@ pub struct CanaryArgs {
 
 /// One QUIC viewer session as `id`: its variant, or `None` when refused.
 async fn session(quic: &str, id: String) -> Option<String> {
-    let hello = SessionHello { id: Some(id), tags: vec!["ferry-bench".into()] };
+    let hello = SessionHello { id: Some(id), tags: vec!["ferry-bench".into()], token: None };
     let node = NodeId::new("bench-canary").ok()?;
     let tuning = TransportTuning::default();
-    let link = connect(quic, &ClientTrust::Insecure, &tuning, node, Role::Viewer, None, &hello).await.ok()?;
+    let link = connect(quic, &ClientTrust::Insecure, &tuning, node, Role::Viewer, &hello).await.ok()?;
     link.conn.close(0u32.into(), b"bye");
     link.variant
 }
@@ -143,8 +143,17 @@ pub async fn run(args: CanaryArgs) -> anyhow::Result<()> {
     .context("no raft leader")?;
     let mut edges: BTreeMap<String, Ready> = BTreeMap::new();
     for (id, region) in [("e1", "r1"), ("e2", "r1"), ("e3", "r2")] {
-        let mut a =
-            s(&["edge", "--node-id", id, "--region", region, "--log", "warn", "--allow-fault-injection"]);
+        let mut a = s(&[
+            "edge",
+            "--node-id",
+            id,
+            "--region",
+            region,
+            "--log",
+            "warn",
+            "--allow-fault-injection",
+            "--allow-anonymous",
+        ]);
         a.extend(s(&["--quic-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]));
         a.extend(s(&["--gossip-listen", &free_udp()?, "--gossip-seeds", &voter_gossip]));
         a.extend(s(&["--control-plane", &control, "--control-token", TOKEN]));

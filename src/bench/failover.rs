@@ -13,7 +13,7 @@ use clap::Args;
 use ferry_net::http::{join, HttpClient};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 pub(super) const TOKEN: &str = "ferry-bench-failover-token";
 const STREAM: &str = "bench/failover";
@@ -40,7 +40,7 @@ pub(super) struct Ready {
     pub(super) line: Value,
 }
 
-pub(super) async fn spawn_ready(binary: &PathBuf, args: &[String]) -> anyhow::Result<Ready> {
+pub(super) async fn spawn_ready(binary: &std::path::Path, args: &[String]) -> anyhow::Result<Ready> {
     let mut child = crate::process::ferry_child(binary)
         .args(args)
         .stdout(Stdio::piped())
@@ -144,7 +144,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
 
     let mut edges: BTreeMap<String, (String, Ready)> = BTreeMap::new();
     for (id, region) in [("e1", "r1"), ("e2", "r1"), ("e3", "r2")] {
-        let mut a = s(&["edge", "--node-id", id, "--region", region, "--log", "warn"]);
+        let mut a = s(&["edge", "--node-id", id, "--region", region, "--log", "warn", "--allow-anonymous"]);
         a.extend(s(&["--quic-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]));
         a.extend(s(&["--gossip-listen", &free_udp()?, "--gossip-seeds", &voter_gossip]));
         a.extend(s(&["--control-plane", &control, "--control-token", TOKEN]));

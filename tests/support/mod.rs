@@ -102,10 +102,15 @@ impl Edge {
     }
 
     /// Starts an edge from `cmd` (e.g. inside a network namespace). `--quic-listen`
-    /// and `--http-listen` default to 127.0.0.1:0 unless `extra` gives them.
+    /// and `--http-listen` default to 127.0.0.1:0 unless `extra` gives them. An edge
+    /// without `--token-secret-file` serves anonymous clients and relays (tests of
+    /// the media path); one with it needs tokens, like production.
     pub fn start_with(mut cmd: Command, node: &str, extra: &[&str]) -> Edge {
         cmd.env("RUST_LOG", "warn").env_remove("FERRY_CONFIG");
         cmd.args(["edge", "--node-id", node]);
+        if !extra.contains(&"--token-secret-file") {
+            cmd.arg("--allow-anonymous");
+        }
         for flag in ["--quic-listen", "--http-listen"] {
             if !extra.contains(&flag) {
                 cmd.args([flag, "127.0.0.1:0"]);
@@ -356,4 +361,19 @@ pub fn wait_for_leader(voters: &[&Voter]) -> u64 {
 pub fn require_ffmpeg() {
     let ok = Command::new("ffmpeg").arg("-version").output().map(|o| o.status.success()).unwrap_or(false);
     assert!(ok, "ffmpeg is required for this test (scripts/test installs it)");
+}
+
+/// `ferry ca issue` for `node`; returns the flags that use the result: for edges
+/// (`kind` "cluster") --cluster-ca/-cert/-key, for voters --ca-file/--cert/--key.
+pub fn cluster_cert_args(ca: &std::path::Path, node: &str, kind: &str) -> Vec<String> {
+    let out = ferry().args(["ca", "issue", "--node", node, "--dir"]).arg(ca).output().unwrap();
+    assert!(out.status.success(), "ca issue: {}", String::from_utf8_lossy(&out.stderr));
+    let files: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let path = |k: &str| files[k].as_str().unwrap().to_owned();
+    let flags = if kind == "cluster" {
+        ["--cluster-ca", "--cluster-cert", "--cluster-key"]
+    } else {
+        ["--ca-file", "--cert", "--key"]
+    };
+    vec![flags[0].into(), path("ca"), flags[1].into(), path("cert"), flags[2].into(), path("key")]
 }

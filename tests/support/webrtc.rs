@@ -69,7 +69,8 @@ pub fn vp8_offer(direction: &str) -> String {
 }
 
 /// A cluster for WHEP failover: one voter and three edges (`o` in r1, `a` and `b` in
-/// r2) that gossip, register and serve WebRTC with tokens.
+/// r2) that gossip, register, relay with cluster certificates and serve clients with
+/// tokens.
 pub struct WhepCluster {
     pub voter: Voter,
     pub control: String,
@@ -85,8 +86,14 @@ pub fn whep_cluster(dir: &Path, extra: &[&str]) -> WhepCluster {
     wait_for_leader(&[&voter]);
     let control = format!("http://{}", voter.http);
     let mut edges = std::collections::BTreeMap::new();
+    // Edges relay to each other with cluster certificates (clients need tokens).
+    let ca = dir.join("ca");
+    let out = ferry().args(["ca", "init", "--dir"]).arg(&ca).output().unwrap();
+    assert!(out.status.success(), "ca init: {}", String::from_utf8_lossy(&out.stderr));
     for (i, (id, region)) in [("o", "r1"), ("a", "r2"), ("b", "r2")].into_iter().enumerate() {
+        let certs = cluster_cert_args(&ca, id, "cluster");
         let mut args = vec!["--region", region, "--gossip-listen", &gossip[i + 1], "--gossip-seeds", &seeds];
+        args.extend(certs.iter().map(String::as_str));
         args.extend(["--control-plane", &control, "--control-token", TOKEN]);
         args.extend_from_slice(extra);
         edges.insert(id, webrtc_edge(id, dir, &args));

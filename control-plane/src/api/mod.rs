@@ -180,6 +180,7 @@ impl Api {
                 "/v1/streams/{*name}",
                 put(routes::put_stream).get(routes::get_stream).delete(routes::delete_stream),
             )
+            .route("/v1/origins/{*name}", put(routes::claim_origin).delete(routes::release_origin))
             .route("/v1/rollouts", get(routes::list_rollouts).post(routes::create_rollout))
             .route("/v1/rollouts/{id}", get(routes::get_rollout))
             .route("/v1/rollouts/{id}/history", get(routes::rollout_history))

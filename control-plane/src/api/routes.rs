@@ -275,6 +275,43 @@ pub async fn delete_stream(
     api.write(&headers, Command::DeleteStream { name }).await
 }
 
+/// `PUT /v1/origins/{stream}`: an edge claims a stream's origin for the publisher
+/// that started on it (see [`Command::ClaimStream`]); 409 while another edge holds it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimOrigin {
+    origin: String,
+    #[serde(default)]
+    takeover: bool,
+}
+
+pub async fn claim_origin(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    b: Body<ClaimOrigin>,
+) -> ApiResult {
+    let c = body(b)?;
+    api.write(&headers, Command::ClaimStream { name, origin: c.origin, takeover: c.takeover }).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseParams {
+    origin: String,
+}
+
+/// `DELETE /v1/origins/{stream}?origin=EDGE`: the edge's publisher left.
+pub async fn release_origin(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    p: Result<Query<ReleaseParams>, QueryRejection>,
+) -> ApiResult {
+    let Query(p) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    api.write(&headers, Command::ReleaseStream { name, origin: p.origin }).await
+}
+
 pub async fn list_streams(State(api): State<Api>, p: Result<Query<ReadParams>, QueryRejection>) -> ApiResult {
     api.list(p, "streams", |s| serde_json::to_value(s.streams.values().collect::<Vec<_>>())).await
 }

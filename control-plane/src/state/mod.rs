@@ -26,7 +26,7 @@ mod tests;
 use checks::check_len;
 use edges::{drain_edge, edge_failed, register_edge, remove_edge};
 use rollouts::{create_rollout, move_rollout, set_rollout_level, set_rollout_share, trip_rollout};
-use streams::{delete_stream, place_relays, put_stream};
+use streams::{claim_stream, delete_stream, place_relays, put_stream, release_stream};
 
 /// Outcomes remembered for exactly-once retries. A client that retries a request older than
 /// the newest this many may apply it twice; at hundreds of writes a second that is minutes.
@@ -154,6 +154,22 @@ pub enum Command {
     DeleteStream {
         name: String,
     },
+    /// An edge claims a stream's origin for the publisher that just started on it:
+    /// granted when the stream has no origin, lost its origin, already names this
+    /// edge, or the publisher's token grants a `takeover`; refused (conflict) while
+    /// another edge holds it. One write per publisher start, never a loop.
+    ClaimStream {
+        name: String,
+        origin: String,
+        #[serde(default)]
+        takeover: bool,
+    },
+    /// The edge's publisher left: the stream is forgotten if `origin` still holds it
+    /// (so the next publisher, anywhere, claims it without a grant).
+    ReleaseStream {
+        name: String,
+        origin: String,
+    },
     /// The leader's relay placement: which edges in which regions pull `name` from its
     /// origin for the other edges of their region. Rejected (conflict) when the stream
     /// has moved to another origin or lost it since the leader looked.
@@ -208,6 +224,8 @@ impl Command {
             Command::DrainEdge { .. } => "edge.drain",
             Command::PutStream { .. } => "stream.put",
             Command::DeleteStream { .. } => "stream.delete",
+            Command::ClaimStream { .. } => "stream.claim",
+            Command::ReleaseStream { .. } => "stream.release",
             Command::PlaceRelays { .. } => "stream.place_relays",
             Command::CreateRollout { .. } => "rollout.create",
             Command::SetRolloutLevel { .. } => "rollout.set_level",
@@ -402,6 +420,8 @@ fn execute(state: &mut State, request: &Request) -> Step {
         Command::EdgeFailed { id } => edge_failed(state, now, id),
         Command::DrainEdge { id } => drain_edge(state, now, id),
         Command::PutStream { name, origin, relays } => put_stream(state, now, name, origin, relays),
+        Command::ClaimStream { name, origin, takeover } => claim_stream(state, now, name, origin, *takeover),
+        Command::ReleaseStream { name, origin } => release_stream(state, name, origin),
         Command::DeleteStream { name } => delete_stream(state, name),
         Command::PlaceRelays { name, origin, relays } => place_relays(state, now, name, origin, relays),
         Command::CreateRollout { id, spec } => create_rollout(state, now, actor, id, spec),

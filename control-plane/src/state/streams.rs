@@ -32,6 +32,62 @@ pub(super) fn put_stream(
     }))
 }
 
+pub(super) fn claim_stream(state: &mut State, now: u64, name: &str, origin: &str, takeover: bool) -> Step {
+    StreamName::new(name).map_err(|e| rejected(REJECT_INVALID, e.to_string()))?;
+    check_known_edge(state, origin)?;
+    let (before, created_at_ms) = match state.streams.get(name) {
+        None => (None, now),
+        Some(s) if s.origin == origin && !s.origin_lost => return Ok(None),
+        Some(s) if s.origin == origin || s.origin_lost || takeover => {
+            (Some(s.origin.clone()), s.created_at_ms)
+        }
+        Some(s) => {
+            return Err(rejected(
+                REJECT_CONFLICT,
+                format!(
+                    "stream {name:?} is published on edge {:?}; taking it over needs a takeover grant",
+                    s.origin
+                ),
+            ))
+        }
+    };
+    // The relays pulled from the old origin; the leader places them again.
+    let stream = Stream {
+        name: name.to_owned(),
+        origin: origin.to_owned(),
+        relays: BTreeMap::new(),
+        origin_lost: false,
+        created_at_ms,
+        updated_at_ms: now,
+    };
+    state.streams.insert(name.to_owned(), stream);
+    let summary = match (&before, takeover) {
+        (None, _) => format!("origin {origin}"),
+        (Some(old), true) if old != origin => format!("origin {old} -> {origin} (takeover)"),
+        (Some(old), _) => format!("origin {old} -> {origin}"),
+    };
+    Ok(Some(Change {
+        target: name.to_owned(),
+        summary,
+        detail: json!({ "stream": name, "origin": origin, "previous": before }),
+    }))
+}
+
+pub(super) fn release_stream(state: &mut State, name: &str, origin: &str) -> Step {
+    match state.streams.get(name) {
+        Some(s) if s.origin == origin => {
+            state.streams.remove(name);
+            Ok(Some(Change {
+                target: name.to_owned(),
+                summary: format!("released by {origin}"),
+                detail: json!({ "stream": name, "released": true }),
+            }))
+        }
+        // Another edge holds it now (a takeover), or it is gone: nothing to do.
+        _ => Ok(None),
+    }
+}
+
 /// Relay lists with known edges, valid regions, no edge twice in a region; empty
 /// regions dropped.
 pub(super) fn checked_relays(

@@ -7,6 +7,18 @@ fn secret() -> TokenSecret {
     TokenSecret::from_bytes(SECRET).unwrap()
 }
 
+/// `super::authorize` with a ring of just [`secret`] and the default policy.
+fn authorize(
+    secret: &TokenSecret,
+    token: &str,
+    stream: &str,
+    action: Action,
+    now: SystemTime,
+) -> Result<Claims, AuthError> {
+    let keys = KeyRing::new(vec![("k".into(), secret.clone())]);
+    super::authorize(&keys, &Policy::default(), token, stream, action, now)
+}
+
 fn t0() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_700_000_000)
 }
@@ -45,9 +57,10 @@ fn minted_token_authorizes_its_stream_and_action() {
 
 #[test]
 fn signed_claims_use_the_documented_json() {
-    let mut claims = Claims::new(prefix("live/"), Action::View, Duration::from_secs(60), t0());
+    let mut claims =
+        Claims::new(prefix("live/"), Action::View, DEFAULT_AUDIENCE, Duration::from_secs(60), t0());
     claims.sub = Some("alice".into());
-    let token = secret().sign(&claims);
+    let token = secret().sign(&claims, None);
     let segments: Vec<&str> = token.split('.').collect();
     let header = base64url::decode(segments[0]).unwrap();
     assert_eq!(header, HS256.as_bytes());
@@ -56,7 +69,7 @@ fn signed_claims_use_the_documented_json() {
     assert_eq!(
         payload,
         serde_json::json!({
-            "stream_prefix": "live/", "action": "view", "exp": 1_700_000_060u64,
+            "stream_prefix": "live/", "action": "view", "aud": "ferry", "exp": 1_700_000_060u64,
             "iat": 1_700_000_000u64, "sub": "alice"
         })
     );
@@ -67,7 +80,8 @@ fn signed_claims_use_the_documented_json() {
 fn tampered_payload_is_refused() {
     let token = mint(&secret(), exact("live/a"), Action::View, Duration::from_secs(60), t0());
     let segments: Vec<&str> = token.split('.').collect();
-    let forged = Claims::new(prefix("live/"), Action::Publish, Duration::from_secs(99_999), t0());
+    let forged =
+        Claims::new(prefix("live/"), Action::Publish, DEFAULT_AUDIENCE, Duration::from_secs(99_999), t0());
     let forged = base64url::encode(&serde_json::to_vec(&forged).unwrap());
     let tampered = format!("{}.{forged}.{}", segments[0], segments[2]);
     assert_eq!(
@@ -98,7 +112,7 @@ fn token_from_another_secret_is_refused() {
 
 #[test]
 fn alg_none_and_other_algorithms_are_refused() {
-    let payload = r#"{"stream":"live/a","action":"view","exp":1800000000,"iat":1700000000}"#;
+    let payload = r#"{"stream":"live/a","action":"view","aud":"ferry","exp":1700000600,"iat":1700000000}"#;
     let p64 = base64url::encode(payload.as_bytes());
     let none = format!("{}.{p64}.", base64url::encode(br#"{"alg":"none","typ":"JWT"}"#));
     assert_eq!(
@@ -172,7 +186,7 @@ fn prefixes_cover_streams_on_slash_boundaries() {
         let result = authorize(&secret(), &token, stream, Action::View, t0());
         assert_eq!(result.is_ok(), covered, "{scope} vs {stream:?}: {result:?}");
         if let Err(err) = result {
-            assert_eq!(err.reason(), "token_stream_not_covered");
+            assert_eq!(err.reason(), "token_wrong_stream");
         }
     }
 }
@@ -221,7 +235,10 @@ fn malformed_tokens_are_refused() {
 
 #[test]
 fn unknown_claims_are_ignored() {
-    let token = sign_json(HS256, r#"{"stream":"live/a","action":"view","exp":1800000000,"iat":0,"jti":"x"}"#);
+    let token = sign_json(
+        HS256,
+        r#"{"stream":"live/a","action":"view","aud":"ferry","exp":1700000600,"iat":1700000000,"jti":"x"}"#,
+    );
     assert!(authorize(&secret(), &token, "live/a", Action::View, t0()).is_ok());
 }
 
@@ -232,9 +249,10 @@ fn oversized_tokens_are_refused_before_decoding() {
         authorize(&secret(), &huge, "live/a", Action::View, t0()),
         Err(AuthError::Malformed("token longer than 4 KiB"))
     );
-    let mut claims = Claims::new(exact("live/a"), Action::View, Duration::from_secs(60), t0());
+    let mut claims =
+        Claims::new(exact("live/a"), Action::View, DEFAULT_AUDIENCE, Duration::from_secs(60), t0());
     claims.sub = Some("x".repeat(MAX_TOKEN_LEN));
-    let signed = secret().sign(&claims);
+    let signed = secret().sign(&claims, None);
     assert_eq!(
         authorize(&secret(), &signed, "live/a", Action::View, t0()),
         Err(AuthError::Malformed("token longer than 4 KiB"))
@@ -341,4 +359,59 @@ proptest! {
     fn arbitrary_tokens_never_panic(token in "\\PC{0,300}", stream in "[a-z/.]{0,20}") {
         let _ = authorize(&secret(), &token, &stream, Action::View, t0());
     }
+}
+
+/// A token of `json` claims, signed with [`secret`] under key id `kid`.
+fn token_with(json: &str, kid: Option<&str>) -> String {
+    let header = match kid {
+        Some(kid) => format!(r#"{{"alg":"HS256","typ":"JWT","kid":"{kid}"}}"#),
+        None => HS256.to_owned(),
+    };
+    sign_json(&header, json)
+}
+
+#[test]
+fn audience_nbf_iat_and_the_lifetime_cap_are_checked() {
+    let keys = KeyRing::new(vec![("k".into(), secret())]);
+    let policy = Policy { audience: "prod".into(), max_ttl: Duration::from_secs(3600) };
+    let check = |json: &str| verify(&keys, &policy, &token_with(json, None), t0());
+    let t = 1_700_000_000u64;
+    let ok = format!(r#"{{"stream":"a","action":"view","aud":"prod","exp":{},"iat":{t}}}"#, t + 60);
+    assert!(check(&ok).is_ok());
+    let other = format!(r#"{{"stream":"a","action":"view","aud":"staging","exp":{},"iat":{t}}}"#, t + 60);
+    assert_eq!(check(&other).unwrap_err().reason(), "token_wrong_audience");
+    let none = format!(r#"{{"stream":"a","action":"view","exp":{},"iat":{t}}}"#, t + 60);
+    assert_eq!(check(&none).unwrap_err().reason(), "token_wrong_audience", "aud is required");
+    let early = format!(
+        r#"{{"stream":"a","action":"view","aud":"prod","exp":{},"iat":{t},"nbf":{}}}"#,
+        t + 600,
+        t + 60
+    );
+    assert_eq!(check(&early).unwrap_err().reason(), "token_not_yet_valid");
+    let future =
+        format!(r#"{{"stream":"a","action":"view","aud":"prod","exp":{},"iat":{}}}"#, t + 600, t + 60);
+    assert_eq!(check(&future).unwrap_err().reason(), "token_issued_in_future");
+    // Issued two hours ago for a day: the one-hour cap ended it an hour ago.
+    let long =
+        format!(r#"{{"stream":"a","action":"view","aud":"prod","exp":{},"iat":{}}}"#, t + 86_400, t - 7_200);
+    assert_eq!(check(&long).unwrap_err().reason(), "token_expired");
+}
+
+#[test]
+fn a_key_id_picks_its_secret_and_rotation_keeps_both_working() {
+    let old = TokenSecret::from_bytes(b"old-secret-0123456789abcdef").unwrap();
+    let new = TokenSecret::from_bytes(b"new-secret-0123456789abcdef").unwrap();
+    let claims = Claims::new(exact("live/a"), Action::View, DEFAULT_AUDIENCE, Duration::from_secs(60), t0());
+    let (by_old, by_new) = (old.sign(&claims, Some("old")), new.sign(&claims, Some("new")));
+    let both = KeyRing::new(vec![("old".into(), old.clone()), ("new".into(), new.clone())]);
+    let policy = Policy::default();
+    assert!(verify(&both, &policy, &by_old, t0()).is_ok());
+    assert!(verify(&both, &policy, &by_new, t0()).is_ok());
+    let only_new = KeyRing::new(vec![("new".into(), new.clone())]);
+    assert_eq!(verify(&only_new, &policy, &by_old, t0()).unwrap_err().reason(), "token_unknown_key");
+    // A kid naming another key's secret does not verify.
+    let lying = old.sign(&claims, Some("new"));
+    assert_eq!(verify(&both, &policy, &lying, t0()).unwrap_err(), AuthError::BadSignature);
+    // Without a kid (older minters) every secret is tried.
+    assert!(verify(&both, &policy, &old.sign(&claims, None), t0()).is_ok());
 }

@@ -8,18 +8,20 @@
 //! bookkeeping of what was sent before. While no voter answers, the edge keeps its last
 //! snapshot and keeps serving: only new placement waits.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry_net::http::{join, HttpClient, Method, Response};
 use ferry_net::proof::Signer;
 use ferry_proto::api::{Edge, EdgeRegistration, Rollout, Stream};
+use ferry_proto::ErrorCode;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::origins::{Action, Origins};
 use crate::rollouts::RolloutView;
 use crate::{Error, Result};
 
@@ -72,6 +74,30 @@ pub struct ControlLink {
     /// Bumped whenever the rollouts in force here change (read from the control plane,
     /// or tripped by this edge's CPU guard): live sessions re-check their treatment.
     rollouts_epoch: tokio::sync::watch::Sender<u64>,
+    /// Which streams this edge holds the origin of (decisions, sans-IO).
+    origins: std::sync::Mutex<Origins>,
+}
+
+/// A publisher on this edge, as the control link sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalPublisher {
+    pub stream: String,
+    /// The publisher's session on this edge.
+    pub session: u64,
+    /// Its token grants taking the stream over from another publisher.
+    pub takeover: bool,
+}
+
+/// This edge's publishers: what the control link keeps the origins true to. The
+/// relay implements it (a higher module).
+pub trait LocalPublishers: Send + Sync {
+    /// The publishers live here now.
+    fn publishers(&self) -> Vec<LocalPublisher>;
+    /// Ends the publisher `session` of `stream` with `reason` (another publisher
+    /// holds it).
+    fn revoke(&self, stream: &str, session: u64, reason: ErrorCode);
+    /// Whether `edge` is live and publishes `stream`, by gossip (true without gossip).
+    fn origin_live(&self, edge: &str, stream: &str) -> bool;
 }
 
 impl ControlLink {
@@ -82,6 +108,7 @@ impl ControlLink {
         registration: Registration,
         signer: Option<Signer>,
     ) -> Arc<Self> {
+        let origins = std::sync::Mutex::new(Origins::new(registration.id.clone()));
         Arc::new(ControlLink {
             urls,
             token,
@@ -94,6 +121,7 @@ impl ControlLink {
             registered_once: AtomicBool::new(false),
             signer,
             rollouts_epoch: tokio::sync::watch::Sender::new(0),
+            origins,
         })
     }
 
@@ -133,11 +161,11 @@ impl ControlLink {
     }
 
     /// Runs until `cancel`: reconcile, watch, repeat; on failure move to the next URL
-    /// with exponential backoff. `originated` lists the streams published on this edge;
-    /// `drain` is cancelled when an operator asks this edge to drain.
+    /// with exponential backoff. `local` is this edge's publishers; `drain` is
+    /// cancelled when an operator asks this edge to drain.
     pub async fn run(
         self: Arc<Self>,
-        originated: impl Fn() -> BTreeSet<String>,
+        local: Arc<dyn LocalPublishers>,
         cancel: CancellationToken,
         drain: CancellationToken,
     ) {
@@ -147,7 +175,7 @@ impl ControlLink {
             let Some(url) = self.urls.get(url_index % self.urls.len().max(1)).cloned() else { return };
             let result = tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = self.pass(&url, &originated, &drain) => r,
+                r = self.pass(&url, local.as_ref(), &drain) => r,
             };
             match result {
                 Ok(()) => {
@@ -175,12 +203,7 @@ impl ControlLink {
     }
 
     /// One pass: read, fix what is wrong, then wait for the next change.
-    async fn pass(
-        &self,
-        url: &str,
-        originated: &impl Fn() -> BTreeSet<String>,
-        drain: &CancellationToken,
-    ) -> Result<()> {
+    async fn pass(&self, url: &str, local: &dyn LocalPublishers, drain: &CancellationToken) -> Result<()> {
         let edges: Vec<Edge> = self.list(url, "/v1/edges?stale=true", "edges").await?;
         let streams: Vec<Stream> = self.list(url, "/v1/streams?stale=true", "streams").await?;
         let rollouts: Vec<Rollout> = self.list(url, "/v1/rollouts?stale=true", "rollouts").await?;
@@ -221,16 +244,7 @@ impl ControlLink {
             self.write(url, Method::PUT, &format!("/v1/edges/{}", me.id), &body).await?;
             self.registered_once.store(true, Ordering::Relaxed);
         }
-        for stream in originated() {
-            // Also re-claim a stream a failover marked lost while this edge kept it
-            // (a partition healed with the publisher still here).
-            if snapshot.streams.get(&stream).is_some_and(|s| s.origin == me.id && !s.origin_lost) {
-                continue;
-            }
-            let body = serde_json::json!({ "origin": me.id });
-            self.write(url, Method::PUT, &format!("/v1/streams/{stream}"), &body).await?;
-            tracing::info!(%stream, "committed this edge as the stream's origin");
-        }
+        self.reconcile_origins(url, &snapshot, local).await?;
         if let Ok(mut s) = self.snapshot.write() {
             *s = snapshot;
         }
@@ -244,8 +258,11 @@ impl ControlLink {
         let path = format!("/v1/watch?since={index}&timeout_ms={}", WATCH_WAIT.as_millis());
         let watch =
             self.http.get(&join(url, &path)).bearer(&self.token).timeout(WATCH_WAIT + REQUEST_TIMEOUT);
+        let recheck = self.origins().recheck().unwrap_or(WATCH_WAIT + REQUEST_TIMEOUT);
         tokio::select! {
             _ = self.local_change.notified() => Ok(()),
+            // A publisher waits on a refused claim: look again soon.
+            _ = tokio::time::sleep(recheck) => Ok(()),
             r = watch.send() => {
                 let r = r?;
                 check(&r, "/v1/watch")?;
@@ -256,6 +273,62 @@ impl ControlLink {
                 Ok(())
             }
         }
+    }
+
+    /// Keeps the control plane's origins true to this edge's publishers, with at most
+    /// one write per publisher start and one per end ([`Origins`] decides; this
+    /// performs).
+    async fn reconcile_origins(
+        &self,
+        url: &str,
+        snapshot: &Snapshot,
+        local: &dyn LocalPublishers,
+    ) -> Result<()> {
+        let publishers = local.publishers();
+        let live = |edge: &str, stream: &str| local.origin_live(edge, stream);
+        let actions = self.origins().plan(Instant::now(), &publishers, &snapshot.streams, &live);
+        for action in actions {
+            match action {
+                Action::Claim { stream, session, takeover } => match self.claim(url, &stream, takeover).await
+                {
+                    Ok(()) => {
+                        tracing::info!(%stream, takeover, "claimed the stream's origin for this edge");
+                        self.origins().granted(&stream, session);
+                    }
+                    Err(Error::ControlPlane { status: 409, body, .. }) => {
+                        let record = snapshot.streams.get(&stream);
+                        let holder_live = record.is_some_and(|s| local.origin_live(&s.origin, &stream));
+                        tracing::info!(%stream, holder_live, "the stream is held by another edge: {body}");
+                        let refused =
+                            self.origins().refused(Instant::now(), &stream, session, record, holder_live);
+                        if let Some(Action::Revoke { stream, session, reason }) = refused {
+                            local.revoke(&stream, session, reason);
+                        }
+                    }
+                    Err(e) => return Err(e),
+                },
+                Action::Release { stream } => {
+                    let path = format!("/v1/origins/{stream}?origin={}", self.registration.id);
+                    self.write(url, Method::DELETE, &path, &Value::Null).await?;
+                    tracing::info!(%stream, "released the stream: its publisher left");
+                    self.origins().released(&stream);
+                }
+                Action::Revoke { stream, session, reason } => {
+                    tracing::warn!(%stream, reason = reason.name(), "ending this edge's publisher: another edge holds the stream");
+                    local.revoke(&stream, session, reason);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn origins(&self) -> std::sync::MutexGuard<'_, Origins> {
+        self.origins.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn claim(&self, url: &str, stream: &str, takeover: bool) -> Result<()> {
+        let body = serde_json::json!({ "origin": self.registration.id, "takeover": takeover });
+        self.write(url, Method::PUT, &format!("/v1/origins/{stream}"), &body).await
     }
 
     async fn list<T: serde::de::DeserializeOwned>(&self, url: &str, path: &str, key: &str) -> Result<Vec<T>> {

@@ -8,6 +8,7 @@
 
 pub mod control;
 pub mod load;
+pub mod origins;
 pub mod redirect;
 
 use std::sync::Arc;
@@ -95,6 +96,24 @@ impl ClusterView {
             }
             _ => Some(origin),
         }
+    }
+
+    /// Another edge where a publisher of `stream` is live now, by gossip (which
+    /// knows within a round when a publisher leaves, so a vanished publisher never
+    /// keeps a stream busy): the edge id. `None` without gossip.
+    pub fn live_origin_elsewhere(&self, stream: &str, self_id: &str) -> Option<String> {
+        let members = self.gossip.as_ref()?.members();
+        members
+            .into_iter()
+            .find(|m| m.alive && m.id != self_id && m.info.role == "edge" && m.info.origins.contains(stream))
+            .map(|m| m.id)
+    }
+
+    /// Whether `edge` is live and publishing `stream`, by gossip. Without gossip
+    /// nothing is known, so the edge is taken to be live.
+    pub fn origin_live(&self, edge: &str, stream: &str) -> bool {
+        let Some(gossip) = self.gossip.as_ref() else { return true };
+        gossip.members().into_iter().any(|m| m.alive && m.id == edge && m.info.origins.contains(stream))
     }
 
     /// Gossip members (empty without gossip).

@@ -4,7 +4,9 @@
 //! - a draining edge sends every new session to another live edge, chosen like
 //!   `/v1/route` (region, carriers, load);
 //! - a WHIP publisher of a stream another live edge already originates goes to that
-//!   origin (one origin per stream; it answers 409 if its publisher is still there).
+//!   origin (one origin per stream; it answers 409 if its publisher is still there),
+//!   unless the stream's publisher is here (then this edge answers: 409, or the
+//!   takeover).
 
 use ferry_proto::placement::{self, Candidate};
 
@@ -25,13 +27,14 @@ pub fn target(
     draining: bool,
     kind: Kind,
     stream: &str,
+    published_here: bool,
 ) -> Option<String> {
     let others = || {
         members
             .iter()
             .filter(|m| m.info.role == "edge" && m.id != self_id && m.alive && !m.info.http_addr.is_empty())
     };
-    if kind == Kind::Whip {
+    if kind == Kind::Whip && !published_here {
         if let Some(origin) = others().find(|m| m.info.origins.contains(stream)) {
             return Some(origin.info.http_addr.clone());
         }
@@ -85,10 +88,13 @@ mod tests {
     #[test]
     fn a_serving_edge_keeps_its_viewers_and_sends_publishers_to_the_origin() {
         let members = vec![member("me", "eu", true, false, &[]), member("o", "us", true, false, &["live/a"])];
-        assert_eq!(target(&members, "me", "eu", false, Kind::Whep, "live/a"), None);
-        assert_eq!(target(&members, "me", "eu", false, Kind::Whip, "live/a"), Some("o:8080".into()));
+        assert_eq!(target(&members, "me", "eu", false, Kind::Whep, "live/a", false), None);
+        assert_eq!(target(&members, "me", "eu", false, Kind::Whip, "live/a", false), Some("o:8080".into()));
+        // Gossip may still show another origin while the stream's publisher is here
+        // (a publisher there was just refused): this edge answers.
+        assert_eq!(target(&members, "me", "eu", false, Kind::Whip, "live/a", true), None);
         assert_eq!(
-            target(&members, "me", "eu", false, Kind::Whip, "live/b"),
+            target(&members, "me", "eu", false, Kind::Whip, "live/b", false),
             None,
             "a new stream starts here"
         );
@@ -103,9 +109,13 @@ mod tests {
             member("far", "us", true, false, &[]),
             member("near", "eu", true, false, &[]),
         ];
-        assert_eq!(target(&members, "me", "eu", true, Kind::Whep, "live/a"), Some("near:8080".into()));
+        assert_eq!(target(&members, "me", "eu", true, Kind::Whep, "live/a", false), Some("near:8080".into()));
         let only_far = vec![member("me", "eu", true, true, &[]), member("far", "us", true, false, &[])];
-        assert_eq!(target(&only_far, "me", "eu", true, Kind::Whep, "live/a"), Some("far:8080".into()));
-        assert_eq!(target(&only_far[..1], "me", "eu", true, Kind::Whep, "live/a"), None, "nowhere to go");
+        assert_eq!(target(&only_far, "me", "eu", true, Kind::Whep, "live/a", false), Some("far:8080".into()));
+        assert_eq!(
+            target(&only_far[..1], "me", "eu", true, Kind::Whep, "live/a", false),
+            None,
+            "nowhere to go"
+        );
     }
 }

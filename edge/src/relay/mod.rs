@@ -30,10 +30,12 @@ use std::sync::{Arc, OnceLock};
 
 use ferry_net::gossip::{Gossip, SelfInfo};
 use ferry_proto::rollout::{CohortCounts, Congestion};
+use ferry_proto::ErrorCode;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster::control::{ControlLink, Registration};
+use crate::access::Access;
+use crate::cluster::control::{ControlLink, LocalPublisher, LocalPublishers, Registration};
 use crate::cluster::load::{cpu_seconds, Rates};
 use crate::cluster::ClusterView;
 use crate::config::EdgeConfig;
@@ -41,9 +43,26 @@ use crate::metrics::{EdgeMetrics, RoleLabels};
 use crate::rollouts::CpuGuard;
 
 pub use accept::accept_loop;
-pub use registry::Registry;
+pub use registry::{Registry, Revocation};
 pub use session::find_track;
 pub use upstream::Upstreams;
+
+impl LocalPublishers for EdgeState {
+    fn publishers(&self) -> Vec<LocalPublisher> {
+        let list = self.registry.publishers();
+        list.into_iter()
+            .map(|(stream, session, takeover)| LocalPublisher { stream, session, takeover })
+            .collect()
+    }
+
+    fn revoke(&self, stream: &str, session: u64, reason: ErrorCode) {
+        self.registry.revoke(stream, session, reason);
+    }
+
+    fn origin_live(&self, edge: &str, stream: &str) -> bool {
+        self.cluster().origin_live(edge, stream)
+    }
+}
 
 /// Sessions an edge serves beside its QUIC ones (WHIP/WHEP). The WebRTC module
 /// implements it; the relay only counts them and ends them on drain.
@@ -86,6 +105,8 @@ pub struct EdgeState {
     /// Sessions served beside QUIC (WebRTC): counted in this edge's load, ended when
     /// it drains.
     pub sessions_plane: Arc<dyn SessionPlane>,
+    /// Who may publish and watch.
+    pub access: Arc<Access>,
 }
 
 impl EdgeState {

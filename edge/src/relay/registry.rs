@@ -1,9 +1,10 @@
 //! The streams this edge knows: published here, or relayed from upstream.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
-use ferry_proto::{StreamName, TrackName};
+use ferry_proto::{ErrorCode, StreamName, TrackName};
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::EdgeMetrics;
 use crate::track::TrackProducer;
@@ -17,10 +18,42 @@ pub enum Source {
     Relay,
 }
 
+/// Ends a local publisher's session from outside it, with the reason the publisher
+/// is told: `taken_over` (another publisher took the stream with a takeover grant)
+/// or `stream_busy` (another edge holds the stream).
+#[derive(Clone, Debug, Default)]
+pub struct Revocation {
+    cancel: CancellationToken,
+    reason: Arc<OnceLock<ErrorCode>>,
+}
+
+impl Revocation {
+    /// A revocation that also cancels `cancel` (the session's own token).
+    pub fn new(cancel: CancellationToken) -> Self {
+        Revocation { cancel, reason: Arc::default() }
+    }
+
+    /// Ends the session with `reason` (the first reason given wins).
+    pub fn revoke(&self, reason: ErrorCode) {
+        let _ = self.reason.set(reason);
+        self.cancel.cancel();
+    }
+
+    /// Waits until the session is revoked; the reason.
+    pub async fn revoked(&self) -> ErrorCode {
+        self.cancel.cancelled().await;
+        self.reason.get().copied().unwrap_or(ErrorCode::TakenOver)
+    }
+}
+
 #[derive(Clone)]
 struct Entry {
     source: Source,
     tracks: Vec<TrackProducer>,
+    /// Ends the local publisher's session (another publisher holds the stream).
+    revoke: Option<Revocation>,
+    /// The local publisher's token grants a takeover.
+    takeover: bool,
 }
 
 /// Stream name → tracks. One lock, held only for map operations.
@@ -49,24 +82,34 @@ impl Registry {
         self.metrics.streams.set(i64::try_from(map.len()).unwrap_or(i64::MAX));
     }
 
-    /// Registers a locally published stream.
+    /// Registers a locally published stream. `revoke` ends the publisher's session
+    /// when another one takes the stream over; `takeover` lets this one replace a
+    /// publisher that is live here.
     pub fn publish(
         &self,
         stream: &StreamName,
         session: u64,
         tracks: Vec<TrackProducer>,
+        revoke: Revocation,
+        takeover: bool,
     ) -> Result<(), RegisterError> {
         let mut map = self.map();
         if let Some(existing) = map.get(stream) {
             // A publisher takes over from a relayed copy (its origin died and the
-            // publisher came here) or from a stream whose tracks all ended.
+            // publisher came here), from a stream whose tracks all ended, or — with
+            // a takeover grant — from the live publisher, whose session ends.
             let stale = existing.tracks.iter().all(|t| t.is_closed());
-            if existing.source != Source::Relay && !stale {
+            if existing.source != Source::Relay && !stale && !takeover {
                 return Err(RegisterError::Taken(existing.source));
+            }
+            if let Some(old) = &existing.revoke {
+                old.revoke(ErrorCode::TakenOver);
             }
             existing.tracks.iter().for_each(TrackProducer::close);
         }
-        map.insert(stream.clone(), Entry { source: Source::Publisher { session }, tracks });
+        self.metrics.tracks_created.inc_by(tracks.len() as u64);
+        let entry = Entry { source: Source::Publisher { session }, tracks, revoke: Some(revoke), takeover };
+        map.insert(stream.clone(), entry);
         self.update_gauge(&map);
         Ok(())
     }
@@ -75,12 +118,17 @@ impl Registry {
     /// already registered under that name, if another task won the race.
     pub fn add_relayed(&self, stream: &StreamName, track: TrackProducer) -> TrackProducer {
         let mut map = self.map();
-        let entry =
-            map.entry(stream.clone()).or_insert_with(|| Entry { source: Source::Relay, tracks: vec![] });
+        let entry = map.entry(stream.clone()).or_insert_with(|| Entry {
+            source: Source::Relay,
+            tracks: vec![],
+            revoke: None,
+            takeover: false,
+        });
         if let Some(existing) = entry.tracks.iter().find(|t| t.info().name == track.info().name) {
             return existing.clone();
         }
         entry.tracks.push(track.clone());
+        self.metrics.tracks_created.inc();
         self.update_gauge(&map);
         track
     }
@@ -111,6 +159,38 @@ impl Registry {
             };
         }
         (origins, relayed)
+    }
+
+    /// Ends the local publisher `session` of `stream` with `reason` (another
+    /// publisher holds the stream).
+    pub fn revoke(&self, stream: &str, session: u64, reason: ErrorCode) {
+        let map = self.map();
+        let entry = map.iter().find(|(name, _)| name.as_str() == stream).map(|(_, e)| e);
+        if let Some(Entry { source: Source::Publisher { session: s }, revoke: Some(revoke), .. }) = entry {
+            if *s == session {
+                revoke.revoke(reason);
+            }
+        }
+    }
+
+    /// The publishers live here: (stream, session, whether its token grants a
+    /// takeover).
+    pub fn publishers(&self) -> Vec<(String, u64, bool)> {
+        self.map()
+            .iter()
+            .filter(|(_, e)| e.tracks.iter().any(|t| !t.is_closed()))
+            .filter_map(|(name, e)| match e.source {
+                Source::Publisher { session } => Some((name.to_string(), session, e.takeover)),
+                Source::Relay => None,
+            })
+            .collect()
+    }
+
+    /// Whether a publisher here is live on the stream (a track that has not ended).
+    pub fn has_live_publisher(&self, stream: &StreamName) -> bool {
+        self.map().get(stream).is_some_and(|e| {
+            matches!(e.source, Source::Publisher { .. }) && e.tracks.iter().any(|t| !t.is_closed())
+        })
     }
 
     /// Whether the stream is published locally (not relayed).

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ferry_proto::{
     check_session, ErrorCode, Hello, Message, Role, StreamName, TrackName, MAX_CONTROL_MESSAGE,
@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::deliver::{Delivery, DeliveryEnd};
 use super::EdgeState;
+use crate::access::Credential;
+use crate::auth::{Action, AuthError};
 use crate::metrics::{RoleLabels, SubscriptionLabels};
 use crate::rollouts::Assignment;
 use crate::track::LagBudget;
@@ -122,17 +124,7 @@ async fn serve(
         None => return Err(Error::protocol("control stream ended before hello")),
     };
     let version = negotiate(&hello)?;
-    // Relaying is internal traffic: with a cluster CA configured, only a peer that
-    // presented a cluster certificate may subscribe as an edge.
-    if hello.role == Role::Edge
-        && state.config.cluster_tls.is_some()
-        && !ferry_net::tls::peer_has_cluster_cert(conn)
-    {
-        return Err(Error::refused(
-            ErrorCode::Unauthorized,
-            "relaying needs a cluster certificate (ferry ca issue)",
-        ));
-    }
+    let credential = credential(state, conn, &hello)?;
     write_message(&mut send, version, &Message::HelloOk { version, node: state.config.node_id.clone() })
         .await?;
     let _conn_gauge =
@@ -141,7 +133,7 @@ async fn serve(
 
     let assignment = match hello.role {
         Role::Edge => Assignment::default(),
-        Role::Publisher | Role::Viewer => place(state, &mut send, &mut recv, version).await?,
+        Role::Publisher | Role::Viewer => place(state, &credential, &mut send, &mut recv, version).await?,
     };
     let (ctl_tx, ctl_rx) = mpsc::channel::<Message>(CONTROL_QUEUE);
     let (in_tx, in_rx) = mpsc::channel::<Result<Message>>(CONTROL_QUEUE);
@@ -159,6 +151,7 @@ async fn serve(
         cancel,
         lag,
         buffer: assignment.buffer(state.config.buffer),
+        credential,
     };
     let role = async {
         match hello.role {
@@ -177,12 +170,54 @@ async fn serve(
     result
 }
 
+/// The credential a client's hello presents, checked before the session gets any
+/// state. Relaying is internal traffic: an edge must present a cluster certificate
+/// (or the edge allows anonymous peers, dev only). Publishers and viewers need a
+/// token for their role: refused with `unauthorized` and the token's reason.
+fn credential(state: &EdgeState, conn: &Connection, hello: &Hello) -> Result<Credential> {
+    let access = &state.access;
+    let action = match hello.role {
+        Role::Edge => {
+            // An edge with a cluster CA relays only to members; one without (dev)
+            // only with --allow-anonymous.
+            let allowed = match state.config.cluster_tls {
+                Some(_) => ferry_net::tls::peer_has_cluster_cert(conn),
+                None => access.allows_anonymous(),
+            };
+            if !allowed {
+                state.metrics.auth_refused("relay_needs_cluster_certificate");
+                return Err(Error::refused(
+                    ErrorCode::Unauthorized,
+                    "relay_needs_cluster_certificate: relaying needs a cluster certificate \
+                     (--cluster-ca, --cluster-cert, --cluster-key; ferry ca issue)",
+                ));
+            }
+            return Ok(Credential::Anonymous);
+        }
+        Role::Publisher => Action::Publish,
+        Role::Viewer => Action::View,
+    };
+    let refuse = |e: AuthError| {
+        state.metrics.auth_refused(e.reason());
+        Error::refused(ErrorCode::Unauthorized, format!("{}: {e}", e.reason()))
+    };
+    let credential = access.check(hello.token.as_deref(), SystemTime::now()).map_err(refuse)?;
+    if let Credential::Token { claims, .. } = &credential {
+        if claims.action != action {
+            return Err(refuse(AuthError::WrongAction { granted: claims.action, wanted: action }));
+        }
+    }
+    Ok(credential)
+}
+
 /// Places a publisher or viewer in the rollouts: version 2 clients say who they are
 /// first ([`Message::Session`]) and hear their variant; version 1 clients get a random
-/// id. A session refused by a drill (`fault.reject_sessions_bp`) is closed with
-/// `fault_injected`.
+/// id. A token's session key (its `sub`) wins over the id the client says, so a
+/// client cannot choose its own cohort. A session refused by a drill
+/// (`fault.reject_sessions_bp`) is closed with `fault_injected`.
 async fn place(
     state: &EdgeState,
+    credential: &Credential,
     send: &mut SendStream,
     recv: &mut RecvStream,
     version: u16,
@@ -206,6 +241,7 @@ async fn place(
             }
         }
     };
+    let id = credential.session_key().map_or(id, str::to_owned);
     let assignment = state.assign(&id, &tags);
     if let Some(rollout) = assignment.rejected_by(&id) {
         state.rollout_failed(&assignment, ErrorCode::FaultInjected.name());
@@ -233,6 +269,8 @@ pub(super) struct Session<'a> {
     /// A rollout's treatment latency budget for this viewer's subscriptions (it falls
     /// back to each subscription's own request when the rollout stops treating it).
     pub lag: LagBudget,
+    /// What the client's token grants (checked again for every stream it names).
+    pub credential: Credential,
     /// The track buffer of a publisher's tracks (a rollout's `group_cache`).
     pub buffer: crate::track::BufferConfig,
 }
@@ -291,6 +329,13 @@ async fn subscriber_loop(
                 Some(Ok(Message::Subscribe { id, stream, track, priority: _, max_lag_ms })) => {
                     if subs.contains_key(&id) {
                         return Err(Error::protocol(format!("subscription id {id} already in use")));
+                    }
+                    if let Err(e) = ctx.credential.permits(Action::View, stream.as_str()) {
+                        ctx.state.metrics.auth_refused(e.reason());
+                        let message = format!("{}: {e}", e.reason());
+                        let code = ErrorCode::Unauthorized;
+                        ctx.ctl.send(Message::SubscribeError { id, code, message }).await.ok();
+                        continue;
                     }
                     if subs.len() >= limit {
                         ctx.state.metrics.error(ErrorCode::ServerBusy);

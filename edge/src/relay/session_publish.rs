@@ -8,8 +8,9 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use super::ingest::ingest_group;
-use super::registry::RegisterError;
+use super::registry::{RegisterError, Revocation};
 use super::session::Session;
+use crate::auth::Action;
 use crate::track::TrackProducer;
 use crate::{Error, Result};
 use ferry_net::wire::read_message;
@@ -31,21 +32,41 @@ pub(super) async fn run(ctx: &Session<'_>, mut in_rx: mpsc::Receiver<Result<Mess
         },
     };
     validate_tracks(&tracks)?;
+    // Checked before any track exists: what the token grants, and that no other
+    // publisher is live on the stream anywhere (unless the token grants a takeover).
+    if let Err(e) = ctx.credential.permits(Action::Publish, stream.as_str()) {
+        ctx.state.metrics.auth_refused(e.reason());
+        return Err(refuse(ctx, stream, ErrorCode::Unauthorized, format!("{}: {e}", e.reason())).await);
+    }
+    let takeover = ctx.credential.takeover();
+    let me = ctx.state.config.node_id.as_str();
+    if let (false, Some(edge)) = (takeover, ctx.state.cluster().live_origin_elsewhere(stream.as_str(), me)) {
+        let message = busy_message(&stream, &format!("on edge {edge}"));
+        return Err(refuse(ctx, stream, ErrorCode::StreamBusy, message).await);
+    }
     let producers: Vec<TrackProducer> =
         tracks.into_iter().map(|info| TrackProducer::new(info, ctx.buffer)).collect();
-    if let Err(RegisterError::Taken(_)) = ctx.state.registry.publish(&stream, ctx.session, producers.clone())
+    let revoke = Revocation::default();
+    if let Err(RegisterError::Taken(_)) =
+        ctx.state.registry.publish(&stream, ctx.session, producers.clone(), revoke.clone(), takeover)
     {
-        let message = format!("stream {stream} is already published");
-        let _ = ctx
-            .ctl
-            .send(Message::AnnounceError { stream, code: ErrorCode::Duplicate, message: message.clone() })
-            .await;
-        return Err(Error::refused(ErrorCode::Duplicate, message));
+        let message = busy_message(&stream, "here");
+        return Err(refuse(ctx, stream, ErrorCode::StreamBusy, message).await);
     }
-    tracing::info!(session = ctx.session, %stream, tracks = producers.len(), "publishing");
+    tracing::info!(session = ctx.session, %stream, tracks = producers.len(), takeover, "publishing");
     ctx.state.streams_changed();
     let ingests = TaskTracker::new();
-    let result = serve_groups(ctx, &stream, &producers, &mut in_rx, &ingests).await;
+    let result = tokio::select! {
+        result = serve_groups(ctx, &stream, &producers, &mut in_rx, &ingests) => result,
+        reason = revoke.revoked() => {
+            tracing::info!(session = ctx.session, %stream, reason = reason.name(), "publisher ended: another publisher holds the stream");
+            ctx.state.metrics.error(reason);
+            Err(Error::refused(reason, match reason {
+                ErrorCode::StreamBusy => busy_message(&stream, "on another edge"),
+                _ => format!("taken_over: another publisher took {stream} over"),
+            }))
+        }
+    };
     // A publisher that ended cleanly may still have its last group in flight: let
     // it land before the track ends, so viewers get every frame.
     ingests.close();
@@ -55,6 +76,18 @@ pub(super) async fn run(ctx: &Session<'_>, mut in_rx: mpsc::Receiver<Result<Mess
     ctx.state.registry.unpublish(&stream, ctx.session);
     ctx.state.streams_changed();
     result
+}
+
+/// Why a second publisher is refused, and what would let it in.
+fn busy_message(stream: &StreamName, where_: &str) -> String {
+    format!("stream_busy: {stream} is already published {where_}; a second publisher needs a token with a takeover grant (ferry token --takeover)")
+}
+
+/// Tells the publisher why its announce is refused, and ends the session so.
+async fn refuse(ctx: &Session<'_>, stream: StreamName, code: ErrorCode, message: String) -> Error {
+    ctx.state.metrics.error(code);
+    let _ = ctx.ctl.send(Message::AnnounceError { stream, code, message: message.clone() }).await;
+    Error::refused(code, message)
 }
 
 fn validate_tracks(tracks: &[TrackInfo]) -> Result<()> {

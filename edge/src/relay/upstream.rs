@@ -192,7 +192,6 @@ impl Upstream {
             &self.tuning,
             self.node.clone(),
             Role::Edge,
-            None,
             &Default::default(),
         )
         .await?;

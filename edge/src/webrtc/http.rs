@@ -18,6 +18,7 @@ use super::engine::BuildError;
 use super::sdp::SdpError;
 use super::WebRtcEdge;
 use super::{whep, whip, Direction, LeaseError};
+use crate::access::Credential;
 use crate::auth::{self, Action};
 use crate::cluster::redirect;
 use crate::metrics::ReasonLabels;
@@ -241,7 +242,8 @@ fn redirect(state: &WebRtcEdge, direction: Direction, stream: &str) -> Option<Re
     let draining = state.draining.load(Ordering::Relaxed);
     let members = gossip.members();
     let me = state.config.node_id.as_str();
-    let addr = redirect::target(&members, me, &state.config.region, draining, kind, stream)?;
+    let published_here = StreamName::new(stream).is_ok_and(|s| state.registry.has_live_publisher(&s));
+    let addr = redirect::target(&members, me, &state.config.region, draining, kind, stream, published_here)?;
     let location = format!("http://{addr}/{}/{stream}", direction.name());
     tracing::debug!(%location, draining, "redirecting a new session");
     Some(
@@ -277,7 +279,7 @@ async fn offer(
         Direction::Whip => Action::Publish,
         Direction::Whep => Action::View,
     };
-    authorize(state, headers, &stream, action)?;
+    let credential = authorize(state, headers, &stream, action)?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !content_type.trim().to_ascii_lowercase().starts_with("application/sdp") {
         return Err(ApiError::new(
@@ -296,7 +298,10 @@ async fn offer(
     }
     let sdp = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::sdp(SdpError::Malformed("it is not UTF-8 text")))?;
+    // A token's session key (its `sub`) places the session; the client's own id
+    // only without a token (dev).
     let session_id = match headers.get(&SESSION).map(|v| v.to_str()) {
+        _ if credential.session_key().is_some() => credential.session_key().unwrap_or_default().to_owned(),
         Some(Ok(id)) if !id.is_empty() && id.len() <= MAX_SESSION_ID => id.to_owned(),
         Some(_) => {
             return Err(ApiError::new(
@@ -326,56 +331,49 @@ async fn offer(
         ));
     }
     let answer = match direction {
-        Direction::Whip => whip::start(state, stream.clone(), sdp, assignment.clone()).await?,
+        Direction::Whip => {
+            whip::start(state, stream.clone(), sdp, assignment.clone(), credential.takeover()).await?
+        }
         Direction::Whep => whep::start(state, stream.clone(), sdp, assignment.clone()).await?,
     };
     Ok((stream, answer, assignment))
 }
 
+/// The request's credential: an `Authorization: Bearer` token good for `action`
+/// on `stream`, or none on an edge that allows anonymous clients (dev only). A
+/// refusal is 401 (no or bad token) or 403 (a token for something else), with the
+/// token's reason.
 fn authorize(
     state: &WebRtcEdge,
     headers: &HeaderMap,
     stream: &StreamName,
     action: Action,
-) -> Result<(), ApiError> {
-    let config = &state.webrtc.config;
+) -> Result<Credential, ApiError> {
     let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let refuse =
-        |status: StatusCode, reason: &'static str, message: String| ApiError::new(status, reason, message);
-    match (&config.token_secret, header) {
-        (_, None) if config.allow_anonymous => Ok(()),
-        (None, _) if config.allow_anonymous => Ok(()),
-        (None, _) => Err(refuse(
-            StatusCode::UNAUTHORIZED,
-            "auth_not_configured",
-            "this edge has no token secret (--token-secret-file) and does not allow anonymous access".into(),
-        )),
-        (Some(_), None) => Err(refuse(
-            StatusCode::UNAUTHORIZED,
-            "token_missing",
-            "an Authorization: Bearer token is required".into(),
-        )),
-        (Some(secret), Some(value)) => {
-            let token = auth::bearer(value).ok_or_else(|| {
-                refuse(
-                    StatusCode::UNAUTHORIZED,
-                    "token_malformed",
-                    "Authorization must be 'Bearer <token>'".into(),
-                )
-            })?;
-            auth::authorize(secret, token, stream.as_str(), action, SystemTime::now()).map(|_| ()).map_err(
-                |e| {
-                    let status = match e {
-                        auth::AuthError::WrongAction { .. } | auth::AuthError::StreamNotCovered { .. } => {
-                            StatusCode::FORBIDDEN
-                        }
-                        _ => StatusCode::UNAUTHORIZED,
-                    };
-                    refuse(status, e.reason(), e.to_string())
-                },
+    let token = match header {
+        None => None,
+        Some(value) => Some(auth::bearer(value).ok_or_else(|| {
+            state.metrics.auth_refused("token_malformed");
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "token_malformed",
+                "Authorization must be 'Bearer <token>'",
             )
-        }
-    }
+        })?),
+    };
+    let refuse = |e: auth::AuthError| {
+        state.metrics.auth_refused(e.reason());
+        let status = match e {
+            auth::AuthError::WrongAction { .. } | auth::AuthError::StreamNotCovered { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        ApiError::new(status, e.reason(), e.to_string())
+    };
+    let credential = state.access.check(token, SystemTime::now()).map_err(refuse)?;
+    credential.permits(action, stream.as_str()).map_err(refuse)?;
+    Ok(credential)
 }
 
 async fn delete_whip(State(state): State<Arc<WebRtcEdge>>, Path(id): Path<String>) -> Response {

@@ -21,6 +21,7 @@ use super::sdp;
 use super::WebRtcEdge;
 use super::{Direction, LiveSession, SessionLease};
 use crate::metrics::EdgeMetrics;
+use crate::relay::Revocation;
 use crate::rollouts::Assignment;
 use crate::track::{BufferConfig, Frame, TrackProducer};
 use ferry_media::rtp::{clock_rate, FrameAssembler};
@@ -37,15 +38,18 @@ pub(crate) async fn start(
     stream: StreamName,
     offer: String,
     assignment: Assignment,
+    takeover: bool,
 ) -> Result<Answer, ApiError> {
     let buffer = assignment.buffer(state.config.buffer);
     sdp::check_publish_offer(&offer).map_err(ApiError::sdp)?;
-    if state.registry.has_stream(&stream) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "stream_taken",
-            format!("{stream} is already published"),
-        ));
+    // Checked before any session state exists, like a QUIC announce: a live
+    // publisher here or, by gossip, on another edge keeps the stream busy.
+    let me = state.config.node_id.as_str();
+    if !takeover
+        && (state.registry.has_live_publisher(&stream)
+            || state.cluster().live_origin_elsewhere(stream.as_str(), me).is_some())
+    {
+        return Err(busy(&stream));
     }
     let cancel = state.shutdown.child_token();
     let mut lease =
@@ -56,13 +60,13 @@ pub(crate) async fn start(
     match negotiate(state, &pc, &mut events, offer, buffer).await {
         Ok((answer, tracks)) => {
             let session = state.next_session.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = state.registry.publish(&stream, session, tracks.clone()) {
+            if state
+                .registry
+                .publish(&stream, session, tracks.clone(), Revocation::new(cancel.clone()), takeover)
+                .is_err()
+            {
                 let _ = pc.close().await;
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "stream_taken",
-                    format!("{stream} is already published ({e:?})"),
-                ));
+                return Err(busy(&stream));
             }
             state.streams_changed();
             let id = lease.id.clone();
@@ -86,6 +90,18 @@ pub(crate) async fn start(
             Err(e)
         }
     }
+}
+
+/// The stream has a live publisher here: 409, and what would let a second one in.
+fn busy(stream: &StreamName) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "stream_busy",
+        format!(
+            "{stream} is already published; a second publisher needs a token with a takeover grant \
+             (ferry token --takeover)"
+        ),
+    )
 }
 
 async fn negotiate(

@@ -37,7 +37,7 @@ fn every_message_roundtrips() {
         Message::AnnounceOk { stream: stream.clone() },
         Message::AnnounceError {
             stream: stream.clone(),
-            code: ErrorCode::Duplicate,
+            code: ErrorCode::StreamBusy,
             message: "taken".into(),
         },
         Message::Subscribe {
