@@ -147,12 +147,13 @@ fn sigterm_tells_viewers_to_go_away_and_the_edge_exits_cleanly() {
 fn ferry_dev_serves_a_demo_stream_that_ferry_watch_plays() {
     let mut cmd = ferry();
     let dir = TempDir::new("dev");
+    let log = dir.path().join("dev.log");
     cmd.args(["dev", "--quic-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
         .args(["--edge-b-quic-listen", "127.0.0.1:0", "--edge-b-http-listen", "127.0.0.1:0"])
         .args(["--control-listen", "127.0.0.1:0", "--raft-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
+        .arg(dir.path().join("data"))
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(std::fs::File::create(&log).unwrap());
     let mut dev = Proc::spawn("ferry dev", &mut cmd);
     let mut lines = BufReader::new(dev.child.stdout.take().unwrap()).lines();
     let printed: Vec<String> = lines.by_ref().take(9).map(|l| l.unwrap()).collect();
@@ -193,6 +194,9 @@ fn ferry_dev_serves_a_demo_stream_that_ferry_watch_plays() {
         .stdout(Stdio::piped());
     let v = json_output(Proc::spawn("watcher", &mut cmd), Duration::from_secs(20));
     assert!(v["frames"].as_u64().unwrap() > 0, "{v}");
+    // A normal start warns about nothing.
+    let started = std::fs::read_to_string(&log).unwrap();
+    assert!(!started.contains("WARN") && !started.contains("ERROR"), "ferry dev started with:\n{started}");
 
     // The routed command lands on the second edge, which pulls from the first.
     let routed_line = printed.iter().find(|l| l.starts_with("Routed:")).expect("no routed watch line");

@@ -54,7 +54,12 @@ pub async fn run(state: Arc<EdgeState>, incoming: quinn::Connecting, session: u6
             let code = e.code();
             state.metrics.error(code);
             tracing::info!(session, peer = %conn.remote_address(), %code, error = %ferry_net::Chain(&e), "closing connection");
-            let mut reason = ferry_net::Chain(&e).to_string();
+            // A refusal's reason is its message (`token_expired: ...`); other errors
+            // say what failed.
+            let mut reason = match &e {
+                Error::Net(ferry_net::Error::Refused { message, .. }) => message.clone(),
+                _ => ferry_net::Chain(&e).to_string(),
+            };
             // On a character boundary: truncating inside one panics.
             let mut end = MAX_REASON.min(reason.len());
             while !reason.is_char_boundary(end) {
