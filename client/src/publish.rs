@@ -152,7 +152,7 @@ pub async fn publish(opts: PublishOptions, cancel: CancellationToken) -> Result<
         Ok(Some((_, other))) => {
             return Err(Error::protocol(format!("expected announce_ok, got {}", other.kind())))
         }
-        Ok(None) | Err(_) => return Err(closed_error(&conn).into()),
+        Ok(None) | Err(_) => return Err(closed_error(&conn).await.into()),
     }
     // The one line that says the stream is live (scripts wait for it).
     tracing::info!(stream = %opts.stream, edge = %link.peer, at = %opts.edge, "publishing");
@@ -182,8 +182,8 @@ pub async fn publish(opts: PublishOptions, cancel: CancellationToken) -> Result<
     let (requests, edge_ended) = control.await.unwrap_or((0, None));
     // The edge ended the session on purpose (another publisher took the stream
     // over, or holds it): that is an error to report, not a connection to retry.
-    if conn.close_reason().is_some() {
-        let closed = closed_error(&conn);
+    if conn.close_reason().is_some() || edge_ended == Some(CONNECTION_LOST) {
+        let closed = closed_error(&conn).await;
         if let ferry_net::Error::Refused {
             code: ErrorCode::TakenOver | ErrorCode::StreamBusy | ErrorCode::Unauthorized,
             ..
@@ -209,7 +209,7 @@ pub async fn publish(opts: PublishOptions, cancel: CancellationToken) -> Result<
             Ok(stats)
         }
         Err(e) => Err(match conn.close_reason() {
-            Some(_) => closed_error(&conn).into(),
+            Some(_) => closed_error(&conn).await.into(),
             None => e,
         }),
     }
@@ -308,6 +308,9 @@ async fn send_ivf(
 
 /// Reads the edge's control messages: keyframe requests and GOAWAY. Returns the
 /// number of keyframe requests seen.
+/// How a session ends when the edge's control stream ends without a GOAWAY.
+const CONNECTION_LOST: &str = "connection lost";
+
 async fn read_control(
     mut recv: quinn::RecvStream,
     keyframe_wanted: Arc<AtomicBool>,
@@ -332,7 +335,7 @@ async fn read_control(
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => {
                 stop.cancel();
-                return (requests, Some("connection lost"));
+                return (requests, Some(CONNECTION_LOST));
             }
         }
     }

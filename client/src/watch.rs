@@ -165,7 +165,7 @@ async fn session(
         Ok(Some((_, other))) => {
             return Err(Error::protocol(format!("expected subscribe_ok, got {}", other.kind())))
         }
-        Ok(None) | Err(_) => return Err(closed_error(&conn).into()),
+        Ok(None) | Err(_) => return Err(closed_error(&conn).await.into()),
     };
     let (out, out_file) = open_output(opts.output.as_ref(), &info).await?;
     let mut viewer = Viewer {
@@ -212,7 +212,7 @@ async fn session(
         };
         let recv = match next {
             Ok(recv) => recv,
-            Err(_) => match closed_error(&conn) {
+            Err(_) => match closed_error(&conn).await {
                 ferry_net::Error::Refused { code: ErrorCode::GoingAway, .. } => {
                     break "edge going away".to_owned()
                 }

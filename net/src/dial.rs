@@ -128,7 +128,7 @@ async fn handshake(
         Ok(Some((_, other))) => {
             return Err(Error::Protocol(format!("expected hello_ok, got {}", other.kind())))
         }
-        Ok(None) | Err(_) => return Err(closed_error(&conn)),
+        Ok(None) | Err(_) => return Err(closed_error(&conn).await),
     };
     let mut link = Link { endpoint, conn, send, recv, version, peer, variant: None, client_flag: None };
     if role != Role::Edge && version >= 2 {
@@ -150,14 +150,22 @@ async fn handshake(
             Ok(Some((_, other))) => {
                 return Err(Error::Protocol(format!("expected session_ok, got {}", other.kind())))
             }
-            Ok(None) | Err(_) => return Err(closed_error(&link.conn)),
+            Ok(None) | Err(_) => return Err(closed_error(&link.conn).await),
         }
     }
     Ok(link)
 }
 
-/// The error to report for a connection the peer closed (its code and reason).
-pub fn closed_error(conn: &Connection) -> Error {
+/// How long to wait for the peer's `CONNECTION_CLOSE` once its stream ended: the
+/// end of the stream may arrive before the close that explains it.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// The error to report for a connection the peer closed (its code and reason),
+/// waiting up to [`CLOSE_WAIT`] for the close to arrive.
+pub async fn closed_error(conn: &Connection) -> Error {
+    if conn.close_reason().is_none() {
+        let _ = tokio::time::timeout(CLOSE_WAIT, conn.closed()).await;
+    }
     match conn.close_reason() {
         Some(quinn::ConnectionError::ApplicationClosed(close)) => Error::Refused {
             code: u32::try_from(close.error_code.into_inner())
