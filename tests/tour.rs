@@ -87,7 +87,9 @@ struct ProcessGroup(u32);
 
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-KILL", &format!("-{}", self.0)]).status();
+        // `--` first: procps kill reads `-KILL -1234` as `kill(-1, SIGKILL)`, every
+        // process on the machine.
+        let _ = Command::new("kill").args(["-s", "KILL", "--", &format!("-{}", self.0)]).status();
     }
 }
 
