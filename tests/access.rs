@@ -205,7 +205,18 @@ fn secrets_rotate_without_dropping_anyone() {
     let old = write_key(&dir.path().join("old.key"), "o");
     let new_secret = write_key(&dir.path().join("new.key"), "n");
     std::fs::copy(&old, keys.join("old.key")).unwrap();
-    let edge = Edge::start("e", &["--token-secret-file", keys.to_str().unwrap()]);
+    let ports = port_range();
+    let edge = Edge::start(
+        "e",
+        &[
+            "--token-secret-file",
+            keys.to_str().unwrap(),
+            "--webrtc-bind",
+            "127.0.0.1",
+            "--webrtc-udp-ports",
+            &ports,
+        ],
+    );
     let stream = "live/r";
     let token = |file: &Path, kid: &str, action| {
         sign(file, Some(kid), &claims(stream, action, "ferry", Duration::from_secs(600)))
@@ -264,6 +275,25 @@ fn secrets_rotate_without_dropping_anyone() {
     });
     assert!(stderr.contains("token_unknown_key"), "{stderr}");
     assert!(run_client(&quick_watch, Some(&new_view), Duration::from_secs(20)).0, "new-key tokens play");
+    // WHIP checks the same keys.
+    let whip = |token: &str| {
+        let bearer = format!("Bearer {token}");
+        let headers = [("content-type", "application/sdp"), ("authorization", bearer.as_str())];
+        http(&edge.http, "POST", "/whip/live/r-webrtc", &headers, vp8_offer("sendonly").as_bytes())
+    };
+    let (status, _, body) = whip(&sign(
+        &old,
+        Some("old"),
+        &claims("live/r-webrtc", Action::Publish, "ferry", Duration::from_secs(600)),
+    ));
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("token_unknown_key"), "{body}");
+    let (status, _, body) = whip(&sign(
+        &new_secret,
+        Some("new"),
+        &claims("live/r-webrtc", Action::Publish, "ferry", Duration::from_secs(600)),
+    ));
+    assert_eq!(status, 201, "{body}");
     let frames_out = edge.metric("ferry_frames_out_total").unwrap();
     wait_for("the old-token sessions to keep flowing", Duration::from_secs(20), || {
         (edge.metric("ferry_frames_out_total").unwrap() > frames_out + 30.0).then_some(())
@@ -626,6 +656,33 @@ fn a_stream_has_one_publisher_across_the_cluster() {
     let (status, _, _) = http(a_http, "DELETE", &first_session, &[], b"");
     assert_eq!(status, 404, "the taken-over session is gone");
     let _ = replacement.child.kill();
+    // 200 more WHIP publishers: all 409, no raft write.
+    let applied = dev.applied();
+    for _ in 0..200 {
+        let (status, _, body) = whip(&plain);
+        assert_eq!(status, 409, "{body}");
+    }
+    assert_eq!(dev.applied(), applied, "refused WHIP publishers wrote to the raft log");
+    // The WHIP publisher vanishes (its ICE never starts: the edge ends it after its
+    // connect timeout): the stream is free again, never ghost busy.
+    let vanished = Instant::now();
+    let mut quic = wait_for("live/w free after its WHIP publisher vanished", Duration::from_secs(60), || {
+        let mut p = dev.publish(&b, "live/w", &plain, "30s");
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if p.child.try_wait().unwrap().is_some() {
+                return None;
+            }
+            if dev.origin("live/w").as_deref() == Some("dev-edge-b") {
+                return Some(p);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = p.child.kill();
+        None
+    });
+    eprintln!("live/w was free {:?} after its last WHIP session started", vanished.elapsed());
+    let _ = quic.child.kill();
 
     // Cohorts: with a rollout treating half the sessions, the token's subject places
     // a session; the id the client sends does not.
