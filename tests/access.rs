@@ -746,3 +746,52 @@ fn a_stream_has_one_publisher_across_the_cluster() {
     }
     assert_eq!(variants.len(), 1, "WHIP sessions of one subject in one cohort: {variants:?}");
 }
+
+/// Starts `ferry edge` as given (no defaults added): the ready line's addresses, and
+/// its stderr file.
+fn bare_edge(dir: &Path, extra: &[&str]) -> (Proc, String, String, PathBuf) {
+    let log = dir.join("edge.log");
+    let mut cmd = ferry();
+    cmd.env("RUST_LOG", "info")
+        .args(["edge", "--node-id", "bare", "--quic-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut proc = Proc::spawn("edge", &mut cmd);
+    let mut line = String::new();
+    BufReader::new(proc.child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let (quic, http) =
+        (ready["quic"].as_str().unwrap().to_owned(), ready["http"].as_str().unwrap().to_owned());
+    (proc, quic, http, log)
+}
+
+#[test]
+fn an_edge_without_secrets_serves_no_one_unless_told_it_is_for_development() {
+    let dir = TempDir::new("access-none");
+    let (_edge, quic, http_addr, log) = bare_edge(dir.path(), &[]);
+    let publish =
+        ["publish", "--edge", &quic, "--stream", "live/n", "--synthetic", "--insecure", "--duration", "2s"];
+    let (ok, stderr) = run_client(&publish, None, Duration::from_secs(20));
+    assert!(!ok && stderr.contains("auth_not_configured"), "{stderr}");
+    let (status, _, body) = http(
+        &http_addr,
+        "POST",
+        "/whep/live/n",
+        &[("content-type", "application/sdp")],
+        vp8_offer("recvonly").as_bytes(),
+    );
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("auth_not_configured"), "{body}");
+    assert!(!std::fs::read_to_string(&log).unwrap().contains("WARN"));
+
+    // --allow-anonymous: served, and said loudly at start.
+    let dir = TempDir::new("access-anonymous");
+    let (_edge, quic, _, log) = bare_edge(dir.path(), &["--allow-anonymous"]);
+    let publish =
+        ["publish", "--edge", &quic, "--stream", "live/n", "--synthetic", "--insecure", "--duration", "1s"];
+    let (ok, stderr) = run_client(&publish, None, Duration::from_secs(20));
+    assert!(ok, "{stderr}");
+    let started = std::fs::read_to_string(&log).unwrap();
+    assert!(started.lines().any(|l| l.contains("WARN") && l.contains("--allow-anonymous")), "{started}");
+}
