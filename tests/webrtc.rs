@@ -209,8 +209,15 @@ fn assert_playing_with(viewer: &browser::Browser, what: &str, audio_too: bool) {
 fn browser_publishes_over_whip_and_another_watches_over_whep_through_a_second_edge() {
     let _heavy = heavy();
     let dir = TempDir::new("webrtc-browser");
-    let a = webrtc_edge("edge-a", dir.path(), &[]);
-    let b = webrtc_edge("edge-b", dir.path(), &["--upstream", &a.quic]);
+    // B relays from A with a cluster certificate, as in production.
+    let ca = dir.path().join("ca");
+    let out = ferry().args(["ca", "init", "--dir"]).arg(&ca).output().unwrap();
+    assert!(out.status.success(), "ca init: {}", String::from_utf8_lossy(&out.stderr));
+    let a_args = cluster_cert_args(&ca, "edge-a", "cluster");
+    let a = webrtc_edge("edge-a", dir.path(), &a_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut b_args = cluster_cert_args(&ca, "edge-b", "cluster");
+    b_args.extend(["--upstream".to_owned(), a.quic.clone()]);
+    let b = webrtc_edge("edge-b", dir.path(), &b_args.iter().map(String::as_str).collect::<Vec<_>>());
     let now = SystemTime::now();
     let publish = token("live/cam", Action::Publish, Duration::from_secs(3600), now);
     let view = token("live/cam", Action::View, Duration::from_secs(3600), now);
