@@ -369,11 +369,13 @@ pub async fn get_rollout(
     Path(id): Path<String>,
     p: Result<Query<ReadParams>, QueryRejection>,
 ) -> ApiResult {
-    let windows = serde_json::to_value(api.guard_windows(&id)).unwrap_or_default();
+    // The guard's windows are read with the state (after the read fence), so a
+    // rollout shown tripped also shows the windows that tripped it.
     let with_windows = |s: &MachineState| {
         s.rollouts.get(&id).map(|r| {
             let mut value = serde_json::to_value(r)?;
             if let Some(object) = value.as_object_mut() {
+                let windows = serde_json::to_value(api.guard_windows(&id)).unwrap_or_default();
                 object.insert("windows".into(), windows);
             }
             Ok(value)
