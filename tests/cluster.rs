@@ -179,6 +179,18 @@ fn a_cluster_routes_fails_over_and_keeps_playing_without_its_control_plane() {
     assert_eq!(body["location"], format!("http://{}/whip/{stream}", edges[origin.as_str()].http), "{body}");
     let (status, body) = http_json(&voters[1].http, "GET", "/v1/route/..%2Fetc?kind=quic", None, &[], None);
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")), "{body}");
+    // Browsers on other origins may ask for a route: the CORS preflight answers 204.
+    let preflight = http::exchange(
+        &voters[1].http,
+        "OPTIONS",
+        &format!("/v1/route/{stream}"),
+        &[("origin", "https://player.example"), ("access-control-request-method", "GET")],
+        b"",
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(preflight.status, 204);
+    assert!(preflight.headers.iter().any(|(k, v)| k == "access-control-allow-origin" && v == "*"));
     let mut viewers = Vec::new();
     for i in 0..20 {
         let region = if i % 2 == 0 { "r1" } else { "r2" };

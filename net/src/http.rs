@@ -278,12 +278,45 @@ pub fn join(base: &str, path: &str) -> String {
     format!("{}{path}", base.trim_end_matches('/'))
 }
 
+/// Server side, for the HTTP servers that answer browsers: a CORS preflight (the only
+/// response carrying `Access-Control-Allow-Methods`) answered `200 OK` by the CORS layer
+/// becomes `204 No Content`, as Ferry has always answered it (it has no body). Used as
+/// `axum::middleware::map_response(http::preflight_no_content)` outside the CORS layer.
+pub async fn preflight_no_content<B>(mut response: http::Response<B>) -> http::Response<B> {
+    if response.status() == http::StatusCode::OK
+        && response.headers().contains_key(http::header::ACCESS_CONTROL_ALLOW_METHODS)
+    {
+        *response.status_mut() = http::StatusCode::NO_CONTENT;
+    }
+    response
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn only_cors_preflights_become_no_content() {
+        let preflight = http::Response::builder()
+            .header(http::header::ACCESS_CONTROL_ALLOW_METHODS, "GET")
+            .body(())
+            .unwrap();
+        assert_eq!(preflight_no_content(preflight).await.status(), http::StatusCode::NO_CONTENT);
+        let plain = http::Response::builder()
+            .header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
+            .body(())
+            .unwrap();
+        assert_eq!(preflight_no_content(plain).await.status(), http::StatusCode::OK);
+        let refused = http::Response::builder()
+            .status(http::StatusCode::FORBIDDEN)
+            .header(http::header::ACCESS_CONTROL_ALLOW_METHODS, "GET")
+            .body(())
+            .unwrap();
+        assert_eq!(preflight_no_content(refused).await.status(), http::StatusCode::FORBIDDEN);
+    }
 
     /// Serves `responses` in turn, one per accepted connection or request, and returns
     /// the base URL.

@@ -199,7 +199,8 @@ impl Api {
             .route("/v1/route/{*stream}", get(routing::route).options(routing::preflight))
             .route("/whep/{*stream}", post(routing::redirect_whep).options(routing::preflight))
             .route("/whip/{*stream}", post(routing::redirect_whip).options(routing::preflight))
-            .layer(routing::cors());
+            .layer(routing::cors())
+            .layer(middleware::map_response(ferry_net::http::preflight_no_content));
         Router::new()
             .merge(public)
             .route("/healthz", get(healthz))

@@ -123,6 +123,7 @@ pub fn routes(state: WebRtcEdge) -> Router {
         .route("/demo/ferry.js", get(demo_script))
         .route("/demo/config.json", get(demo_config))
         .layer(cors())
+        .layer(axum::middleware::map_response(ferry_net::http::preflight_no_content))
         .with_state(state)
 }
 
