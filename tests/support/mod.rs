@@ -257,13 +257,37 @@ pub fn http_json(
     (reply.status, reply.json())
 }
 
-/// A free UDP port on loopback (bound and released; fine for tests that start at once).
+/// A free TCP port on loopback (bound and released), below the ephemeral range.
 pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_port(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
 }
 
+/// A free UDP port on loopback (bound and released), below the ephemeral range.
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_port(|port| std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok())
+}
+
+/// A port in 20000–31999, below Linux's ephemeral range (32768–60999), that `bind`
+/// accepts now. Tests reuse these ports when they restart a process (a voter's raft
+/// address, an edge's gossip or HTTP port); a port the kernel handed out as ephemeral
+/// could meanwhile become the source port of any outgoing connection or socket of a
+/// parallel test, and the restarted process would fail to bind it. Each test process
+/// walks the range from its own offset.
+fn free_port(bind: impl Fn(u16) -> bool) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const BASE: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = std::process::id().wrapping_mul(2_654_435_761) >> 7;
+    for _ in 0..SPAN {
+        // 7 is coprime with SPAN: the walk visits every port once.
+        let step = NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(7);
+        let port = BASE + offset.wrapping_add(step) % SPAN;
+        if bind(port as u16) {
+            return port as u16;
+        }
+    }
+    panic!("no free port in {BASE}..{}", BASE + SPAN);
 }
 
 pub const TOKEN: &str = "test-operator-token-0123456789";
