@@ -29,7 +29,10 @@ fn renderer() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ferry-chart-render");
+            // One binary per test process: a parallel run of this suite builds its own
+            // instead of replacing the one this process runs.
+            let out =
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ferry-chart-render-{}", std::process::id()));
             let status = Command::new("go")
                 .args(["build", "-o"])
                 .arg(&out)
