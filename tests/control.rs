@@ -224,7 +224,12 @@ fn a_fourth_voter_catches_up_from_a_snapshot_and_a_voter_can_be_removed() {
         let (status, listed) = fourth.get("/v1/edges?stale=true");
         (status == 200 && listed == expected).then_some(())
     });
-    let st = fourth.status();
+    // The status is published after the Ready that installed the snapshot is done, a
+    // moment after the state it holds is readable: wait for it too.
+    let st = wait_for("the new voter's status to show the snapshot", Duration::from_secs(10), || {
+        let st = fourth.status();
+        (st["snapshot_index"].as_u64()? > 0 && st["voters"] == serde_json::json!([1, 2, 3, 4])).then_some(st)
+    });
     assert!(st["snapshot_index"].as_u64().unwrap() > 0, "caught up from a snapshot: {st}");
     assert_eq!(st["voters"], serde_json::json!([1, 2, 3, 4]));
 
