@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
+use ferry_net::identity::{Identity, Role};
 use ferry_net::tls::default_names;
 
 #[derive(Debug, Clone, Subcommand)]
@@ -26,9 +28,18 @@ pub struct IssueArgs {
     /// Directory holding ca.pem and ca-key.pem.
     #[arg(long, env = "FERRY_CA_DIR")]
     pub dir: PathBuf,
-    /// The node id (edge id, or voter-N); it becomes the certificate's CN and a name.
+    /// The node id (an edge's id, or voter-N for voter N); it becomes the
+    /// certificate's CN, a name and the file names.
     #[arg(long)]
     pub node: String,
+    /// What the node is: `voter` (speaks raft; --node voter-N) or `edge`. The
+    /// certificate names it as `spiffe://CLUSTER-ID/ROLE/NODE`, and each port accepts
+    /// only the roles it serves (the raft port: voters of its cluster).
+    #[arg(long, value_parser = ["voter", "edge"])]
+    pub role: String,
+    /// The cluster the node belongs to (the same --cluster-id it runs with).
+    #[arg(long, env = "FERRY_CLUSTER_ID", default_value = "ferry")]
+    pub cluster_id: String,
     /// DNS names or IPs the node serves under (repeat or comma-separate).
     #[arg(long = "name", value_delimiter = ',', default_values_t = ferry_net::tls::default_names())]
     pub names: Vec<String>,
@@ -46,15 +57,35 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<()> {
         CaCommand::Issue(args) => {
             ferry_proto::NodeId::new(args.node.clone())
                 .map_err(|e| anyhow::anyhow!("--node {:?}: {e}", args.node))?;
+            let identity = identity(&args)?;
             let out = args.out_dir.clone().unwrap_or_else(|| args.dir.clone());
-            let (cert, key) = ferry_net::tls::issue_node_cert(&args.dir, &args.node, &args.names, &out)?;
+            let (cert, key) =
+                ferry_net::tls::issue_node_cert(&args.dir, &args.node, &identity, &args.names, &out)?;
             out!(
                 "{}",
-                serde_json::json!({ "node": args.node, "cert": cert, "key": key, "ca": args.dir.join("ca.pem") })
+                serde_json::json!({
+                    "node": args.node, "identity": identity.uri(), "cert": cert, "key": key,
+                    "ca": args.dir.join("ca.pem")
+                })
             )?;
         }
     }
     Ok(())
+}
+
+/// The identity `ferry ca issue` writes: voters by raft id (`--node voter-N`), edges by id.
+fn identity(args: &IssueArgs) -> anyhow::Result<Identity> {
+    let role = Role::parse(&args.role).with_context(|| format!("--role {:?}: voter or edge", args.role))?;
+    let node = match role {
+        Role::Voter => {
+            let id =
+                args.node.strip_prefix("voter-").and_then(|n| n.parse::<u64>().ok()).filter(|id| *id > 0);
+            id.with_context(|| format!("--node {:?}: a voter is named voter-N (N its raft id)", args.node))?
+                .to_string()
+        }
+        Role::Edge => args.node.clone(),
+    };
+    Identity::new(&args.cluster_id, role, &node).map_err(|e| anyhow::anyhow!("--cluster-id: {e}"))
 }
 
 #[derive(Debug, Clone, Args)]

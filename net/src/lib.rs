@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`tls`]: rustls and quinn configurations (server identities, client trust, mutual
 //!   TLS inside the cluster), transport tuning, and certificate generation.
+//! - [`identity`]: role-bound identities in certificates (`spiffe://CLUSTER/ROLE/NODE`)
+//!   and the reasons a peer is refused.
 //! - [`wire`]: the relay codec on quinn streams (messages and frames).
 //! - [`dial`]: resolving `HOST:PORT` and opening a relay-protocol connection (QUIC
 //!   handshake, `Hello`, `Session`).
@@ -19,6 +21,7 @@ pub mod dial;
 mod error;
 pub mod gossip;
 pub mod http;
+pub mod identity;
 pub mod proof;
 pub mod random;
 pub mod time;

@@ -126,7 +126,9 @@ pub async fn run(args: CanaryArgs) -> anyhow::Result<()> {
     let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<String>>();
 
     let voter_gossip = free_udp()?;
-    let mut voter_args = s(&["control", "--id", "1", "--http-listen", "127.0.0.1:0", "--log", "warn"]);
+    // One local voter: raft has no peers to authenticate.
+    let mut voter_args =
+        s(&["control", "--id", "1", "--http-listen", "127.0.0.1:0", "--log", "warn", "--insecure-raft"]);
     voter_args.extend(s(&["--peers", &format!("1={}", free_udp()?), "--token", TOKEN]));
     voter_args.extend(s(&[
         "--gossip-listen",

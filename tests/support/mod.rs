@@ -315,6 +315,11 @@ impl Voter {
         if !extra.contains(&"--http-listen") {
             cmd.args(["--http-listen", "127.0.0.1:0"]);
         }
+        // Raft is mutual TLS: without certificates of its own, a voter gets one from a
+        // CA shared by the voters whose data dirs sit side by side.
+        if !extra.contains(&"--ca-file") && !extra.contains(&"--insecure-raft") {
+            cmd.args(voter_cert_args(data_dir, id));
+        }
         cmd.arg("--data-dir")
             .arg(data_dir)
             .args(["--snapshot-every", "50"])
@@ -387,10 +392,27 @@ pub fn require_ffmpeg() {
     assert!(ok, "ffmpeg is required for this test (scripts/test installs it)");
 }
 
+/// `--ca-file/--cert/--key` for voter `id`, issued by the CA next to `data_dir`
+/// (`raft-ca`, created by the first voter that needs it).
+fn voter_cert_args(data_dir: &Path, id: u64) -> Vec<String> {
+    static CREATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let ca = data_dir.parent().unwrap().join("raft-ca");
+    {
+        let _once = CREATE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !ca.join("ca.pem").exists() {
+            let out = ferry().args(["ca", "init", "--dir"]).arg(&ca).output().unwrap();
+            assert!(out.status.success(), "ca init: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    cluster_cert_args(&ca, &format!("voter-{id}"), "voter")
+}
+
 /// `ferry ca issue` for `node`; returns the flags that use the result: for edges
 /// (`kind` "cluster") --cluster-ca/-cert/-key, for voters --ca-file/--cert/--key.
 pub fn cluster_cert_args(ca: &std::path::Path, node: &str, kind: &str) -> Vec<String> {
-    let out = ferry().args(["ca", "issue", "--node", node, "--dir"]).arg(ca).output().unwrap();
+    let role = if kind == "cluster" { "edge" } else { "voter" };
+    let out =
+        ferry().args(["ca", "issue", "--role", role, "--node", node, "--dir"]).arg(ca).output().unwrap();
     assert!(out.status.success(), "ca issue: {}", String::from_utf8_lossy(&out.stderr));
     let files: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let path = |k: &str| files[k].as_str().unwrap().to_owned();
