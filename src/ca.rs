@@ -14,6 +14,23 @@ pub enum CaCommand {
     Init(InitArgs),
     /// Issue a node certificate ({node}.pem, {node}-key.pem) signed by the CA in --dir.
     Issue(IssueArgs),
+    /// Add a gossip key (NAME.key) to a gossip keyring directory (--gossip-keyring).
+    GossipKey(GossipKeyArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GossipKeyArgs {
+    /// The keyring directory (created if missing): NAME.key files and `primary`.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The key's name (letters, digits, '-', '_'); never overwrites a key.
+    #[arg(long)]
+    pub name: String,
+    /// Make it the key that seals (written to `primary`). The first key of a keyring
+    /// always is. Rotate: add the new key everywhere, make it primary everywhere, then
+    /// delete the old NAME.key everywhere.
+    #[arg(long)]
+    pub primary: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -69,7 +86,38 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<()> {
                 })
             )?;
         }
+        CaCommand::GossipKey(args) => gossip_key(&args)?,
     }
+    Ok(())
+}
+
+/// `ferry ca gossip-key`: a new random key in a keyring directory.
+fn gossip_key(args: &GossipKeyArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if args.name.is_empty()
+        || args.name.len() > 64
+        || !args.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        anyhow::bail!("--name {:?}: 1-64 letters, digits, '-' or '_'", args.name);
+    }
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let path = args.dir.join(format!("{}.key", args.name));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create {} (a key is never overwritten)", path.display()))?;
+    file.write_all(ferry_net::seal::new_key_hex()?.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let primary = args.dir.join(ferry_net::seal::PRIMARY_FILE);
+    if args.primary || !primary.exists() {
+        std::fs::write(&primary, &args.name)
+            .with_context(|| format!("cannot write {}", primary.display()))?;
+    }
+    let ring = ferry_net::seal::Keyring::load(&args.dir, "check")?;
+    out!("{}", serde_json::json!({ "key": path, "keys": ring.names(), "primary": ring.primary_name() }))?;
     Ok(())
 }
 

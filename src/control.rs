@@ -168,7 +168,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
         http_listen: args.http_listen,
         token,
         request_timeout: args.request_timeout,
-        gossip: args.gossip.to_config(&format!("voter-{}", args.id)),
+        gossip: args.gossip.to_config(&format!("voter-{}", args.id))?,
         failover_grace: args.failover_grace,
     };
     let cancel = crate::process::shutdown_signal();

@@ -23,7 +23,7 @@ use ferry_edge::webrtc::WebRtcConfig;
 use ferry_edge::{BoundEdge, EdgeConfig};
 use ferry_media::synthetic::SyntheticConfig;
 use ferry_net::dial::SessionHello;
-use ferry_net::gossip::{GossipConfig, DEFAULT_INTERVAL};
+use ferry_net::gossip::{GossipConfig, KeyringSource, DEFAULT_INTERVAL};
 use ferry_net::identity::{Identity, Role};
 use ferry_net::tls::default_names;
 use ferry_net::tls::{ClientTrust, ClusterTls, ServerIdentity, TransportTuning};
@@ -91,8 +91,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     };
 
-    // Gossip ports, picked now so every process can seed from the voter's.
+    // Gossip ports, picked now so every process can seed from the voter's, and the
+    // cluster's gossip keyring (kept with the data).
     let voter_gossip = free_udp_port()?;
+    let keyring_dir = data_dir.join("gossip-keyring");
+    if !keyring_dir.join("dev.key").exists() {
+        std::fs::create_dir_all(&keyring_dir)
+            .with_context(|| format!("cannot create {}", keyring_dir.display()))?;
+        std::fs::write(keyring_dir.join("dev.key"), ferry_net::seal::new_key_hex()?)
+            .with_context(|| format!("cannot write the dev gossip key in {}", keyring_dir.display()))?;
+    }
+    let keyring = KeyringSource::load(keyring_dir, DEV_CLUSTER).context("the dev gossip keyring")?;
     let gossip = |id: &str, listen: SocketAddr| GossipConfig {
         node_id: id.to_owned(),
         listen,
@@ -100,6 +109,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         seeds: vec![voter_gossip.to_string()],
         cluster_id: DEV_CLUSTER.into(),
         interval: DEFAULT_INTERVAL,
+        keyring: Some(keyring.clone()),
     };
 
     // The secret that signs the dev tokens (kept with the data, so tokens minted for a

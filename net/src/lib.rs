@@ -9,7 +9,8 @@
 //! - [`dial`]: resolving `HOST:PORT` and opening a relay-protocol connection (QUIC
 //!   handshake, `Hello`, `Session`).
 //! - [`http`]: the one HTTP client (hyper, rustls for `https://`), with bounded bodies.
-//! - [`gossip`]: health gossip among all processes (chitchat over UDP).
+//! - [`seal`]: the gossip keyring and sealed datagrams (ChaCha20-Poly1305).
+//! - [`gossip`]: health gossip among all processes (chitchat over UDP, sealed).
 //! - [`proof`]: a node's signed proof of its cluster certificate on HTTP requests.
 //! - [`random`]: random ids from the operating system's generator.
 //! - [`time`]: wall-clock stamps for what crosses process boundaries.
@@ -24,6 +25,7 @@ pub mod http;
 pub mod identity;
 pub mod proof;
 pub mod random;
+pub mod seal;
 pub mod time;
 pub mod tls;
 pub mod wire;
