@@ -266,3 +266,81 @@ fn a_voter_started_with_another_nodes_certificate_says_so() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("voter-N"));
 }
+
+/// Gossip is a hint. A process that holds the gossip key but never registered (here an
+/// edge started without a control plane, with a live publisher of `live/x`) gossips
+/// that it originates `live/x`: a registered edge neither pulls `live/x` from it for a
+/// viewer, nor sends WHIP publishers of `live/x` to it (no 307 to its address), nor
+/// refuses a publisher of `live/x` as `stream_busy`.
+#[test]
+fn a_process_that_only_gossips_attracts_no_publisher_and_blocks_none() {
+    use support::webrtc::{header, http, vp8_offer};
+    let dir = TempDir::new("trust-gossip");
+    let voter_gossip = format!("127.0.0.1:{}", free_udp_port());
+    let peers = format!("1=127.0.0.1:{}", free_udp_port());
+    let voter = Voter::start(1, &peers, &dir.path().join("v1"), &["--gossip-listen", &voter_gossip]);
+    wait_for_leader(&[&voter]);
+    let control = format!("http://{}", voter.http);
+    let gossip = |id: &str| -> Vec<String> {
+        let listen = format!("127.0.0.1:{}", free_udp_port());
+        let mut args = vec!["--region", "r1", "--gossip-listen", &listen, "--gossip-seeds", &voter_gossip];
+        if id == "a" {
+            args.extend(["--control-plane", &control, "--control-token", TOKEN]);
+        }
+        args.into_iter().map(String::from).collect()
+    };
+    let a = Edge::start("a", &strs(&gossip("a")));
+    let fake = Edge::start("fake", &strs(&gossip("fake")));
+    let mut cmd = ferry();
+    cmd.args(["publish", "--edge", &fake.quic, "--stream", "live/x", "--synthetic", "--insecure"])
+        .args(["--duration", "300s"])
+        .stdout(std::process::Stdio::null());
+    let _publisher = Proc::spawn("publisher on the fake member", &mut cmd);
+    // The fake member is in everybody's gossip, alive, originating live/x; edge a sees
+    // all three processes.
+    wait_for("the fake member gossiping live/x", Duration::from_secs(30), || {
+        let (_, members) = voter.get("/v1/members");
+        let fake = members["members"].as_array()?.iter().find(|m| m["id"] == "fake")?.clone();
+        let origins = fake["origins"].as_array()?.clone();
+        (fake["alive"] == true && origins.iter().any(|s| s == "live/x")).then_some(())
+    });
+    wait_for("edge a seeing the fake member", Duration::from_secs(30), || {
+        (a.metric("ferry_gossip_members{state=\"alive\"}")? >= 3.0).then_some(())
+    });
+
+    // A viewer of live/x on edge a: edge a does not pull live/x from the fake member
+    // (which accepts no connection besides its publisher's).
+    let accepted = fake.metric("ferry_connections_accepted_total");
+    let _ = ferry()
+        .args(["watch", "--edge", &a.quic, "--stream", "live/x", "--insecure", "--duration", "3s"])
+        .output()
+        .unwrap();
+    assert_eq!(fake.metric("ferry_connections_accepted_total"), accepted, "edge a dialed the fake member");
+
+    // WHIP to edge a: served there, not sent to the fake member's address.
+    let (status, hdrs, body) = http(
+        &a.http,
+        "POST",
+        "/whip/live/x",
+        &[("Content-Type", "application/sdp")],
+        vp8_offer("sendonly").as_bytes(),
+    );
+    assert_ne!(status, 307, "sent to {:?}: {body}", header(&hdrs, "location"));
+    assert!(!body.contains(&fake.http), "{body}");
+    assert_eq!(status, 201, "{body}");
+    let location = header(&hdrs, "location").unwrap().to_owned();
+    assert_eq!(http(&a.http, "DELETE", &location, &[], b"").0, 200);
+
+    // A QUIC publisher of live/x on edge a: accepted, not stream_busy.
+    let out = ferry()
+        .args(["publish", "--edge", &a.quic, "--stream", "live/x", "--synthetic", "--insecure"])
+        .args(["--duration", "2s"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("stream_busy"), "{stderr}");
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}

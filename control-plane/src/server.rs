@@ -151,7 +151,14 @@ async fn guard_loop(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let members: Vec<_> = gossip.members().into_iter().filter(|m| m.info.role == "edge").collect();
+        // Gossip is a hint: only registered edges' readings and trips count, so a
+        // process that holds the gossip key but never registered trips nothing.
+        let registered: BTreeSet<String> = node.read(|s| s.edges.keys().cloned().collect());
+        let members: Vec<_> = gossip
+            .members()
+            .into_iter()
+            .filter(|m| m.info.role == "edge" && registered.contains(&m.id))
+            .collect();
         let rollouts: Vec<(String, u8, bool, RolloutSpec)> = node.read(|s| {
             s.rollouts
                 .values()
