@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
+use ferry_net::identity::{Identity, Role};
 use ferry_net::tls::default_names;
 
 #[derive(Debug, Clone, Subcommand)]
@@ -12,6 +14,23 @@ pub enum CaCommand {
     Init(InitArgs),
     /// Issue a node certificate ({node}.pem, {node}-key.pem) signed by the CA in --dir.
     Issue(IssueArgs),
+    /// Add a gossip key (NAME.key) to a gossip keyring directory (--gossip-keyring).
+    GossipKey(GossipKeyArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GossipKeyArgs {
+    /// The keyring directory (created if missing): NAME.key files and `primary`.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The key's name (letters, digits, '-', '_'); never overwrites a key.
+    #[arg(long)]
+    pub name: String,
+    /// Make it the key that seals (written to `primary`). The first key of a keyring
+    /// always is. Rotate: add the new key everywhere, make it primary everywhere, then
+    /// delete the old NAME.key everywhere.
+    #[arg(long)]
+    pub primary: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -26,9 +45,18 @@ pub struct IssueArgs {
     /// Directory holding ca.pem and ca-key.pem.
     #[arg(long, env = "FERRY_CA_DIR")]
     pub dir: PathBuf,
-    /// The node id (edge id, or voter-N); it becomes the certificate's CN and a name.
+    /// The node id (an edge's id, or voter-N for voter N); it becomes the
+    /// certificate's CN, a name and the file names.
     #[arg(long)]
     pub node: String,
+    /// What the node is: `voter` (speaks raft; --node voter-N) or `edge`. The
+    /// certificate names it as `spiffe://CLUSTER-ID/ROLE/NODE`, and each port accepts
+    /// only the roles it serves (the raft port: voters of its cluster).
+    #[arg(long, value_parser = ["voter", "edge"])]
+    pub role: String,
+    /// The cluster the node belongs to (the same --cluster-id it runs with).
+    #[arg(long, env = "FERRY_CLUSTER_ID", default_value = "ferry")]
+    pub cluster_id: String,
     /// DNS names or IPs the node serves under (repeat or comma-separate).
     #[arg(long = "name", value_delimiter = ',', default_values_t = ferry_net::tls::default_names())]
     pub names: Vec<String>,
@@ -46,15 +74,66 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<()> {
         CaCommand::Issue(args) => {
             ferry_proto::NodeId::new(args.node.clone())
                 .map_err(|e| anyhow::anyhow!("--node {:?}: {e}", args.node))?;
+            let identity = identity(&args)?;
             let out = args.out_dir.clone().unwrap_or_else(|| args.dir.clone());
-            let (cert, key) = ferry_net::tls::issue_node_cert(&args.dir, &args.node, &args.names, &out)?;
+            let (cert, key) =
+                ferry_net::tls::issue_node_cert(&args.dir, &args.node, &identity, &args.names, &out)?;
             out!(
                 "{}",
-                serde_json::json!({ "node": args.node, "cert": cert, "key": key, "ca": args.dir.join("ca.pem") })
+                serde_json::json!({
+                    "node": args.node, "identity": identity.uri(), "cert": cert, "key": key,
+                    "ca": args.dir.join("ca.pem")
+                })
             )?;
         }
+        CaCommand::GossipKey(args) => gossip_key(&args)?,
     }
     Ok(())
+}
+
+/// `ferry ca gossip-key`: a new random key in a keyring directory.
+fn gossip_key(args: &GossipKeyArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if args.name.is_empty()
+        || args.name.len() > 64
+        || !args.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        anyhow::bail!("--name {:?}: 1-64 letters, digits, '-' or '_'", args.name);
+    }
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let path = args.dir.join(format!("{}.key", args.name));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create {} (a key is never overwritten)", path.display()))?;
+    file.write_all(ferry_net::seal::new_key_hex()?.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let primary = args.dir.join(ferry_net::seal::PRIMARY_FILE);
+    if args.primary || !primary.exists() {
+        std::fs::write(&primary, &args.name)
+            .with_context(|| format!("cannot write {}", primary.display()))?;
+    }
+    let ring = ferry_net::seal::Keyring::load(&args.dir, "check")?;
+    out!("{}", serde_json::json!({ "key": path, "keys": ring.names(), "primary": ring.primary_name() }))?;
+    Ok(())
+}
+
+/// The identity `ferry ca issue` writes: voters by raft id (`--node voter-N`), edges by id.
+fn identity(args: &IssueArgs) -> anyhow::Result<Identity> {
+    let role = Role::parse(&args.role).with_context(|| format!("--role {:?}: voter or edge", args.role))?;
+    let node = match role {
+        Role::Voter => {
+            let id =
+                args.node.strip_prefix("voter-").and_then(|n| n.parse::<u64>().ok()).filter(|id| *id > 0);
+            id.with_context(|| format!("--node {:?}: a voter is named voter-N (N its raft id)", args.node))?
+                .to_string()
+        }
+        Role::Edge => args.node.clone(),
+    };
+    Identity::new(&args.cluster_id, role, &node).map_err(|e| anyhow::anyhow!("--cluster-id: {e}"))
 }
 
 #[derive(Debug, Clone, Args)]

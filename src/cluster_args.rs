@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use ferry_net::gossip::{GossipConfig, DEFAULT_INTERVAL};
+use ferry_net::gossip::{GossipConfig, KeyringSource, DEFAULT_INTERVAL};
 
 use crate::units;
 
@@ -28,19 +28,44 @@ pub struct GossipArgs {
     /// Gossip round interval; a dead process is noticed after about 8 rounds.
     #[arg(long, env = "FERRY_GOSSIP_INTERVAL", default_value = "100ms", value_parser = units::duration)]
     pub gossip_interval: Duration,
+    /// The cluster's gossip keyring: a directory of NAME.key files and `primary` (`ferry
+    /// ca gossip-key`). Every datagram is sealed (ChaCha20-Poly1305) with the primary
+    /// key; any key in the directory opens. Read again every second (rotation).
+    #[arg(long, env = "FERRY_GOSSIP_KEYRING")]
+    pub gossip_keyring: Option<PathBuf>,
+    /// Dev only: plaintext, unauthenticated gossip (anyone who reaches the port can read
+    /// the cluster's members and forge them).
+    #[arg(long, env = "FERRY_INSECURE_GOSSIP", conflicts_with = "gossip_keyring")]
+    pub insecure_gossip: bool,
 }
 
 impl GossipArgs {
     /// The gossip settings for process `node_id`, if gossip is on.
-    pub fn to_config(&self, node_id: &str) -> Option<GossipConfig> {
-        Some(GossipConfig {
+    pub fn to_config(&self, node_id: &str) -> anyhow::Result<Option<GossipConfig>> {
+        let Some(listen) = self.gossip_listen else { return Ok(None) };
+        let keyring = match (&self.gossip_keyring, self.insecure_gossip) {
+            (Some(dir), _) => Some(
+                KeyringSource::load(dir.clone(), &self.cluster_id)
+                    .with_context(|| format!("--gossip-keyring {}", dir.display()))?,
+            ),
+            (None, true) => {
+                tracing::warn!("--insecure-gossip: gossip is plaintext and unauthenticated; dev only");
+                None
+            }
+            (None, false) => bail!(
+                "gossip needs the cluster's keyring: --gossip-keyring DIR (make one with \
+                 `ferry ca gossip-key --dir DIR --name k1`), or --insecure-gossip (dev only)"
+            ),
+        };
+        Ok(Some(GossipConfig {
             node_id: node_id.to_owned(),
-            listen: self.gossip_listen?,
+            listen,
             advertise: self.gossip_advertise,
             seeds: self.gossip_seeds.clone(),
             cluster_id: self.cluster_id.clone(),
             interval: if self.gossip_interval.is_zero() { DEFAULT_INTERVAL } else { self.gossip_interval },
-        })
+            keyring,
+        }))
     }
 }
 

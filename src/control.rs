@@ -9,8 +9,9 @@ use anyhow::{bail, Context};
 use clap::Args;
 use ferry_control_plane::node::NodeConfig;
 use ferry_control_plane::server::{Control, ControlConfig};
-use ferry_control_plane::transport::TransportConfig;
-use ferry_net::tls::{ClientTrust, ClusterTls, ServerIdentity};
+use ferry_control_plane::transport::{RaftSecurity, TransportConfig};
+use ferry_net::identity::Identity;
+use ferry_net::tls::ClusterTls;
 
 use crate::units;
 
@@ -58,17 +59,63 @@ pub struct ControlArgs {
     /// the failover (its streams' origin lost, its relay slots freed).
     #[arg(long, env = "FERRY_FAILOVER_GRACE", default_value = "1s", value_parser = units::duration)]
     pub failover_grace: Duration,
-    /// Raft transport certificate (PEM); self-signed when absent.
-    #[arg(long, env = "FERRY_CONTROL_CERT", requires = "key")]
+    /// This voter's certificate (PEM), from `ferry ca issue --role voter --node voter-ID`:
+    /// it must name this voter (`spiffe://CLUSTER-ID/voter/ID`).
+    #[arg(long, env = "FERRY_CONTROL_CERT", requires_all = ["key", "ca_file"])]
     pub cert: Option<PathBuf>,
     /// Private key for --cert.
-    #[arg(long, env = "FERRY_CONTROL_KEY", requires = "cert")]
+    #[arg(long, env = "FERRY_CONTROL_KEY", requires_all = ["cert", "ca_file"])]
     pub key: Option<PathBuf>,
-    /// CA to verify peer voters with; without it peers are not verified (dev only).
-    /// With --cert and --key too, the raft transport is mutual TLS: voters present
-    /// their certificate and refuse peers without one from this CA (`ferry ca`).
-    #[arg(long, env = "FERRY_CONTROL_CA_FILE")]
+    /// The cluster CA (PEM). The raft transport is mutual TLS: peers must present a
+    /// certificate from this CA naming a voter of --cluster-id, and each raft message's
+    /// sender must be the voter its certificate names.
+    #[arg(long, env = "FERRY_CONTROL_CA_FILE", requires_all = ["cert", "key"])]
     pub ca_file: Option<PathBuf>,
+    /// Dev only: raft without TLS verification (self-signed, any peer accepted). Without
+    /// it, --ca-file, --cert and --key are required.
+    #[arg(long, env = "FERRY_INSECURE_RAFT", conflicts_with_all = ["cert", "key", "ca_file"])]
+    pub insecure_raft: bool,
+    /// Edges must prove a certificate from --ca-file when they register.
+    #[arg(long, env = "FERRY_REQUIRE_EDGE_PROOFS", requires = "ca_file")]
+    pub require_edge_proofs: bool,
+}
+
+/// The raft transport's security from the flags: mutual TLS with a certificate that
+/// names this voter, or `--insecure-raft`.
+fn raft_security(args: &ControlArgs) -> anyhow::Result<RaftSecurity> {
+    let cluster = &args.gossip.cluster_id;
+    let (ca, cert, key) = match (&args.ca_file, &args.cert, &args.key) {
+        (Some(ca), Some(cert), Some(key)) => (ca, cert, key),
+        _ if args.insecure_raft => {
+            tracing::warn!("--insecure-raft: the raft port accepts any peer; dev only");
+            return Ok(RaftSecurity::Insecure);
+        }
+        _ => bail!(
+            "the raft transport needs this voter's certificate: give --ca-file, --cert and --key \
+             (`ferry ca issue --role voter --node voter-{} --cluster-id {cluster}`), or --insecure-raft (dev only)",
+            args.id
+        ),
+    };
+    let want = Identity::voter(cluster, args.id);
+    let chain = ferry_net::tls::load_certs(cert)?;
+    let leaf = chain.first().with_context(|| format!("--cert {}: no certificate", cert.display()))?;
+    match Identity::of_cert(leaf) {
+        Ok(id) if id == want => {}
+        found => bail!(
+            "--cert {} names {}, but this process is {want}: issue this voter's own certificate with \
+             `ferry ca issue --role voter --node voter-{} --cluster-id {cluster}`",
+            cert.display(),
+            match found {
+                Ok(id) => id.to_string(),
+                Err(refusal) => format!("no voter identity ({refusal})"),
+            },
+            args.id
+        ),
+    }
+    Ok(RaftSecurity::Mutual {
+        tls: ClusterTls { ca: ca.clone(), cert: cert.clone(), key: key.clone() },
+        cluster: cluster.clone(),
+    })
 }
 
 fn parse_peers(peers: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -113,24 +160,15 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     node.election_ticks = args.election_ticks;
     node.snapshot_every = args.snapshot_every.max(1);
     node.join = args.join;
-    let identity = match (&args.cert, &args.key) {
-        (Some(cert), Some(key)) => ServerIdentity::Files { cert: cert.clone(), key: key.clone() },
-        _ => ServerIdentity::SelfSigned { names: ferry_net::tls::default_names() },
-    };
-    let trust = match (&args.ca_file, &args.cert, &args.key) {
-        (Some(ca), Some(cert), Some(key)) => {
-            ClientTrust::Cluster(ClusterTls { ca: ca.clone(), cert: cert.clone(), key: key.clone() })
-        }
-        (Some(ca), _, _) => ClientTrust::CaFile(ca.clone()),
-        (None, _, _) => ClientTrust::Insecure,
-    };
+    let security = raft_security(&args)?;
     let config = ControlConfig {
         node,
-        transport: TransportConfig { listen: raft_listen, identity, trust },
+        transport: TransportConfig { listen: raft_listen, security },
+        require_edge_proofs: args.require_edge_proofs,
         http_listen: args.http_listen,
         token,
         request_timeout: args.request_timeout,
-        gossip: args.gossip.to_config(&format!("voter-{}", args.id)),
+        gossip: args.gossip.to_config(&format!("voter-{}", args.id))?,
         failover_grace: args.failover_grace,
     };
     let cancel = crate::process::shutdown_signal();

@@ -16,14 +16,15 @@ use ferry_client::publish::{PublishOptions, Source};
 use ferry_client::routed::{publish_routed, RouteOptions};
 use ferry_control_plane::node::NodeConfig;
 use ferry_control_plane::server::{Control, ControlConfig};
-use ferry_control_plane::transport::TransportConfig;
+use ferry_control_plane::transport::{RaftSecurity, TransportConfig};
 use ferry_edge::auth::{kid_of, Action, Claims, Policy, StreamScope, TokenSecret};
 use ferry_edge::config::AccessConfig;
 use ferry_edge::webrtc::WebRtcConfig;
 use ferry_edge::{BoundEdge, EdgeConfig};
 use ferry_media::synthetic::SyntheticConfig;
 use ferry_net::dial::SessionHello;
-use ferry_net::gossip::{GossipConfig, DEFAULT_INTERVAL};
+use ferry_net::gossip::{GossipConfig, KeyringSource, DEFAULT_INTERVAL};
+use ferry_net::identity::{Identity, Role};
 use ferry_net::tls::default_names;
 use ferry_net::tls::{ClientTrust, ClusterTls, ServerIdentity, TransportTuning};
 use ferry_proto::{NodeId, StreamName};
@@ -90,8 +91,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     };
 
-    // Gossip ports, picked now so every process can seed from the voter's.
+    // Gossip ports, picked now so every process can seed from the voter's, and the
+    // cluster's gossip keyring (kept with the data).
     let voter_gossip = free_udp_port()?;
+    let keyring_dir = data_dir.join("gossip-keyring");
+    if !keyring_dir.join("dev.key").exists() {
+        std::fs::create_dir_all(&keyring_dir)
+            .with_context(|| format!("cannot create {}", keyring_dir.display()))?;
+        std::fs::write(keyring_dir.join("dev.key"), ferry_net::seal::new_key_hex()?)
+            .with_context(|| format!("cannot write the dev gossip key in {}", keyring_dir.display()))?;
+    }
+    let keyring = KeyringSource::load(keyring_dir, DEV_CLUSTER).context("the dev gossip keyring")?;
     let gossip = |id: &str, listen: SocketAddr| GossipConfig {
         node_id: id.to_owned(),
         listen,
@@ -99,6 +109,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         seeds: vec![voter_gossip.to_string()],
         cluster_id: DEV_CLUSTER.into(),
         interval: DEFAULT_INTERVAL,
+        keyring: Some(keyring.clone()),
     };
 
     // The secret that signs the dev tokens (kept with the data, so tokens minted for a
@@ -131,9 +142,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if !ca_dir.join("ca.pem").exists() {
         ferry_net::tls::init_ca(&ca_dir).context("creating the dev cluster CA")?;
     }
-    let cluster_tls = |node: &str| -> anyhow::Result<ClusterTls> {
-        let (cert, key) = ferry_net::tls::issue_node_cert(&ca_dir, node, &default_names(), &ca_dir)
-            .with_context(|| format!("issuing the dev certificate for {node}"))?;
+    let cluster_tls = |node: &str, identity: Identity| -> anyhow::Result<ClusterTls> {
+        let (cert, key) =
+            ferry_net::tls::issue_node_cert(&ca_dir, node, &identity, &default_names(), &ca_dir)
+                .with_context(|| format!("issuing the dev certificate for {node}"))?;
         Ok(ClusterTls { ca: ca_dir.join("ca.pem"), cert, key })
     };
 
@@ -157,7 +169,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     for (i, raft) in raft_addrs.iter().enumerate() {
         let id = i as u64 + 1;
         let name = format!("voter-{id}");
-        let tls = cluster_tls(&name)?;
+        let tls = cluster_tls(&name, Identity::voter(DEV_CLUSTER, id))?;
         let dir = if id == 1 { data_dir.clone() } else { data_dir.join(&name) };
         let gossip_addr = if id == 1 { voter_gossip } else { free_udp_port()? };
         let control = Control::start(
@@ -165,9 +177,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 node: NodeConfig::new(id, peers.clone(), dir),
                 transport: TransportConfig {
                     listen: *raft,
-                    identity: ServerIdentity::Files { cert: tls.cert.clone(), key: tls.key.clone() },
-                    trust: ClientTrust::Cluster(tls),
+                    security: RaftSecurity::Mutual { tls, cluster: DEV_CLUSTER.into() },
                 },
+                require_edge_proofs: true,
                 http_listen: offset(args.control_listen, i as u16),
                 token: DEV_TOKEN.to_owned(),
                 request_timeout: Duration::from_secs(5),
@@ -221,7 +233,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         config.gossip = Some(gossip(id, free_udp_port()?));
         config.control_plane = urls.clone();
         config.control_token = DEV_TOKEN.to_owned();
-        let tls = cluster_tls(id)?;
+        let identity = Identity::new(DEV_CLUSTER, Role::Edge, id).map_err(anyhow::Error::msg)?;
+        let tls = cluster_tls(id, identity)?;
         config.identity = ServerIdentity::Files { cert: tls.cert.clone(), key: tls.key.clone() };
         config.upstream_trust = ClientTrust::Cluster(tls.clone());
         config.cluster_tls = Some(tls);

@@ -190,7 +190,7 @@ impl EdgeArgs {
             policy: Policy { audience: self.gossip.cluster_id.clone(), max_ttl: self.token_max_ttl },
             allow_anonymous: self.allow_anonymous,
         };
-        config.gossip = self.gossip.to_config(&self.node_id);
+        config.gossip = self.gossip.to_config(&self.node_id)?;
         (config.control_plane, config.control_token) = self.control.resolve()?;
         config.capacity = self.control.capacity;
         Ok(config)

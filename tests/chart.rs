@@ -126,10 +126,21 @@ impl Pods {
         cmd
     }
 
-    fn volumes(&self, pod: &str, ip: &str, config: &str, secrets: &BTreeMap<String, String>, ca: &Path) {
+    fn volumes(
+        &self,
+        pod: &str,
+        ip: &str,
+        config: &str,
+        secrets: &BTreeMap<String, String>,
+        keyring: &BTreeMap<String, String>,
+        ca: &Path,
+    ) {
         let etc = self.root.join(pod).join("etc/ferry");
-        for sub in ["secrets", "ca", "node"] {
+        for sub in ["secrets", "ca", "node", "gossip-keyring"] {
             std::fs::create_dir_all(etc.join(sub)).unwrap();
+        }
+        for (k, v) in keyring {
+            std::fs::write(etc.join("gossip-keyring").join(k), v).unwrap();
         }
         std::fs::create_dir_all(self.root.join(pod).join("var/lib/ferry/data")).unwrap();
         std::fs::write(etc.join("ferry.toml"), self.localize(pod, ip, config)).unwrap();
@@ -234,9 +245,20 @@ fn a_cluster_started_from_the_rendered_chart_plays_a_stream_and_has_every_charte
         assert!(base64_decode(secret["data"][key].as_str().unwrap()).len() >= 16, "{key}");
     }
 
+    // The gossip keyring the chart generated (full.yaml keeps it), as kubelet mounts it.
+    let ring = find(&objects, "Secret", "-gossip-keyring");
+    let keyring: BTreeMap<String, String> = ring["data"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), base64_decode(v.as_str().unwrap())))
+        .collect();
+    assert_eq!(keyring["k1.key"].len(), 64, "a 32-byte key in hex");
+    assert_eq!(keyring["primary"], "k1");
+
     let mut procs = Vec::new();
     let start_pod = |pod: &str, ip: &str, spec: &Value, procs: &mut Vec<Proc>| {
-        pods.volumes(pod, ip, &config, &secrets, &ca);
+        pods.volumes(pod, ip, &config, &secrets, &keyring, &ca);
         for init in spec["initContainers"].as_array().unwrap() {
             let out = pods.command(pod, ip, init).output().unwrap();
             assert!(out.status.success(), "{pod} init: {}", String::from_utf8_lossy(&out.stderr));

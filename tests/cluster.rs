@@ -111,6 +111,7 @@ fn a_cluster_routes_fails_over_and_keeps_playing_without_its_control_plane() {
                     .map(String::from)
                     .to_vec();
             extra.extend(cluster_cert_args(&plan.ca, &format!("voter-{id}"), "voter"));
+            extra.push("--require-edge-proofs".into());
             let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
             Voter::start(id, &peers, &dir.path().join(format!("v{id}")), &extra)
         })
@@ -403,6 +404,7 @@ fn only_cluster_members_relay_and_get_routed() {
     let peers = format!("1=127.0.0.1:{}", free_udp_port());
     let mut voter_args = vec!["--gossip-listen".to_owned(), voter_gossip.clone()];
     voter_args.extend(cluster_cert_args(&ca, "voter-1", "voter"));
+    voter_args.push("--require-edge-proofs".into());
     let voter = Voter::start(1, &peers, &dir.path().join("v1"), &strs(&voter_args));
     wait_for_leader(&[&voter]);
     let control = format!("http://{}", voter.http);
@@ -586,6 +588,7 @@ fn single_voter(plan: &Plan, dir: &std::path::Path) -> (Voter, String) {
     let mut extra: Vec<String> =
         ["--gossip-listen", &plan.voter_gossip[0], "--gossip-seeds", &seeds].map(String::from).to_vec();
     extra.extend(cluster_cert_args(&plan.ca, "voter-1", "voter"));
+    extra.push("--require-edge-proofs".into());
     let voter = Voter::start(1, &peers, &dir.join("v1"), &strs(&extra));
     wait_for_leader(&[&voter]);
     let control = format!("http://{}", voter.http);

@@ -28,7 +28,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
 /// only modules before it in this list.
 const MODULE_LAYERS: &[(&str, &[&str])] = &[
     ("proto/src", &["error", "ids", "media", "codec", "message", "placement", "cohort", "rollout", "api"]),
-    ("net/src", &["error", "random", "time", "tls", "wire", "dial", "http", "proof", "gossip"]),
+    (
+        "net/src",
+        &["error", "random", "time", "seal", "identity", "tls", "wire", "dial", "http", "proof", "gossip"],
+    ),
     ("media/src", &["synthetic", "keyframe", "ivf", "throttle", "rtp", "peer"]),
     ("client/src", &["error", "stats", "publish", "watch", "whep", "routed"]),
     (

@@ -153,6 +153,21 @@ fn a_fault_injection_drill_refuses_its_share_of_treatment_sessions_and_counts_th
         );
         (status == 503 && body.contains("fault_injected")).then_some(())
     });
+    // ... and knows where the stream is (its origin comes by gossip and the control
+    // plane, maybe after the rollout): an id the drill lets through gets a session.
+    let admitted = ids.iter().find(|id| !refused_by_drill(id)).unwrap();
+    wait_for("edge a serves the stream", Duration::from_secs(30), || {
+        let (status, hdrs, _) = http(
+            &edge.http,
+            "POST",
+            &format!("/whep/{stream}"),
+            &[("Content-Type", "application/sdp"), ("Ferry-Session", admitted)],
+            vp8_offer("recvonly").as_bytes(),
+        );
+        let location = header(&hdrs, "location")?.to_owned();
+        assert_eq!(http(&edge.http, "DELETE", &location, &[], b"").0, 200);
+        (status == 201).then_some(())
+    });
     let errors_before = edge
         .metric(
             "ferry_rollout_errors_total{rollout=\"drill\",cohort=\"treatment\",reason=\"fault_injected\"}",

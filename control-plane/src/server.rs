@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ferry_net::gossip::{Gossip, GossipConfig, GossipMetrics, SelfInfo};
-use ferry_net::tls;
+use ferry_net::tls::{self, PeerRefusals};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -37,6 +37,9 @@ pub struct ControlConfig {
     /// How long the leader's own gossip view must show an edge dead before it commits
     /// the failover reaction.
     pub failover_grace: Duration,
+    /// Edges must prove a certificate from the raft transport's cluster CA when they
+    /// register (`--require-edge-proofs`); needs mutual-TLS raft.
+    pub require_edge_proofs: bool,
 }
 
 /// A started voter.
@@ -57,12 +60,15 @@ impl Control {
             .map_err(Error::bind("the API (--http-listen)", config.http_listen))?;
         let http_addr =
             listener.local_addr().map_err(Error::bind("the API (--http-listen)", config.http_listen))?;
-        let cluster_ca = match &config.transport.trust {
-            tls::ClientTrust::Cluster(c) => Some(c.ca.clone()),
+        let cluster_ca = match (config.require_edge_proofs, config.transport.security.cluster_tls()) {
+            (true, Some(c)) => Some(c.ca.clone()),
             _ => None,
         };
-        let node = start_node(config.node, config.transport, &tracker, cancel.clone()).await?;
+        let refusals = PeerRefusals::default();
+        let node =
+            start_node(config.node, config.transport, refusals.clone(), &tracker, cancel.clone()).await?;
         let mut api = Api::new(node.clone(), config.token, config.request_timeout);
+        api.register_raft_refusals(&refusals);
         let mut gossip_handle = None;
         if let Some(ca) = cluster_ca {
             let ca = tls::load_certs(&ca)?;
@@ -145,7 +151,14 @@ async fn guard_loop(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let members: Vec<_> = gossip.members().into_iter().filter(|m| m.info.role == "edge").collect();
+        // Gossip is a hint: only registered edges' readings and trips count, so a
+        // process that holds the gossip key but never registered trips nothing.
+        let registered: BTreeSet<String> = node.read(|s| s.edges.keys().cloned().collect());
+        let members: Vec<_> = gossip
+            .members()
+            .into_iter()
+            .filter(|m| m.info.role == "edge" && registered.contains(&m.id))
+            .collect();
         let rollouts: Vec<(String, u8, bool, RolloutSpec)> = node.read(|s| {
             s.rollouts
                 .values()
@@ -308,11 +321,12 @@ async fn commit(
 async fn start_node(
     config: NodeConfig,
     transport: TransportConfig,
+    refusals: PeerRefusals,
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> Result<NodeHandle> {
     let (runner, handle) = node::open(config)?;
-    let network = Transport::start(transport, handle.clone(), tracker, cancel.clone()).await?;
+    let network = Transport::start(transport, handle.clone(), refusals, tracker, cancel.clone()).await?;
     tracker.spawn(runner.run(Arc::new(network), cancel));
     Ok(handle)
 }

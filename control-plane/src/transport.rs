@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ferry_net::tls::{self, ClientTrust, ServerIdentity, TransportTuning};
+use ferry_net::identity::{Identity, Refusal};
+use ferry_net::tls::{self, ClientTrust, ClusterTls, PeerRefusals, ServerIdentity, TransportTuning};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use tokio::sync::mpsc;
@@ -32,8 +33,37 @@ const MAX_PEER_CONNECTIONS: usize = 64;
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
     pub listen: SocketAddr,
-    pub identity: ServerIdentity,
-    pub trust: ClientTrust,
+    pub security: RaftSecurity,
+}
+
+/// Who may speak raft to this voter.
+#[derive(Debug, Clone)]
+pub enum RaftSecurity {
+    /// Mutual TLS with the cluster CA: every peer presents a certificate naming a voter
+    /// of `cluster` (`spiffe://CLUSTER/voter/ID`), each message's `from` must be that
+    /// id, and a dialed peer must be the voter it was dialed as.
+    Mutual { tls: ClusterTls, cluster: String },
+    /// No verification at all (`--insecure-raft`, dev only): self-signed certificates,
+    /// any peer.
+    Insecure,
+}
+
+impl RaftSecurity {
+    /// The cluster CA, when there is one.
+    pub fn cluster_tls(&self) -> Option<&ClusterTls> {
+        match self {
+            RaftSecurity::Mutual { tls, .. } => Some(tls),
+            RaftSecurity::Insecure => None,
+        }
+    }
+
+    /// The cluster whose voters are accepted (`None`: anyone).
+    fn cluster(&self) -> Option<&str> {
+        match self {
+            RaftSecurity::Mutual { cluster, .. } => Some(cluster),
+            RaftSecurity::Insecure => None,
+        }
+    }
 }
 
 impl RaftNetwork for Transport {
@@ -53,8 +83,27 @@ pub struct Transport {
     endpoint: quinn::Endpoint,
     peers: Arc<Mutex<HashMap<u64, Peer>>>,
     node: NodeHandle,
+    checks: Checks,
     tracker: TaskTracker,
     cancel: CancellationToken,
+}
+
+/// What the transport checks of peers, and where it counts refusals.
+#[derive(Clone)]
+struct Checks {
+    /// Peers must be voters of this cluster (`None`: `--insecure-raft`).
+    cluster: Option<Arc<str>>,
+    refusals: PeerRefusals,
+}
+
+impl Checks {
+    /// The raft id of a connected peer, or why it is refused.
+    fn voter(&self, conn: &quinn::Connection) -> Result<Option<u64>, Refusal> {
+        match &self.cluster {
+            None => Ok(None),
+            Some(cluster) => Identity::of_peer(conn)?.check_voter(cluster).map(Some),
+        }
+    }
 }
 
 impl Transport {
@@ -62,6 +111,7 @@ impl Transport {
     pub async fn start(
         config: TransportConfig,
         node: NodeHandle,
+        refusals: PeerRefusals,
         tracker: &TaskTracker,
         cancel: CancellationToken,
     ) -> crate::Result<Transport> {
@@ -73,21 +123,40 @@ impl Transport {
             keep_alive: Duration::from_secs(1),
             ..TransportTuning::default()
         };
-        // With a cluster CA and this voter's certificate (mTLS), every peer must present
-        // a certificate from the same CA.
-        let client_auth = match &config.trust {
-            tls::ClientTrust::Cluster(c) => tls::ClientAuth::Required(c.ca.clone()),
-            _ => tls::ClientAuth::None,
+        let (identity, trust, client_auth) = match &config.security {
+            // Mutual TLS: peers must present a voter certificate of this cluster.
+            RaftSecurity::Mutual { tls: cluster_tls, cluster } => (
+                ServerIdentity::Files { cert: cluster_tls.cert.clone(), key: cluster_tls.key.clone() },
+                ClientTrust::Cluster(cluster_tls.clone()),
+                tls::ClientAuth::Voters {
+                    ca: cluster_tls.ca.clone(),
+                    cluster: cluster.clone(),
+                    refusals: refusals.clone(),
+                },
+            ),
+            RaftSecurity::Insecure => (
+                ServerIdentity::SelfSigned { names: tls::default_names() },
+                ClientTrust::Insecure,
+                tls::ClientAuth::None,
+            ),
         };
-        let server = tls::server_config_with(&config.identity, &tuning, RAFT_ALPN, &client_auth)?;
+        let server = tls::server_config_with(&identity, &tuning, RAFT_ALPN, &client_auth)?;
         let mut endpoint = quinn::Endpoint::server(server, config.listen)
             .map_err(crate::Error::bind("raft (--raft-listen)", config.listen))?;
-        endpoint.set_default_client_config(tls::client_config_for(&config.trust, &tuning, RAFT_ALPN)?);
-        tracker.spawn(accept(endpoint.clone(), node.clone(), tracker.clone(), cancel.clone()));
+        endpoint.set_default_client_config(tls::client_config_for(&trust, &tuning, RAFT_ALPN)?);
+        let checks = Checks { cluster: config.security.cluster().map(Arc::from), refusals };
+        tracker.spawn(accept(
+            endpoint.clone(),
+            node.clone(),
+            checks.clone(),
+            tracker.clone(),
+            cancel.clone(),
+        ));
         Ok(Transport {
             endpoint,
             peers: Arc::new(Mutex::new(HashMap::new())),
             node,
+            checks,
             tracker: tracker.clone(),
             cancel,
         })
@@ -120,7 +189,14 @@ impl Transport {
 
     fn spawn_peer(&self, id: u64, addr: String) -> Peer {
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
-        self.tracker.spawn(send_loop(self.endpoint.clone(), id, addr.clone(), rx, self.cancel.child_token()));
+        self.tracker.spawn(send_loop(
+            self.endpoint.clone(),
+            id,
+            addr.clone(),
+            rx,
+            self.checks.clone(),
+            self.cancel.child_token(),
+        ));
         Peer { addr, tx }
     }
 }
@@ -130,6 +206,7 @@ async fn send_loop(
     id: u64,
     addr: String,
     mut rx: mpsc::Receiver<Message>,
+    checks: Checks,
     cancel: CancellationToken,
 ) {
     let mut conn: Option<quinn::Connection> = None;
@@ -148,7 +225,7 @@ async fn send_loop(
         }
         let live = match conn.take().filter(|c| c.close_reason().is_none()) {
             Some(c) => Some(c),
-            None => match connect(&endpoint, &addr).await {
+            None => match connect(&endpoint, &addr, id, &checks).await {
                 Ok(c) => {
                     backoff = Duration::from_millis(50);
                     Some(c)
@@ -173,16 +250,42 @@ async fn send_loop(
     }
 }
 
-async fn connect(endpoint: &quinn::Endpoint, addr: &str) -> ferry_net::Result<quinn::Connection> {
+/// Connects to voter `id` at `addr`; with mutual TLS the peer's certificate must name
+/// that voter (an address taken over by another voter or an edge is refused).
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    addr: &str,
+    id: u64,
+    checks: &Checks,
+) -> ferry_net::Result<quinn::Connection> {
     let (host, remote) = ferry_net::dial::resolve(addr).await?;
     let connecting = endpoint.connect(remote, &host)?;
-    tokio::time::timeout(Duration::from_secs(2), connecting)
+    let conn = tokio::time::timeout(Duration::from_secs(2), connecting)
         .await
-        .map_err(|_| ferry_net::Error::Timeout("a raft peer"))?
-        .map_err(Into::into)
+        .map_err(|_| ferry_net::Error::Timeout("a raft peer"))??;
+    match checks.voter(&conn) {
+        Ok(None) => Ok(conn),
+        Ok(Some(peer)) if peer == id => Ok(conn),
+        result => {
+            let refusal = result.err().unwrap_or(Refusal::WrongNode);
+            checks.refusals.count(refusal);
+            conn.close(REFUSED, refusal.label().as_bytes());
+            Err(ferry_net::Error::Protocol(format!("{addr} is not voter {id}: {refusal}")))
+        }
+    }
 }
 
-async fn write_batch(conn: &quinn::Connection, batch: &[Message]) -> ferry_net::Result<()> {
+/// Whether a handshake failed because the client presented no certificate (the TLS
+/// `certificate_required` alert, 116).
+fn is_certificate_required(error: &quinn::ConnectionError) -> bool {
+    matches!(error, quinn::ConnectionError::TransportError(e) if e.code == quinn::TransportErrorCode::crypto(116))
+}
+
+/// QUIC close code of a refused raft peer (the reason travels as the close reason).
+const REFUSED: quinn::VarInt = quinn::VarInt::from_u32(2);
+
+/// Writes one batch of raft messages on a new stream of `conn` (the wire format above).
+pub async fn write_batch(conn: &quinn::Connection, batch: &[Message]) -> ferry_net::Result<()> {
     let mut buf = Vec::new();
     buf.extend_from_slice(&u32::try_from(batch.len()).unwrap_or(u32::MAX).to_be_bytes());
     for msg in batch {
@@ -199,6 +302,7 @@ async fn write_batch(conn: &quinn::Connection, batch: &[Message]) -> ferry_net::
 async fn accept(
     endpoint: quinn::Endpoint,
     node: NodeHandle,
+    checks: Checks,
     tracker: TaskTracker,
     cancel: CancellationToken,
 ) {
@@ -212,11 +316,11 @@ async fn accept(
             _ = cancel.cancelled() => break,
             i = endpoint.accept() => match i { Some(i) => i, None => break },
         };
-        let (node, cancel) = (node.clone(), cancel.clone());
+        let (node, checks, cancel) = (node.clone(), checks.clone(), cancel.clone());
         tracker.spawn(async move {
             tokio::select! {
                 _ = cancel.cancelled() => {}
-                _ = serve_peer(incoming, node) => {}
+                _ = serve_peer(incoming, node, checks) => {}
             }
             drop(permit);
         });
@@ -224,11 +328,47 @@ async fn accept(
     endpoint.close(0u32.into(), b"shutdown");
 }
 
-async fn serve_peer(incoming: quinn::Incoming, node: NodeHandle) {
-    let Ok(conn) = incoming.await else { return };
+async fn serve_peer(incoming: quinn::Incoming, node: NodeHandle, checks: Checks) {
+    let peer_addr = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            // The verifier counted certificates it refused; a client that sent none
+            // never reached it.
+            if is_certificate_required(&e) {
+                checks.refusals.count(Refusal::NoCertificate);
+            }
+            tracing::debug!(peer = %peer_addr, error = %ferry_net::Chain(&e), "raft handshake failed");
+            return;
+        }
+    };
+    // The verifier accepted only voters of this cluster; read which one.
+    let voter = match checks.voter(&conn) {
+        Ok(voter) => voter,
+        Err(refusal) => {
+            checks.refusals.count(refusal);
+            conn.close(REFUSED, refusal.label().as_bytes());
+            return;
+        }
+    };
     while let Ok(mut stream) = conn.accept_uni().await {
         match read_batch(&mut stream).await {
-            Ok(msgs) => msgs.into_iter().for_each(|m| node.deliver(m)),
+            Ok(msgs) => {
+                for msg in msgs {
+                    match voter {
+                        Some(id) if msg.from != id => {
+                            checks.refusals.count(Refusal::FromMismatch);
+                            tracing::warn!(
+                                peer = %peer_addr,
+                                certificate = id,
+                                from = msg.from,
+                                "raft message from another voter than its certificate names; dropped"
+                            );
+                        }
+                        _ => node.deliver(msg),
+                    }
+                }
+            }
             Err(e) => {
                 tracing::warn!(peer = %conn.remote_address(), error = %ferry_net::Chain(&e), "bad raft batch; closing");
                 conn.close(1u32.into(), b"bad raft batch");

@@ -151,7 +151,14 @@ mod tests {
     }
 
     fn signer(dir: &tempfile::TempDir, node: &str) -> Signer {
-        let (cert, key) = issue_node_cert(dir.path(), node, &[], dir.path()).unwrap();
+        let (cert, key) = issue_node_cert(
+            dir.path(),
+            node,
+            &crate::identity::Identity::new("ferry", crate::identity::Role::Edge, node).unwrap(),
+            &[],
+            dir.path(),
+        )
+        .unwrap();
         Signer::load(&ClusterTls { ca: dir.path().join("ca.pem"), cert, key }).unwrap()
     }
 

@@ -7,9 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_proto::ALPN;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::DistinguishedName;
 
+use crate::identity::{Identity, Refusal};
 use crate::{Error, Result};
 
 /// A problem with the contents of a PEM file.
@@ -55,12 +62,96 @@ pub enum ClientAuth {
     /// session then decides what an unauthenticated client may do (see
     /// [`peer_has_cluster_cert`]).
     Optional(PathBuf),
-    /// Every client must present a certificate chaining to this CA (raft transport).
-    Required(PathBuf),
+    /// Every client must present a certificate chaining to this CA that names a voter
+    /// of `cluster` ([`Identity`]); anything else fails the handshake and is counted in
+    /// `refusals` (the raft transport).
+    Voters { ca: PathBuf, cluster: String, refusals: PeerRefusals },
+}
+
+/// Peers refused, by [`Refusal`] reason; clones share the counts.
+#[derive(Debug, Clone, Default)]
+pub struct PeerRefusals(pub Family<ReasonLabel, Counter>);
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+impl PeerRefusals {
+    pub fn count(&self, refusal: Refusal) {
+        self.0.get_or_create(&ReasonLabel { reason: refusal.label() }).inc();
+    }
+
+    /// Registers the counter as `name`, every reason at zero so alerts see the series
+    /// before the first refusal.
+    pub fn register(&self, registry: &mut Registry, name: &str, help: &str) {
+        for refusal in Refusal::ALL {
+            let _ = self.0.get_or_create(&ReasonLabel { reason: refusal.label() });
+        }
+        registry.register(name, help, self.0.clone());
+    }
+}
+
+/// Checks client certificates against the cluster CA (rustls' WebPKI verifier: chain,
+/// validity, key usage), then that the certificate names a voter of the cluster.
+#[derive(Debug)]
+struct VoterVerifier {
+    webpki: Arc<dyn ClientCertVerifier>,
+    cluster: String,
+    refusals: PeerRefusals,
+}
+
+impl ClientCertVerifier for VoterVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.webpki.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        if let Err(e) = self.webpki.verify_client_cert(end_entity, intermediates, now) {
+            self.refusals.count(Refusal::of_tls(&e));
+            return Err(e);
+        }
+        match Identity::of_cert(end_entity).and_then(|id| id.check_voter(&self.cluster)) {
+            Ok(_) => Ok(ClientCertVerified::assertion()),
+            Err(refusal) => {
+                self.refusals.count(refusal);
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                ))
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
 }
 
 /// Whether the peer of `conn` presented a client certificate. With
-/// [`ClientAuth::Optional`] or [`ClientAuth::Required`] rustls has verified it against the
+/// [`ClientAuth::Optional`] or [`ClientAuth::Voters`] rustls has verified it against the
 /// cluster CA, so presence means a cluster member.
 pub fn peer_has_cluster_cert(conn: &quinn::Connection) -> bool {
     conn.peer_identity()
@@ -222,11 +313,15 @@ pub fn server_config_with(
                 .build()
                 .map_err(Error::tls("the client certificate verifier"))?,
         ),
-        ClientAuth::Required(ca) => builder.with_client_cert_verifier(
-            rustls::server::WebPkiClientVerifier::builder(roots(ca)?)
-                .build()
-                .map_err(Error::tls("the client certificate verifier"))?,
-        ),
+        ClientAuth::Voters { ca, cluster, refusals } => {
+            builder.with_client_cert_verifier(Arc::new(VoterVerifier {
+                webpki: rustls::server::WebPkiClientVerifier::builder(roots(ca)?)
+                    .build()
+                    .map_err(Error::tls("the client certificate verifier"))?,
+                cluster: cluster.clone(),
+                refusals: refusals.clone(),
+            }))
+        }
     };
     let mut tls =
         builder.with_single_cert(chain, key).map_err(Error::tls("the server certificate and key"))?;
@@ -346,7 +441,7 @@ pub struct CertFiles {
 pub fn generate_cluster_certs(dir: &Path, names: &[String]) -> Result<CertFiles> {
     let (ca_cert, ca_key) = write_ca(dir)?;
     let node = names.first().map_or("ferry", String::as_str);
-    let (cert, key) = issue_into(dir, node, names, &dir.join("cert.pem"), &dir.join("key.pem"))?;
+    let (cert, key) = issue_into(dir, node, None, names, &dir.join("cert.pem"), &dir.join("key.pem"))?;
     Ok(CertFiles { ca_cert, ca_key, cert, key })
 }
 
@@ -382,12 +477,14 @@ pub fn init_ca(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     write_ca(dir)
 }
 
-/// `ferry ca issue`: a certificate for cluster node `node`, valid as a server (for
-/// `names` and the node id) and as a client, signed by the CA in `ca_dir`. Writes
-/// `{out_dir}/{node}.pem` (leaf then CA) and `{out_dir}/{node}-key.pem`.
+/// `ferry ca issue`: a certificate for cluster node `node` with the role-bound
+/// `identity` (its one URI name), valid as a server (for `names` and the node id) and
+/// as a client, signed by the CA in `ca_dir`. Writes `{out_dir}/{node}.pem` (leaf then
+/// CA) and `{out_dir}/{node}-key.pem`.
 pub fn issue_node_cert(
     ca_dir: &Path,
     node: &str,
+    identity: &Identity,
     names: &[String],
     out_dir: &Path,
 ) -> Result<(PathBuf, PathBuf)> {
@@ -395,6 +492,7 @@ pub fn issue_node_cert(
     issue_into(
         ca_dir,
         node,
+        Some(identity),
         names,
         &out_dir.join(format!("{node}.pem")),
         &out_dir.join(format!("{node}-key.pem")),
@@ -404,6 +502,7 @@ pub fn issue_node_cert(
 fn issue_into(
     ca_dir: &Path,
     node: &str,
+    identity: Option<&Identity>,
     names: &[String],
     cert_path: &Path,
     key_path: &Path,
@@ -422,6 +521,10 @@ fn issue_into(
     }
     let key = KeyPair::generate().map_err(Error::tls("generating a node key"))?;
     let mut params = CertificateParams::new(sans).map_err(Error::tls("the certificate names"))?;
+    if let Some(identity) = identity {
+        let uri = identity.uri().try_into().map_err(Error::tls("the certificate's identity"))?;
+        params.subject_alt_names.push(rcgen::SanType::URI(uri));
+    }
     params.distinguished_name.push(DnType::CommonName, node);
     params.extended_key_usages =
         vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];

@@ -126,9 +126,18 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<String>>();
 
     let voter_gossip = free_udp()?;
-    let mut voter_args = s(&["control", "--id", "1", "--http-listen", "127.0.0.1:0", "--log", "warn"]);
+    // One local voter: raft has no peers to authenticate.
+    let mut voter_args =
+        s(&["control", "--id", "1", "--http-listen", "127.0.0.1:0", "--log", "warn", "--insecure-raft"]);
     voter_args.extend(s(&["--peers", &format!("1={}", free_udp()?), "--token", TOKEN]));
+    // The processes' gossip keyring, sealed as in production.
+    let keyring = dir.join("gossip-keyring");
+    std::fs::create_dir_all(&keyring)?;
+    std::fs::write(keyring.join("bench.key"), ferry_net::seal::new_key_hex()?)?;
+    let keyring = keyring.to_string_lossy().into_owned();
     voter_args.extend(s(&[
+        "--gossip-keyring",
+        &keyring,
         "--gossip-listen",
         &voter_gossip,
         "--data-dir",
@@ -146,7 +155,14 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     for (id, region) in [("e1", "r1"), ("e2", "r1"), ("e3", "r2")] {
         let mut a = s(&["edge", "--node-id", id, "--region", region, "--log", "warn", "--allow-anonymous"]);
         a.extend(s(&["--quic-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]));
-        a.extend(s(&["--gossip-listen", &free_udp()?, "--gossip-seeds", &voter_gossip]));
+        a.extend(s(&[
+            "--gossip-listen",
+            &free_udp()?,
+            "--gossip-seeds",
+            &voter_gossip,
+            "--gossip-keyring",
+            &keyring,
+        ]));
         a.extend(s(&["--control-plane", &control, "--control-token", TOKEN]));
         let edge = spawn_ready(&binary, &a).await?;
         edges.insert(id.to_owned(), (region.to_owned(), edge));

@@ -116,6 +116,7 @@ impl Edge {
                 cmd.args([flag, "127.0.0.1:0"]);
             }
         }
+        cmd.args(gossip_keyring_args(extra));
         cmd.args(extra).stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut proc = Proc::spawn(&format!("edge {node}"), &mut cmd);
         let stdout = proc.child.stdout.take().unwrap();
@@ -315,6 +316,12 @@ impl Voter {
         if !extra.contains(&"--http-listen") {
             cmd.args(["--http-listen", "127.0.0.1:0"]);
         }
+        cmd.args(gossip_keyring_args(extra));
+        // Raft is mutual TLS: without certificates of its own, a voter gets one from a
+        // CA shared by the voters whose data dirs sit side by side.
+        if !extra.contains(&"--ca-file") && !extra.contains(&"--insecure-raft") {
+            cmd.args(voter_cert_args(data_dir, id));
+        }
         cmd.arg("--data-dir")
             .arg(data_dir)
             .args(["--snapshot-every", "50"])
@@ -387,10 +394,53 @@ pub fn require_ffmpeg() {
     assert!(ok, "ffmpeg is required for this test (scripts/test installs it)");
 }
 
+/// `--gossip-keyring DIR` for a process that gossips without a keyring or
+/// `--insecure-gossip` of its own: every process of this test binary shares one
+/// keyring (and processes of another test binary cannot hear them).
+pub fn gossip_keyring_args(extra: &[&str]) -> Vec<String> {
+    if !extra.contains(&"--gossip-listen")
+        || extra.contains(&"--gossip-keyring")
+        || extra.contains(&"--insecure-gossip")
+    {
+        return Vec::new();
+    }
+    vec!["--gossip-keyring".into(), test_keyring().to_string_lossy().into_owned()]
+}
+
+/// This test process's gossip keyring (created on first use).
+pub fn test_keyring() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("gossip-keyring-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = ferry().args(["ca", "gossip-key", "--name", "test", "--dir"]).arg(&dir).output().unwrap();
+        assert!(out.status.success(), "ca gossip-key: {}", String::from_utf8_lossy(&out.stderr));
+        dir
+    })
+}
+
+/// `--ca-file/--cert/--key` for voter `id`, issued by the CA next to `data_dir`
+/// (`raft-ca`, created by the first voter that needs it).
+fn voter_cert_args(data_dir: &Path, id: u64) -> Vec<String> {
+    static CREATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let ca = data_dir.parent().unwrap().join("raft-ca");
+    {
+        let _once = CREATE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !ca.join("ca.pem").exists() {
+            let out = ferry().args(["ca", "init", "--dir"]).arg(&ca).output().unwrap();
+            assert!(out.status.success(), "ca init: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    cluster_cert_args(&ca, &format!("voter-{id}"), "voter")
+}
+
 /// `ferry ca issue` for `node`; returns the flags that use the result: for edges
 /// (`kind` "cluster") --cluster-ca/-cert/-key, for voters --ca-file/--cert/--key.
 pub fn cluster_cert_args(ca: &std::path::Path, node: &str, kind: &str) -> Vec<String> {
-    let out = ferry().args(["ca", "issue", "--node", node, "--dir"]).arg(ca).output().unwrap();
+    let role = if kind == "cluster" { "edge" } else { "voter" };
+    let out =
+        ferry().args(["ca", "issue", "--role", role, "--node", node, "--dir"]).arg(ca).output().unwrap();
     assert!(out.status.success(), "ca issue: {}", String::from_utf8_lossy(&out.stderr));
     let files: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let path = |k: &str| files[k].as_str().unwrap().to_owned();

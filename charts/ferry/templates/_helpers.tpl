@@ -47,6 +47,7 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- define "ferry.controlHeadless" -}}{{ include "ferry.fullname" . }}-control-headless{{- end }}
 {{- define "ferry.edge" -}}{{ include "ferry.fullname" . }}-edge{{- end }}
 {{- define "ferry.secret" -}}{{ default (printf "%s-secrets" (include "ferry.fullname" .)) .Values.auth.existingSecret }}{{- end }}
+{{- define "ferry.gossipKeyringSecret" -}}{{ default (printf "%s-gossip-keyring" (include "ferry.fullname" .)) .Values.gossip.existingKeyringSecret }}{{- end }}
 {{- define "ferry.caSecret" -}}{{ default (printf "%s-ca" (include "ferry.fullname" .)) .Values.tls.existingSecret }}{{- end }}
 {{- define "ferry.serviceAccount" -}}{{ include "ferry.fullname" . }}{{- end }}
 

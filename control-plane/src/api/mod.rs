@@ -140,6 +140,17 @@ impl Api {
         self
     }
 
+    /// Registers `ferry_raft_peers_refused_total{reason}`.
+    pub fn register_raft_refusals(&mut self, refusals: &ferry_net::tls::PeerRefusals) {
+        if let Some(registry) = Arc::get_mut(&mut self.registry) {
+            refusals.register(
+                registry,
+                "ferry_raft_peers_refused",
+                "Raft peers and messages refused: certificates that are not a voter of this cluster, messages whose from is not the certificate's voter",
+            );
+        }
+    }
+
     /// Registers the gossip metrics; call before [`Api::with_gossip`].
     pub fn register_gossip_metrics(&mut self, metrics: &GossipMetrics) {
         if let Some(registry) = Arc::get_mut(&mut self.registry) {

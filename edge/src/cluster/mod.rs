@@ -33,10 +33,11 @@ pub struct Origin {
 
 impl ClusterView {
     /// The edge originating `stream`, other than `self_id`: a live edge that gossips it
-    /// as an origin first, else the control plane's record (unless gossip knows that edge
-    /// is dead).
+    /// as an origin first (only edges the control plane vouches for, at their registered
+    /// addresses: [`ClusterView::vouched_members`]), else the control plane's record
+    /// (unless gossip knows that edge is dead).
     pub fn origin_of(&self, stream: &str, self_id: &str) -> Option<Origin> {
-        let members = self.gossip.as_ref().map(|g| g.members()).unwrap_or_default();
+        let members = self.vouched_members();
         let live_origin = members
             .iter()
             .filter(|m| m.alive && !m.info.quic_addr.is_empty() && m.id != self_id)
@@ -100,9 +101,12 @@ impl ClusterView {
 
     /// Another edge where a publisher of `stream` is live now, by gossip (which
     /// knows within a round when a publisher leaves, so a vanished publisher never
-    /// keeps a stream busy): the edge id. `None` without gossip.
+    /// keeps a stream busy): the edge id. Only edges the control plane vouches for
+    /// count ([`ClusterView::vouched_members`]): a process that only gossips cannot
+    /// make a stream busy. `None` without gossip.
     pub fn live_origin_elsewhere(&self, stream: &str, self_id: &str) -> Option<String> {
-        let members = self.gossip.as_ref()?.members();
+        self.gossip.as_ref()?;
+        let members = self.vouched_members();
         members
             .into_iter()
             .find(|m| m.alive && m.id != self_id && m.info.role == "edge" && m.info.origins.contains(stream))
@@ -119,5 +123,28 @@ impl ClusterView {
     /// Gossip members (empty without gossip).
     pub fn members(&self) -> Vec<Member> {
         self.gossip.as_ref().map(|g| g.members()).unwrap_or_default()
+    }
+
+    /// Gossip members whose claims may move traffic: edges registered with the control
+    /// plane under the id they gossip, with the addresses of their registration (never
+    /// the addresses they gossip), and every non-edge member as it is. Gossip is a hint:
+    /// a process that holds the gossip key but never registered is left out. Without a
+    /// control link (a static edge) gossip is all there is.
+    pub fn vouched_members(&self) -> Vec<Member> {
+        let members = self.members();
+        let Some(control) = self.control.as_ref() else { return members };
+        let snapshot = control.snapshot();
+        members
+            .into_iter()
+            .filter_map(|mut m| {
+                if m.info.role != "edge" {
+                    return Some(m);
+                }
+                let edge = snapshot.edges.get(&m.id)?;
+                m.info.http_addr = edge.http_addr.clone();
+                m.info.quic_addr = edge.quic_addr.clone();
+                Some(m)
+            })
+            .collect()
     }
 }

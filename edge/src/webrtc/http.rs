@@ -235,13 +235,15 @@ async fn post_session(
 /// 307 to another edge when this one is draining, or (WHIP) when another edge already
 /// originates the stream; see [`crate::cluster::redirect`].
 fn redirect(state: &WebRtcEdge, direction: Direction, stream: &str) -> Option<Response> {
-    let gossip = state.gossip.get()?;
+    state.gossip.get()?;
     let kind = match direction {
         Direction::Whip => redirect::Kind::Whip,
         Direction::Whep => redirect::Kind::Whep,
     };
     let draining = state.draining.load(Ordering::Relaxed);
-    let members = gossip.members();
+    // Only registered edges, at their registered addresses: a process that only
+    // gossips cannot attract sessions.
+    let members = state.cluster().vouched_members();
     let me = state.config.node_id.as_str();
     let published_here = StreamName::new(stream).is_ok_and(|s| state.registry.has_live_publisher(&s));
     let addr = redirect::target(&members, me, &state.config.region, draining, kind, stream, published_here)?;

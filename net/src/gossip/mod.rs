@@ -26,6 +26,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::{Error, Result};
 
+mod sealed;
+pub use sealed::{GossipDrops, KeyringSource, SealedTransport, RELOAD_EVERY};
+
 /// Heartbeat lateness, in mean heartbeat intervals, at which a node is declared dead.
 pub const PHI_THRESHOLD: f64 = 8.0;
 /// Default gossip round interval.
@@ -68,6 +71,8 @@ pub struct GossipConfig {
     /// Processes with another cluster id ignore each other.
     pub cluster_id: String,
     pub interval: Duration,
+    /// Seal every datagram with this keyring (`None`: plaintext, `--insecure-gossip`).
+    pub keyring: Option<KeyringSource>,
 }
 
 /// Produces this process's current [`SelfInfo`].
@@ -114,6 +119,8 @@ pub struct GossipMetrics {
     pub deaths: Counter,
     /// Gossip rounds this process observed.
     pub rounds: Counter,
+    /// Datagrams dropped by the sealed transport, by reason.
+    pub drops: GossipDrops,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -130,6 +137,7 @@ impl GossipMetrics {
             self.deaths.clone(),
         );
         registry.register("ferry_gossip_rounds", "Gossip membership refreshes", self.rounds.clone());
+        self.drops.register(registry);
     }
 }
 
@@ -176,7 +184,20 @@ impl Gossip {
             protocol_version: chitchat::ProtocolVersion::V0,
         };
         let initial = encode(&info());
-        let handle = spawn_chitchat(chitchat_config, initial, &UdpTransport).await.map_err(|e| {
+        let spawned = match &config.keyring {
+            Some(keyring) => {
+                tracker.spawn(keyring.clone().reload(cancel.clone()));
+                let transport = SealedTransport {
+                    keyring: keyring.clone(),
+                    drops: metrics.drops.clone(),
+                    tracker: tracker.clone(),
+                    cancel: cancel.clone(),
+                };
+                spawn_chitchat(chitchat_config, initial, &transport).await
+            }
+            None => spawn_chitchat(chitchat_config, initial, &UdpTransport).await,
+        };
+        let handle = spawned.map_err(|e| {
             Error::Config(format!("cannot start gossip on {} (--gossip-listen): {e:#}", config.listen))
         })?;
         let gossip = Arc::new(Gossip {
@@ -318,6 +339,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
     use super::*;
+    use crate::seal::Drop;
 
     fn info(role: &str, origins: &[&str]) -> SelfInfoFn {
         let info = SelfInfo {
@@ -337,6 +359,18 @@ mod tests {
         tracker: &TaskTracker,
         cancel: &CancellationToken,
     ) -> Arc<Gossip> {
+        start_with(id, seeds, role, None, GossipMetrics::default(), tracker, cancel).await
+    }
+
+    async fn start_with(
+        id: &str,
+        seeds: Vec<String>,
+        role: &str,
+        keyring: Option<KeyringSource>,
+        metrics: GossipMetrics,
+        tracker: &TaskTracker,
+        cancel: &CancellationToken,
+    ) -> Arc<Gossip> {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let listen = socket.local_addr().unwrap();
         drop(socket);
@@ -347,16 +381,98 @@ mod tests {
             seeds,
             cluster_id: "test".into(),
             interval: DEFAULT_INTERVAL,
+            keyring,
         };
-        Gossip::start(
-            config,
-            info(role, &["live/a"]),
+        Gossip::start(config, info(role, &["live/a"]), metrics, tracker, cancel.child_token()).await.unwrap()
+    }
+
+    fn keyring(dir: &std::path::Path, keys: &[&str], primary: &str) -> KeyringSource {
+        std::fs::create_dir_all(dir).unwrap();
+        for k in keys {
+            let path = dir.join(format!("{k}.key"));
+            if !path.exists() {
+                std::fs::write(path, crate::seal::new_key_hex().unwrap()).unwrap();
+            }
+        }
+        std::fs::write(dir.join(crate::seal::PRIMARY_FILE), primary).unwrap();
+        KeyringSource::load(dir.to_owned(), "test").unwrap()
+    }
+
+    /// Members with the cluster's key see each other; a process with another key or
+    /// none sees nobody and nobody sees it, and its datagrams are counted as dropped. A
+    /// key rotation (install, use, remove) costs no member a death.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sealed_gossip_admits_only_key_holders_and_rotates_without_deaths() {
+        let tracker = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let dir = tempfile::tempdir().unwrap();
+        let (ka, kb) = (dir.path().join("a"), dir.path().join("b"));
+        let metrics = GossipMetrics::default();
+        let ring_a = keyring(&ka, &["k1"], "k1");
+        let a =
+            start_with("a", vec![], "voter", Some(ring_a.clone()), metrics.clone(), &tracker, &cancel).await;
+        let seed = vec![a.local_addr().to_string()];
+        // b shares the key (a copy of a's directory).
+        std::fs::create_dir_all(&kb).unwrap();
+        std::fs::copy(ka.join("k1.key"), kb.join("k1.key")).unwrap();
+        let ring_b = keyring(&kb, &["k1"], "k1");
+        let b = start_with(
+            "b",
+            seed.clone(),
+            "edge",
+            Some(ring_b.clone()),
             GossipMetrics::default(),
-            tracker,
-            cancel.child_token(),
+            &tracker,
+            &cancel,
         )
-        .await
-        .unwrap()
+        .await;
+        let wrong = start_with(
+            "wrong",
+            seed.clone(),
+            "edge",
+            Some(keyring(&dir.path().join("w"), &["k1"], "k1")),
+            GossipMetrics::default(),
+            &tracker,
+            &cancel,
+        )
+        .await;
+        let plain = start("plain", seed.clone(), "edge", &tracker, &cancel).await;
+        until("a and b see each other", || {
+            [&a, &b].iter().all(|g| g.members().iter().filter(|m| m.alive).count() == 2)
+        })
+        .await;
+        until("a dropped the wrong key's and the plaintext datagrams", || {
+            metrics.drops.get(Drop::UnknownKey) > 0 && metrics.drops.get(Drop::Unsealed) > 0
+        })
+        .await;
+        for outsider in [&wrong, &plain] {
+            assert_eq!(outsider.members().len(), 1, "an outsider sees only itself");
+        }
+        assert!(a.member("wrong").is_none() && a.member("plain").is_none());
+
+        // Rotation: install k2 everywhere, make it primary everywhere, remove k1; each
+        // step once both processes have read it.
+        let deaths = metrics.deaths.get();
+        let rings = [&ring_a, &ring_b];
+        std::fs::write(ka.join("k2.key"), crate::seal::new_key_hex().unwrap()).unwrap();
+        std::fs::copy(ka.join("k2.key"), kb.join("k2.key")).unwrap();
+        until("k2 installed", || rings.iter().all(|r| r.get().names().len() == 2)).await;
+        std::fs::write(ka.join(crate::seal::PRIMARY_FILE), "k2").unwrap();
+        until("a seals with k2", || ring_a.get().primary_name() == "k2").await;
+        let rounds = metrics.rounds.get();
+        until("ten rounds with a on k2 and b on k1", || metrics.rounds.get() > rounds + 10).await;
+        std::fs::write(kb.join(crate::seal::PRIMARY_FILE), "k2").unwrap();
+        until("b seals with k2", || ring_b.get().primary_name() == "k2").await;
+        std::fs::remove_file(ka.join("k1.key")).unwrap();
+        std::fs::remove_file(kb.join("k1.key")).unwrap();
+        until("k1 removed", || rings.iter().all(|r| r.get().names() == ["k2"])).await;
+        let rounds = metrics.rounds.get();
+        until("twenty rounds on k2 alone", || metrics.rounds.get() > rounds + 20).await;
+        assert_eq!(metrics.deaths.get(), deaths, "a member died during the rotation");
+        assert!(b.member("a").is_some_and(|m| m.alive) && a.member("b").is_some_and(|m| m.alive));
+        cancel.cancel();
+        tracker.close();
+        tracker.wait().await;
     }
 
     async fn until(what: &str, mut f: impl FnMut() -> bool) {

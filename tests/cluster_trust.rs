@@ -1,0 +1,346 @@
+//! Trust inside the cluster, as real processes on loopback: the raft port accepts only
+//! voters of its cluster, each only as itself (a table of certificates an attacker
+//! could hold), and a voter refuses to start with somebody else's certificate.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_net::tls::{ClientTrust, ClusterTls, TransportTuning};
+use raft::eraftpb::{Message, MessageType};
+use support::*;
+
+/// The CA the test voters share (`Voter::start` creates it next to their data dirs).
+fn raft_ca(dir: &Path) -> PathBuf {
+    dir.join("raft-ca")
+}
+
+/// Issues a certificate from the CA key in `ca_dir` (or a fresh CA when `None`) with
+/// the given URI names and validity, like an attacker holding that CA (or another)
+/// would; writes `{name}.pem` and `{name}-key.pem` into `out`.
+fn forge(ca_dir: Option<&Path>, out: &Path, name: &str, uris: &[&str], valid: (i32, i32)) -> ClusterTls {
+    let ca_key = match ca_dir {
+        Some(dir) => {
+            rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca-key.pem")).unwrap()).unwrap()
+        }
+        None => rcgen::KeyPair::generate().unwrap(),
+    };
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Ferry cluster CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    for uri in uris {
+        params.subject_alt_names.push(rcgen::SanType::URI((*uri).try_into().unwrap()));
+    }
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params.extended_key_usages =
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = rcgen::date_time_ymd(valid.0, 1, 1);
+    params.not_after = rcgen::date_time_ymd(valid.1, 1, 1);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let (cert_path, key_path) = (out.join(format!("{name}.pem")), out.join(format!("{name}-key.pem")));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    // The client still verifies the voters against the real cluster CA.
+    ClusterTls { ca: raft_ca(out.parent().unwrap()).join("ca.pem"), cert: cert_path, key: key_path }
+}
+
+/// Valid from 2020 to 2090 (years).
+fn always() -> (i32, i32) {
+    (2020, 2090)
+}
+
+/// What a peer holding `tls` gets from the raft port at `addr`: the handshake's
+/// outcome, and if it was accepted, a batch of `msgs` sent on it.
+fn speak_raft(tls: &ClusterTls, addr: &str, msgs: &[Message]) -> Result<(), String> {
+    speak_raft_as(&ClientTrust::Cluster(tls.clone()), addr, msgs)
+}
+
+/// [`speak_raft`] with any client trust (`CaFile`: no client certificate).
+fn speak_raft_as(trust: &ClientTrust, addr: &str, msgs: &[Message]) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let config = ferry_net::tls::client_config_for(
+            trust,
+            &TransportTuning::default(),
+            ferry_control_plane::transport::RAFT_ALPN,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(config);
+        let conn = endpoint
+            .connect(addr.parse().unwrap(), "127.0.0.1")
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        // TLS 1.3: the server checks the client certificate after the client has
+        // finished; a refusal shows as the connection closing right after.
+        ferry_control_plane::transport::write_batch(&conn, msgs).await.map_err(|e| e.to_string())?;
+        match tokio::time::timeout(Duration::from_secs(2), conn.closed()).await {
+            Ok(reason) => Err(reason.to_string()),
+            Err(_) => {
+                conn.close(0u32.into(), b"done");
+                endpoint.wait_idle().await;
+                Ok(())
+            }
+        }
+    })
+}
+
+/// A raft message with a huge term: delivered, it would depose the leader.
+fn high_term(from: u64, to: u64, msg_type: MessageType) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(msg_type);
+    m.from = from;
+    m.to = to;
+    m.term = 1_000_000;
+    m
+}
+
+fn refused(v: &Voter, reason: &str) -> f64 {
+    let (_, text) = http_get(&v.http, "/metrics");
+    metric_value(&text, &format!("ferry_raft_peers_refused_total{{reason=\"{reason}\"}}")).unwrap_or(-1.0)
+}
+
+fn terms_and_leaders(voters: &[Voter]) -> Vec<(u64, u64)> {
+    voters
+        .iter()
+        .map(|v| {
+            let st = v.status();
+            (st["term"].as_u64().unwrap(), st["leader"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn the_raft_port_accepts_only_voters_of_its_cluster_each_as_itself() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = TempDir::new("trust-raft");
+    let voters = start_cluster(dir.path(), 3);
+    let refs: Vec<&Voter> = voters.iter().collect();
+    let leader = wait_for_leader(&refs);
+    let before = terms_and_leaders(&voters);
+    let target = voters.iter().find(|v| v.id != leader).unwrap();
+    let attack = dir.path().join("attack");
+    std::fs::create_dir_all(&attack).unwrap();
+    let ca = raft_ca(dir.path());
+
+    // (who, their certificate, the refusal reason counted)
+    let cases: Vec<(&str, ClusterTls, &str)> = vec![
+        (
+            "an edge certificate from the cluster CA",
+            forge(Some(&ca), &attack, "edge", &["spiffe://ferry/edge/e1"], always()),
+            "wrong_role",
+        ),
+        (
+            "a voter certificate from another CA",
+            forge(None, &attack, "rogue", &["spiffe://ferry/voter/2"], always()),
+            "unknown_ca",
+        ),
+        (
+            "a certificate with two identities",
+            forge(Some(&ca), &attack, "two", &["spiffe://ferry/voter/2", "spiffe://ferry/voter/3"], always()),
+            "several_identities",
+        ),
+        (
+            "an expired voter certificate",
+            forge(Some(&ca), &attack, "expired", &["spiffe://ferry/voter/2"], (2020, 2021)),
+            "expired",
+        ),
+        (
+            "a voter certificate not valid yet",
+            forge(Some(&ca), &attack, "early", &["spiffe://ferry/voter/2"], (2080, 2090)),
+            "not_yet_valid",
+        ),
+        (
+            "a voter certificate of another cluster",
+            forge(Some(&ca), &attack, "other", &["spiffe://staging/voter/2"], always()),
+            "other_cluster",
+        ),
+        ("a certificate without identity", forge(Some(&ca), &attack, "plain", &[], always()), "no_identity"),
+    ];
+    for (who, tls, reason) in &cases {
+        let counted = refused(target, reason);
+        let out = speak_raft(tls, &target.raft, &[high_term(2, target.id, MessageType::MsgRequestVote)]);
+        assert!(out.is_err(), "{who}: accepted");
+        wait_for(&format!("{who}: counted as {reason}"), Duration::from_secs(10), || {
+            (refused(target, reason) > counted).then_some(())
+        });
+        eprintln!("{who}: refused ({reason}): {}", out.unwrap_err());
+    }
+
+    // No client certificate at all.
+    let counted = refused(target, "no_certificate");
+    let out = speak_raft_as(
+        &ClientTrust::CaFile(ca.join("ca.pem")),
+        &target.raft,
+        &[high_term(2, target.id, MessageType::MsgRequestVote)],
+    );
+    assert!(out.is_err(), "a peer without a certificate was accepted");
+    wait_for("no certificate: counted", Duration::from_secs(10), || {
+        (refused(target, "no_certificate") > counted).then_some(())
+    });
+
+    // Voter 2's real certificate: accepted, but its message claiming to come from
+    // voter 3 is dropped and counted.
+    let sender = voters.iter().find(|v| v.id != target.id).unwrap();
+    let real = ClusterTls {
+        ca: ca.join("ca.pem"),
+        cert: ca.join(format!("voter-{}.pem", sender.id)),
+        key: ca.join(format!("voter-{}-key.pem", sender.id)),
+    };
+    let liar = voters.iter().map(|v| v.id).find(|id| *id != target.id && *id != sender.id).unwrap();
+    let mismatches = refused(target, "from_mismatch");
+    speak_raft(&real, &target.raft, &[high_term(liar, target.id, MessageType::MsgHeartbeat)])
+        .expect("a voter's own certificate is accepted");
+    wait_for("the forged from counted", Duration::from_secs(10), || {
+        (refused(target, "from_mismatch") > mismatches).then_some(())
+    });
+
+    // Nothing got through: same term, same leader everywhere.
+    assert_eq!(terms_and_leaders(&voters), before, "term or leader changed");
+    // And the cluster still works.
+    let (code, body) = voters[0].send(
+        "PUT",
+        "/v1/edges/after-attack",
+        Some("after-attack"),
+        r#"{"region":"eu","quic_addr":"127.0.0.1:1","http_addr":"127.0.0.1:2"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+}
+
+#[test]
+fn a_voter_started_with_another_nodes_certificate_says_so() {
+    let dir = TempDir::new("trust-start");
+    let ca = dir.path().join("ca");
+    let ok = |args: &[&str]| {
+        let out = ferry().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ca_s = ca.to_str().unwrap();
+    ok(&["ca", "init", "--dir", ca_s]);
+    ok(&["ca", "issue", "--dir", ca_s, "--role", "voter", "--node", "voter-2"]);
+    ok(&["ca", "issue", "--dir", ca_s, "--role", "edge", "--node", "edge-1"]);
+    let start = |extra: &[&str]| {
+        ferry()
+            .args(["control", "--id", "1", "--peers", "1=127.0.0.1:1", "--http-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.path().join("v1"))
+            .args(["--token", "test-operator-token-0123456789"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    for (node, named) in [("voter-2", "spiffe://ferry/voter/2"), ("edge-1", "spiffe://ferry/edge/edge-1")] {
+        let cert = ca.join(format!("{node}.pem"));
+        let key = ca.join(format!("{node}-key.pem"));
+        let out = start(&[
+            "--ca-file",
+            &format!("{ca_s}/ca.pem"),
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "started with {node}'s certificate");
+        assert!(stderr.contains(named) && stderr.contains("spiffe://ferry/voter/1"), "{stderr}");
+        assert!(stderr.contains("ferry ca issue --role voter --node voter-1"), "{stderr}");
+    }
+    let out = start(&[]);
+    assert!(!out.status.success(), "started without certificates");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--insecure-raft"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A voter name that is not voter-N is refused when issuing.
+    let out =
+        ferry().args(["ca", "issue", "--dir", ca_s, "--role", "voter", "--node", "bob"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("voter-N"));
+}
+
+/// Gossip is a hint. A process that holds the gossip key but never registered (here an
+/// edge started without a control plane, with a live publisher of `live/x`) gossips
+/// that it originates `live/x`: a registered edge neither pulls `live/x` from it for a
+/// viewer, nor sends WHIP publishers of `live/x` to it (no 307 to its address), nor
+/// refuses a publisher of `live/x` as `stream_busy`.
+#[test]
+fn a_process_that_only_gossips_attracts_no_publisher_and_blocks_none() {
+    use support::webrtc::{header, http, vp8_offer};
+    let dir = TempDir::new("trust-gossip");
+    let voter_gossip = format!("127.0.0.1:{}", free_udp_port());
+    let peers = format!("1=127.0.0.1:{}", free_udp_port());
+    let voter = Voter::start(1, &peers, &dir.path().join("v1"), &["--gossip-listen", &voter_gossip]);
+    wait_for_leader(&[&voter]);
+    let control = format!("http://{}", voter.http);
+    let gossip = |id: &str| -> Vec<String> {
+        let listen = format!("127.0.0.1:{}", free_udp_port());
+        let mut args = vec!["--region", "r1", "--gossip-listen", &listen, "--gossip-seeds", &voter_gossip];
+        if id == "a" {
+            args.extend(["--control-plane", &control, "--control-token", TOKEN]);
+        }
+        args.into_iter().map(String::from).collect()
+    };
+    let a = Edge::start("a", &strs(&gossip("a")));
+    let fake = Edge::start("fake", &strs(&gossip("fake")));
+    let mut cmd = ferry();
+    cmd.args(["publish", "--edge", &fake.quic, "--stream", "live/x", "--synthetic", "--insecure"])
+        .args(["--duration", "300s"])
+        .stdout(std::process::Stdio::null());
+    let _publisher = Proc::spawn("publisher on the fake member", &mut cmd);
+    // The fake member is in everybody's gossip, alive, originating live/x; edge a sees
+    // all three processes.
+    wait_for("the fake member gossiping live/x", Duration::from_secs(30), || {
+        let (_, members) = voter.get("/v1/members");
+        let fake = members["members"].as_array()?.iter().find(|m| m["id"] == "fake")?.clone();
+        let origins = fake["origins"].as_array()?.clone();
+        (fake["alive"] == true && origins.iter().any(|s| s == "live/x")).then_some(())
+    });
+    wait_for("edge a seeing the fake member", Duration::from_secs(30), || {
+        (a.metric("ferry_gossip_members{state=\"alive\"}")? >= 3.0).then_some(())
+    });
+
+    // A viewer of live/x on edge a: edge a does not pull live/x from the fake member
+    // (which accepts no connection besides its publisher's).
+    let accepted = fake.metric("ferry_connections_accepted_total");
+    let _ = ferry()
+        .args(["watch", "--edge", &a.quic, "--stream", "live/x", "--insecure", "--duration", "3s"])
+        .output()
+        .unwrap();
+    assert_eq!(fake.metric("ferry_connections_accepted_total"), accepted, "edge a dialed the fake member");
+
+    // WHIP to edge a: served there, not sent to the fake member's address.
+    let (status, hdrs, body) = http(
+        &a.http,
+        "POST",
+        "/whip/live/x",
+        &[("Content-Type", "application/sdp")],
+        vp8_offer("sendonly").as_bytes(),
+    );
+    assert_ne!(status, 307, "sent to {:?}: {body}", header(&hdrs, "location"));
+    assert!(!body.contains(&fake.http), "{body}");
+    assert_eq!(status, 201, "{body}");
+    let location = header(&hdrs, "location").unwrap().to_owned();
+    assert_eq!(http(&a.http, "DELETE", &location, &[], b"").0, 200);
+
+    // A QUIC publisher of live/x on edge a: accepted, not stream_busy.
+    let out = ferry()
+        .args(["publish", "--edge", &a.quic, "--stream", "live/x", "--synthetic", "--insecure"])
+        .args(["--duration", "2s"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("stream_busy"), "{stderr}");
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
