@@ -304,6 +304,10 @@ fn a_process_that_only_gossips_attracts_no_publisher_and_blocks_none() {
         let origins = fake["origins"].as_array()?.clone();
         (fake["alive"] == true && origins.iter().any(|s| s == "live/x")).then_some(())
     });
+    // Edge a has read the control plane's records (where the fake member is not).
+    wait_for("edge a synced with the control plane", Duration::from_secs(30), || {
+        (a.metric("ferry_control_syncs_total")? >= 1.0).then_some(())
+    });
     wait_for("edge a seeing the fake member", Duration::from_secs(30), || {
         (a.metric("ferry_gossip_members{state=\"alive\"}")? >= 3.0).then_some(())
     });

@@ -104,6 +104,9 @@ impl BoundEdge {
                 ))
             }
         };
+        if let Some(control) = &control {
+            control.register_metrics(&mut metrics_registry);
+        }
         let webrtc = Arc::new(WebRtc::new(config.webrtc.clone()));
         let access = Arc::new(Access::load(&config.access)?);
         if access.allows_anonymous() {

@@ -9,7 +9,7 @@
 //! snapshot and keeps serving: only new placement waits.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,8 @@ use ferry_net::http::{join, HttpClient, Method, Response};
 use ferry_net::proof::Signer;
 use ferry_proto::api::{Edge, EdgeRegistration, Rollout, Stream};
 use ferry_proto::ErrorCode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -64,8 +66,8 @@ pub struct ControlLink {
     /// Wakes the loop when something local changed (a publisher started).
     local_change: Notify,
     connected: AtomicBool,
-    /// Successful reconcile passes (for tests and metrics).
-    syncs: AtomicU64,
+    /// Successful reconcile passes (`ferry_control_syncs_total`).
+    syncs: Counter,
     /// This process registered itself at least once (its first pass always does, which
     /// also clears a drain meant for an earlier process with the same id).
     registered_once: AtomicBool,
@@ -117,7 +119,7 @@ impl ControlLink {
             snapshot: RwLock::new(Snapshot::default()),
             local_change: Notify::new(),
             connected: AtomicBool::new(false),
-            syncs: AtomicU64::new(0),
+            syncs: Counter::default(),
             registered_once: AtomicBool::new(false),
             signer,
             rollouts_epoch: tokio::sync::watch::Sender::new(0),
@@ -142,7 +144,17 @@ impl ControlLink {
 
     /// Completed reconcile passes.
     pub fn syncs(&self) -> u64 {
-        self.syncs.load(Ordering::Relaxed)
+        self.syncs.get()
+    }
+
+    /// Registers `ferry_control_syncs_total` (completed passes: the records this edge
+    /// routes by are fresh while it grows).
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "ferry_control_syncs",
+            "Completed passes with the control plane (registration, origins, records read)",
+            self.syncs.clone(),
+        );
     }
 
     /// Tells live sessions that the rollouts in force changed.
@@ -251,7 +263,7 @@ impl ControlLink {
         if rollouts_moved {
             self.rollouts_changed();
         }
-        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.syncs.inc();
         self.connected.store(true, Ordering::Relaxed);
 
         // Wait for a change on the control plane or here.

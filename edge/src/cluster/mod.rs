@@ -129,10 +129,16 @@ impl ClusterView {
     /// plane under the id they gossip, with the addresses of their registration (never
     /// the addresses they gossip), and every non-edge member as it is. Gossip is a hint:
     /// a process that holds the gossip key but never registered is left out. Without a
-    /// control link (a static edge) gossip is all there is.
+    /// control link (a static edge) gossip is all there is, and so it is for an edge
+    /// that has not read the control plane's records yet (one started while the whole
+    /// control plane is down still finds origins and serves viewers); once it has, the
+    /// last records it read vouch, through any later outage.
     pub fn vouched_members(&self) -> Vec<Member> {
         let members = self.members();
         let Some(control) = self.control.as_ref() else { return members };
+        if control.syncs() == 0 {
+            return members;
+        }
         let snapshot = control.snapshot();
         members
             .into_iter()
