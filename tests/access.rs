@@ -656,6 +656,13 @@ fn a_stream_has_one_publisher_across_the_cluster() {
     let (status, _, _) = http(a_http, "DELETE", &first_session, &[], b"");
     assert_eq!(status, 404, "the taken-over session is gone");
     let _ = replacement.child.kill();
+    // Let the writes already under way land first: live/ghost's release (its publisher
+    // just left) and live/w's relay placement (after its claim).
+    wait_for("live/ghost released and live/w's relays placed", Duration::from_secs(30), || {
+        let (_, w) = http_json(&dev.control, "GET", "/v1/streams/live/w", Some(OPERATOR), &[], None);
+        let placed = w["relays"].as_object().is_some_and(|r| !r.is_empty());
+        (dev.origin(ghost).is_none() && placed).then_some(())
+    });
     // 200 more WHIP publishers: all 409, no raft write.
     let applied = dev.applied();
     for _ in 0..200 {
