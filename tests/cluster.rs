@@ -661,17 +661,21 @@ fn a_region_pulls_through_its_placed_relay_and_a_new_relay_takes_over_when_it_di
     // its upstream link times out); a static viewer that joins it then sees the
     // track end and stops, so the next viewer subscribes afresh and the edge resolves
     // its new upstream: the origin.
+    // Frames are counted from the current viewer's start (the edge's only viewer then):
+    // frames an ended viewer got from the old track must not count for its successor.
+    let frames_out = || edges[other].metric("ferry_frames_out_total").unwrap_or(0.0);
+    let mut before = frames_out();
     let mut viewer = watch(&edges[other], stream, &["--duration", "60s"]);
-    let before = edges[other].metric("ferry_frames_out_total").unwrap_or(0.0);
     // Polled like wait_for, but a timeout says what was seen.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let sent = edges[other].metric("ferry_frames_out_total").unwrap_or(0.0) - before;
+        let sent = frames_out() - before;
         let at_origin = edges["o"].metric("ferry_connections{role=\"edge\"}");
         if sent > 30.0 && at_origin == Some(1.0) {
             break;
         }
         if viewer.child.try_wait().unwrap().is_some() {
+            before = frames_out();
             viewer = watch(&edges[other], stream, &["--duration", "60s"]);
         }
         assert!(
