@@ -49,10 +49,6 @@ fn start_edge(plan: &Plan, id: &'static str, region: &str, control: &str) -> Edg
     Edge::start(id, &strs(&args))
 }
 
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
 /// `ferry ca init` in `dir`; a second init must refuse to overwrite it.
 fn ca_init(dir: &std::path::Path) -> std::path::PathBuf {
     let out = ferry().args(["ca", "init", "--dir"]).arg(dir).output().unwrap();

@@ -344,7 +344,3 @@ fn a_process_that_only_gossips_attracts_no_publisher_and_blocks_none() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && !stderr.contains("stream_busy"), "{stderr}");
 }
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}

@@ -451,3 +451,8 @@ pub fn cluster_cert_args(ca: &std::path::Path, node: &str, kind: &str) -> Vec<St
     };
     vec![flags[0].into(), path("ca"), flags[1].into(), path("cert"), flags[2].into(), path("key")]
 }
+
+/// Borrows owned arguments as the `&[&str]` the process starters take.
+pub fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
