@@ -637,12 +637,35 @@ fn a_region_pulls_through_its_placed_relay_and_a_new_relay_takes_over_when_it_di
     println!("relay in r2: {relay}; the other edge: {other}");
 
     // A viewer on the other r2 edge: it pulls from the relay, the relay from the origin.
+    // That edge must have read the placement first (it routes by the records it last
+    // read; a viewer that comes earlier pulls from the origin, rightly).
+    let placed_at = wait_for("the placement in the audit log", Duration::from_secs(10), || {
+        let (_, audit) = voter.get("/v1/audit?limit=50");
+        audit["events"]
+            .as_array()?
+            .iter()
+            .filter(|e| e["action"] == "stream.place_relays")
+            .find_map(|e| e["index"].as_f64())
+    });
+    wait_for("the other edge to read the placement", Duration::from_secs(20), || {
+        (edges[other].metric("ferry_control_records_index")? >= placed_at).then_some(())
+    });
     let edge_subscribers = |id: &str| edge_connections(&edges[id]);
     let viewer = watch(&edges[other], stream, &["--duration", "60s"]);
-    wait_for("the viewer plays through the relay", Duration::from_secs(20), || {
+    // Polled like wait_for, but a timeout says what was seen.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
         let sent = edges[other].metric("ferry_frames_out_total").unwrap_or(0.0);
-        (sent > 30.0 && edge_subscribers(&relay) == 1.0 && edge_subscribers("o") == 1.0).then_some(())
-    });
+        let (at_relay, at_origin) = (edge_subscribers(&relay), edge_subscribers("o"));
+        if sent > 30.0 && at_relay == 1.0 && at_origin == 1.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the viewer should play through the relay: {sent} frames sent; edge subscribers: {at_relay} at the relay, {at_origin} at the origin"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(edge_subscribers(other), 0.0, "nobody pulls from the edge that is not the relay");
     viewer.terminate();
     assert!(json_output(viewer, Duration::from_secs(20))["frames"].as_u64().unwrap() > 0);

@@ -18,6 +18,7 @@ use ferry_net::proof::Signer;
 use ferry_proto::api::{Edge, EdgeRegistration, Rollout, Stream};
 use ferry_proto::ErrorCode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -68,6 +69,9 @@ pub struct ControlLink {
     connected: AtomicBool,
     /// Successful reconcile passes (`ferry_control_syncs_total`).
     syncs: Counter,
+    /// Raft index the records of the last completed pass are at least as new as
+    /// (`ferry_control_records_index`).
+    records_index: Gauge,
     /// This process registered itself at least once (its first pass always does, which
     /// also clears a drain meant for an earlier process with the same id).
     registered_once: AtomicBool,
@@ -120,6 +124,7 @@ impl ControlLink {
             local_change: Notify::new(),
             connected: AtomicBool::new(false),
             syncs: Counter::default(),
+            records_index: Gauge::default(),
             registered_once: AtomicBool::new(false),
             signer,
             rollouts_epoch: tokio::sync::watch::Sender::new(0),
@@ -147,13 +152,19 @@ impl ControlLink {
         self.syncs.get()
     }
 
-    /// Registers `ferry_control_syncs_total` (completed passes: the records this edge
+    /// Registers `ferry_control_syncs_total` and `ferry_control_records_index` (completed
+    /// passes, and the raft index their records have reached: the records this edge
     /// routes by are fresh while it grows).
     pub fn register_metrics(&self, registry: &mut Registry) {
         registry.register(
             "ferry_control_syncs",
             "Completed passes with the control plane (registration, origins, records read)",
             self.syncs.clone(),
+        );
+        registry.register(
+            "ferry_control_records_index",
+            "Raft index the control-plane records this edge routes by are at least as new as",
+            self.records_index.clone(),
         );
     }
 
@@ -216,13 +227,13 @@ impl ControlLink {
 
     /// One pass: read, fix what is wrong, then wait for the next change.
     async fn pass(&self, url: &str, local: &dyn LocalPublishers, drain: &CancellationToken) -> Result<()> {
+        // The index the last watch reported, read before the records: they are at least
+        // as new as it.
+        let index = self.snapshot.read().map(|s| s.index).unwrap_or(0);
         let edges: Vec<Edge> = self.list(url, "/v1/edges?stale=true", "edges").await?;
         let streams: Vec<Stream> = self.list(url, "/v1/streams?stale=true", "streams").await?;
         let rollouts: Vec<Rollout> = self.list(url, "/v1/rollouts?stale=true", "rollouts").await?;
-        let (index, known) = match self.snapshot.read() {
-            Ok(s) => (s.index, Arc::clone(&s.rollouts)),
-            Err(_) => (0, Arc::default()),
-        };
+        let known = self.snapshot.read().map(|s| Arc::clone(&s.rollouts)).unwrap_or_default();
         let records: BTreeMap<String, Rollout> = rollouts.into_iter().map(|r| (r.id.clone(), r)).collect();
         let rollouts_moved = known.records != records;
         let snapshot = Snapshot {
@@ -264,6 +275,7 @@ impl ControlLink {
             self.rollouts_changed();
         }
         self.syncs.inc();
+        self.records_index.set(i64::try_from(index).unwrap_or(i64::MAX));
         self.connected.store(true, Ordering::Relaxed);
 
         // Wait for a change on the control plane or here.
