@@ -353,9 +353,19 @@ impl Voter {
         Voter::start(id, &peers, &data_dir, &extra)
     }
 
+    /// Sends `sig` (`-STOP`, `-CONT`, ...). After `-STOP` it waits until every thread
+    /// of the voter has stopped: `kill` returns once the signal is queued, and on a busy
+    /// machine the process's other threads run on (and answer raft) until the thread
+    /// that takes the signal is scheduled.
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill").args([sig, &self.proc.pid().to_string()]).status().unwrap();
+        let pid = self.proc.pid();
+        let status = Command::new("kill").args([sig, &pid.to_string()]).status().unwrap();
         assert!(status.success());
+        if sig == "-STOP" {
+            wait_for("every thread of the voter stopped", Duration::from_secs(10), || {
+                all_threads_stopped(pid).then_some(())
+            });
+        }
     }
 
     pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
@@ -377,6 +387,17 @@ pub fn start_cluster(dir: &Path, n: u64) -> Vec<Voter> {
     let peers: Vec<String> = (1..=n).map(|id| format!("{id}=127.0.0.1:{}", free_udp_port())).collect();
     let peers = peers.join(",");
     (1..=n).map(|id| Voter::start(id, &peers, &dir.join(format!("v{id}")), &[])).collect()
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in /proc).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.filter_map(Result::ok).all(|task| {
+        std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('T')))
+            .unwrap_or(false)
+    })
 }
 
 /// Waits until every voter in `voters` agrees on one leader; returns its id.
