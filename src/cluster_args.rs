@@ -7,8 +7,33 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use ferry_net::gossip::{GossipConfig, KeyringSource, DEFAULT_INTERVAL};
+use ferry_net::http_server::HttpLimits;
 
 use crate::units;
+
+/// Bounds on the clients of an HTTP port (an edge's, a voter's API).
+#[derive(Debug, Clone, Args)]
+pub struct HttpServerArgs {
+    /// HTTP connections open at once (at least 1); beyond it new ones wait.
+    #[arg(long, env = "FERRY_HTTP_MAX_CONNECTIONS", default_value = "4096", value_parser = units::at_least_one)]
+    pub http_max_connections: usize,
+    /// HTTP connections open at once from one IP address (at least 1); more are closed
+    /// at once and counted. Raise it behind a proxy or load balancer that connects from
+    /// few addresses.
+    #[arg(long, env = "FERRY_HTTP_MAX_CONNECTIONS_PER_IP", default_value = "256", value_parser = units::at_least_one)]
+    pub http_max_connections_per_ip: usize,
+}
+
+impl HttpServerArgs {
+    /// The limits: these caps, the fixed header (10 s) and body (30 s) timeouts.
+    pub fn limits(&self) -> HttpLimits {
+        HttpLimits {
+            max_connections: self.http_max_connections,
+            max_per_ip: self.http_max_connections_per_ip,
+            ..HttpLimits::default()
+        }
+    }
+}
 
 /// Health gossip (chitchat over UDP).
 #[derive(Debug, Clone, Args)]

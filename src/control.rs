@@ -54,6 +54,8 @@ pub struct ControlArgs {
     #[arg(long, env = "FERRY_CONTROL_REQUEST_TIMEOUT", default_value = "5s", value_parser = units::duration)]
     pub request_timeout: Duration,
     #[command(flatten)]
+    pub http: crate::cluster_args::HttpServerArgs,
+    #[command(flatten)]
     pub gossip: crate::cluster_args::GossipArgs,
     /// How long this voter's gossip must show an edge dead before the leader commits
     /// the failover (its streams' origin lost, its relay slots freed).
@@ -170,6 +172,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
         request_timeout: args.request_timeout,
         gossip: args.gossip.to_config(&format!("voter-{}", args.id))?,
         failover_grace: args.failover_grace,
+        http_limits: args.http.limits(),
     };
     let cancel = crate::process::shutdown_signal();
     let control = Control::start(config, cancel.clone()).await.context("cannot start the control plane")?;

@@ -103,6 +103,8 @@ pub struct EdgeArgs {
     #[arg(long, env = "FERRY_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
     #[command(flatten)]
+    pub http: crate::cluster_args::HttpServerArgs,
+    #[command(flatten)]
     pub webrtc: WebRtcArgs,
     #[command(flatten)]
     pub gossip: crate::cluster_args::GossipArgs,
@@ -176,6 +178,7 @@ impl EdgeArgs {
             }
         };
         config.max_connections = self.max_connections;
+        config.http_limits = self.http.limits();
         config.buffer =
             BufferConfig { max_groups: self.group_cache.max(1), max_bytes: self.track_buffer_bytes };
         config.tuning = TransportTuning { send_window: self.send_window, ..TransportTuning::default() };

@@ -30,7 +30,7 @@ const MODULE_LAYERS: &[(&str, &[&str])] = &[
     ("proto/src", &["error", "ids", "media", "codec", "message", "placement", "cohort", "rollout", "api"]),
     (
         "net/src",
-        &["error", "random", "time", "seal", "identity", "tls", "wire", "dial", "http", "proof", "gossip"],
+        &["error", "random", "time", "seal", "identity", "tls", "wire", "dial", "http", "http_server", "proof", "gossip"],
     ),
     ("media/src", &["synthetic", "keyframe", "ivf", "throttle", "rtp", "peer"]),
     ("client/src", &["error", "stats", "publish", "watch", "whep", "routed"]),

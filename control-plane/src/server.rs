@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ferry_net::gossip::{Gossip, GossipConfig, GossipMetrics, SelfInfo};
+use ferry_net::http_server::{HttpLimits, HttpServerMetrics};
 use ferry_net::tls::{self, PeerRefusals};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -40,6 +41,8 @@ pub struct ControlConfig {
     /// Edges must prove a certificate from the raft transport's cluster CA when they
     /// register (`--require-edge-proofs`); needs mutual-TLS raft.
     pub require_edge_proofs: bool,
+    /// Bounds on API clients (timeouts, connection caps).
+    pub http_limits: HttpLimits,
 }
 
 /// A started voter.
@@ -69,6 +72,8 @@ impl Control {
             start_node(config.node, config.transport, refusals.clone(), &tracker, cancel.clone()).await?;
         let mut api = Api::new(node.clone(), config.token, config.request_timeout);
         api.register_raft_refusals(&refusals);
+        let http_metrics = HttpServerMetrics::default();
+        api.register_http_metrics(&http_metrics);
         let mut gossip_handle = None;
         if let Some(ca) = cluster_ca {
             let ca = tls::load_certs(&ca)?;
@@ -103,12 +108,13 @@ impl Control {
             api = api.with_gossip(gossip).with_guard(guard);
         }
         let router = api.router();
-        let http = tokio::spawn(async move {
-            let served = axum::serve(listener, router).with_graceful_shutdown(cancel.cancelled_owned()).await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "http server failed");
-            }
-        });
+        let http = tokio::spawn(ferry_net::http_server::serve(
+            listener,
+            router,
+            config.http_limits,
+            http_metrics,
+            cancel,
+        ));
         Ok(Control { node, http_addr, gossip: gossip_handle, tracker, http })
     }
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_net::gossip::GossipConfig;
+use ferry_net::http_server::HttpLimits;
 use ferry_net::tls::{ClientTrust, ClusterTls, ServerIdentity, TransportTuning};
 use ferry_proto::NodeId;
 
@@ -65,6 +66,8 @@ pub struct EdgeConfig {
     /// Host peers and clients reach this edge at (`--advertise-host`); `None`: the
     /// listen addresses.
     pub advertise_host: Option<String>,
+    /// Bounds on HTTP clients (timeouts, connection caps).
+    pub http_limits: HttpLimits,
 }
 
 impl EdgeConfig {
@@ -97,6 +100,7 @@ impl EdgeConfig {
             capacity: 100,
             cluster_tls: None,
             advertise_host: None,
+            http_limits: HttpLimits::default(),
         }
     }
 

@@ -9,6 +9,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use ferry_net::http_server::HttpServerMetrics;
 use prometheus_client::registry::Registry as MetricsRegistry;
 use tokio_util::sync::CancellationToken;
 
@@ -20,25 +21,24 @@ struct Http {
     metrics: Arc<MetricsRegistry>,
 }
 
-/// Serves until `shutdown`, with `routes` merged in. Errors are logged; the data plane
-/// does not depend on it.
+/// Serves until `shutdown`, with `routes` merged in, within the configured limits
+/// ([`ferry_net::http_server`]). Errors are logged; the data plane does not depend on it.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<EdgeState>,
     metrics: Arc<MetricsRegistry>,
+    http_metrics: HttpServerMetrics,
     routes: Router,
     shutdown: CancellationToken,
 ) {
+    let limits = state.config.http_limits;
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(Http { state, metrics })
         .merge(routes);
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "http server failed");
-    }
+    ferry_net::http_server::serve(listener, app, limits, http_metrics, shutdown).await;
 }
 
 /// Alive: the process answers. Never depends on peers or the control plane.

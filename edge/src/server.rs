@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use ferry_net::gossip::{Gossip, GossipMetrics, SelfInfo, SelfInfoFn};
 use ferry_net::http::HttpClient;
+use ferry_net::http_server::HttpServerMetrics;
 use ferry_net::proof::Signer;
 use ferry_net::tls::{self, ClientAuth, ClientTrust};
 use ferry_proto::rollout::Congestion;
@@ -42,6 +43,7 @@ pub struct BoundEdge {
     endpoint: quinn::Endpoint,
     http: tokio::net::TcpListener,
     metrics_registry: Arc<MetricsRegistry>,
+    http_metrics: HttpServerMetrics,
 }
 
 impl BoundEdge {
@@ -70,6 +72,8 @@ impl BoundEdge {
         metrics.register(&mut metrics_registry);
         let gossip_metrics = GossipMetrics::default();
         gossip_metrics.register(&mut metrics_registry);
+        let http_metrics = HttpServerMetrics::default();
+        http_metrics.register(&mut metrics_registry);
         let upstreams = Upstreams::new(&config)?;
         let quic_addr =
             endpoint.local_addr().map_err(Error::bind("QUIC (--quic-listen)", config.quic_listen))?;
@@ -144,7 +148,7 @@ impl BoundEdge {
                     .await?;
             let _ = state.gossip.set(gossip);
         }
-        Ok(Self { state, webrtc, endpoint, http, metrics_registry: Arc::new(metrics_registry) })
+        Ok(Self { state, webrtc, endpoint, http, metrics_registry: Arc::new(metrics_registry), http_metrics })
     }
 
     /// The bound QUIC address.
@@ -160,13 +164,14 @@ impl BoundEdge {
     /// Serves until `shutdown` is cancelled, then drains: GOAWAY to every session,
     /// wait up to the grace period, close the endpoint.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
-        let BoundEdge { state, webrtc, endpoint, http, metrics_registry } = self;
+        let BoundEdge { state, webrtc, endpoint, http, metrics_registry, http_metrics } = self;
         let http_shutdown = CancellationToken::new();
         let webrtc_routes = crate::webrtc::http::routes(WebRtcEdge::new(Arc::clone(&state), webrtc));
         let http_task = state.tracker.spawn(http::serve(
             http,
             Arc::clone(&state),
             metrics_registry,
+            http_metrics,
             webrtc_routes,
             http_shutdown.clone(),
         ));

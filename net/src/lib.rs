@@ -9,6 +9,8 @@
 //! - [`dial`]: resolving `HOST:PORT` and opening a relay-protocol connection (QUIC
 //!   handshake, `Hello`, `Session`).
 //! - [`http`]: the one HTTP client (hyper, rustls for `https://`), with bounded bodies.
+//! - [`http_server`]: the one HTTP server (hyper with a timer): header and body
+//!   timeouts, global and per-IP connection caps.
 //! - [`seal`]: the gossip keyring and sealed datagrams (ChaCha20-Poly1305).
 //! - [`gossip`]: health gossip among all processes (chitchat over UDP, sealed).
 //! - [`proof`]: a node's signed proof of its cluster certificate on HTTP requests.
@@ -22,6 +24,7 @@ pub mod dial;
 mod error;
 pub mod gossip;
 pub mod http;
+pub mod http_server;
 pub mod identity;
 pub mod proof;
 pub mod random;

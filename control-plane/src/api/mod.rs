@@ -151,6 +151,13 @@ impl Api {
         }
     }
 
+    /// Registers the API server's connection metrics.
+    pub fn register_http_metrics(&mut self, metrics: &ferry_net::http_server::HttpServerMetrics) {
+        if let Some(registry) = Arc::get_mut(&mut self.registry) {
+            metrics.register(registry);
+        }
+    }
+
     /// Registers the gossip metrics; call before [`Api::with_gossip`].
     pub fn register_gossip_metrics(&mut self, metrics: &GossipMetrics) {
         if let Some(registry) = Arc::get_mut(&mut self.registry) {

@@ -1,0 +1,146 @@
+//! Bounded under attack: the HTTP ports of an edge and of a voter against slowloris
+//! clients (headers trickled, or nothing sent at all) and a body that never arrives.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod support;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Attacking connections, all from 127.0.0.1.
+const ATTACK: usize = 2000;
+/// The per-IP cap the targets run with (the default).
+const PER_IP: usize = 256;
+/// The header timeout (10 s) and room for a busy machine.
+const CLOSED_WITHIN: Duration = Duration::from_secs(25);
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+/// One request from another loopback address (127.0.0.2): `(status, body)`.
+fn request_from_elsewhere(addr: &str, request: &str) -> (u16, String) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut stream = socket.connect(addr.parse::<SocketAddr>().unwrap()).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut reply = Vec::new();
+        tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut reply)).await.unwrap().unwrap();
+        let text = String::from_utf8_lossy(&reply).into_owned();
+        let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, text)
+    })
+}
+
+/// Whether the server closed `stream` (EOF or an error; `WouldBlock`: still open).
+fn closed(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 512];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// The target's metrics, read from 127.0.0.2 (127.0.0.1 holds its share).
+fn metrics(addr: &str) -> String {
+    let (status, reply) =
+        request_from_elsewhere(addr, "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 200, "{reply}");
+    reply
+}
+
+/// Runs the attack on the HTTP port `addr` of process `pid`; `slow_body` is a request
+/// whose body is announced but never sent.
+fn attack(addr: &str, pid: u32, slow_body: &str) {
+    let fds_before = open_fds(pid);
+    // A request whose body never comes, from a third address: answered with an error
+    // once the body timeout passes, and the connection let go.
+    let slow_addr = addr.to_owned();
+    let slow_body = slow_body.to_owned();
+    let body_timed_out = std::thread::spawn(move || request_from_elsewhere(&slow_addr, &slow_body));
+
+    // Half trickle a header line now and then, half send nothing at all.
+    let mut attackers: Vec<(TcpStream, bool)> = Vec::with_capacity(ATTACK);
+    for i in 0..ATTACK {
+        let stream = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(5)).unwrap();
+        stream.set_nonblocking(true).unwrap();
+        let trickle = i % 2 == 0;
+        if trickle {
+            let _ = (&stream).write_all(b"GET /healthz HTTP/1.1\r\n");
+        }
+        attackers.push((stream, trickle));
+    }
+    let started = Instant::now();
+
+    // During the attack: the port serves another client, holds at most its per-IP
+    // share of the attackers, and counts the rest as refused.
+    let (status, reply) =
+        request_from_elsewhere(addr, "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 200, "a normal request during the attack: {reply}");
+    let text = metrics(addr);
+    let open = metric_value(&text, "ferry_http_connections").unwrap();
+    assert!(open <= (PER_IP + 2) as f64, "{open} connections open, the per-IP cap is {PER_IP}");
+    let refused = metric_value(&text, "ferry_http_connections_refused_total{reason=\"per_ip\"}").unwrap();
+    assert!(refused >= (ATTACK - PER_IP) as f64, "{refused} refused of {ATTACK}");
+    let fds = open_fds(pid);
+    assert!(
+        fds <= fds_before + PER_IP + 16,
+        "{fds} descriptors open during the attack ({fds_before} before)"
+    );
+
+    // Every attacker is closed by the server within the header timeout, trickling or not.
+    let mut tick = Instant::now();
+    loop {
+        if tick.elapsed() >= Duration::from_secs(1) {
+            tick = Instant::now();
+            for (stream, trickle) in attackers.iter_mut() {
+                if *trickle {
+                    let _ = stream.write_all(b"X-Slow: 1\r\n");
+                }
+            }
+        }
+        attackers.retain_mut(|(stream, _)| !closed(stream));
+        if attackers.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < CLOSED_WITHIN,
+            "{} slowloris connections still open after {:?}",
+            attackers.len(),
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, reply) = body_timed_out.join().unwrap();
+    assert!((400..500).contains(&status), "a body that never came is refused: {reply}");
+    let open = metric_value(&metrics(addr), "ferry_http_connections").unwrap();
+    assert!(open <= 1.0, "{open} connections still open after the attack");
+}
+
+#[test]
+fn an_edge_closes_slow_and_silent_http_clients_and_serves_others() {
+    let edge = Edge::start("slowloris", &[]);
+    let slow_body = "POST /whep/live/x HTTP/1.1\r\nHost: t\r\nContent-Type: application/sdp\r\nContent-Length: 4000\r\n\r\nv=0\r\n";
+    attack(&edge.http, edge.proc.pid(), slow_body);
+}
+
+#[test]
+fn a_voter_closes_slow_and_silent_api_clients_and_serves_others() {
+    let dir = TempDir::new("slowloris-voter");
+    let peers = format!("1=127.0.0.1:{}", free_udp_port());
+    let voter = Voter::start(1, &peers, &dir.path().join("v1"), &[]);
+    let slow_body = format!(
+        "PUT /v1/edges/e HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{{\"region\""
+    );
+    attack(&voter.http, voter.proc.pid(), &slow_body);
+}
