@@ -108,6 +108,8 @@ async fn spawn_edge(
     // A bench on loopback: its clients and relays need no credentials.
     cmd.args(["edge", "--node-id", &format!("bench-edge-{id}"), "--quic-listen", "127.0.0.1:0"])
         .args(["--http-listen", "127.0.0.1:0", "--log", "warn", "--allow-anonymous"])
+        // Every bench client connects from 127.0.0.1: no per-address share.
+        .args(["--http-max-connections-per-ip", "65536"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);

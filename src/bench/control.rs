@@ -188,6 +188,8 @@ async fn start_ferry(args: &ControlArgs, token: &str, dir: &Path) -> anyhow::Res
             .arg("--data-dir")
             .arg(dir.join(format!("v{id}")))
             .args(["--log", "warn"])
+            // Every bench client connects from 127.0.0.1: no per-address share.
+            .args(["--http-max-connections-per-ip", "65536"])
             .env("FERRY_CONTROL_TOKEN", token)
             .env_remove("FERRY_CONFIG")
             .env_remove("RUST_LOG")
