@@ -207,6 +207,22 @@ def check_case(case, render, value_files, kube_version, flags, schema):
 
     # Every Service port targets a container port of the pods it selects, same protocol.
     workloads = [w for k in ("StatefulSet", "Deployment", "DaemonSet") for w in by_kind.get(k, [])]
+    # No running container can read the CA key: a volume of the CA Secret (the one the
+    # init containers issue certificates from) is mounted only with its ca.pem item.
+    for w in workloads:
+        pod = w["spec"]["template"]["spec"]
+        secret_of = {v["name"]: v["secret"] for v in pod.get("volumes", []) if "secret" in v}
+        ca_secrets = {secret_of[m["name"]]["secretName"] for c in pod.get("initContainers", [])
+                      for m in c.get("volumeMounts", []) if m.get("mountPath") == "/etc/ferry/ca"
+                      and m["name"] in secret_of}
+        for c in pod["containers"]:
+            for m in c.get("volumeMounts", []):
+                secret = secret_of.get(m["name"])
+                if secret and secret["secretName"] in ca_secrets:
+                    keys = [i["key"] for i in secret.get("items", [])]
+                    ch.expect(keys == ["ca.pem"],
+                              f"{w['metadata']['name']}: container {c['name']} mounts the CA Secret"
+                              f" {'whole' if not keys else keys} (the CA key with it)")
     for svc in by_kind.get("Service", []):
         sel = svc["spec"].get("selector", {})
         pods = [w for w in workloads if sel.items() <= w["spec"]["template"]["metadata"]["labels"].items()]

@@ -2,6 +2,7 @@
 //! edges (relay) and between voters (raft transport).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -63,6 +64,11 @@ pub struct IssueArgs {
     /// Where to write the files (default: --dir).
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
+    /// How long the certificate is valid from now (at least 1m; `8760h` is a year).
+    /// Once it ends, the node's relay, raft and registration are refused: issue the
+    /// next one before (docs/security.md).
+    #[arg(long, default_value = "8760h", value_parser = crate::units::duration)]
+    pub valid_for: Duration,
 }
 
 pub fn run(cmd: CaCommand) -> anyhow::Result<()> {
@@ -75,14 +81,25 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<()> {
             ferry_proto::NodeId::new(args.node.clone())
                 .map_err(|e| anyhow::anyhow!("--node {:?}: {e}", args.node))?;
             let identity = identity(&args)?;
+            if args.valid_for < Duration::from_secs(60) {
+                anyhow::bail!("--valid-for must be at least 1m");
+            }
             let out = args.out_dir.clone().unwrap_or_else(|| args.dir.clone());
-            let (cert, key) =
-                ferry_net::tls::issue_node_cert(&args.dir, &args.node, &identity, &args.names, &out)?;
+            let (cert, key) = ferry_net::tls::issue_node_cert(
+                &args.dir,
+                &args.node,
+                &identity,
+                &args.names,
+                args.valid_for,
+                &out,
+            )?;
+            let expires = ferry_net::time::unix_ms()
+                .saturating_add(u64::try_from(args.valid_for.as_millis()).unwrap_or(u64::MAX));
             out!(
                 "{}",
                 serde_json::json!({
                     "node": args.node, "identity": identity.uri(), "cert": cert, "key": key,
-                    "ca": args.dir.join("ca.pem")
+                    "ca": args.dir.join("ca.pem"), "expires_at_ms": expires
                 })
             )?;
         }

@@ -143,9 +143,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         ferry_net::tls::init_ca(&ca_dir).context("creating the dev cluster CA")?;
     }
     let cluster_tls = |node: &str, identity: Identity| -> anyhow::Result<ClusterTls> {
-        let (cert, key) =
-            ferry_net::tls::issue_node_cert(&ca_dir, node, &identity, &default_names(), &ca_dir)
-                .with_context(|| format!("issuing the dev certificate for {node}"))?;
+        let (cert, key) = ferry_net::tls::issue_node_cert(
+            &ca_dir,
+            node,
+            &identity,
+            &default_names(),
+            ferry_net::tls::DEFAULT_CERT_LIFETIME,
+            &ca_dir,
+        )
+        .with_context(|| format!("issuing the dev certificate for {node}"))?;
         Ok(ClusterTls { ca: ca_dir.join("ca.pem"), cert, key })
     };
 

@@ -267,6 +267,45 @@ fn a_voter_started_with_another_nodes_certificate_says_so() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("voter-N"));
 }
 
+/// Certificates from `ferry ca issue` end: `--valid-for` from now (a year by default),
+/// valid from a few minutes before issuing (clock skew); shorter than a minute is refused.
+#[test]
+fn issued_certificates_expire_after_their_lifetime() {
+    let dir = TempDir::new("trust-expiry");
+    let ca = dir.path().join("ca");
+    let ca_s = ca.to_str().unwrap();
+    let run = |args: &[&str]| ferry().args(args).output().unwrap();
+    assert!(run(&["ca", "init", "--dir", ca_s]).status.success());
+    let validity = |node: &str| {
+        let pem = std::fs::read(ca.join(format!("{node}.pem"))).unwrap();
+        let der = rustls_pemfile::certs(&mut pem.as_slice()).next().unwrap().unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let v = cert.validity();
+        (v.not_before.timestamp(), v.not_after.timestamp())
+    };
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    for (node, flag, lifetime) in [("edge-1", Some("2h"), 7200), ("edge-2", None, 365 * 24 * 3600)] {
+        let mut args = vec!["ca", "issue", "--dir", ca_s, "--role", "edge", "--node", node];
+        args.extend(flag.map(|f| ["--valid-for", f]).into_iter().flatten());
+        let before = now();
+        let out = run(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let (not_before, not_after) = validity(node);
+        assert!(
+            not_before <= before && not_before >= before - 600,
+            "valid from shortly before issuing: {not_before}"
+        );
+        assert!(
+            (before + lifetime - 60..=now() + lifetime).contains(&not_after),
+            "{node}: valid until {not_after}, issued at {before} for {lifetime} s"
+        );
+    }
+    let out =
+        run(&["ca", "issue", "--dir", ca_s, "--role", "edge", "--node", "edge-3", "--valid-for", "30s"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--valid-for must be at least 1m"));
+}
+
 /// Gossip is a hint. A process that holds the gossip key but never registered (here an
 /// edge started without a control plane, with a live publisher of `live/x`) gossips
 /// that it originates `live/x`: a registered edge neither pulls `live/x` from it for a

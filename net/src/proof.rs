@@ -151,11 +151,16 @@ mod tests {
     }
 
     fn signer(dir: &tempfile::TempDir, node: &str) -> Signer {
+        signer_for(dir, node, crate::tls::DEFAULT_CERT_LIFETIME)
+    }
+
+    fn signer_for(dir: &tempfile::TempDir, node: &str, valid_for: std::time::Duration) -> Signer {
         let (cert, key) = issue_node_cert(
             dir.path(),
             node,
             &crate::identity::Identity::new("ferry", crate::identity::Role::Edge, node).unwrap(),
             &[],
+            valid_for,
             dir.path(),
         )
         .unwrap();
@@ -167,10 +172,29 @@ mod tests {
     }
 
     #[test]
+    fn a_certificate_proves_nothing_once_its_lifetime_is_over() {
+        let (dir, ca) = cluster("expiry");
+        let hour = std::time::Duration::from_secs(3600);
+        let signer = signer_for(&dir, "edge-1", hour);
+        let body = br#"{"region":"eu"}"#;
+        let now = crate::time::unix_ms();
+        let proof = |at: u64| lookup(signer.headers("PUT", "/v1/edges/edge-1", at, body).unwrap());
+        assert_eq!(verify(&ca, proof(now), "edge-1", "PUT", "/v1/edges/edge-1", body, now), Ok(()));
+        let later = now + 2 * 3600 * 1000;
+        assert!(
+            matches!(
+                verify(&ca, proof(later), "edge-1", "PUT", "/v1/edges/edge-1", body, later),
+                Err(ProofError::Untrusted(_))
+            ),
+            "an expired certificate is refused"
+        );
+    }
+
+    #[test]
     fn a_member_proves_itself_and_nothing_else_passes() {
         let (dir, ca) = cluster("ok");
         let (rogue_dir, _) = cluster("rogue");
-        let now = 1_800_000_000_000;
+        let now = crate::time::unix_ms();
         let body = br#"{"region":"eu"}"#;
         let good = signer(&dir, "edge-1").headers("PUT", "/v1/edges/edge-1", now, body).unwrap();
         assert_eq!(

@@ -441,7 +441,15 @@ pub struct CertFiles {
 pub fn generate_cluster_certs(dir: &Path, names: &[String]) -> Result<CertFiles> {
     let (ca_cert, ca_key) = write_ca(dir)?;
     let node = names.first().map_or("ferry", String::as_str);
-    let (cert, key) = issue_into(dir, node, None, names, &dir.join("cert.pem"), &dir.join("key.pem"))?;
+    let (cert, key) = issue_into(
+        dir,
+        node,
+        None,
+        names,
+        DEFAULT_CERT_LIFETIME,
+        &dir.join("cert.pem"),
+        &dir.join("key.pem"),
+    )?;
     Ok(CertFiles { ca_cert, ca_key, cert, key })
 }
 
@@ -477,15 +485,22 @@ pub fn init_ca(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     write_ca(dir)
 }
 
+/// How long a node certificate is valid unless told otherwise (a year).
+pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// A certificate is valid from this long before it is issued: clocks of the cluster's
+/// machines may differ a little.
+const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+
 /// `ferry ca issue`: a certificate for cluster node `node` with the role-bound
 /// `identity` (its one URI name), valid as a server (for `names` and the node id) and
-/// as a client, signed by the CA in `ca_dir`. Writes `{out_dir}/{node}.pem` (leaf then
-/// CA) and `{out_dir}/{node}-key.pem`.
+/// as a client for `valid_for` from now, signed by the CA in `ca_dir`. Writes
+/// `{out_dir}/{node}.pem` (leaf then CA) and `{out_dir}/{node}-key.pem`.
 pub fn issue_node_cert(
     ca_dir: &Path,
     node: &str,
     identity: &Identity,
     names: &[String],
+    valid_for: Duration,
     out_dir: &Path,
 ) -> Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(out_dir).map_err(Error::io(format!("cannot create {}", out_dir.display())))?;
@@ -494,6 +509,7 @@ pub fn issue_node_cert(
         node,
         Some(identity),
         names,
+        valid_for,
         &out_dir.join(format!("{node}.pem")),
         &out_dir.join(format!("{node}-key.pem")),
     )
@@ -504,6 +520,7 @@ fn issue_into(
     node: &str,
     identity: Option<&Identity>,
     names: &[String],
+    valid_for: Duration,
     cert_path: &Path,
     key_path: &Path,
 ) -> Result<(PathBuf, PathBuf)> {
@@ -526,6 +543,13 @@ fn issue_into(
         params.subject_alt_names.push(rcgen::SanType::URI(uri));
     }
     params.distinguished_name.push(DnType::CommonName, node);
+    let now = time::OffsetDateTime::now_utc();
+    let lifetime = time::Duration::try_from(valid_for)
+        .map_err(|_| Error::Config(format!("a certificate lifetime of {valid_for:?} is too long")))?;
+    params.not_before = now - time::Duration::try_from(CLOCK_SKEW).unwrap_or(time::Duration::ZERO);
+    params.not_after = now
+        .checked_add(lifetime)
+        .ok_or_else(|| Error::Config(format!("a certificate lifetime of {valid_for:?} is too long")))?;
     params.extended_key_usages =
         vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     let cert = params.signed_by(&key, &issuer).map_err(Error::tls("signing the node certificate"))?;
