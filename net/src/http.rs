@@ -28,8 +28,10 @@ pub const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long opening a TCP connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Idle pooled connections are closed after this long.
-const POOL_IDLE: Duration = Duration::from_secs(30);
+/// Idle pooled connections are closed after this long: well before Ferry's servers close
+/// a connection that sends no request for 10 s (`http_server`), so a request is never
+/// written to a connection the server is closing at that moment.
+const POOL_IDLE: Duration = Duration::from_secs(4);
 
 /// An HTTP client: cheap to clone (clones share the connection pool).
 #[derive(Clone)]
