@@ -122,7 +122,9 @@ async fn spawn_edge(
         let high = low + webrtc_sessions + 200;
         cmd.args(["--webrtc-bind", "127.0.0.1"])
             .args(["--webrtc-udp-ports", &format!("{low}-{high}")])
-            .args(["--webrtc-max-sessions", &(webrtc_sessions + 10).to_string()]);
+            .args(["--webrtc-max-sessions", &(webrtc_sessions + 10).to_string()])
+            // Every bench viewer comes from 127.0.0.1.
+            .args(["--webrtc-max-sessions-per-client", &(webrtc_sessions + 10).to_string()]);
     }
     let mut child = cmd.spawn().with_context(|| format!("cannot run {}", binary.display()))?;
     let pid = child.id().context("edge exited at once")?;

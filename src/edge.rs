@@ -127,6 +127,16 @@ pub struct WebRtcArgs {
     /// WebRTC sessions served at once (at least 1); more get 503 with Retry-After.
     #[arg(long, env = "FERRY_WEBRTC_MAX_SESSIONS", default_value = "500", value_parser = units::at_least_one)]
     pub webrtc_max_sessions: usize,
+    /// WebRTC sessions one client address, and one token subject, may hold at once (at
+    /// least 1); more get 429 with Retry-After. Raise it behind a proxy that connects
+    /// from few addresses.
+    #[arg(
+        long,
+        env = "FERRY_WEBRTC_MAX_SESSIONS_PER_CLIENT",
+        default_value = "32",
+        value_parser = units::at_least_one
+    )]
+    pub webrtc_max_sessions_per_client: usize,
     /// Latency budget of a WHEP viewer; behind by more, it skips to the newest keyframe.
     #[arg(long, env = "FERRY_WEBRTC_MAX_LAG", default_value = "1500ms", value_parser = units::duration)]
     pub webrtc_max_lag: Duration,
@@ -146,6 +156,7 @@ impl WebRtcArgs {
             bind_ip: self.webrtc_bind,
             public_ip: self.webrtc_public_ip,
             max_sessions: self.webrtc_max_sessions.max(1),
+            max_sessions_per_client: self.webrtc_max_sessions_per_client.max(1),
             max_sdp_bytes: self.webrtc_max_sdp_bytes,
             viewer_max_lag: self.webrtc_max_lag,
             ..WebRtcConfig::default()

@@ -144,3 +144,51 @@ fn a_voter_closes_slow_and_silent_api_clients_and_serves_others() {
     );
     attack(&voter.http, voter.proc.pid(), &slow_body);
 }
+
+/// 60 WHEP offers from one address that never complete ICE take that address's share of
+/// WebRTC sessions (`--webrtc-max-sessions-per-client`, 32 by default), no more: the
+/// rest get 429 with `Retry-After`, and a viewer from another address gets its session.
+#[test]
+fn one_client_holds_its_share_of_webrtc_sessions_and_others_still_start() {
+    use support::webrtc::{header, http, vp8_offer};
+    let base = 20_000 + (std::process::id() % 100) as u16 * 80;
+    let ports = format!("{base}-{}", base + 79);
+    let edge = Edge::start("webrtc-share", &["--webrtc-bind", "127.0.0.1", "--webrtc-udp-ports", &ports]);
+    let stream = "live/share";
+    let mut cmd = ferry();
+    cmd.args(["publish", "--edge", &edge.quic, "--stream", stream, "--insecure"])
+        .args(["--synthetic", "--synthetic-vp8", "--duration", "120s"])
+        .stdout(std::process::Stdio::null());
+    let _publisher = Proc::spawn("publisher", &mut cmd);
+    wait_for_stream(&edge);
+
+    let offer = vp8_offer("recvonly");
+    let headers = [("Content-Type", "application/sdp")];
+    let mut created = 0;
+    let mut refused = 0;
+    for _ in 0..60 {
+        let (status, hdrs, body) =
+            http(&edge.http, "POST", &format!("/whep/{stream}"), &headers, offer.as_bytes());
+        match status {
+            201 => created += 1,
+            429 => {
+                refused += 1;
+                assert!(header(&hdrs, "retry-after").is_some(), "429 says when to come again");
+                assert!(body.contains("client_busy"), "{body}");
+            }
+            other => panic!("HTTP {other}: {body}"),
+        }
+    }
+    assert_eq!((created, refused), (32, 28), "one address holds 32 sessions");
+    let refusals = edge.metric("ferry_webrtc_session_errors_total{reason=\"client_busy\"}");
+    assert_eq!(refusals, Some(28.0));
+
+    // Another address: its own share.
+    let request = format!(
+        "POST /whep/{stream} HTTP/1.1\r\nHost: t\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{offer}",
+        offer.len()
+    );
+    let (status, reply) = request_from_elsewhere(&edge.http, &request);
+    assert_eq!(status, 201, "a viewer from 127.0.0.2 starts: {reply}");
+    assert!(reply.contains("a=fingerprint"), "with an SDP answer: {reply}");
+}

@@ -148,6 +148,8 @@ pub struct WebRtcConfig {
     pub public_ip: Option<IpAddr>,
     /// WebRTC sessions served at once (publishers and viewers).
     pub max_sessions: usize,
+    /// Sessions one client address, and one token subject, may hold at once.
+    pub max_sessions_per_client: usize,
     /// Largest SDP offer accepted.
     pub max_sdp_bytes: usize,
     /// Latency budget of a WHEP viewer: behind by more, it skips to the newest keyframe.
@@ -165,6 +167,7 @@ impl std::fmt::Debug for WebRtcConfig {
             .field("bind_ip", &self.bind_ip)
             .field("public_ip", &self.public_ip)
             .field("max_sessions", &self.max_sessions)
+            .field("max_sessions_per_client", &self.max_sessions_per_client)
             .field("max_sdp_bytes", &self.max_sdp_bytes)
             .field("viewer_max_lag", &self.viewer_max_lag)
             .finish_non_exhaustive()
@@ -178,6 +181,7 @@ impl Default for WebRtcConfig {
             bind_ip: IpAddr::from([0, 0, 0, 0]),
             public_ip: None,
             max_sessions: 500,
+            max_sessions_per_client: 32,
             max_sdp_bytes: 32 * 1024,
             viewer_max_lag: Duration::from_millis(1500),
             ice_gather_timeout: Duration::from_secs(2),

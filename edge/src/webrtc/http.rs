@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -17,12 +17,13 @@ use ferry_proto::StreamName;
 use super::engine::BuildError;
 use super::sdp::SdpError;
 use super::WebRtcEdge;
-use super::{whep, whip, Direction, LeaseError};
+use super::{whep, whip, Client, Direction, LeaseError};
 use crate::access::Credential;
 use crate::auth::{self, Action};
 use crate::cluster::redirect;
 use crate::metrics::ReasonLabels;
 use crate::rollouts::Assignment;
+use ferry_net::http_server::PeerAddr;
 
 /// A refusal: status, machine-readable reason, human message.
 #[derive(Debug)]
@@ -60,6 +61,16 @@ impl ApiError {
                 ("too_many_sessions", "this edge serves its maximum of WebRTC sessions")
             }
             LeaseError::NoFreePort => ("no_free_port", "every WebRTC UDP port of this edge is in use"),
+            LeaseError::ClientBusy => {
+                return Self {
+                    retry_after: Some(5),
+                    ..Self::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "client_busy",
+                        "this client (its address or its token's subject) holds its share of WebRTC sessions on this edge",
+                    )
+                };
+            }
             LeaseError::NoRandom => return Self::internal("the system random generator failed"),
         };
         Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, reason, message) }
@@ -169,25 +180,28 @@ async fn patch() -> ApiError {
 
 async fn post_whip(
     State(state): State<Arc<WebRtcEdge>>,
+    peer: Option<Extension<PeerAddr>>,
     path: Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    post_session(state, Direction::Whip, path.0, headers, body).await
+    post_session(state, Direction::Whip, peer.map(|p| p.0 .0.ip()), path.0, headers, body).await
 }
 
 async fn post_whep(
     State(state): State<Arc<WebRtcEdge>>,
+    peer: Option<Extension<PeerAddr>>,
     path: Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    post_session(state, Direction::Whep, path.0, headers, body).await
+    post_session(state, Direction::Whep, peer.map(|p| p.0 .0.ip()), path.0, headers, body).await
 }
 
 async fn post_session(
     state: Arc<WebRtcEdge>,
     direction: Direction,
+    client_ip: Option<std::net::IpAddr>,
     stream: String,
     headers: HeaderMap,
     body: Bytes,
@@ -196,7 +210,7 @@ async fn post_session(
         return response;
     }
     let mut assigned = None;
-    let result = offer(&state, direction, stream, &headers, body, &mut assigned).await;
+    let result = offer(&state, direction, client_ip, stream, &headers, body, &mut assigned).await;
     match result {
         Ok((stream, answer, assignment)) => {
             let location = format!("/sessions/{}/{}", direction.name(), answer.id);
@@ -271,6 +285,7 @@ const MAX_SESSION_ID: usize = 128;
 async fn offer(
     state: &Arc<WebRtcEdge>,
     direction: Direction,
+    client_ip: Option<std::net::IpAddr>,
     stream: String,
     headers: &HeaderMap,
     body: Bytes,
@@ -333,11 +348,13 @@ async fn offer(
             format!("refused by rollout {rollout:?}'s fault injection (a drill)"),
         ));
     }
+    let client = Client { ip: client_ip, subject: credential.subject().map(str::to_owned) };
     let answer = match direction {
         Direction::Whip => {
-            whip::start(state, stream.clone(), sdp, assignment.clone(), credential.takeover()).await?
+            whip::start(state, stream.clone(), sdp, assignment.clone(), credential.takeover(), &client)
+                .await?
         }
-        Direction::Whep => whep::start(state, stream.clone(), sdp, assignment.clone()).await?,
+        Direction::Whep => whep::start(state, stream.clone(), sdp, assignment.clone(), &client).await?,
     };
     Ok((stream, answer, assignment))
 }

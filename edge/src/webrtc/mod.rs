@@ -82,19 +82,45 @@ struct SessionEntry {
     cancel: CancellationToken,
 }
 
-/// Sessions, ports and the session limit of one edge.
+/// Sessions, ports and the session limits of one edge.
 pub struct WebRtc {
     pub config: WebRtcConfig,
     limit: Arc<Semaphore>,
     sessions: Mutex<HashMap<String, SessionEntry>>,
     ports: Mutex<PortPool>,
+    /// Sessions per client address and per token subject.
+    clients: Mutex<HashMap<ClientKey, usize>>,
 }
 
-/// A session's claim on the limit and its port; released on drop.
+/// Who asks for a session: the address the request came from (unknown in unit tests)
+/// and the subject (`sub`) of its token, if any. Each has its own share of sessions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Client {
+    pub ip: Option<std::net::IpAddr>,
+    pub subject: Option<String>,
+}
+
+/// One share of the per-client session cap.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ClientKey {
+    Ip(std::net::IpAddr),
+    Subject(String),
+}
+
+impl Client {
+    fn keys(&self) -> Vec<ClientKey> {
+        let ip = self.ip.map(ClientKey::Ip);
+        let subject = self.subject.clone().map(ClientKey::Subject);
+        ip.into_iter().chain(subject).collect()
+    }
+}
+
+/// A session's claim on the limits and its port; released on drop.
 pub(crate) struct SessionLease {
     webrtc: Arc<WebRtc>,
     pub id: String,
     pub port: u16,
+    client: Vec<ClientKey>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -102,6 +128,15 @@ impl Drop for SessionLease {
     fn drop(&mut self) {
         lock(&self.webrtc.sessions).remove(&self.id);
         lock(&self.webrtc.ports).release(self.port);
+        let mut clients = lock(&self.webrtc.clients);
+        for key in &self.client {
+            if let Some(count) = clients.get_mut(key) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    clients.remove(key);
+                }
+            }
+        }
     }
 }
 
@@ -109,6 +144,8 @@ impl Drop for SessionLease {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum LeaseError {
     TooManySessions,
+    /// The client's address or token subject holds its share of sessions.
+    ClientBusy,
     NoFreePort,
     /// The system random generator failed (no session id).
     NoRandom,
@@ -125,24 +162,45 @@ impl WebRtc {
             limit: Arc::new(Semaphore::new(config.max_sessions.max(1))),
             sessions: Mutex::new(HashMap::new()),
             ports: Mutex::new(ports),
+            clients: Mutex::new(HashMap::new()),
             config,
         }
     }
 
-    /// Takes a session slot and a port, or says why not. The permit is taken before
-    /// any WebRTC state exists.
+    /// Takes a session slot, `client`'s share and a port, or says why not. Permits are
+    /// taken before any WebRTC state exists.
     pub(crate) fn lease(
         self: &Arc<Self>,
         direction: Direction,
         stream: &str,
+        client: &Client,
         cancel: CancellationToken,
     ) -> Result<SessionLease, LeaseError> {
         let permit = Arc::clone(&self.limit).try_acquire_owned().map_err(|_| LeaseError::TooManySessions)?;
-        let id = ferry_net::random::id().map_err(|_| LeaseError::NoRandom)?;
-        let port = lock(&self.ports).take().ok_or(LeaseError::NoFreePort)?;
+        let keys = client.keys();
+        {
+            let mut clients = lock(&self.clients);
+            let cap = self.config.max_sessions_per_client;
+            if keys.iter().any(|k| clients.get(k).is_some_and(|n| *n >= cap)) {
+                return Err(LeaseError::ClientBusy);
+            }
+            for key in &keys {
+                *clients.entry(key.clone()).or_insert(0) += 1;
+            }
+        }
+        // From here the lease gives the shares back when dropped, on error too.
+        let mut lease = SessionLease {
+            webrtc: Arc::clone(self),
+            id: String::new(),
+            port: 0,
+            client: keys,
+            _permit: permit,
+        };
+        lease.id = ferry_net::random::id().map_err(|_| LeaseError::NoRandom)?;
+        lease.port = lock(&self.ports).take().ok_or(LeaseError::NoFreePort)?;
         lock(&self.sessions)
-            .insert(id.clone(), SessionEntry { direction, stream: stream.to_owned(), cancel });
-        Ok(SessionLease { webrtc: Arc::clone(self), id, port, _permit: permit })
+            .insert(lease.id.clone(), SessionEntry { direction, stream: stream.to_owned(), cancel });
+        Ok(lease)
     }
 
     /// A port the OS refused: skip it for a while and hand out another.
@@ -303,18 +361,50 @@ mod tests {
     async fn leases_enforce_the_session_limit_and_free_on_drop() {
         let config = WebRtcConfig { max_sessions: 1, udp_ports: (20000, 20001), ..Default::default() };
         let webrtc = Arc::new(WebRtc::new(config));
-        let lease = webrtc.lease(Direction::Whep, "live/a", CancellationToken::new());
+        let lease = webrtc.lease(Direction::Whep, "live/a", &Client::default(), CancellationToken::new());
         let lease = match lease {
             Ok(lease) => lease,
             Err(e) => panic!("first lease refused: {e:?}"),
         };
         assert_eq!(webrtc.count(Direction::Whep), 1);
-        let second = webrtc.lease(Direction::Whep, "live/a", CancellationToken::new());
+        let second = webrtc.lease(Direction::Whep, "live/a", &Client::default(), CancellationToken::new());
         assert!(matches!(second, Err(LeaseError::TooManySessions)));
         assert!(!webrtc.end(Direction::Whip, &lease.id), "direction must match");
         assert!(webrtc.end(Direction::Whep, &lease.id));
         drop(lease);
         assert_eq!(webrtc.count(Direction::Whep), 0);
-        assert!(webrtc.lease(Direction::Whep, "live/a", CancellationToken::new()).is_ok());
+        assert!(webrtc
+            .lease(Direction::Whep, "live/a", &Client::default(), CancellationToken::new())
+            .is_ok());
+    }
+
+    #[tokio::test]
+    async fn each_address_and_each_token_subject_gets_its_share_of_sessions() {
+        let config = WebRtcConfig {
+            max_sessions: 100,
+            max_sessions_per_client: 2,
+            udp_ports: (20000, 20099),
+            ..Default::default()
+        };
+        let webrtc = Arc::new(WebRtc::new(config));
+        let client = |ip: [u8; 4], subject: Option<&str>| Client {
+            ip: Some(std::net::IpAddr::from(ip)),
+            subject: subject.map(str::to_owned),
+        };
+        let lease = |c: &Client| webrtc.lease(Direction::Whep, "live/a", c, CancellationToken::new());
+        let a = client([10, 0, 0, 1], None);
+        let (first, second) = (lease(&a), lease(&a));
+        assert!(first.is_ok() && second.is_ok());
+        assert!(matches!(lease(&a), Err(LeaseError::ClientBusy)), "the address holds its share");
+        assert!(lease(&client([10, 0, 0, 2], None)).is_ok(), "another address starts");
+        // One token subject from many addresses: its own share.
+        let (s1, s2) = (lease(&client([10, 0, 1, 1], Some("u"))), lease(&client([10, 0, 1, 2], Some("u"))));
+        assert!(s1.is_ok() && s2.is_ok());
+        assert!(matches!(lease(&client([10, 0, 1, 3], Some("u"))), Err(LeaseError::ClientBusy)));
+        // A refused lease takes no share; an ended session gives its share back.
+        drop(first);
+        assert!(lease(&a).is_ok());
+        drop(s1);
+        assert!(lease(&client([10, 0, 1, 4], Some("u"))).is_ok());
     }
 }

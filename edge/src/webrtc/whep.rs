@@ -21,7 +21,7 @@ use super::engine::{self, Events};
 use super::http::ApiError;
 use super::whip::{flow, Answer};
 use super::WebRtcEdge;
-use super::{sdp, Direction, LiveSession, SessionLease};
+use super::{sdp, Client, Direction, LiveSession, SessionLease};
 use crate::metrics::{EdgeMetrics, RoleLabels};
 use crate::rollouts::Assignment;
 use crate::track::LagBudget;
@@ -57,6 +57,7 @@ pub(crate) async fn start(
     stream: StreamName,
     offer: String,
     assignment: Assignment,
+    client: &Client,
 ) -> Result<Answer, ApiError> {
     let lag = LagBudget::new(
         state.webrtc.config.viewer_max_lag,
@@ -72,8 +73,10 @@ pub(crate) async fn start(
         producers.iter().map(|p| (p.info().kind, p.info().codec)).collect();
     let sendable = sdp::check_view_offer(&offer, &stream_codecs).map_err(ApiError::sdp)?;
     let cancel = state.media_shutdown.child_token();
-    let mut lease =
-        state.webrtc.lease(Direction::Whep, stream.as_str(), cancel.clone()).map_err(ApiError::lease)?;
+    let mut lease = state
+        .webrtc
+        .lease(Direction::Whep, stream.as_str(), client, cancel.clone())
+        .map_err(ApiError::lease)?;
     let (pc, mut events) =
         engine::build(&state.webrtc, &mut lease, &sendable, nack).await.map_err(ApiError::build)?;
     match negotiate(state, &pc, &mut events, offer, producers, &sendable).await {

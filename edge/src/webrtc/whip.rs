@@ -19,7 +19,7 @@ use super::engine::{self, Events};
 use super::http::ApiError;
 use super::sdp;
 use super::WebRtcEdge;
-use super::{Direction, LiveSession, SessionLease};
+use super::{Client, Direction, LiveSession, SessionLease};
 use crate::metrics::EdgeMetrics;
 use crate::relay::Revocation;
 use crate::rollouts::Assignment;
@@ -39,6 +39,7 @@ pub(crate) async fn start(
     offer: String,
     assignment: Assignment,
     takeover: bool,
+    client: &Client,
 ) -> Result<Answer, ApiError> {
     let buffer = assignment.buffer(state.config.buffer);
     sdp::check_publish_offer(&offer).map_err(ApiError::sdp)?;
@@ -52,8 +53,10 @@ pub(crate) async fn start(
         return Err(busy(&stream));
     }
     let cancel = state.shutdown.child_token();
-    let mut lease =
-        state.webrtc.lease(Direction::Whip, stream.as_str(), cancel.clone()).map_err(ApiError::lease)?;
+    let mut lease = state
+        .webrtc
+        .lease(Direction::Whip, stream.as_str(), client, cancel.clone())
+        .map_err(ApiError::lease)?;
     let codecs: Vec<Codec> = engine::CODECS.iter().map(|(c, _)| *c).collect();
     let (pc, mut events) =
         engine::build(&state.webrtc, &mut lease, &codecs, engine::Nack::On).await.map_err(ApiError::build)?;
