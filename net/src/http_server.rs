@@ -73,12 +73,13 @@ impl Default for HttpLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
 
-/// `ferry_http_connections` (open now) and
-/// `ferry_http_connections_refused_total{reason}`; clones share the values.
+/// `ferry_http_connections` (open now), `ferry_http_connections_refused_total{reason}`
+/// and `ferry_http_connections_timed_out_total`; clones share the values.
 #[derive(Debug, Clone, Default)]
 pub struct HttpServerMetrics {
     open: Gauge,
     refused: Family<RefusedLabels, Counter>,
+    timed_out: Counter,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -97,6 +98,11 @@ impl HttpServerMetrics {
             "ferry_http_connections_refused",
             "HTTP connections closed at accept, by reason (per_ip: the client's address holds its share)",
             self.refused.clone(),
+        );
+        registry.register(
+            "ferry_http_connections_timed_out",
+            "HTTP connections closed because a request's headers did not arrive in time",
+            self.timed_out.clone(),
         );
     }
 }
@@ -195,12 +201,16 @@ pub async fn serve<S, B>(
             .header_read_timeout(limits.header_timeout)
             .serve_connection(TokioIo::new(stream), hyper_service);
         let connection = graceful.watch(connection);
-        let open = metrics.open.clone();
+        let (open, timed_out) = (metrics.open.clone(), metrics.timed_out.clone());
         open.inc();
         connections.spawn(async move {
             if let Err(e) = connection.await {
+                if e.is_timeout() {
+                    timed_out.inc();
+                }
                 tracing::debug!(%peer, error = %e, "HTTP connection ended");
             }
+            // Counted as timed out before it stops being open: a scrape never misses it.
             open.dec();
             drop((slot, permit));
         });
