@@ -177,6 +177,7 @@ fn one_client_holds_its_share_of_webrtc_sessions_and_others_still_start() {
     let headers = [("Content-Type", "application/sdp")];
     let mut created = 0;
     let mut refused = 0;
+    let started = Instant::now();
     for _ in 0..60 {
         let (status, hdrs, body) =
             http(&edge.http, "POST", &format!("/whep/{stream}"), &headers, offer.as_bytes());
@@ -190,9 +191,17 @@ fn one_client_holds_its_share_of_webrtc_sessions_and_others_still_start() {
             other => panic!("HTTP {other}: {body}"),
         }
     }
-    assert_eq!((created, refused), (32, 28), "one address holds 32 sessions");
+    // Unconnected sessions are closed 15 s after they start, giving their share back:
+    // on a machine too busy to send 60 offers within that, a few more get through.
+    let live = edge.metric("ferry_webrtc_sessions{direction=\"whep\"}").unwrap();
+    assert!(live <= 32.0, "{live} sessions live for one address");
+    if started.elapsed() < Duration::from_secs(14) {
+        assert_eq!((created, refused), (32, 28), "one address holds 32 sessions");
+    } else {
+        assert!(refused > 0 && created >= 32, "{created} created, {refused} refused");
+    }
     let refusals = edge.metric("ferry_webrtc_session_errors_total{reason=\"client_busy\"}");
-    assert_eq!(refusals, Some(28.0));
+    assert_eq!(refusals, Some(refused as f64));
 
     // Another address: its own share.
     let request = format!(
