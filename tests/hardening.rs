@@ -94,7 +94,8 @@ fn attack(addr: &str, pid: u32, slow_body: &str) {
     let text = metrics(addr);
     let count = |name: &str| metric_value(&text, name).unwrap();
     let open = count("ferry_http_connections");
-    assert!(open <= (PER_IP + 2) as f64, "{open} connections open, the per-IP cap is {PER_IP}");
+    // The normal request's connection may not be released yet either.
+    assert!(open <= (PER_IP + 3) as f64, "{open} connections open, the per-IP cap is {PER_IP}");
     let refused = count("ferry_http_connections_refused_total{reason=\"per_ip\"}");
     let timed_out = count("ferry_http_connections_timed_out_total");
     let accounted = refused + timed_out + open - 2.0;
@@ -134,8 +135,11 @@ fn attack(addr: &str, pid: u32, slow_body: &str) {
     }
     let (status, reply) = body_timed_out.join().unwrap();
     assert!((400..500).contains(&status), "a body that never came is refused: {reply}");
-    let open = metric_value(&metrics(addr), "ferry_http_connections").unwrap();
-    assert!(open <= 1.0, "{open} connections still open after the attack");
+    // A connection stops counting once the server's task for it ends, a moment after the
+    // client saw it closed: only this scrape's own connection stays.
+    wait_for("every connection but the scrape's released", Duration::from_secs(10), || {
+        (metric_value(&metrics(addr), "ferry_http_connections")? <= 1.0).then_some(())
+    });
 }
 
 #[test]
