@@ -204,6 +204,17 @@ def check_case(case, render, value_files, kube_version, flags, schema):
                   "the region comes from the topology label through the downward API")
         if kind == "Deployment":
             ch.expect(e["spec"]["replicas"] == values["edge"]["replicas"], "edge replicas")
+        # Edges hold no operator token: they reach the API over HTTPS with their node
+        # certificate, and mount the Secret's access-token key alone.
+        ch.expect("control-token-file" not in config["edge"], "edges are configured with no operator token")
+        ch.expect(all(u.startswith("https://") for u in config["edge"]["control-plane"]),
+                  "edges reach the control plane over https://")
+        for v in pod.get("volumes", []):
+            secret = v.get("secret", {})
+            if secret.get("secretName", "").endswith("-secrets") or v["name"] == "secrets":
+                keys = [i["key"] for i in secret.get("items", [])]
+                ch.expect(keys == ["token-secret"], f"edge volume {v['name']} mounts {keys or 'the whole Secret'}"
+                          " (the operator token with it)")
 
     # Every Service port targets a container port of the pods it selects, same protocol.
     workloads = [w for k in ("StatefulSet", "Deployment", "DaemonSet") for w in by_kind.get(k, [])]

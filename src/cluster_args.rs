@@ -97,7 +97,10 @@ impl GossipArgs {
 /// How an edge reaches the control plane.
 #[derive(Debug, Clone, Args)]
 pub struct ControlPlaneArgs {
-    /// Control-plane API URLs, http://HOST:PORT,... (any voter; the edge moves on when one fails).
+    /// Control-plane API URLs, https://HOST:PORT,... (any voter; the edge moves on when
+    /// one fails). Over https:// the edge authenticates with its cluster certificate
+    /// (--cluster-ca/--cluster-cert/--cluster-key) and needs no token; http:// (voters
+    /// with --insecure-http) needs --control-token-file.
     #[arg(long, env = "FERRY_CONTROL_PLANE", value_delimiter = ',')]
     pub control_plane: Vec<String>,
     /// File holding the control plane's bearer token (wins over --control-token).
@@ -123,8 +126,11 @@ impl ControlPlaneArgs {
                 .trim()
                 .to_owned(),
             (None, Some(token)) => token.clone(),
-            (None, None) if self.control_plane.is_empty() => String::new(),
-            (None, None) => bail!("--control-plane needs --control-token-file or FERRY_CONTROL_TOKEN"),
+            (None, None) if self.control_plane.iter().all(|u| u.starts_with("https://")) => String::new(),
+            (None, None) => bail!(
+                "an http:// --control-plane needs --control-token-file or FERRY_CONTROL_TOKEN (https:// ones \
+                 take the edge's cluster certificate instead)"
+            ),
         };
         Ok((self.control_plane.clone(), token))
     }

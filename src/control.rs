@@ -77,6 +77,11 @@ pub struct ControlArgs {
     /// it, --ca-file, --cert and --key are required.
     #[arg(long, env = "FERRY_INSECURE_RAFT", conflicts_with_all = ["cert", "key", "ca_file"])]
     pub insecure_raft: bool,
+    /// Dev only: serve the HTTP API as plain HTTP. Without it the API is HTTPS with
+    /// --cert (clients verify it against --ca-file; edges authenticate with their
+    /// cluster certificate).
+    #[arg(long, env = "FERRY_INSECURE_HTTP")]
+    pub insecure_http: bool,
     /// Edges must prove a certificate from --ca-file when they register.
     #[arg(long, env = "FERRY_REQUIRE_EDGE_PROOFS", requires = "ca_file")]
     pub require_edge_proofs: bool,
@@ -163,6 +168,17 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     node.snapshot_every = args.snapshot_every.max(1);
     node.join = args.join;
     let security = raft_security(&args)?;
+    let api_tls = match (security.cluster_tls(), args.insecure_http) {
+        (_, true) => {
+            tracing::warn!("--insecure-http: the API is plain HTTP (tokens travel in clear); dev only");
+            None
+        }
+        (Some(tls), false) => Some(tls.clone()),
+        (None, false) => bail!(
+            "the HTTP API is HTTPS with this voter's certificate: give --ca-file, --cert and --key, or \
+             --insecure-http (dev only)"
+        ),
+    };
     let config = ControlConfig {
         node,
         transport: TransportConfig { listen: raft_listen, security },
@@ -173,12 +189,17 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
         gossip: args.gossip.to_config(&format!("voter-{}", args.id))?,
         failover_grace: args.failover_grace,
         http_limits: args.http.limits(),
+        api_tls,
     };
+    let config_https = config.api_tls.is_some();
     let cancel = crate::process::shutdown_signal();
     let control = Control::start(config, cancel.clone()).await.context("cannot start the control plane")?;
     if let Err(e) = out!(
         "{}",
-        serde_json::json!({ "event": "ready", "id": args.id, "http": control.http_addr.to_string(), "raft": raft_listen.to_string() })
+        serde_json::json!({
+            "event": "ready", "id": args.id, "http": control.http_addr.to_string(), "raft": raft_listen.to_string(),
+            "url": format!("{}://{}", if config_https { "https" } else { "http" }, control.http_addr),
+        })
     ) {
         tracing::warn!(error = %e, "cannot print the ready line");
     }

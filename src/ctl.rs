@@ -16,7 +16,8 @@ use serde_json::{json, Value};
 
 #[derive(Debug, Clone, Args)]
 pub struct CtlArgs {
-    /// Control-plane API URLs, e.g. http://127.0.0.1:9001,http://127.0.0.1:9002.
+    /// Control-plane API URLs, e.g. https://10.0.0.1:9000,https://10.0.0.2:9000
+    /// (http:// for voters started with --insecure-http, as `ferry dev`'s are).
     #[arg(
         long = "control-plane",
         visible_alias = "control",
@@ -31,12 +32,22 @@ pub struct CtlArgs {
         visible_alias = "token",
         env = "FERRY_CONTROL_TOKEN",
         hide_env_values = true,
-        required_unless_present = "control_token_file"
+        required_unless_present_any = ["control_token_file", "cert"]
     )]
     pub token: Option<String>,
     /// File holding the operator bearer token (wins over --control-token).
     #[arg(long, env = "FERRY_CONTROL_TOKEN_FILE", value_name = "FILE")]
     pub control_token_file: Option<std::path::PathBuf>,
+    /// The cluster CA (PEM) that https:// voters' certificates are checked against.
+    #[arg(long, env = "FERRY_CTL_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Authenticate with this cluster certificate (PEM) instead of a token: an edge's
+    /// own certificate lets it do what edges may (drain itself at shutdown).
+    #[arg(long, env = "FERRY_CTL_CERT", value_name = "FILE", requires_all = ["key", "ca_file"])]
+    pub cert: Option<std::path::PathBuf>,
+    /// Private key for --cert.
+    #[arg(long, env = "FERRY_CTL_KEY", value_name = "FILE", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
     /// Print the API's JSON answer instead of a summary.
     #[arg(long, global = true, env = "FERRY_CTL_JSON")]
     pub json: bool,
@@ -65,11 +76,37 @@ pub enum CtlCommand {
     /// Staged rollouts.
     #[command(subcommand)]
     Rollout(RolloutCmd),
+    /// Named operator tokens (admin): create, list, revoke.
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+    /// Who the control plane takes this credential for: principal and role.
+    Whoami,
     /// The audit log (newest last).
     Audit {
         /// How many of the newest events.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokensCmd {
+    /// Create a token and print it once (only its hash is stored): give it to the
+    /// person or automation named ACCESSOR.
+    Create {
+        /// Its name: 1-64 characters of A-Z a-z 0-9 . _ -
+        accessor: String,
+        /// admin (voters, tokens, everything), operator (rollouts, drains, streams)
+        /// or viewer (read-only).
+        #[arg(long, value_parser = ["admin", "operator", "viewer"])]
+        role: String,
+    },
+    /// Every token: accessor, role, creator, creation time (never secrets).
+    List,
+    /// Revoke a token: every voter refuses it from the moment the revocation applies.
+    Revoke {
+        /// The token's accessor.
+        accessor: String,
     },
 }
 
@@ -288,13 +325,28 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             .trim()
             .to_owned(),
         (Some(token), None) => token.clone(),
+        (None, None) if args.cert.is_some() => String::new(),
         (None, None) => bail!("give --control-token-file or --control-token (FERRY_CONTROL_TOKEN)"),
     };
     for url in &args.control {
         ferry_net::http::check_base_url(url).with_context(|| format!("--control-plane {url}"))?;
+        if url.starts_with("https://") && args.ca_file.is_none() {
+            bail!("--control-plane {url}: give --ca-file with the cluster CA to verify the voters");
+        }
     }
+    let trust = match (&args.ca_file, &args.cert, &args.key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            Some(ferry_net::tls::ClientTrust::Cluster(ferry_net::tls::ClusterTls {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            }))
+        }
+        (Some(ca), _, _) => Some(ferry_net::tls::ClientTrust::CaFile(ca.clone())),
+        _ => None,
+    };
     let client = Client {
-        http: HttpClient::plain(),
+        http: HttpClient::new(trust.as_ref())?,
         urls: args.control.clone(),
         token,
         timeout: args.timeout,
@@ -341,15 +393,23 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         }
         CtlCommand::Streams(cmd) => streams(&client, cmd).await?,
         CtlCommand::Rollout(cmd) => rollout(&client, cmd).await?,
+        CtlCommand::Tokens(cmd) => tokens(&client, cmd).await?,
+        CtlCommand::Whoami => {
+            let v = client.call("GET", "/v1/whoami", None).await?;
+            let s = format!("{} (role {}) from {}", t(&v, "principal"), t(&v, "role"), t(&v, "source"));
+            (v, s)
+        }
         CtlCommand::Audit { limit } => {
             let v = client.call("GET", &format!("/v1/audit?limit={limit}"), None).await?;
             let lines = list(f(&v, "events"), |e| {
                 format!(
-                    "{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}\t{}",
                     f(e, "index"),
-                    f(e, "action").as_str().unwrap_or(""),
-                    f(e, "target").as_str().unwrap_or(""),
-                    f(e, "actor").as_str().unwrap_or("")
+                    t(e, "action"),
+                    t(e, "target"),
+                    t(e, "actor"),
+                    t(e, "role"),
+                    t(e, "source")
                 )
             });
             (v, lines)
@@ -384,6 +444,35 @@ fn records<T: serde::de::DeserializeOwned>(answer: &Value, key: &str) -> anyhow:
 
 fn list(items: &Value, line: impl Fn(&Value) -> String) -> String {
     items.as_array().map(|a| a.iter().map(line).collect::<Vec<_>>().join("\n")).unwrap_or_default()
+}
+
+async fn tokens(client: &Client, cmd: TokensCmd) -> anyhow::Result<(Value, String)> {
+    Ok(match cmd {
+        TokensCmd::Create { accessor, role } => {
+            let body = json!({ "accessor": accessor, "role": role });
+            let v = client.call("POST", "/v1/tokens", Some(body)).await?;
+            // The token alone on stdout, so `ferry ctl tokens create ci --role operator > ci.token` works.
+            let s = t(&v, "token");
+            (v, s)
+        }
+        TokensCmd::List => {
+            let v = client.call("GET", "/v1/tokens", None).await?;
+            let s = list(f(&v, "tokens"), |k| {
+                format!(
+                    "{}\t{}\tcreated by {}\t{}",
+                    t(k, "accessor"),
+                    t(k, "role"),
+                    t(k, "created_by"),
+                    t(k, "created_at_ms")
+                )
+            });
+            (v, s)
+        }
+        TokensCmd::Revoke { accessor } => {
+            let v = client.call("DELETE", &format!("/v1/tokens/{}", encode_path(&accessor)), None).await?;
+            (v, format!("token {accessor} revoked"))
+        }
+    })
 }
 
 async fn streams(client: &Client, cmd: StreamsCmd) -> anyhow::Result<(Value, String)> {

@@ -192,6 +192,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 gossip: Some(gossip(&name, gossip_addr)),
                 failover_grace: ferry_control_plane::failover::DEFAULT_GRACE,
                 http_limits: Default::default(),
+                // Plain HTTP on loopback, so the tour's curl commands stay short.
+                api_tls: None,
             },
             shutdown.clone(),
         )

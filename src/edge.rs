@@ -206,6 +206,12 @@ impl EdgeArgs {
         };
         config.gossip = self.gossip.to_config(&self.node_id)?;
         (config.control_plane, config.control_token) = self.control.resolve()?;
+        if config.control_plane.iter().any(|u| u.starts_with("https://")) && config.cluster_tls.is_none() {
+            anyhow::bail!(
+                "an https:// --control-plane verifies voters and authenticates this edge with its cluster \
+                 certificate: give --cluster-ca, --cluster-cert and --cluster-key"
+            );
+        }
         config.capacity = self.control.capacity;
         Ok(config)
     }

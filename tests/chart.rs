@@ -275,7 +275,8 @@ fn a_cluster_started_from_the_rendered_chart_plays_a_stream_and_has_every_charte
         start_pod(&format!("{sts_name}-{i}"), &voter_ip(i), voter_spec, &mut procs);
     }
     let api_port = voter_spec["containers"][0]["ports"][0]["containerPort"].as_u64().unwrap();
-    let api = |i: u64| format!("{}:{api_port}", voter_ip(i));
+    // The voters' API is HTTPS (their node certificates, issued by the init container).
+    let api = |i: u64| format!("https://{}:{api_port}", voter_ip(i));
     wait_for("a raft leader, every voter ready", Duration::from_secs(60), || {
         (0..replicas).all(|i| try_get(&api(i), "/readyz", None).is_some_and(|(s, _)| s == 200)).then_some(())
     });
@@ -337,13 +338,29 @@ fn a_cluster_started_from_the_rendered_chart_plays_a_stream_and_has_every_charte
     // An operator's rollout, and a client that breaks the protocol in its treatment:
     // the rollout's level, state and error series exist.
     let out = ferry()
-        .args(["ctl", "--control", &format!("http://{}", api(0)), "--token", &token])
+        .args([
+            "ctl",
+            "--control",
+            &api(0),
+            "--token",
+            &token,
+            "--ca-file",
+            ca.join("ca.pem").to_str().unwrap(),
+        ])
         .args(["rollout", "create", "chart-check", "--spec", r#"{"override":{"client_flag":"c"}}"#])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = ferry()
-        .args(["ctl", "--control", &format!("http://{}", api(0)), "--token", &token])
+        .args([
+            "ctl",
+            "--control",
+            &api(0),
+            "--token",
+            &token,
+            "--ca-file",
+            ca.join("ca.pem").to_str().unwrap(),
+        ])
         .args(["rollout", "level", "chart-check", "4"])
         .output()
         .unwrap();

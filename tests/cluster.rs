@@ -38,8 +38,6 @@ fn start_edge(plan: &Plan, id: &'static str, region: &str, control: &str) -> Edg
         &seeds,
         "--control-plane",
         control,
-        "--control-token",
-        TOKEN,
         "--relay-linger",
         "2s",
     ]
@@ -113,7 +111,7 @@ fn a_cluster_routes_fails_over_and_keeps_playing_without_its_control_plane() {
         })
         .collect();
     wait_for_leader(&voters.iter().collect::<Vec<_>>());
-    let control: String = voters.iter().map(|v| format!("http://{}", v.http)).collect::<Vec<_>>().join(",");
+    let control: String = voters.iter().map(|v| v.http.clone()).collect::<Vec<_>>().join(",");
 
     let mut edges: BTreeMap<&str, Edge> = BTreeMap::new();
     for (id, region) in [("e1", "r1"), ("e2", "r1"), ("e3", "r2")] {
@@ -295,7 +293,9 @@ fn a_cluster_routes_fails_over_and_keeps_playing_without_its_control_plane() {
     let moving = viewer_connections(&drained);
     println!("draining {drained_id} with {moving} viewers");
     let out = ferry()
-        .args(["ctl", "--control", &control, "--token", TOKEN, "edges", "drain", drained_id])
+        .args(["ctl", "--control", &control, "--token", TOKEN, "--ca-file"])
+        .arg(plan.ca.join("ca.pem"))
+        .args(["edges", "drain", drained_id])
         .output()
         .unwrap();
     assert!(out.status.success(), "ctl edges drain: {}", String::from_utf8_lossy(&out.stderr));
@@ -403,16 +403,18 @@ fn only_cluster_members_relay_and_get_routed() {
     voter_args.push("--require-edge-proofs".into());
     let voter = Voter::start(1, &peers, &dir.path().join("v1"), &strs(&voter_args));
     wait_for_leader(&[&voter]);
-    let control = format!("http://{}", voter.http);
+    let control = voter.http.clone();
     let edge_args = |region: &str| -> Vec<String> {
         let gossip = format!("127.0.0.1:{}", free_udp_port());
         ["--region", region, "--gossip-listen", &gossip, "--gossip-seeds", &voter_gossip]
             .into_iter()
-            .chain(["--control-plane", &control, "--control-token", TOKEN])
             .map(String::from)
             .collect()
     };
+    // The member reaches the API with its certificate; the rogue has none, so it cannot
+    // even call the API (https:// needs one) and only gossips.
     let mut registered_args = edge_args("r1");
+    registered_args.extend(["--control-plane".to_owned(), control.clone()]);
     registered_args.extend(member("registered"));
     let _registered = Edge::start("registered", &strs(&registered_args));
     let _rogue = Edge::start("rogue", &strs(&edge_args("r9")));
@@ -460,10 +462,12 @@ fn a_partitioned_edge_is_failed_over_and_rejoins_when_healed() {
         1,
         &peers,
         &dir.path().join("v1"),
-        &["--gossip-listen", &voter_gossip, "--http-listen", &http],
+        // Plain HTTP: the edge in the namespace reaches the voter at the host's address,
+        // which the test certificates do not name (this test is about partitions).
+        &["--gossip-listen", &voter_gossip, "--http-listen", &http, "--insecure-http"],
     );
     wait_for_leader(&[&voter]);
-    let control = format!("http://{}", voter.http);
+    let control = voter.http.clone();
     let edge_args = |region: &str, ip: &str| -> Vec<String> {
         [
             "--region",
@@ -594,7 +598,7 @@ fn single_voter(plan: &Plan, dir: &std::path::Path) -> (Voter, String) {
     extra.push("--require-edge-proofs".into());
     let voter = Voter::start(1, &peers, &dir.join("v1"), &strs(&extra));
     wait_for_leader(&[&voter]);
-    let control = format!("http://{}", voter.http);
+    let control = voter.http.clone();
     (voter, control)
 }
 

@@ -319,14 +319,16 @@ fn a_process_that_only_gossips_attracts_no_publisher_and_blocks_none() {
     let peers = format!("1=127.0.0.1:{}", free_udp_port());
     let voter = Voter::start(1, &peers, &dir.path().join("v1"), &["--gossip-listen", &voter_gossip]);
     wait_for_leader(&[&voter]);
-    let control = format!("http://{}", voter.http);
+    let control = voter.http.clone();
     let gossip = |id: &str| -> Vec<String> {
         let listen = format!("127.0.0.1:{}", free_udp_port());
-        let mut args = vec!["--region", "r1", "--gossip-listen", &listen, "--gossip-seeds", &voter_gossip];
+        let args = vec!["--region", "r1", "--gossip-listen", &listen, "--gossip-seeds", &voter_gossip];
+        let mut args: Vec<String> = args.into_iter().map(String::from).collect();
         if id == "a" {
-            args.extend(["--control-plane", &control, "--control-token", TOKEN]);
+            args.extend(["--control-plane".to_owned(), control.clone()]);
+            args.extend(cluster_cert_args(&raft_ca(dir.path()), "a", "cluster"));
         }
-        args.into_iter().map(String::from).collect()
+        args
     };
     let a = Edge::start("a", &strs(&gossip("a")));
     let fake = Edge::start("fake", &strs(&gossip("fake")));
@@ -382,4 +384,120 @@ fn a_process_that_only_gossips_attracts_no_publisher_and_blocks_none() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && !stderr.contains("stream_busy"), "{stderr}");
+}
+
+/// A request to voter `v`'s API presenting `trust` (a cluster certificate, or a CA only):
+/// `Ok((status, body))`, or the connection error.
+fn api_as(
+    trust: &ClientTrust,
+    v: &Voter,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, serde_json::Value), String> {
+    let headers: &[(&str, &str)] =
+        if body.is_empty() { &[] } else { &[("content-type", "application/json")] };
+    support::http::exchange_as(
+        Some(trust),
+        &v.http,
+        method,
+        path,
+        headers,
+        body.as_bytes(),
+        Duration::from_secs(10),
+    )
+    .map(|r| (r.status, r.json()))
+}
+
+#[test]
+fn the_api_takes_edges_by_certificate_for_what_edges_do_and_nothing_else() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = TempDir::new("trust-api");
+    let voters = start_cluster(dir.path(), 1);
+    let v = &voters[0];
+    wait_for_leader(&[v]);
+    assert!(v.http.starts_with("https://"), "a voter with a certificate serves HTTPS: {}", v.http);
+    let ca = raft_ca(dir.path());
+    let attack = dir.path().join("certs");
+    std::fs::create_dir_all(&attack).unwrap();
+    let edge = ClientTrust::Cluster(forge(Some(&ca), &attack, "e1", &["spiffe://ferry/edge/e1"], always()));
+    let registration = r#"{"region":"eu","quic_addr":"127.0.0.1:4433","http_addr":"127.0.0.1:8080"}"#;
+
+    // The edge is a principal of its own, with no token.
+    let (status, who) = api_as(&edge, v, "GET", "/v1/whoami", "").unwrap();
+    assert_eq!(
+        (status, who["principal"].as_str(), who["role"].as_str()),
+        (200, Some("edge:e1"), Some("edge"))
+    );
+    // (method, path, body, status) for the edge's certificate.
+    let table = [
+        ("PUT", "/v1/edges/e1", registration, 200),
+        ("GET", "/v1/streams", "", 200),
+        ("PUT", "/v1/origins/live/a", r#"{"origin":"e1"}"#, 200),
+        ("PUT", "/v1/edges/e2", registration, 403),
+        ("PUT", "/v1/origins/live/b", r#"{"origin":"e2"}"#, 403),
+        ("POST", "/v1/edges/e2/drain", "", 403),
+        ("POST", "/v1/rollouts", r#"{"id":"r1","spec":{"override":{"congestion":"bbr"}}}"#, 403),
+        ("POST", "/v1/cluster/members/7", r#"{"raft_addr":"127.0.0.1:1"}"#, 403),
+        ("DELETE", "/v1/cluster/members/1", "", 403),
+        ("GET", "/v1/tokens", "", 403),
+        ("POST", "/v1/edges/e1/drain", "", 200),
+    ];
+    for (method, path, body, want) in table {
+        let (status, answer) = api_as(&edge, v, method, path, body).unwrap();
+        assert_eq!(status, want, "edge e1: {method} {path}: {answer}");
+    }
+    let (_, audit) = v.get("/v1/audit");
+    let register =
+        audit["events"].as_array().unwrap().iter().find(|e| e["action"] == "edge.register").unwrap();
+    assert_eq!(
+        (register["actor"].as_str(), register["role"].as_str()),
+        (Some("edge:e1"), Some("edge")),
+        "{register}"
+    );
+
+    // Certificates the TLS handshake refuses: expired, not yet valid, another CA.
+    let refused = [
+        ("expired", forge(Some(&ca), &attack, "old", &["spiffe://ferry/edge/e1"], (2020, 2021))),
+        ("not yet valid", forge(Some(&ca), &attack, "early", &["spiffe://ferry/edge/e1"], (2080, 2090))),
+        ("another CA", forge(None, &attack, "rogue", &["spiffe://ferry/edge/e1"], always())),
+    ];
+    for (what, tls) in refused {
+        let out = api_as(&ClientTrust::Cluster(tls), v, "GET", "/v1/streams", "");
+        assert!(out.is_err(), "{what}: {out:?}");
+    }
+    // Signed by the CA but not an edge of this cluster: refused by the API.
+    for (what, uris) in [
+        ("another cluster", &["spiffe://staging/edge/e1"][..]),
+        ("two identities", &["spiffe://ferry/edge/e1", "spiffe://ferry/edge/e2"][..]),
+    ] {
+        let tls = ClientTrust::Cluster(forge(Some(&ca), &attack, "odd", uris, always()));
+        let (status, answer) = api_as(&tls, v, "GET", "/v1/streams", "").unwrap();
+        assert_eq!(status, 403, "{what}: {answer}");
+    }
+
+    // Plain HTTP to the HTTPS port gets no answer; `ferry ctl` needs the CA for https://.
+    let plain = support::http::exchange(v.addr(), "GET", "/healthz", &[], b"", Duration::from_secs(5));
+    assert!(plain.map(|r| r.status).unwrap_or(0) != 200, "plain HTTP answered by an HTTPS voter");
+    let out = ferry()
+        .args(["ctl", "--control-plane", &v.http, "--token", TOKEN, "cluster", "status"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--ca-file"), "{out:?}");
+    let other_ca = dir.path().join("other-ca");
+    assert!(ferry().args(["ca", "init", "--dir"]).arg(&other_ca).status().unwrap().success());
+    let out = ferry()
+        .args(["ctl", "--control-plane", &v.http, "--token", TOKEN, "--timeout", "2s", "--ca-file"])
+        .arg(other_ca.join("ca.pem"))
+        .args(["cluster", "status"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "ctl trusted a voter its CA did not sign");
+    let out = ferry()
+        .arg("ctl")
+        .args(Voter::ctl_args(&[v]))
+        .args(["--token", TOKEN, "cluster", "status"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -50,8 +50,7 @@ fn edges(v: &Voter, path: &str) -> Value {
 }
 
 fn ctl(voters: &[&Voter], args: &[&str]) -> std::process::Output {
-    let urls: Vec<String> = voters.iter().map(|v| format!("http://{}", v.http)).collect();
-    ferry().args(["ctl", "--control", &urls.join(","), "--token", TOKEN]).args(args).output().unwrap()
+    ferry().arg("ctl").args(Voter::ctl_args(voters)).args(["--token", TOKEN]).args(args).output().unwrap()
 }
 
 #[test]

@@ -153,11 +153,54 @@ fn an_edge_closes_slow_and_silent_http_clients_and_serves_others() {
 fn a_voter_closes_slow_and_silent_api_clients_and_serves_others() {
     let dir = TempDir::new("slowloris-voter");
     let peers = format!("1=127.0.0.1:{}", free_udp_port());
-    let voter = Voter::start(1, &peers, &dir.path().join("v1"), &[]);
+    // Plain HTTP, so the attackers can speak it; the TLS handshake's own deadline is
+    // the next test.
+    let voter = Voter::start(1, &peers, &dir.path().join("v1"), &["--insecure-http"]);
     let slow_body = format!(
         "PUT /v1/edges/e HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{{\"region\""
     );
-    attack(&voter.http, voter.proc.pid(), &slow_body);
+    attack(voter.addr(), voter.proc.pid(), &slow_body);
+}
+
+/// An HTTPS voter closes connections that never finish the TLS handshake (silent, or
+/// trickling a ClientHello byte by byte) within the header timeout, and counts them.
+#[test]
+fn an_https_voter_closes_handshakes_that_never_finish() {
+    let dir = TempDir::new("slow-tls-voter");
+    let peers = format!("1=127.0.0.1:{}", free_udp_port());
+    let voter = Voter::start(1, &peers, &dir.path().join("v1"), &[]);
+    assert!(voter.http.starts_with("https://"), "{}", voter.http);
+    let before =
+        metric_value(&http_get(&voter.http, "/metrics").1, "ferry_http_connections_timed_out_total").unwrap();
+    const SLOW: usize = 100;
+    let started = Instant::now();
+    let mut attackers: Vec<TcpStream> = (0..SLOW)
+        .map(|i| {
+            let mut stream = TcpStream::connect(voter.addr()).unwrap();
+            if i % 2 == 0 {
+                // The first bytes of a TLS record header: a handshake, never completed.
+                stream.write_all(&[0x16, 0x03]).unwrap();
+            }
+            stream.set_nonblocking(true).unwrap();
+            stream
+        })
+        .collect();
+    // Meanwhile the API answers over TLS.
+    let (status, _) = voter.get("/v1/cluster");
+    assert_eq!(status, 200);
+    while !attackers.is_empty() {
+        attackers.retain_mut(|s| !closed(s));
+        assert!(
+            started.elapsed() < CLOSED_WITHIN,
+            "{} handshakes still open after {:?}",
+            attackers.len(),
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after =
+        metric_value(&http_get(&voter.http, "/metrics").1, "ferry_http_connections_timed_out_total").unwrap();
+    assert!(after - before >= SLOW as f64, "{} timed out of {SLOW}", after - before);
 }
 
 /// 60 WHEP offers from one address that never complete ICE take that address's share of

@@ -321,8 +321,13 @@ fn quic_variants(sessions: &[(String, String, Vec<String>)]) -> Vec<Result<Strin
 }
 
 fn ctl(cluster: &WhepCluster, args: &[&str]) -> String {
-    let out =
-        ferry().args(["ctl", "--control", &cluster.control, "--token", TOKEN]).args(args).output().unwrap();
+    let out = ferry()
+        .arg("ctl")
+        .args(Voter::ctl_args(&[&cluster.voter]))
+        .args(["--token", TOKEN])
+        .args(args)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "ferry ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -43,6 +43,10 @@ pub struct ControlConfig {
     pub require_edge_proofs: bool,
     /// Bounds on API clients (timeouts, connection caps).
     pub http_limits: HttpLimits,
+    /// Serve the API over HTTPS with this node certificate; clients may present a
+    /// certificate from its CA (edges do: that is how they authenticate). `None`:
+    /// plain HTTP (`--insecure-http`, `ferry dev`).
+    pub api_tls: Option<tls::ClusterTls>,
 }
 
 /// A started voter.
@@ -67,10 +71,15 @@ impl Control {
             (true, Some(c)) => Some(c.ca.clone()),
             _ => None,
         };
+        let cluster = config.transport.security.cluster().map(str::to_owned);
         let refusals = PeerRefusals::default();
         let node =
             start_node(config.node, config.transport, refusals.clone(), &tracker, cancel.clone()).await?;
-        let mut api = Api::new(node.clone(), config.token, config.request_timeout);
+        let mut api = Api::new(node.clone(), config.token, config.request_timeout).with_cluster(cluster);
+        let https = match &config.api_tls {
+            Some(cluster_tls) => Some(tls::https_server_config(cluster_tls)?),
+            None => None,
+        };
         api.register_raft_refusals(&refusals);
         let http_metrics = HttpServerMetrics::default();
         api.register_http_metrics(&http_metrics);
@@ -110,6 +119,7 @@ impl Control {
         let router = api.router();
         let http = tokio::spawn(ferry_net::http_server::serve(
             listener,
+            https,
             router,
             config.http_limits,
             http_metrics,
@@ -319,7 +329,7 @@ async fn commit(
     request_id: String,
     command: Command,
 ) -> Result<crate::state::Outcome, String> {
-    let request = Request { request_id, actor: actor.into(), at_ms: ferry_net::time::unix_ms(), command };
+    let request = Request::internal(request_id, actor, ferry_net::time::unix_ms(), command);
     node.write(request, Duration::from_secs(5)).await.map(|(_, outcome)| outcome).map_err(|e| e.to_string())
 }
 

@@ -58,7 +58,7 @@ impl RaftSecurity {
     }
 
     /// The cluster whose voters are accepted (`None`: anyone).
-    fn cluster(&self) -> Option<&str> {
+    pub fn cluster(&self) -> Option<&str> {
         match self {
             RaftSecurity::Mutual { cluster, .. } => Some(cluster),
             RaftSecurity::Insecure => None,

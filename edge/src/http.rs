@@ -38,7 +38,7 @@ pub async fn serve(
         .route("/metrics", get(metrics_text))
         .with_state(Http { state, metrics })
         .merge(routes);
-    ferry_net::http_server::serve(listener, app, limits, http_metrics, shutdown).await;
+    ferry_net::http_server::serve(listener, None, app, limits, http_metrics, shutdown).await;
 }
 
 /// Alive: the process answers. Never depends on peers or the control plane.

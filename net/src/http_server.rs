@@ -11,7 +11,10 @@
 //!   and at most [`HttpLimits::max_per_ip`] from one IP address: more are closed at once
 //!   and counted (`ferry_http_connections_refused_total{reason="per_ip"}`).
 //!
-//! Each request carries the client's address as a [`PeerAddr`] extension.
+//! Each request carries the client's address as a [`PeerAddr`] extension. With TLS
+//! ([`HttpTls`]) the handshake must also finish within the header timeout, and a
+//! client certificate (already verified against the configured CA) is on every
+//! request of the connection as a [`PeerCert`] extension.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -72,6 +75,14 @@ impl Default for HttpLimits {
 /// The client's address, on every request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
+
+/// The client's verified certificate (the leaf), on every request of a TLS connection
+/// that presented one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCert(pub rustls::pki_types::CertificateDer<'static>);
+
+/// Serve HTTPS with this rustls configuration.
+pub type HttpTls = Arc<rustls::ServerConfig>;
 
 /// `ferry_http_connections` (open now), `ferry_http_connections_refused_total{reason}`
 /// and `ferry_http_connections_timed_out_total`; clones share the values.
@@ -145,6 +156,7 @@ impl Drop for IpSlot {
 /// lets running requests finish for a few seconds, and returns.
 pub async fn serve<S, B>(
     listener: TcpListener,
+    tls: Option<HttpTls>,
     service: S,
     limits: HttpLimits,
     metrics: HttpServerMetrics,
@@ -186,32 +198,29 @@ pub async fn serve<S, B>(
         };
         let _ = stream.set_nodelay(true);
         let service = service.clone();
-        let body_timeout = limits.body_timeout;
-        let hyper_service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let mut service = service.clone();
-            let mut request = request.map(|body| TimedBody::new(body, body_timeout));
-            request.extensions_mut().insert(PeerAddr(peer));
-            async move {
-                std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
-                service.call(request).await
-            }
-        });
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .serve_connection(TokioIo::new(stream), hyper_service);
-        let connection = graceful.watch(connection);
-        let (open, timed_out) = (metrics.open.clone(), metrics.timed_out.clone());
-        open.inc();
+        let (watcher, metrics) = (graceful.watcher(), metrics.clone());
+        let acceptor = tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        metrics.open.inc();
         connections.spawn(async move {
-            if let Err(e) = connection.await {
-                if e.is_timeout() {
-                    timed_out.inc();
+            match acceptor {
+                None => serve_connection(stream, None, peer, service, limits, watcher, &metrics).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned();
+                            let cert = cert.map(|c| PeerCert(c.into_owned()));
+                            serve_connection(tls, cert, peer, service, limits, watcher, &metrics).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => {
+                            metrics.timed_out.inc();
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                        }
+                    }
                 }
-                tracing::debug!(%peer, error = %e, "HTTP connection ended");
             }
             // Counted as timed out before it stops being open: a scrape never misses it.
-            open.dec();
+            metrics.open.dec();
             drop((slot, permit));
         });
     }
@@ -220,6 +229,47 @@ pub async fn serve<S, B>(
         tracing::debug!("HTTP connections still open at shutdown; closing them");
     }
     connections.shutdown().await;
+}
+
+/// Serves HTTP/1.1 on one accepted connection (plain or TLS) until it ends.
+async fn serve_connection<I, S, B>(
+    io: I,
+    cert: Option<PeerCert>,
+    peer: SocketAddr,
+    service: S,
+    limits: HttpLimits,
+    watcher: hyper_util::server::graceful::Watcher,
+    metrics: &HttpServerMetrics,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<TimedBody>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let body_timeout = limits.body_timeout;
+    let hyper_service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let mut service = service.clone();
+        let mut request = request.map(|body| TimedBody::new(body, body_timeout));
+        request.extensions_mut().insert(PeerAddr(peer));
+        if let Some(cert) = &cert {
+            request.extensions_mut().insert(cert.clone());
+        }
+        async move {
+            std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
+            service.call(request).await
+        }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(TokioIo::new(io), hyper_service);
+    if let Err(e) = watcher.watch(connection).await {
+        if e.is_timeout() {
+            metrics.timed_out.inc();
+        }
+        tracing::debug!(%peer, error = %e, "HTTP connection ended");
+    }
 }
 
 /// A request body that must arrive within a deadline: after it, reading fails.

@@ -333,6 +333,22 @@ pub fn server_config_with(
     Ok(config)
 }
 
+/// A rustls config for an HTTPS server (TLS 1.2 and 1.3, ALPN `http/1.1`) with the node
+/// certificate of `cluster`; clients may present a certificate from its CA (checked,
+/// then available as the connection's peer certificates) or none.
+pub fn https_server_config(cluster: &ClusterTls) -> Result<Arc<rustls::ServerConfig>> {
+    let verifier = rustls::server::WebPkiClientVerifier::builder(roots(&cluster.ca)?)
+        .allow_unauthenticated()
+        .build()
+        .map_err(Error::tls("the client certificate verifier"))?;
+    let mut tls = rustls::ServerConfig::builder_with_protocol_versions(rustls::DEFAULT_VERSIONS)
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(read_certs(&cluster.cert)?, read_key(&cluster.key)?)
+        .map_err(Error::tls("the server certificate and key"))?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
 /// A quinn client config for the relay protocol.
 pub fn client_config(trust: &ClientTrust, tuning: &TransportTuning) -> Result<quinn::ClientConfig> {
     client_config_for(trust, tuning, ALPN)

@@ -137,7 +137,15 @@ pub struct AuditEvent {
     /// Raft index of the entry that made the change.
     pub index: u64,
     pub at_ms: u64,
+    /// The principal: `token:NAME`, `edge:ID`, `bootstrap`, or a loop of the cluster
+    /// itself (`placement`, `failover`, `guard`).
     pub actor: String,
+    /// The principal's role (`admin`, `operator`, `viewer`, `edge`; empty for the cluster).
+    #[serde(default)]
+    pub role: String,
+    /// The client's address (empty for the cluster).
+    #[serde(default)]
+    pub source: String,
     pub request_id: String,
     /// Dotted action name (`edge.register`, `rollout.level`, ...).
     pub action: String,

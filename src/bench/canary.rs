@@ -127,8 +127,17 @@ pub async fn run(args: CanaryArgs) -> anyhow::Result<()> {
 
     let voter_gossip = free_udp()?;
     // One local voter: raft has no peers to authenticate.
-    let mut voter_args =
-        s(&["control", "--id", "1", "--http-listen", "127.0.0.1:0", "--log", "warn", "--insecure-raft"]);
+    let mut voter_args = s(&[
+        "control",
+        "--id",
+        "1",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--log",
+        "warn",
+        "--insecure-raft",
+        "--insecure-http",
+    ]);
     voter_args.extend(s(&["--peers", &format!("1={}", free_udp()?), "--token", TOKEN]));
     // The processes' gossip keyring, sealed as in production.
     let keyring = dir.join("gossip-keyring");

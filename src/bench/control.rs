@@ -182,9 +182,10 @@ async fn start_ferry(args: &ControlArgs, token: &str, dir: &Path) -> anyhow::Res
     for id in 1..=3u64 {
         let mut cmd = crate::process::ferry_child(&binary);
         // Raft QUIC with TLS as in production, but without client certificates: the
-        // per-message cost is the same, and the bench needs no CA.
+        // per-message cost is the same, and the bench needs no CA. Plain HTTP clients,
+        // as etcd's are in the same bench.
         cmd.args(["control", "--id", &id.to_string(), "--peers", &peers, "--http-listen", "127.0.0.1:0"])
-            .arg("--insecure-raft")
+            .args(["--insecure-raft", "--insecure-http"])
             .arg("--data-dir")
             .arg(dir.join(format!("v{id}")))
             .args(["--log", "warn"])

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use ferry_net::http::{HttpClient, Method};
+use ferry_net::tls::ClientTrust;
 
 /// A whole response: status, headers (names lowercase, in order) and body.
 pub struct Reply {
@@ -23,9 +24,25 @@ impl Reply {
     }
 }
 
-/// One request to `http://{addr}{path}` with `headers` and `body`. Runs on a thread
-/// of its own, so async tests may call it too.
+/// One request to `http://{addr}{path}` (or `{addr}{path}` when `addr` is a base URL,
+/// `https://` included) with `headers` and `body`. Runs on a thread of its own, so
+/// async tests may call it too. HTTPS servers are not verified here: the tests that
+/// are about verification use `ferry ctl --ca-file` or [`exchange_as`].
 pub fn exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Reply, String> {
+    exchange_as(None, addr, method, path, headers, body, timeout)
+}
+
+/// [`exchange`] with the client's TLS `trust` (a cluster certificate to present, a CA to
+/// verify against).
+pub fn exchange_as(
+    trust: Option<&ClientTrust>,
     addr: &str,
     method: &str,
     path: &str,
@@ -35,13 +52,14 @@ pub fn exchange(
 ) -> Result<Reply, String> {
     std::thread::scope(|scope| {
         scope
-            .spawn(|| exchange_here(addr, method, path, headers, body, timeout))
+            .spawn(|| exchange_here(trust, addr, method, path, headers, body, timeout))
             .join()
             .unwrap_or_else(|_| Err("the request thread panicked".into()))
     })
 }
 
 fn exchange_here(
+    trust: Option<&ClientTrust>,
     addr: &str,
     method: &str,
     path: &str,
@@ -54,9 +72,16 @@ fn exchange_here(
         .build()
         .map_err(|e| format!("test runtime: {e}"))?;
     let method = Method::from_bytes(method.as_bytes()).map_err(|e| format!("method {method}: {e}"))?;
-    let url = format!("http://{addr}{path}");
+    let url = match addr.contains("://") {
+        true => format!("{addr}{path}"),
+        false => format!("http://{addr}{path}"),
+    };
     runtime.block_on(async {
-        let client = HttpClient::plain();
+        let client = match (trust, url.starts_with("https://")) {
+            (Some(trust), _) => HttpClient::new(Some(trust)).map_err(|e| e.to_string())?,
+            (None, true) => HttpClient::new(Some(&ClientTrust::Insecure)).map_err(|e| e.to_string())?,
+            (None, false) => HttpClient::plain(),
+        };
         let mut request = client.request(method, &url).timeout(timeout);
         for (name, value) in headers {
             request = request.header(name, value);

@@ -297,7 +297,10 @@ pub const TOKEN: &str = "test-operator-token-0123456789";
 pub struct Voter {
     pub id: u64,
     pub proc: Proc,
+    /// The API's base URL: `https://127.0.0.1:PORT` (`http://` with `--insecure-http`).
     pub http: String,
+    /// The CA its certificate comes from (`None` with `--insecure-raft`).
+    pub ca: Option<PathBuf>,
     pub raft: String,
     pub data_dir: PathBuf,
     pub peers: String,
@@ -319,8 +322,11 @@ impl Voter {
         cmd.args(gossip_keyring_args(extra));
         // Raft is mutual TLS: without certificates of its own, a voter gets one from a
         // CA shared by the voters whose data dirs sit side by side.
-        if !extra.contains(&"--ca-file") && !extra.contains(&"--insecure-raft") {
-            cmd.args(voter_cert_args(data_dir, id));
+        let mut ca = extra.iter().position(|a| *a == "--ca-file").map(|i| PathBuf::from(extra[i + 1]));
+        if ca.is_none() && !extra.contains(&"--insecure-raft") {
+            let args = voter_cert_args(data_dir, id);
+            ca = Some(PathBuf::from(&args[1]));
+            cmd.args(args);
         }
         cmd.arg("--data-dir")
             .arg(data_dir)
@@ -337,12 +343,28 @@ impl Voter {
         Voter {
             id,
             proc,
-            http: ready["http"].as_str().unwrap().to_owned(),
+            http: ready["url"].as_str().unwrap().to_owned(),
+            ca,
             raft,
             data_dir: data_dir.to_owned(),
             peers: peers.to_owned(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    /// The API's `HOST:PORT`.
+    pub fn addr(&self) -> &str {
+        self.http.split_once("://").map_or(self.http.as_str(), |(_, a)| a)
+    }
+
+    /// `--control-plane URL --ca-file CA` for `ferry ctl` and routed clients.
+    pub fn ctl_args(voters: &[&Voter]) -> Vec<String> {
+        let urls: Vec<&str> = voters.iter().map(|v| v.http.as_str()).collect();
+        let mut args = vec!["--control-plane".to_owned(), urls.join(",")];
+        if let Some(ca) = voters.first().and_then(|v| v.ca.as_ref()) {
+            args.extend(["--ca-file".to_owned(), ca.display().to_string()]);
+        }
+        args
     }
 
     /// Kills (SIGKILL) and starts again on the same data dir and raft address.

@@ -81,20 +81,22 @@ pub fn whep_cluster(dir: &Path, extra: &[&str]) -> WhepCluster {
     let gossip: Vec<String> = (0..4).map(|_| format!("127.0.0.1:{}", free_udp_port())).collect();
     let seeds = gossip.join(",");
     let peers = format!("1=127.0.0.1:{}", free_udp_port());
-    let voter_args = ["--gossip-listen", &gossip[0], "--gossip-seeds", &seeds];
-    let voter = Voter::start(1, &peers, &dir.join("v1"), &voter_args);
-    wait_for_leader(&[&voter]);
-    let control = format!("http://{}", voter.http);
-    let mut edges = std::collections::BTreeMap::new();
-    // Edges relay to each other with cluster certificates (clients need tokens).
+    // One cluster CA: the voter's API and the edges' relays (clients need tokens).
     let ca = dir.join("ca");
     let out = ferry().args(["ca", "init", "--dir"]).arg(&ca).output().unwrap();
     assert!(out.status.success(), "ca init: {}", String::from_utf8_lossy(&out.stderr));
+    let mut voter_args =
+        vec!["--gossip-listen".to_owned(), gossip[0].clone(), "--gossip-seeds".to_owned(), seeds.clone()];
+    voter_args.extend(cluster_cert_args(&ca, "voter-1", "voter"));
+    let voter = Voter::start(1, &peers, &dir.join("v1"), &strs(&voter_args));
+    wait_for_leader(&[&voter]);
+    let control = voter.http.clone();
+    let mut edges = std::collections::BTreeMap::new();
     for (i, (id, region)) in [("o", "r1"), ("a", "r2"), ("b", "r2")].into_iter().enumerate() {
         let certs = cluster_cert_args(&ca, id, "cluster");
         let mut args = vec!["--region", region, "--gossip-listen", &gossip[i + 1], "--gossip-seeds", &seeds];
         args.extend(certs.iter().map(String::as_str));
-        args.extend(["--control-plane", &control, "--control-token", TOKEN]);
+        args.extend(["--control-plane", &control]);
         args.extend_from_slice(extra);
         edges.insert(id, webrtc_edge(id, dir, &args));
     }

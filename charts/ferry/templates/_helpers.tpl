@@ -75,9 +75,9 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- $seeds | toJson }}
 {{- end }}
 
-{{/* The control plane's client URL (its Service). */}}
+{{/* The control plane's client URL (its Service; HTTPS with the voters' node certificates). */}}
 {{- define "ferry.controlUrl" -}}
-{{- printf "http://%s.%s.svc.%s:%d" (include "ferry.control" .) .Release.Namespace .Values.clusterDomain (int .Values.control.ports.api) }}
+{{- printf "https://%s.%s.svc.%s:%d" (include "ferry.control" .) .Release.Namespace .Values.clusterDomain (int .Values.control.ports.api) }}
 {{- end }}
 
 {{/* The control plane's client URLs, as a TOML array. */}}

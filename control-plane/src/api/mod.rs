@@ -5,6 +5,7 @@
 //! applied and flushed on the voter that took the request. Reads are linearizable
 //! (ReadIndex) unless `?stale=true`.
 
+pub mod auth;
 mod error;
 mod routes;
 pub mod routing;
@@ -13,11 +14,11 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
@@ -38,6 +39,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct Api {
     pub node: NodeHandle,
+    /// The bootstrap admin token (`--token-file`).
     pub token: Arc<String>,
     pub metrics: Arc<ApiMetrics>,
     pub registry: Arc<Registry>,
@@ -49,6 +51,9 @@ pub struct Api {
     /// The cluster CA: when set, an edge registers only with a proof signed by a
     /// certificate from it that names the edge (see `ferry_net::proof`).
     pub cluster_ca: Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>>,
+    /// The cluster id edges' certificates must name (`None`: no edge is recognised by
+    /// certificate).
+    pub cluster: Option<Arc<str>>,
     /// The rollouts' error guard, for its windows.
     pub guard: Option<Arc<std::sync::Mutex<crate::guard::ErrorGuard>>>,
 }
@@ -130,8 +135,16 @@ impl Api {
             next_request: Arc::new(AtomicU64::new(1)),
             gossip: None,
             cluster_ca: None,
+            cluster: None,
             guard: None,
         }
+    }
+
+    /// Edges presenting a client certificate naming `cluster` are callers in their own
+    /// right (role `edge`).
+    pub fn with_cluster(mut self, cluster: Option<String>) -> Self {
+        self.cluster = cluster.map(Arc::from);
+        self
     }
 
     /// Requires edges to prove cluster membership when they register.
@@ -185,7 +198,8 @@ impl Api {
         self
     }
 
-    /// The router: probes and metrics open, everything under `/v1` behind the token.
+    /// The router: probes and metrics open, everything under `/v1` behind a principal
+    /// allowed to call it (see [`auth`]).
     pub fn router(self) -> Router {
         let v1 = Router::new()
             .route("/v1/cluster", get(routes::cluster))
@@ -210,6 +224,9 @@ impl Api {
             .route("/v1/audit", get(routes::audit))
             .route("/v1/watch", get(routes::watch))
             .route("/v1/members", get(routing::members))
+            .route("/v1/tokens", get(routes::list_tokens).post(routes::create_token))
+            .route("/v1/tokens/{accessor}", delete(routes::revoke_token))
+            .route("/v1/whoami", get(routes::whoami))
             .route_layer(middleware::from_fn_with_state(self.clone(), authorize));
         // Viewer- and publisher-facing: no operator token (the edge checks access tokens).
         // Browsers on other origins (the demo player re-routing) may call them: CORS.
@@ -231,25 +248,61 @@ impl Api {
     }
 }
 
-/// Every route under /v1 needs `Authorization: Bearer <operator token>`.
-async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Response {
+/// Every route under /v1 needs a caller ([`auth::authenticate`]) whose role allows the
+/// route ([`auth::need`]): 401 without one, 403 when the role does not reach.
+async fn authorize(State(api): State<Api>, mut request: Request, next: Next) -> Response {
+    let source = request
+        .extensions()
+        .get::<ferry_net::http_server::PeerAddr>()
+        .map(|p| p.0.to_string())
+        .unwrap_or_default();
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(token) if constant_time_eq(token.as_bytes(), api.token.as_bytes()) => next.run(request).await,
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong token").into_response(),
-        None => {
-            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing Authorization: Bearer token")
-                .into_response()
+    let cert = request.extensions().get::<ferry_net::http_server::PeerCert>();
+    let edge = match (cert, &api.cluster) {
+        (Some(cert), Some(cluster)) => match auth::edge_of_cert(&cert.0, cluster) {
+            Ok(edge) => edge,
+            Err(why) => return ApiError::new(StatusCode::FORBIDDEN, "forbidden", why).into_response(),
+        },
+        _ => None,
+    };
+    let caller = match (edge, given) {
+        (Some(edge), _) => auth::Caller::edge(&edge, source),
+        (None, Some(token)) => {
+            let lookup = |accessor: &str| api.node.read(|s| s.tokens.get(accessor).cloned());
+            match auth::authenticate(token, &api.token, lookup, source) {
+                Ok(caller) => caller,
+                Err(auth::Refused::Unknown) => {
+                    return ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "unknown or revoked token",
+                    )
+                    .into_response()
+                }
+            }
         }
+        (None, None) => {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing Authorization: Bearer token",
+            )
+            .into_response()
+        }
+    };
+    let path = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let need = auth::need(request.method(), &path);
+    if !caller.may(need) {
+        let message =
+            format!("{} (role {}) may not {} {path}", caller.principal, caller.role, request.method());
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response();
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    request.extensions_mut().insert(caller);
+    next.run(request).await
 }
 
 /// Alive: never depends on quorum.

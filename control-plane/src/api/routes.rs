@@ -10,14 +10,15 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use ferry_proto::rollout::RolloutSpec;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::auth::{self, Caller};
 use super::routing::gossip_fields;
 use super::{Api, ApiError};
-use crate::state::{Command, Outcome, Request, State as MachineState};
+use crate::state::{Command, Outcome, Request, State as MachineState, TokenRole};
 
 type Body<T> = Result<Json<T>, JsonRejection>;
 type ApiResult = Result<Response, ApiError>;
@@ -50,10 +51,23 @@ impl Api {
     }
 
     /// Proposes `command` and maps the outcome to a response.
-    async fn write(&self, headers: &HeaderMap, command: Command) -> ApiResult {
+    async fn write(&self, caller: &Caller, headers: &HeaderMap, command: Command) -> ApiResult {
+        let (index, detail) = self.commit(caller, headers, command).await?;
+        Ok(Json(json!({ "index": index, "result": detail })).into_response())
+    }
+
+    /// Proposes `command`: its raft index and detail, or the rejection as an error.
+    async fn commit(
+        &self,
+        caller: &Caller,
+        headers: &HeaderMap,
+        command: Command,
+    ) -> Result<(u64, Value), ApiError> {
         let request = Request {
             request_id: self.request_id(headers)?,
-            actor: "operator".into(),
+            actor: caller.principal.clone(),
+            role: caller.role.to_owned(),
+            source: caller.source.clone(),
             at_ms: ferry_net::time::unix_ms(),
             command,
         };
@@ -61,7 +75,7 @@ impl Api {
         let (index, outcome) = self.node.write(request, self.timeout).await?;
         self.metrics.proposal_seconds.0.observe(started.elapsed().as_secs_f64());
         match outcome {
-            Outcome::Ok { detail } => Ok(Json(json!({ "index": index, "result": detail })).into_response()),
+            Outcome::Ok { detail } => Ok((index, detail)),
             Outcome::Rejected { code, message } => {
                 let (status, code) = match code.as_str() {
                     "not_found" => (StatusCode::NOT_FOUND, "not_found"),
@@ -172,6 +186,7 @@ pub struct PutEdge {
 
 pub async fn put_edge(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
     raw: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
@@ -189,7 +204,12 @@ pub async fn put_edge(
             "Expected request with `Content-Type: application/json`",
         ));
     }
-    if let Some(ca) = &api.cluster_ca {
+    if !caller.speaks_for_edge(&id) {
+        return Err(forbidden(&caller, format!("register edge {id}")));
+    }
+    // An edge that connected with its certificate (mutual TLS) is already authenticated;
+    // anyone else registering needs a proof signed with the edge's certificate.
+    if let (Some(ca), None) = (&api.cluster_ca, &caller.edge) {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let path = format!("/v1/edges/{id}");
         ferry_net::proof::verify(ca, header, &id, "PUT", &path, &raw, ferry_net::time::unix_ms()).map_err(
@@ -212,15 +232,28 @@ pub async fn put_edge(
         version: e.version.unwrap_or_else(|| "unknown".to_owned()),
         capacity: e.capacity,
     };
-    api.write(&headers, command).await
+    api.write(&caller, &headers, command).await
 }
 
-pub async fn drain_edge(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
-    api.write(&headers, Command::DrainEdge { id }).await
+pub async fn drain_edge(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    if !caller.speaks_for_edge(&id) {
+        return Err(forbidden(&caller, format!("drain edge {id}")));
+    }
+    api.write(&caller, &headers, Command::DrainEdge { id }).await
 }
 
-pub async fn delete_edge(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
-    api.write(&headers, Command::RemoveEdge { id }).await
+pub async fn delete_edge(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    api.write(&caller, &headers, Command::RemoveEdge { id }).await
 }
 
 /// Registered edges, each with what gossip says about it (`gossip`: null when gossip
@@ -259,20 +292,22 @@ pub struct PutStream {
 
 pub async fn put_stream(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     headers: HeaderMap,
     b: Body<PutStream>,
 ) -> ApiResult {
     let s = body(b)?;
-    api.write(&headers, Command::PutStream { name, origin: s.origin, relays: s.relays }).await
+    api.write(&caller, &headers, Command::PutStream { name, origin: s.origin, relays: s.relays }).await
 }
 
 pub async fn delete_stream(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    api.write(&headers, Command::DeleteStream { name }).await
+    api.write(&caller, &headers, Command::DeleteStream { name }).await
 }
 
 /// `PUT /v1/origins/{stream}`: an edge claims a stream's origin for the publisher
@@ -287,12 +322,16 @@ pub struct ClaimOrigin {
 
 pub async fn claim_origin(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     headers: HeaderMap,
     b: Body<ClaimOrigin>,
 ) -> ApiResult {
     let c = body(b)?;
-    api.write(&headers, Command::ClaimStream { name, origin: c.origin, takeover: c.takeover }).await
+    if !caller.speaks_for_edge(&c.origin) {
+        return Err(forbidden(&caller, format!("claim {name} for edge {}", c.origin)));
+    }
+    api.write(&caller, &headers, Command::ClaimStream { name, origin: c.origin, takeover: c.takeover }).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -304,12 +343,16 @@ pub struct ReleaseParams {
 /// `DELETE /v1/origins/{stream}?origin=EDGE`: the edge's publisher left.
 pub async fn release_origin(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     headers: HeaderMap,
     p: Result<Query<ReleaseParams>, QueryRejection>,
 ) -> ApiResult {
     let Query(p) = p.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    api.write(&headers, Command::ReleaseStream { name, origin: p.origin }).await
+    if !caller.speaks_for_edge(&p.origin) {
+        return Err(forbidden(&caller, format!("release {name} for edge {}", p.origin)));
+    }
+    api.write(&caller, &headers, Command::ReleaseStream { name, origin: p.origin }).await
 }
 
 pub async fn list_streams(State(api): State<Api>, p: Result<Query<ReadParams>, QueryRejection>) -> ApiResult {
@@ -335,12 +378,17 @@ pub struct CreateRollout {
 
 /// `POST /v1/rollouts`: the spec must be a valid [`RolloutSpec`] (unknown keys, bad
 /// ranges: 400 with the field); it is stored with its defaults filled in.
-pub async fn create_rollout(State(api): State<Api>, headers: HeaderMap, b: Body<CreateRollout>) -> ApiResult {
+pub async fn create_rollout(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    b: Body<CreateRollout>,
+) -> ApiResult {
     let r = body(b)?;
     let spec: RolloutSpec =
         serde_json::from_value(r.spec).map_err(|e| ApiError::bad_request(format!("spec: {e}")))?;
     spec.validate().map_err(|e| ApiError::bad_request(format!("spec: {e}")))?;
-    api.write(&headers, Command::CreateRollout { id: r.id, spec }).await
+    api.write(&caller, &headers, Command::CreateRollout { id: r.id, spec }).await
 }
 
 /// `GET /v1/rollouts/{id}/history`: every change of the rollout, oldest first.
@@ -392,12 +440,13 @@ pub struct SetLevel {
 
 pub async fn set_level(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
     b: Body<SetLevel>,
 ) -> ApiResult {
     let SetLevel { level } = body(b)?;
-    api.write(&headers, Command::SetRolloutLevel { id, level }).await
+    api.write(&caller, &headers, Command::SetRolloutLevel { id, level }).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -409,24 +458,40 @@ pub struct SetShare {
 /// `POST /v1/rollouts/{id}/share`: the level-3 sampled share of a live rollout.
 pub async fn set_share(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
     b: Body<SetShare>,
 ) -> ApiResult {
     let SetShare { share_bp } = body(b)?;
-    api.write(&headers, Command::SetRolloutShare { id, share_bp }).await
+    api.write(&caller, &headers, Command::SetRolloutShare { id, share_bp }).await
 }
 
-pub async fn pause_rollout(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
-    api.write(&headers, Command::PauseRollout { id }).await
+pub async fn pause_rollout(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    api.write(&caller, &headers, Command::PauseRollout { id }).await
 }
 
-pub async fn resume_rollout(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
-    api.write(&headers, Command::ResumeRollout { id }).await
+pub async fn resume_rollout(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    api.write(&caller, &headers, Command::ResumeRollout { id }).await
 }
 
-pub async fn abort_rollout(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
-    api.write(&headers, Command::AbortRollout { id }).await
+pub async fn abort_rollout(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    api.write(&caller, &headers, Command::AbortRollout { id }).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -493,4 +558,88 @@ pub async fn watch(State(api): State<Api>, p: Result<Query<WatchParams>, QueryRe
         }
     };
     Ok(Json(body).into_response())
+}
+
+/// 403 for a caller acting beyond itself.
+fn forbidden(caller: &Caller, what: String) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!("{} (role {}) may not {what}", caller.principal, caller.role),
+    )
+}
+
+/// `GET /v1/whoami`: the caller as the API sees it.
+pub async fn whoami(Extension(caller): Extension<Caller>) -> ApiResult {
+    Ok(Json(json!({ "principal": caller.principal, "role": caller.role, "source": caller.source }))
+        .into_response())
+}
+
+/// `GET /v1/tokens`: accessors, roles and who created them (never secrets or hashes).
+pub async fn list_tokens(State(api): State<Api>, p: Result<Query<ReadParams>, QueryRejection>) -> ApiResult {
+    api.list(p, "tokens", |s| {
+        let tokens: Vec<Value> = s
+            .tokens
+            .values()
+            .map(|t| json!({ "accessor": t.accessor, "role": t.role, "created_at_ms": t.created_at_ms, "created_by": t.created_by }))
+            .collect();
+        Ok(Value::Array(tokens))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    accessor: String,
+    role: String,
+}
+
+/// `POST /v1/tokens`: a new named token. The secret is made here, returned once in
+/// `token`, and only its SHA-256 is proposed to raft.
+pub async fn create_token(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    b: Body<CreateToken>,
+) -> ApiResult {
+    let CreateToken { accessor, role } = body(b)?;
+    let role = TokenRole::parse(&role)
+        .ok_or_else(|| ApiError::bad_request(format!("role {role:?}: expected admin, operator or viewer")))?;
+    let secret = auth::new_secret().map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("no randomness for a secret: {e}"),
+        )
+    })?;
+    let digest = auth::secret_digest(&secret);
+    let command = Command::CreateToken { accessor: accessor.clone(), role, secret_sha256: digest.clone() };
+    let (index, _) = api.commit(&caller, &headers, command).await?;
+    // A retried request (same Idempotency-Key) answers the first one's outcome, whose
+    // secret was shown then and cannot be shown again.
+    let stored = api.node.read(|s| s.tokens.get(&accessor).map(|t| t.secret_sha256.clone()));
+    if stored.as_deref() != Some(digest.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("token {accessor:?} was created by an earlier request; its secret was shown then (revoke it and create another to get a new one)"),
+        ));
+    }
+    let token = format!("{}{accessor}.{secret}", auth::TOKEN_PREFIX);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "index": index, "accessor": accessor, "role": role, "token": token })),
+    )
+        .into_response())
+}
+
+/// `DELETE /v1/tokens/{accessor}`: every voter refuses the token once this is applied there.
+pub async fn revoke_token(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(accessor): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    api.write(&caller, &headers, Command::RevokeToken { accessor }).await
 }

@@ -64,6 +64,8 @@ fn edge(id: &str) -> Request {
     Request {
         request_id: format!("req-{id}"),
         actor: "test".into(),
+        role: String::new(),
+        source: String::new(),
         at_ms: 1,
         command: Command::RegisterEdge {
             id: id.into(),

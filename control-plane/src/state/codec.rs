@@ -78,3 +78,91 @@ mod json_value {
         }
     }
 }
+
+/// Snapshot version 2: no operator tokens, audit events without role and source. Read
+/// so that a data dir written by the previous release upgrades in place.
+#[derive(Serialize, Deserialize)]
+pub(super) struct StateV2 {
+    edges: BTreeMap<String, Edge>,
+    streams: BTreeMap<String, Stream>,
+    rollouts: BTreeMap<String, Rollout>,
+    audit: VecDeque<AuditEventV2>,
+    applied_requests: BTreeMap<String, (u64, Outcome)>,
+    applied_index: u64,
+    next_audit_id: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AuditEventV2 {
+    id: u64,
+    index: u64,
+    at_ms: u64,
+    actor: String,
+    request_id: String,
+    action: String,
+    target: String,
+    detail: String,
+}
+
+impl StateV2 {
+    pub(super) fn upgrade(self) -> State {
+        let audit = self
+            .audit
+            .into_iter()
+            .map(|e| AuditEvent {
+                id: e.id,
+                index: e.index,
+                at_ms: e.at_ms,
+                actor: e.actor,
+                role: String::new(),
+                source: String::new(),
+                request_id: e.request_id,
+                action: e.action,
+                target: e.target,
+                detail: e.detail,
+            })
+            .collect();
+        State {
+            edges: self.edges,
+            streams: self.streams,
+            rollouts: self.rollouts,
+            audit,
+            applied_requests: self.applied_requests,
+            applied_index: self.applied_index,
+            next_audit_id: self.next_audit_id,
+            tokens: BTreeMap::new(),
+            request_order: BTreeSet::new(),
+        }
+    }
+
+    /// The bytes the previous release wrote for `state` (tests of the upgrade path).
+    #[cfg(test)]
+    pub(super) fn downgrade(state: &State) -> Vec<u8> {
+        let audit = state
+            .audit
+            .iter()
+            .map(|e| AuditEventV2 {
+                id: e.id,
+                index: e.index,
+                at_ms: e.at_ms,
+                actor: e.actor.clone(),
+                request_id: e.request_id.clone(),
+                action: e.action.clone(),
+                target: e.target.clone(),
+                detail: e.detail.clone(),
+            })
+            .collect();
+        let old = StateV2 {
+            edges: state.edges.clone(),
+            streams: state.streams.clone(),
+            rollouts: state.rollouts.clone(),
+            audit,
+            applied_requests: state.applied_requests.clone(),
+            applied_index: state.applied_index,
+            next_audit_id: state.next_audit_id,
+        };
+        let mut bytes = vec![2];
+        bytes.extend(bincode::serde::encode_to_vec(&old, bincode::config::standard()).unwrap_or_default());
+        bytes
+    }
+}

@@ -22,11 +22,14 @@ mod rollouts;
 mod streams;
 #[cfg(test)]
 mod tests;
+mod tokens;
 
 use checks::check_len;
 use edges::{drain_edge, edge_failed, register_edge, remove_edge};
 use rollouts::{create_rollout, move_rollout, set_rollout_level, set_rollout_share, trip_rollout};
 use streams::{claim_stream, delete_stream, place_relays, put_stream, release_stream};
+use tokens::{create_token, revoke_token};
+pub use tokens::{OperatorToken, TokenRole, BOOTSTRAP_ACCESSOR, MAX_TOKENS};
 
 /// Outcomes remembered for exactly-once retries. A client that retries a request older than
 /// the newest this many may apply it twice; at hundreds of writes a second that is minutes.
@@ -56,8 +59,9 @@ const MAX_ENVELOPE_TEXT: usize = 128;
 const MAX_LABEL: usize = 64;
 /// Longest advertised address (`host:port`).
 const MAX_ADDR: usize = 256;
-/// First byte of every snapshot, bumped when the encoding of [`State`] changes.
-const SNAPSHOT_VERSION: u8 = 2;
+/// First byte of every snapshot, bumped when the encoding of [`State`] changes; the
+/// previous version is still read (see `codec::StateV2`).
+const SNAPSHOT_VERSION: u8 = 3;
 
 /// Why a request or snapshot could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +103,8 @@ pub struct State {
     pub applied_index: u64,
     /// Id the next audit event gets; ids start at 1 and never repeat.
     pub next_audit_id: u64,
+    /// Named operator tokens by accessor (hashes only).
+    pub tokens: BTreeMap<String, OperatorToken>,
     /// `applied_requests` ordered by index, so eviction does not scan. Derived data: rebuilt
     /// whenever it disagrees with `applied_requests` (after a snapshot or deserialization).
     #[serde(skip)]
@@ -115,6 +121,7 @@ impl PartialEq for State {
             && self.applied_requests == other.applied_requests
             && self.applied_index == other.applied_index
             && self.next_audit_id == other.next_audit_id
+            && self.tokens == other.tokens
     }
 }
 
@@ -210,6 +217,17 @@ pub enum Command {
         /// Which guard, and where: e.g. `cpu on edge e1`.
         guard: String,
     },
+    /// Adds a named operator token (only the SHA-256 of its secret). Refused (conflict)
+    /// when the accessor exists.
+    CreateToken {
+        accessor: String,
+        role: TokenRole,
+        secret_sha256: String,
+    },
+    /// Removes a token: every voter refuses it once this entry is applied there.
+    RevokeToken {
+        accessor: String,
+    },
     /// Changes nothing; a new leader may propose it to commit an entry of its term.
     Noop,
 }
@@ -234,6 +252,8 @@ impl Command {
             Command::ResumeRollout { .. } => "rollout.resume",
             Command::AbortRollout { .. } => "rollout.abort",
             Command::TripRollout { .. } => "rollout.trip",
+            Command::CreateToken { .. } => "token.create",
+            Command::RevokeToken { .. } => "token.revoke",
             Command::Noop => "noop",
         }
     }
@@ -245,10 +265,32 @@ pub struct Request {
     /// Chosen by the client; a second request with the same id gets the first one's outcome
     /// and changes nothing. Empty means "no exactly-once".
     pub request_id: String,
+    /// Who asked: `token:NAME`, `edge:ID`, `bootstrap`, or the cluster itself
+    /// (`placement`, `failover`, ...).
     pub actor: String,
+    /// The actor's role (`admin`, `operator`, `viewer`, `edge`; empty for the cluster).
+    #[serde(default)]
+    pub role: String,
+    /// Where the request came from (the client's address; empty for the cluster).
+    #[serde(default)]
+    pub source: String,
     /// Wall-clock time stamped by the proposer; the only clock the state machine sees.
     pub at_ms: u64,
     pub command: Command,
+}
+
+impl Request {
+    /// A request the cluster makes itself (`actor` names the loop that makes it).
+    pub fn internal(request_id: String, actor: &str, at_ms: u64, command: Command) -> Request {
+        Request {
+            request_id,
+            actor: actor.to_owned(),
+            role: String::new(),
+            source: String::new(),
+            at_ms,
+            command,
+        }
+    }
 }
 
 /// What applying a request did. Serialized as `{"result": "ok", "detail": ..}` or
@@ -332,17 +374,18 @@ impl State {
     pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<State, StateError> {
         let (version, body) =
             bytes.split_first().ok_or_else(|| StateError::MalformedSnapshot("empty snapshot".to_owned()))?;
-        if *version != SNAPSHOT_VERSION {
-            return Err(StateError::UnsupportedSnapshotVersion(*version));
-        }
-        let (mut state, used): (State, usize) =
-            bincode::serde::decode_from_slice(body, bincode::config::standard())
-                .map_err(|e| StateError::MalformedSnapshot(e.to_string()))?;
-        if used != body.len() {
-            return Err(StateError::MalformedSnapshot(format!("{} trailing bytes", body.len() - used)));
-        }
+        let mut state = match *version {
+            SNAPSHOT_VERSION => decode_exact::<State>(body)?,
+            2 => decode_exact::<codec::StateV2>(body)?.upgrade(),
+            other => return Err(StateError::UnsupportedSnapshotVersion(other)),
+        };
         state.rebuild_request_order();
         Ok(state)
+    }
+
+    #[cfg(test)]
+    fn to_v2_snapshot_bytes(&self) -> Vec<u8> {
+        codec::StateV2::downgrade(self)
     }
 
     fn record_audit(&mut self, index: u64, request: &Request, target: String, detail: String) {
@@ -353,6 +396,8 @@ impl State {
             index,
             at_ms: request.at_ms,
             actor: request.actor.clone(),
+            role: request.role.clone(),
+            source: request.source.clone(),
             request_id: request.request_id.clone(),
             action: request.command.action().to_owned(),
             target,
@@ -384,6 +429,16 @@ impl State {
     }
 }
 
+/// Decodes one bincode value that must fill `body` exactly.
+fn decode_exact<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, StateError> {
+    let (value, used): (T, usize) = bincode::serde::decode_from_slice(body, bincode::config::standard())
+        .map_err(|e| StateError::MalformedSnapshot(e.to_string()))?;
+    if used != body.len() {
+        return Err(StateError::MalformedSnapshot(format!("{} trailing bytes", body.len() - used)));
+    }
+    Ok(value)
+}
+
 /// A successful change: what the audit log and the client are told.
 struct Change {
     target: String,
@@ -405,7 +460,9 @@ type Step = Result<Option<Change>, Rejection>;
 
 fn check_envelope(request: &Request) -> Result<(), Rejection> {
     check_len("request id", &request.request_id, 0, MAX_ENVELOPE_TEXT)?;
-    check_len("actor", &request.actor, 0, MAX_ENVELOPE_TEXT)
+    check_len("actor", &request.actor, 0, MAX_ENVELOPE_TEXT)?;
+    check_len("role", &request.role, 0, MAX_LABEL)?;
+    check_len("source", &request.source, 0, MAX_ADDR)
 }
 
 fn execute(state: &mut State, request: &Request) -> Step {
@@ -431,6 +488,10 @@ fn execute(state: &mut State, request: &Request) -> Step {
         Command::ResumeRollout { id } => move_rollout(state, now, actor, id, RolloutState::Active),
         Command::AbortRollout { id } => move_rollout(state, now, actor, id, RolloutState::Aborted),
         Command::TripRollout { id, guard } => trip_rollout(state, now, actor, id, guard),
+        Command::CreateToken { accessor, role, secret_sha256 } => {
+            create_token(state, now, actor, accessor, *role, secret_sha256)
+        }
+        Command::RevokeToken { accessor } => revoke_token(state, accessor),
         Command::Noop => Ok(None),
     }
 }

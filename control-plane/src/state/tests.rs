@@ -23,6 +23,8 @@ impl Log {
         let request = Request {
             request_id: request_id.to_owned(),
             actor: "alice".to_owned(),
+            role: "operator".to_owned(),
+            source: "10.1.2.3:5555".to_owned(),
             at_ms: self.index * 1000,
             command,
         };
@@ -326,11 +328,7 @@ fn the_oldest_remembered_requests_are_forgotten_first() {
 
     // The eviction order survives a snapshot (it is rebuilt, not stored).
     let mut restored = State::from_snapshot_bytes(&log.state.to_snapshot_bytes().unwrap()).unwrap();
-    apply(
-        &mut restored,
-        log.index + 1,
-        &Request { request_id: id("new"), actor: id("a"), at_ms: 0, command: Command::Noop },
-    );
+    apply(&mut restored, log.index + 1, &Request::internal(id("new"), "a", 0, Command::Noop));
     assert!(!restored.applied_requests.contains_key("r10"));
     assert!(restored.applied_requests.contains_key("r11"));
 }
@@ -361,8 +359,53 @@ fn busy_log() -> Log {
     log.run(Command::PauseRollout { id: id("r1") });
     log.run(Command::RemoveEdge { id: id("relay-2") });
     log.run(Command::DeleteStream { name: id("live/zzz") });
+    log.run(create_token("alice", TokenRole::Operator));
+    log.run(create_token("bob", TokenRole::Viewer));
+    log.run(Command::RevokeToken { accessor: id("bob") });
     log.run(Command::Noop);
     log
+}
+
+fn create_token(accessor: &str, role: TokenRole) -> Command {
+    Command::CreateToken { accessor: id(accessor), role, secret_sha256: "ab".repeat(32) }
+}
+
+#[test]
+fn tokens_are_created_once_and_revoked() {
+    let mut log = Log::new();
+    assert!(log.run(create_token("ci", TokenRole::Operator)).is_ok());
+    let token = &log.state.tokens["ci"];
+    assert_eq!((token.role, token.created_by.as_str()), (TokenRole::Operator, "alice"));
+    assert_eq!(log.rejects(create_token("ci", TokenRole::Admin)), REJECT_CONFLICT);
+    assert_eq!(log.rejects(create_token(BOOTSTRAP_ACCESSOR, TokenRole::Admin)), REJECT_INVALID);
+    assert_eq!(log.rejects(create_token("has space", TokenRole::Admin)), REJECT_INVALID);
+    let bad_hash =
+        Command::CreateToken { accessor: id("x"), role: TokenRole::Viewer, secret_sha256: id("AB") };
+    assert_eq!(log.rejects(bad_hash), REJECT_INVALID);
+    assert!(log.run(Command::RevokeToken { accessor: id("ci") }).is_ok());
+    assert!(log.state.tokens.is_empty());
+    assert_eq!(log.rejects(Command::RevokeToken { accessor: id("ci") }), REJECT_NOT_FOUND);
+    let actions: Vec<_> = log.state.audit.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["token.create", "token.revoke"]);
+    // The audit event names the principal, its role and where it called from.
+    let event = log.state.audit.back().unwrap();
+    assert_eq!((event.role.as_str(), event.source.as_str()), ("operator", "10.1.2.3:5555"));
+}
+
+#[test]
+fn a_snapshot_of_the_previous_version_upgrades() {
+    let mut state = busy_log().state;
+    let old = state.to_v2_snapshot_bytes();
+    assert_eq!(old[0], 2);
+    let upgraded = State::from_snapshot_bytes(&old).unwrap();
+    // What version 2 could not hold is empty; everything else is kept.
+    state.tokens.clear();
+    for event in &mut state.audit {
+        event.role.clear();
+        event.source.clear();
+    }
+    assert_eq!(upgraded, state);
+    assert!(!upgraded.audit.is_empty() && !upgraded.applied_requests.is_empty());
 }
 
 #[test]
@@ -406,12 +449,7 @@ fn replaying_the_same_log_gives_the_same_state() {
 
     // Restoring a snapshot taken midway and replaying the rest also agrees.
     let requests: Vec<Request> = (1..=6)
-        .map(|i| Request {
-            request_id: format!("k{i}"),
-            actor: id("bob"),
-            at_ms: i,
-            command: register(&format!("e{i}"), "eu"),
-        })
+        .map(|i| Request::internal(format!("k{i}"), "bob", i, register(&format!("e{i}"), "eu")))
         .collect();
     let mut straight = State::default();
     for (i, request) in requests.iter().enumerate() {
@@ -430,7 +468,7 @@ fn replaying_the_same_log_gives_the_same_state() {
 
 #[test]
 fn requests_round_trip_as_entry_data() {
-    let request = Request { request_id: id("r"), actor: id("ci"), at_ms: 7, command: rollout("r1") };
+    let request = Request::internal(id("r"), "ci", 7, rollout("r1"));
     let bytes = encode_request(&request).unwrap();
     let text = std::str::from_utf8(&bytes).unwrap();
     assert!(text.contains(r#""type":"create_rollout""#), "{text}");
@@ -441,12 +479,7 @@ fn requests_round_trip_as_entry_data() {
 #[test]
 fn oversized_requests_are_refused_both_ways() {
     let big = spec(json!({ "description": "x".repeat(MAX_REQUEST_BYTES) }));
-    let request = Request {
-        request_id: id("r"),
-        actor: id("ci"),
-        at_ms: 7,
-        command: Command::CreateRollout { id: id("r1"), spec: big },
-    };
+    let request = Request::internal(id("r"), "ci", 7, Command::CreateRollout { id: id("r1"), spec: big });
     assert!(matches!(encode_request(&request), Err(StateError::RequestTooLarge { .. })));
     let bytes = vec![b' '; MAX_REQUEST_BYTES + 1];
     assert!(matches!(decode_request(&bytes), Err(StateError::RequestTooLarge { .. })));
