@@ -213,27 +213,30 @@ def check_case(case, render, value_files, kube_version, flags, schema):
             secret = v.get("secret", {})
             if secret.get("secretName", "").endswith("-secrets") or v["name"] == "secrets":
                 keys = [i["key"] for i in secret.get("items", [])]
-                ch.expect(keys == ["token-secret"], f"edge volume {v['name']} mounts {keys or 'the whole Secret'}"
-                          " (the operator token with it)")
+                ch.expect(keys == ["token-secret", "join-token"], f"edge volume {v['name']} mounts"
+                          f" {keys or 'the whole Secret'} (the operator token with it)")
 
     # Every Service port targets a container port of the pods it selects, same protocol.
     workloads = [w for k in ("StatefulSet", "Deployment", "DaemonSet") for w in by_kind.get(k, [])]
-    # No running container can read the CA key: a volume of the CA Secret (the one the
-    # init containers issue certificates from) is mounted only with its ca.pem item.
+    # No edge pod can read the CA key: every volume of the CA Secret in an edge pod
+    # (init containers included) holds its ca.pem item alone. Voters sign edges'
+    # certificates, so their pods may mount the key.
+    ca_secret = values["tls"]["existingSecret"] or None
     for w in workloads:
         pod = w["spec"]["template"]["spec"]
-        secret_of = {v["name"]: v["secret"] for v in pod.get("volumes", []) if "secret" in v}
-        ca_secrets = {secret_of[m["name"]]["secretName"] for c in pod.get("initContainers", [])
-                      for m in c.get("volumeMounts", []) if m.get("mountPath") == "/etc/ferry/ca"
-                      and m["name"] in secret_of}
-        for c in pod["containers"]:
-            for m in c.get("volumeMounts", []):
-                secret = secret_of.get(m["name"])
-                if secret and secret["secretName"] in ca_secrets:
-                    keys = [i["key"] for i in secret.get("items", [])]
-                    ch.expect(keys == ["ca.pem"],
-                              f"{w['metadata']['name']}: container {c['name']} mounts the CA Secret"
-                              f" {'whole' if not keys else keys} (the CA key with it)")
+        if w["metadata"]["labels"].get("app.kubernetes.io/component") != "edge":
+            continue
+        for v in pod.get("volumes", []):
+            secret = v.get("secret")
+            if not secret:
+                continue
+            name = secret["secretName"]
+            is_ca = name == ca_secret or name.endswith("-ca")
+            if is_ca:
+                keys = [i["key"] for i in secret.get("items", [])]
+                ch.expect(keys == ["ca.pem"], f"{w['metadata']['name']}: edge volume {v['name']} mounts the CA Secret"
+                          f" {'whole' if not keys else keys} (the CA key with it)")
+        ch.expect(not pod.get("initContainers"), f"{w['metadata']['name']}: edge pods issue no certificate themselves")
     for svc in by_kind.get("Service", []):
         sel = svc["spec"].get("selector", {})
         pods = [w for w in workloads if sel.items() <= w["spec"]["template"]["metadata"]["labels"].items()]

@@ -14,6 +14,14 @@ use ferry_proto::NodeId;
 
 use crate::units;
 
+/// A token or key kept in a file (the file named by `flag`), without surrounding
+/// whitespace.
+pub fn read_secret(file: &std::path::Path, flag: &str) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {flag} {}", file.display()))?;
+    Ok(text.trim().to_owned())
+}
+
 /// TLS trust for clients.
 #[derive(Debug, Clone, Args)]
 pub struct TrustArgs {
@@ -110,11 +118,7 @@ impl SessionArgs {
     /// The access token: from --token-file, else --token.
     pub fn token(&self) -> anyhow::Result<Option<String>> {
         match &self.token_file {
-            Some(file) => {
-                let token = std::fs::read_to_string(file)
-                    .with_context(|| format!("cannot read --token-file {}", file.display()))?;
-                Ok(Some(token.trim().to_owned()))
-            }
+            Some(file) => Ok(Some(read_secret(file, "--token-file")?)),
             None => Ok(self.token.clone().filter(|t| !t.is_empty())),
         }
     }

@@ -121,10 +121,7 @@ impl ControlPlaneArgs {
             ferry_net::http::check_base_url(url).with_context(|| format!("--control-plane {url}"))?;
         }
         let token = match (&self.control_token_file, &self.control_token) {
-            (Some(file), _) => std::fs::read_to_string(file)
-                .with_context(|| format!("cannot read --control-token-file {}", file.display()))?
-                .trim()
-                .to_owned(),
+            (Some(file), _) => crate::args::read_secret(file, "--control-token-file")?,
             (None, Some(token)) => token.clone(),
             (None, None) if self.control_plane.iter().all(|u| u.starts_with("https://")) => String::new(),
             (None, None) => bail!(

@@ -3,10 +3,12 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use ferry_control_plane::api::EdgeCertificates;
 use ferry_control_plane::node::NodeConfig;
 use ferry_control_plane::server::{Control, ControlConfig};
 use ferry_control_plane::transport::{RaftSecurity, TransportConfig};
@@ -82,6 +84,19 @@ pub struct ControlArgs {
     /// cluster certificate).
     #[arg(long, env = "FERRY_INSECURE_HTTP")]
     pub insecure_http: bool,
+    /// The cluster CA's private key: this voter then signs edges' certificate requests
+    /// (`POST /v1/certificates`: first certificates with the join token, renewals with
+    /// the edge's current certificate). Needs --ca-file (the CA's certificate).
+    #[arg(long, env = "FERRY_CONTROL_CA_KEY", requires = "ca_file")]
+    pub ca_key: Option<PathBuf>,
+    /// File holding the join token (16+ characters): an edge started with the same
+    /// token (`ferry edge --join-token-file`) gets its first certificate with it.
+    #[arg(long, env = "FERRY_JOIN_TOKEN_FILE", requires = "ca_key")]
+    pub join_token_file: Option<PathBuf>,
+    /// How long the certificates this voter issues to edges are valid (at least 1m);
+    /// edges renew them at two thirds of that.
+    #[arg(long, env = "FERRY_EDGE_CERT_LIFETIME", default_value = "72h", value_parser = units::duration)]
+    pub edge_cert_lifetime: Duration,
     /// Edges must prove a certificate from --ca-file when they register.
     #[arg(long, env = "FERRY_REQUIRE_EDGE_PROOFS", requires = "ca_file")]
     pub require_edge_proofs: bool,
@@ -125,6 +140,26 @@ fn raft_security(args: &ControlArgs) -> anyhow::Result<RaftSecurity> {
     })
 }
 
+/// Signing edges' certificates, when this voter holds the CA key.
+fn edge_certificates(args: &ControlArgs) -> anyhow::Result<Option<Arc<EdgeCertificates>>> {
+    let (Some(key), Some(ca)) = (&args.ca_key, &args.ca_file) else { return Ok(None) };
+    if args.edge_cert_lifetime < Duration::from_secs(60) {
+        bail!("--edge-cert-lifetime must be at least 1m");
+    }
+    let signer = ferry_net::certs::Signer::load(ca, key).context("--ca-key")?;
+    let join_token = match &args.join_token_file {
+        Some(file) => {
+            let token = crate::args::read_secret(file, "--join-token-file")?;
+            if token.len() < 16 {
+                bail!("the join token must be at least 16 characters");
+            }
+            token
+        }
+        None => String::new(),
+    };
+    Ok(Some(Arc::new(EdgeCertificates { signer, join_token, lifetime: args.edge_cert_lifetime })))
+}
+
 fn parse_peers(peers: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
     let mut map = BTreeMap::new();
     for p in peers {
@@ -152,10 +187,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
         }
     };
     let token = match (&args.token_file, &args.token) {
-        (Some(file), _) => std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read --token-file {}", file.display()))?
-            .trim()
-            .to_owned(),
+        (Some(file), _) => crate::args::read_secret(file, "--token-file")?,
         (None, Some(token)) => token.clone(),
         (None, None) => bail!("give the operator token with --token-file or FERRY_CONTROL_TOKEN"),
     };
@@ -190,6 +222,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
         failover_grace: args.failover_grace,
         http_limits: args.http.limits(),
         api_tls,
+        edge_certificates: edge_certificates(&args)?,
     };
     let config_https = config.api_tls.is_some();
     let cancel = crate::process::shutdown_signal();

@@ -194,6 +194,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 http_limits: Default::default(),
                 // Plain HTTP on loopback, so the tour's curl commands stay short.
                 api_tls: None,
+                edge_certificates: None,
             },
             shutdown.clone(),
         )

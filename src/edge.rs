@@ -7,10 +7,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use ferry_edge::auth::Policy;
+use ferry_edge::cluster::certs::CertIssuance;
 use ferry_edge::config::AccessConfig;
 use ferry_edge::track::BufferConfig;
 use ferry_edge::webrtc::WebRtcConfig;
 use ferry_edge::{BoundEdge, EdgeConfig};
+use ferry_net::identity::{Identity, Role};
 use ferry_net::tls::{default_names, ClientTrust, ClusterTls, ServerIdentity, TransportTuning};
 use ferry_proto::NodeId;
 
@@ -43,8 +45,18 @@ pub struct EdgeArgs {
     pub upstream_ca_file: Option<PathBuf>,
     /// Cluster CA (PEM, from `ferry ca init`): upstreams are verified against it and
     /// downstream edges must present a certificate it signed.
-    #[arg(long, env = "FERRY_CLUSTER_CA", requires_all = ["cluster_cert", "cluster_key"])]
+    #[arg(long, env = "FERRY_CLUSTER_CA")]
     pub cluster_ca: Option<PathBuf>,
+    /// Let the control plane issue and renew this edge's cluster certificate, kept in
+    /// this directory (`node.pem`, `node-key.pem`) instead of --cluster-cert/--cluster-key.
+    /// The first start needs --join-token-file; renewals (at two thirds of the
+    /// lifetime) use the current certificate. Needs --cluster-ca and https:// --control-plane.
+    #[arg(long, env = "FERRY_CERT_DIR", requires = "cluster_ca", conflicts_with_all = ["cluster_cert", "cluster_key"])]
+    pub cert_dir: Option<PathBuf>,
+    /// File holding the cluster's join token (the voters' --join-token-file), for the
+    /// first certificate in --cert-dir.
+    #[arg(long, env = "FERRY_JOIN_TOKEN_FILE", requires = "cert_dir")]
+    pub join_token_file: Option<PathBuf>,
     /// This edge's cluster certificate (PEM, from `ferry ca issue`); also its QUIC
     /// server certificate unless --cert is given.
     #[arg(long, env = "FERRY_CLUSTER_CERT", requires = "cluster_ca")]
@@ -174,8 +186,14 @@ impl EdgeArgs {
         if let Some(ca) = &self.upstream_ca_file {
             config.upstream_trust = ClientTrust::CaFile(ca.clone());
         }
-        if let (Some(ca), Some(cert), Some(key)) = (&self.cluster_ca, &self.cluster_cert, &self.cluster_key) {
-            let cluster = ClusterTls { ca: ca.clone(), cert: cert.clone(), key: key.clone() };
+        let files = match (&self.cluster_ca, &self.cluster_cert, &self.cluster_key, &self.cert_dir) {
+            (Some(ca), Some(cert), Some(key), None) => Some((ca, cert.clone(), key.clone())),
+            (Some(ca), None, None, Some(dir)) => Some((ca, dir.join("node.pem"), dir.join("node-key.pem"))),
+            (None, None, None, None) => None,
+            _ => anyhow::bail!("--cluster-ca goes with --cluster-cert and --cluster-key, or with --cert-dir"),
+        };
+        if let Some((ca, cert, key)) = files {
+            let cluster = ClusterTls { ca: ca.clone(), cert, key };
             config.upstream_trust = ClientTrust::Cluster(cluster.clone());
             config.cluster_tls = Some(cluster);
         }
@@ -217,8 +235,49 @@ impl EdgeArgs {
     }
 }
 
+/// The certificate the control plane issues this edge (`--cert-dir`): the one on disk
+/// while valid, else a new one for the join token.
+async fn issued_certificate(
+    args: &EdgeArgs,
+    config: &EdgeConfig,
+    dir: &std::path::Path,
+    ca: &std::path::Path,
+) -> anyhow::Result<(CertIssuance, std::time::SystemTime)> {
+    if config.control_plane.is_empty() || config.control_plane.iter().any(|u| !u.starts_with("https://")) {
+        anyhow::bail!(
+            "--cert-dir needs https:// --control-plane URLs: the control plane issues the certificate"
+        );
+    }
+    let identity =
+        Identity::new(&args.gossip.cluster_id, Role::Edge, &args.node_id).map_err(anyhow::Error::msg)?;
+    let mut names = default_names();
+    names.push(args.node_id.clone());
+    names.extend(config.advertise_host.clone());
+    for ip in [config.quic_listen.ip(), config.http_listen.ip()] {
+        if !ip.is_unspecified() && !names.contains(&ip.to_string()) {
+            names.push(ip.to_string());
+        }
+    }
+    let issuance = CertIssuance {
+        control_plane: config.control_plane.clone(),
+        ca: ca.to_owned(),
+        dir: dir.to_owned(),
+        identity,
+        names,
+    };
+    let join_token = match &args.join_token_file {
+        Some(file) => crate::args::read_secret(file, "--join-token-file")?,
+        None => String::new(),
+    };
+    let not_after = issuance.ensure(&join_token).await.context("cannot get this edge's certificate")?;
+    Ok((issuance, not_after))
+}
+
 pub async fn run(args: EdgeArgs) -> anyhow::Result<()> {
-    let config = args.to_config()?;
+    let mut config = args.to_config()?;
+    if let (Some(dir), Some(ca)) = (&args.cert_dir, &args.cluster_ca) {
+        config.certificate = Some(issued_certificate(&args, &config, dir, ca).await?);
+    }
     let edge = BoundEdge::bind(config).await.context("cannot start the edge")?;
     // One machine-readable line so scripts and tests learn the bound ports.
     if let Err(e) = out!(

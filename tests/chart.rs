@@ -126,17 +126,10 @@ impl Pods {
         cmd
     }
 
-    fn volumes(
-        &self,
-        pod: &str,
-        ip: &str,
-        config: &str,
-        secrets: &BTreeMap<String, String>,
-        keyring: &BTreeMap<String, String>,
-        ca: &Path,
-    ) {
+    fn volumes(&self, pod: &str, ip: &str, spec: &Value, release: &Release) {
+        let Release { config, secrets, keyring, ca } = release;
         let etc = self.root.join(pod).join("etc/ferry");
-        for sub in ["secrets", "ca", "node", "gossip-keyring"] {
+        for sub in ["secrets", "ca", "ca-key", "node", "gossip-keyring"] {
             std::fs::create_dir_all(etc.join(sub)).unwrap();
         }
         for (k, v) in keyring {
@@ -144,13 +137,41 @@ impl Pods {
         }
         std::fs::create_dir_all(self.root.join(pod).join("var/lib/ferry/data")).unwrap();
         std::fs::write(etc.join("ferry.toml"), self.localize(pod, ip, config)).unwrap();
+        // The Secret's keys the pod's `secrets` volume selects (all without items).
+        let items = spec["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "secrets").unwrap()
+            ["secret"]["items"]
+            .as_array()
+            .map(|items| items.iter().map(|i| i["key"].as_str().unwrap().to_owned()).collect::<Vec<_>>());
         for (k, v) in secrets {
-            std::fs::write(etc.join("secrets").join(k), v).unwrap();
+            if items.as_ref().is_none_or(|keys| keys.contains(k)) {
+                std::fs::write(etc.join("secrets").join(k), v).unwrap();
+            }
         }
-        for f in ["ca.pem", "ca-key.pem"] {
-            std::fs::copy(ca.join(f), etc.join("ca").join(f)).unwrap();
+        std::fs::copy(ca.join("ca.pem"), etc.join("ca/ca.pem")).unwrap();
+        // The CA key where the pod mounts it: the voters' `ca-key` volume (the edges
+        // have none, and get their certificates from the voters).
+        if mount_paths(spec).contains(&"/etc/ferry/ca-key".to_owned()) {
+            std::fs::copy(ca.join("ca-key.pem"), etc.join("ca-key/ca-key.pem")).unwrap();
         }
     }
+}
+
+/// What the release gives every pod: the config file, the Secrets' values, the CA.
+struct Release {
+    config: String,
+    secrets: BTreeMap<String, String>,
+    keyring: BTreeMap<String, String>,
+    ca: PathBuf,
+}
+
+/// Every mount path of the pod's containers (init containers included).
+fn mount_paths(spec: &Value) -> Vec<String> {
+    ["initContainers", "containers"]
+        .iter()
+        .flat_map(|k| spec[*k].as_array().cloned().unwrap_or_default())
+        .flat_map(|c| c["volumeMounts"].as_array().cloned().unwrap_or_default())
+        .map(|m| m["mountPath"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 fn base64_decode(s: &str) -> String {
@@ -224,9 +245,12 @@ fn a_cluster_started_from_the_rendered_chart_plays_a_stream_and_has_every_charte
     // full.yaml gives its own Secrets (auth.existingSecret, tls existing): make them as
     // an operator would, the CA with the hook Job's own command.
     let token = "chart-test-operator-token-0123456789".to_owned();
-    let secrets: BTreeMap<String, String> =
-        [("operator-token".to_owned(), token.clone()), ("token-secret".to_owned(), TOKEN_SECRET.to_owned())]
-            .into();
+    let secrets: BTreeMap<String, String> = [
+        ("operator-token".to_owned(), token.clone()),
+        ("token-secret".to_owned(), TOKEN_SECRET.to_owned()),
+        ("join-token".to_owned(), "chart-test-join-token-0123456789".to_owned()),
+    ]
+    .into();
     let ca = dir.path().join("ca");
     let default_objects = render(&[]);
     let hook = find(&default_objects, "Job", "-ca-init");
@@ -241,7 +265,7 @@ fn a_cluster_started_from_the_rendered_chart_plays_a_stream_and_has_every_charte
     assert!(out.status.success(), "ferry {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     // The chart's own Secret (default values) has both keys the pods read.
     let secret = find(&default_objects, "Secret", "-secrets");
-    for key in ["operator-token", "token-secret"] {
+    for key in ["operator-token", "token-secret", "join-token"] {
         assert!(base64_decode(secret["data"][key].as_str().unwrap()).len() >= 16, "{key}");
     }
 
@@ -256,16 +280,29 @@ fn a_cluster_started_from_the_rendered_chart_plays_a_stream_and_has_every_charte
     assert_eq!(keyring["k1.key"].len(), 64, "a 32-byte key in hex");
     assert_eq!(keyring["primary"], "k1");
 
+    let release = Release {
+        config: config.clone(),
+        secrets: secrets.clone(),
+        keyring: keyring.clone(),
+        ca: ca.clone(),
+    };
     let mut procs = Vec::new();
     let start_pod = |pod: &str, ip: &str, spec: &Value, procs: &mut Vec<Proc>| {
-        pods.volumes(pod, ip, &config, &secrets, &keyring, &ca);
-        for init in spec["initContainers"].as_array().unwrap() {
+        pods.volumes(pod, ip, spec, &release);
+        // Init containers issue certificates from the CA key: the test gives it to them
+        // where the voters' pods mount the CA Secret whole for them, then takes it away.
+        let inits = spec["initContainers"].as_array().cloned().unwrap_or_default();
+        let ca_dir = pods.root.join(pod).join("etc/ferry/ca");
+        if !inits.is_empty() {
+            std::fs::copy(ca.join("ca-key.pem"), ca_dir.join("ca-key.pem")).unwrap();
+        }
+        for init in &inits {
             let out = pods.command(pod, ip, init).output().unwrap();
             assert!(out.status.success(), "{pod} init: {}", String::from_utf8_lossy(&out.stderr));
         }
-        // The running container mounts the CA certificate only (charts/check.py checks
-        // the manifest): it runs without the CA key.
-        std::fs::remove_file(pods.root.join(pod).join("etc/ferry/ca/ca-key.pem")).unwrap();
+        // The running container mounts the CA certificate at /etc/ferry/ca only
+        // (charts/check.py checks the manifest).
+        let _ = std::fs::remove_file(ca_dir.join("ca-key.pem"));
         let mut cmd = pods.command(pod, ip, &spec["containers"][0]);
         cmd.stdout(Stdio::null());
         procs.push(Proc::spawn(pod, &mut cmd));
@@ -294,6 +331,15 @@ fn a_cluster_started_from_the_rendered_chart_plays_a_stream_and_has_every_charte
         (status == 200 && edges.len() == 2 && edges.iter().all(|e| e["gossip"]["alive"] == true))
             .then_some(())
     });
+    // The edges got their certificates from the voters (the join token), not a CA key.
+    for (pod, _) in &edge_pods {
+        let etc = dir.path().join(pod).join("etc/ferry");
+        assert!(etc.join("node/node.pem").exists(), "{pod} has its certificate");
+        assert!(
+            !etc.join("ca/ca-key.pem").exists() && !etc.join("ca-key/ca-key.pem").exists(),
+            "{pod} saw the CA key"
+        );
+    }
     let (_, edges) = try_get(&api(0), "/v1/edges?stale=true", Some(&token)).unwrap();
     let edges: Value = serde_json::from_str(&edges).unwrap();
     for e in edges["edges"].as_array().unwrap() {

@@ -501,3 +501,216 @@ fn the_api_takes_edges_by_certificate_for_what_edges_do_and_nothing_else() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A voter that signs edges' certificates (`--ca-key`, `--join-token-file`), with the
+/// CA made in `dir/ca` and gossip at `gossip`; edges get `edge_cert_lifetime`.
+fn signing_voter(dir: &Path, gossip: &str, lifetime: &str) -> (Voter, PathBuf, PathBuf) {
+    let ca = dir.join("ca");
+    assert!(ferry().args(["ca", "init", "--dir"]).arg(&ca).status().unwrap().success());
+    let join = dir.join("join-token");
+    std::fs::write(&join, "join-token-for-the-test-0123456789").unwrap();
+    let mut args =
+        vec!["--gossip-listen".to_owned(), gossip.to_owned(), "--gossip-seeds".to_owned(), gossip.to_owned()];
+    args.extend(support::cluster_cert_args(&ca, "voter-1", "voter"));
+    args.extend(["--ca-key".to_owned(), ca.join("ca-key.pem").display().to_string()]);
+    args.extend(["--join-token-file".to_owned(), join.display().to_string()]);
+    args.extend(["--edge-cert-lifetime".to_owned(), lifetime.to_owned()]);
+    let peers = format!("1=127.0.0.1:{}", free_udp_port());
+    let voter = Voter::start(1, &peers, &dir.join("v1"), &strs(&args));
+    wait_for_leader(&[&voter]);
+    (voter, ca, join)
+}
+
+/// An edge whose certificate the control plane issues (`--cert-dir`, `--join-token-file`).
+fn joining_edge(id: &str, voter: &Voter, ca: &Path, join: &Path, dir: &Path, gossip_seed: &str) -> Edge {
+    let gossip = format!("127.0.0.1:{}", free_udp_port());
+    let args: Vec<String> = [
+        "--region",
+        "r1",
+        "--gossip-listen",
+        &gossip,
+        "--gossip-seeds",
+        gossip_seed,
+        "--control-plane",
+        &voter.http,
+        "--relay-linger",
+        "2s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(["--cluster-ca".to_owned(), ca.join("ca.pem").display().to_string()])
+    .chain(["--cert-dir".to_owned(), dir.join(id).display().to_string()])
+    .chain(["--join-token-file".to_owned(), join.display().to_string()])
+    .collect();
+    Edge::start(id, &strs(&args))
+}
+
+/// Edges get their first certificate with the join token (no CA key, no operator
+/// token), and renew it at two thirds of its 2-minute lifetime while a viewer on one
+/// edge plays a stream relayed from the other: three renewals each, not a frame lost.
+#[test]
+fn edges_renew_their_certificates_while_viewers_keep_playing() {
+    let _heavy = heavy();
+    let dir = TempDir::new("trust-renew");
+    let gossip = format!("127.0.0.1:{}", free_udp_port());
+    let (voter, ca, join) = signing_voter(dir.path(), &gossip, "2m");
+    let origin = joining_edge("origin", &voter, &ca, &join, dir.path(), &gossip);
+    let relay = joining_edge("relay", &voter, &ca, &join, dir.path(), &gossip);
+    for id in ["origin", "relay"] {
+        assert!(!dir.path().join(id).join("ca-key.pem").exists());
+        let cert = rustls_pemfile::certs(
+            &mut std::fs::read(dir.path().join(id).join("node.pem")).unwrap().as_slice(),
+        )
+        .next()
+        .unwrap()
+        .unwrap();
+        let named = ferry_net::identity::Identity::of_cert(&cert).unwrap();
+        assert_eq!(named.uri(), format!("spiffe://ferry/edge/{id}"));
+    }
+    wait_for("both edges registered with their certificates", Duration::from_secs(30), || {
+        let (_, body) = voter.get("/v1/edges?stale=true");
+        (body["edges"].as_array()?.len() == 2).then_some(())
+    });
+    let (_, audit) = voter.get("/v1/audit");
+    assert!(audit["events"].as_array().unwrap().iter().any(|e| e["actor"] == "edge:relay"), "{audit}");
+
+    let mut cmd = ferry();
+    cmd.args(["publish", "--edge", &origin.quic, "--stream", "live/renew", "--synthetic", "--insecure"])
+        .args(["--duration", "400s"])
+        .stdout(std::process::Stdio::null());
+    let _publisher = Proc::spawn("publisher", &mut cmd);
+    // The relay learns the origin from its watch or gossip; until then a viewer is told
+    // not_found.
+    wait_for("a viewer on the relay plays", Duration::from_secs(30), || {
+        let out = ferry()
+            .args([
+                "watch",
+                "--edge",
+                &relay.quic,
+                "--stream",
+                "live/renew",
+                "--insecure",
+                "--duration",
+                "1s",
+            ])
+            .arg("--json")
+            .output()
+            .unwrap();
+        let stats: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (stats["frames"].as_u64()? > 0).then_some(())
+    });
+    let mut cmd = ferry();
+    cmd.args(["watch", "--edge", &relay.quic, "--stream", "live/renew", "--insecure", "--json"])
+        .args(["--duration", "270s"])
+        .stdout(std::process::Stdio::piped());
+    let viewer = Proc::spawn("viewer on the relay", &mut cmd);
+    let renewed = |e: &Edge| e.metric("ferry_certificate_renewals_total{result=\"ok\"}").unwrap_or(0.0);
+    wait_for("three renewals on both edges", Duration::from_secs(300), || {
+        (renewed(&origin) >= 3.0 && renewed(&relay) >= 3.0).then_some(())
+    });
+    // Still the edges' own identities, now from the renewed certificates.
+    let (_, edges) = voter.get("/v1/edges");
+    assert_eq!(edges["edges"].as_array().unwrap().len(), 2, "{edges}");
+    let stats = json_output(viewer, Duration::from_secs(60));
+    println!("viewer across renewals: {stats}");
+    assert!(stats["frames"].as_u64().unwrap() > 30 * 250, "{stats}");
+    assert_eq!(stats["lost_frames"], 0, "{stats}");
+    assert_eq!(stats["skipped_groups"], 0, "{stats}");
+    assert_eq!(stats["ended"], "duration reached", "{stats}");
+    assert_eq!(origin.metric("ferry_certificate_renewals_total{result=\"error\"}"), Some(0.0));
+}
+
+/// An edge whose certificate has ended cannot register or relay; a join token is
+/// needed for a first certificate, and an edge renews only its own.
+#[test]
+fn an_edge_whose_certificate_ended_cannot_register_or_relay() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = TempDir::new("trust-ended");
+    let gossip = format!("127.0.0.1:{}", free_udp_port());
+    let (voter, ca, join) = signing_voter(dir.path(), &gossip, "1h");
+    // A valid member, publishing.
+    let good = joining_edge("good", &voter, &ca, &join, dir.path(), &gossip);
+    let mut cmd = ferry();
+    cmd.args(["publish", "--edge", &good.quic, "--stream", "live/x", "--synthetic", "--insecure"])
+        .args(["--duration", "60s"])
+        .stdout(std::process::Stdio::null());
+    let _publisher = Proc::spawn("publisher", &mut cmd);
+    // An edge with an ended certificate from the same CA, pulling from the member.
+    let certs = dir.path().join("forged");
+    std::fs::create_dir_all(&certs).unwrap();
+    let mut tls = forge(Some(&ca), &certs, "old", &["spiffe://ferry/edge/old"], (2020, 2021));
+    tls.ca = ca.join("ca.pem");
+    let args: Vec<String> = ["--control-plane", &voter.http, "--upstream", &good.quic]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--cluster-ca".into(), tls.ca.display().to_string()])
+        .chain(["--cluster-cert".into(), tls.cert.display().to_string()])
+        .chain(["--cluster-key".into(), tls.key.display().to_string()])
+        .collect();
+    let old = Edge::start("old", &strs(&args));
+    wait_for("the member registered", Duration::from_secs(30), || {
+        let (_, body) = voter.get("/v1/edges?stale=true");
+        body["edges"].as_array()?.iter().any(|e| e["id"] == "good").then_some(())
+    });
+    let out = ferry()
+        .args([
+            "watch",
+            "--edge",
+            &old.quic,
+            "--stream",
+            "live/x",
+            "--insecure",
+            "--duration",
+            "3s",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let frames =
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).ok().and_then(|s| s["frames"].as_u64());
+    assert!(frames.unwrap_or(0) == 0, "relayed through an ended certificate: {frames:?}");
+    assert_eq!(old.metric("ferry_control_syncs_total"), Some(0.0), "it reached the API");
+    let (_, body) = voter.get("/v1/edges?stale=true");
+    assert!(!body["edges"].as_array().unwrap().iter().any(|e| e["id"] == "old"), "{body}");
+
+    // The join token is what gets a first certificate; a wrong one gets nothing, and
+    // an edge's own certificate cannot get another edge's.
+    let (_, csr) = ferry_net::certs::certificate_request(
+        &ferry_net::identity::Identity::new("ferry", ferry_net::identity::Role::Edge, "other").unwrap(),
+        &[],
+    )
+    .unwrap();
+    let body = serde_json::json!({ "csr": csr }).to_string();
+    let json = [("content-type", "application/json")];
+    let ask = |trust: Option<&ClientTrust>, bearer: Option<&str>| {
+        let auth = bearer.map(|b| format!("Bearer {b}"));
+        let mut headers = json.to_vec();
+        if let Some(auth) = &auth {
+            headers.push(("authorization", auth.as_str()));
+        }
+        let r = support::http::exchange_as(
+            trust,
+            &voter.http,
+            "POST",
+            "/v1/certificates",
+            &headers,
+            body.as_bytes(),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        (r.status, r.json())
+    };
+    let join_token = std::fs::read_to_string(&join).unwrap();
+    assert_eq!(ask(None, Some("not-the-join-token-000000")).0, 401);
+    assert_eq!(ask(None, Some(&join_token)).0, 201);
+    let member = ClientTrust::Cluster(ClusterTls {
+        ca: ca.join("ca.pem"),
+        cert: dir.path().join("good/node.pem"),
+        key: dir.path().join("good/node-key.pem"),
+    });
+    let (status, answer) = ask(Some(&member), None);
+    assert_eq!(status, 403, "{answer}");
+    // The join token reads nothing.
+    let (status, _) = http_json(&voter.http, "GET", "/v1/edges", Some(&join_token), &[], None);
+    assert_eq!(status, 403);
+}

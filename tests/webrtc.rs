@@ -816,6 +816,8 @@ fn whep_viewers_re_route_by_themselves_when_their_edge_dies_or_drains() {
     let mut cmd = ferry();
     cmd.args(["watch", "--whep", &format!("http://{a_http}/whep/{stream}"), "--token", &view])
         .args(["--control-plane", &cluster.control, "--region", "r2", "--duration", "300s", "--json"])
+        .arg("--ca-file")
+        .arg(dir.path().join("ca/ca.pem"))
         .stdout(std::process::Stdio::piped());
     let cli = Proc::spawn("ferry watch --whep", &mut cmd);
     wait_for("the CLI viewer receiving on edge a", Duration::from_secs(30), || {

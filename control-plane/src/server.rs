@@ -47,6 +47,8 @@ pub struct ControlConfig {
     /// certificate from its CA (edges do: that is how they authenticate). `None`:
     /// plain HTTP (`--insecure-http`, `ferry dev`).
     pub api_tls: Option<tls::ClusterTls>,
+    /// Sign edges' certificate requests (the voter holds the CA key).
+    pub edge_certificates: Option<Arc<crate::api::EdgeCertificates>>,
 }
 
 /// A started voter.
@@ -81,6 +83,9 @@ impl Control {
             None => None,
         };
         api.register_raft_refusals(&refusals);
+        if let Some(certs) = config.edge_certificates {
+            api = api.with_certificates(certs);
+        }
         let http_metrics = HttpServerMetrics::default();
         api.register_http_metrics(&http_metrics);
         let mut gossip_handle = None;

@@ -68,6 +68,9 @@ pub struct EdgeConfig {
     pub advertise_host: Option<String>,
     /// Bounds on HTTP clients (timeouts, connection caps).
     pub http_limits: HttpLimits,
+    /// This edge's certificate is issued by the control plane and renewed while it runs
+    /// (with when the one in use ends); `None`: certificate files managed by hand.
+    pub certificate: Option<(crate::cluster::certs::CertIssuance, std::time::SystemTime)>,
 }
 
 impl EdgeConfig {
@@ -101,6 +104,7 @@ impl EdgeConfig {
             cluster_tls: None,
             advertise_host: None,
             http_limits: HttpLimits::default(),
+            certificate: None,
         }
     }
 

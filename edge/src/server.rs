@@ -44,6 +44,7 @@ pub struct BoundEdge {
     http: tokio::net::TcpListener,
     metrics_registry: Arc<MetricsRegistry>,
     http_metrics: HttpServerMetrics,
+    cert_metrics: crate::cluster::certs::CertMetrics,
 }
 
 impl BoundEdge {
@@ -74,6 +75,10 @@ impl BoundEdge {
         gossip_metrics.register(&mut metrics_registry);
         let http_metrics = HttpServerMetrics::default();
         http_metrics.register(&mut metrics_registry);
+        let cert_metrics = crate::cluster::certs::CertMetrics::default();
+        if config.certificate.is_some() {
+            cert_metrics.register(&mut metrics_registry);
+        }
         let upstreams = Upstreams::new(&config)?;
         let quic_addr =
             endpoint.local_addr().map_err(Error::bind("QUIC (--quic-listen)", config.quic_listen))?;
@@ -148,7 +153,15 @@ impl BoundEdge {
                     .await?;
             let _ = state.gossip.set(gossip);
         }
-        Ok(Self { state, webrtc, endpoint, http, metrics_registry: Arc::new(metrics_registry), http_metrics })
+        Ok(Self {
+            state,
+            webrtc,
+            endpoint,
+            http,
+            metrics_registry: Arc::new(metrics_registry),
+            http_metrics,
+            cert_metrics,
+        })
     }
 
     /// The bound QUIC address.
@@ -164,7 +177,10 @@ impl BoundEdge {
     /// Serves until `shutdown` is cancelled, then drains: GOAWAY to every session,
     /// wait up to the grace period, close the endpoint.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
-        let BoundEdge { state, webrtc, endpoint, http, metrics_registry, http_metrics } = self;
+        let BoundEdge { state, webrtc, endpoint, http, metrics_registry, http_metrics, cert_metrics } = self;
+        if let Some((issuance, not_after)) = state.config.certificate.clone() {
+            state.tracker.spawn(issuance.renew_loop(not_after, cert_metrics, state.background.clone()));
+        }
         let http_shutdown = CancellationToken::new();
         let webrtc_routes = crate::webrtc::http::routes(WebRtcEdge::new(Arc::clone(&state), webrtc));
         let http_task = state.tracker.spawn(http::serve(

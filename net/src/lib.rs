@@ -20,6 +20,7 @@
 //! Depends only on `ferry-proto`; the edge, the clients and the control plane build on
 //! it, and none of them on each other.
 
+pub mod certs;
 pub mod dial;
 mod error;
 pub mod gossip;

@@ -16,6 +16,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::DistinguishedName;
 
+use crate::certs::ReloadingCert;
 use crate::identity::{Identity, Refusal};
 use crate::{Error, Result};
 
@@ -295,13 +296,14 @@ pub fn server_config_with(
     alpn: &[u8],
     client_auth: &ClientAuth,
 ) -> Result<quinn::ServerConfig> {
-    let (chain, key) = match identity {
-        ServerIdentity::Files { cert, key } => (read_certs(cert)?, read_key(key)?),
+    // Files are read again when they change (a renewed certificate).
+    let (chain_and_key, reloading) = match identity {
+        ServerIdentity::Files { cert, key } => (None, Some(ReloadingCert::load(cert, key)?)),
         ServerIdentity::SelfSigned { names } => {
             let certified = rcgen::generate_simple_self_signed(names.clone())
                 .map_err(Error::tls("generating a self-signed certificate"))?;
             let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
-            (vec![certified.cert.der().clone()], key.into())
+            (Some((vec![certified.cert.der().clone()], key.into())), None)
         }
     };
     let builder = rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13]);
@@ -323,8 +325,12 @@ pub fn server_config_with(
             }))
         }
     };
-    let mut tls =
-        builder.with_single_cert(chain, key).map_err(Error::tls("the server certificate and key"))?;
+    let mut tls = match chain_and_key {
+        Some((chain, key)) => {
+            builder.with_single_cert(chain, key).map_err(Error::tls("the server certificate and key"))?
+        }
+        None => builder.with_cert_resolver(reloading.ok_or_else(|| Error::Config("no certificate".into()))?),
+    };
     tls.alpn_protocols = vec![alpn.to_vec()];
     tls.max_early_data_size = 0;
     let crypto = QuicServerConfig::try_from(tls).map_err(Error::tls("the QUIC server TLS configuration"))?;
@@ -343,8 +349,7 @@ pub fn https_server_config(cluster: &ClusterTls) -> Result<Arc<rustls::ServerCon
         .map_err(Error::tls("the client certificate verifier"))?;
     let mut tls = rustls::ServerConfig::builder_with_protocol_versions(rustls::DEFAULT_VERSIONS)
         .with_client_cert_verifier(verifier)
-        .with_single_cert(read_certs(&cluster.cert)?, read_key(&cluster.key)?)
-        .map_err(Error::tls("the server certificate and key"))?;
+        .with_cert_resolver(ReloadingCert::load(&cluster.cert, &cluster.key)?);
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(tls))
 }
@@ -377,10 +382,10 @@ pub fn rustls_client_config(
     let builder = rustls::ClientConfig::builder_with_protocol_versions(versions);
     Ok(match trust {
         ClientTrust::CaFile(path) => builder.with_root_certificates(roots(path)?).with_no_client_auth(),
+        // Read again when the files change (a renewed certificate).
         ClientTrust::Cluster(c) => builder
             .with_root_certificates(roots(&c.ca)?)
-            .with_client_auth_cert(read_certs(&c.cert)?, read_key(&c.key)?)
-            .map_err(Error::tls("the node certificate and key"))?,
+            .with_client_cert_resolver(ReloadingCert::load(&c.cert, &c.key)?),
         ClientTrust::Insecure => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification::new()))
@@ -472,7 +477,7 @@ pub fn generate_cluster_certs(dir: &Path, names: &[String]) -> Result<CertFiles>
 /// The CA's fixed subject; issuing rebuilds the issuer from it and the CA key.
 const CA_NAME: &str = "Ferry cluster CA";
 
-fn ca_params() -> Result<rcgen::CertificateParams> {
+pub(crate) fn ca_params() -> Result<rcgen::CertificateParams> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(Error::tls("the CA parameters"))?;
     params.distinguished_name.push(DnType::CommonName, CA_NAME);
@@ -505,7 +510,7 @@ pub fn init_ca(dir: &Path) -> Result<(PathBuf, PathBuf)> {
 pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// A certificate is valid from this long before it is issued: clocks of the cluster's
 /// machines may differ a little.
-const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+pub(crate) const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 
 /// `ferry ca issue`: a certificate for cluster node `node` with the role-bound
 /// `identity` (its one URI name), valid as a server (for `names` and the node id) and
@@ -575,7 +580,7 @@ fn issue_into(
     Ok((cert_path.to_owned(), key_path.to_owned()))
 }
 
-fn write_private(path: &Path, contents: &str) -> Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> Result<()> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;

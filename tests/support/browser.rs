@@ -42,6 +42,10 @@ const CHROMIUM_ARGS: &[&str] = &[
     // Containers often have a 64 MB /dev/shm; Debian's launcher means to add this
     // when shm is small, but its check is broken ("[: ... unexpected operator").
     "--disable-dev-shm-usage",
+    // The demo pages route through the control plane's HTTPS API, whose certificates
+    // come from each test's own cluster CA: this browser stands in for one whose trust
+    // store holds that CA.
+    "--ignore-certificate-errors",
 ];
 
 /// Chromium's first start (profile creation, shader caches) is slow on a busy 2-core box.

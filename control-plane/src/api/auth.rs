@@ -32,6 +32,9 @@ pub enum Need {
     Operate,
     /// Admins: voters and tokens.
     Admin,
+    /// Edge certificates: an edge renewing its own, a join-token holder bootstrapping
+    /// one, or an admin.
+    Certificate,
 }
 
 /// An authenticated caller.
@@ -62,6 +65,11 @@ impl Caller {
         }
     }
 
+    /// A holder of the join token: may ask for an edge certificate and nothing else.
+    pub fn joiner(source: String) -> Caller {
+        Caller { principal: "join-token".to_owned(), role: "join", source, edge: None }
+    }
+
     pub fn edge(id: &str, source: String) -> Caller {
         Caller { principal: format!("edge:{id}"), role: "edge", source, edge: Some(id.to_owned()) }
     }
@@ -74,8 +82,10 @@ impl Caller {
     pub fn may(&self, need: Need) -> bool {
         let role = self.token_role();
         let at_least = |min: TokenRole| role.is_some_and(|r| r >= min);
+        let joiner = self.role == "join";
         match need {
-            Need::Read => true,
+            Need::Read => !joiner,
+            Need::Certificate => joiner || self.edge.is_some() || at_least(TokenRole::Admin),
             Need::EdgeOrOperator => self.edge.is_some() || at_least(TokenRole::Operator),
             Need::EdgeOrAdmin => self.edge.is_some() || at_least(TokenRole::Admin),
             Need::Operate => at_least(TokenRole::Operator),
@@ -99,6 +109,7 @@ pub fn need(method: &Method, path: &str) -> Need {
     let read = *method == Method::GET || *method == Method::HEAD;
     match path {
         "/v1/tokens" | "/v1/tokens/{accessor}" | "/v1/cluster/members/{id}" => Need::Admin,
+        "/v1/certificates" => Need::Certificate,
         _ if read => Need::Read,
         "/v1/edges/{id}" if *method == Method::PUT => Need::EdgeOrAdmin,
         "/v1/origins/{*name}" | "/v1/edges/{id}/drain" => Need::EdgeOrOperator,
@@ -155,6 +166,7 @@ pub enum Refused {
 pub fn authenticate(
     given: &str,
     bootstrap: &str,
+    join: Option<&str>,
     lookup: impl FnOnce(&str) -> Option<OperatorToken>,
     source: String,
 ) -> Result<Caller, Refused> {
@@ -169,6 +181,11 @@ pub fn authenticate(
     }
     if !bootstrap.is_empty() && constant_time_eq(given.as_bytes(), bootstrap.as_bytes()) {
         return Ok(Caller::bootstrap(source));
+    }
+    if let Some(join) = join.filter(|j| !j.is_empty()) {
+        if constant_time_eq(given.as_bytes(), join.as_bytes()) {
+            return Ok(Caller::joiner(source));
+        }
     }
     Err(Refused::Unknown)
 }
@@ -200,7 +217,8 @@ mod tests {
 
     #[test]
     fn each_role_may_call_what_its_table_row_says() {
-        // (method, route, [viewer, operator, admin, edge])
+        // (method, route, [viewer, operator, admin, edge]); the join token only asks
+        // for certificates.
         let table: &[(Method, &str, [bool; 4])] = &[
             (Method::GET, "/v1/cluster", [true, true, true, true]),
             (Method::GET, "/v1/streams", [true, true, true, true]),
@@ -220,6 +238,7 @@ mod tests {
             (Method::POST, "/v1/tokens", [false, false, true, false]),
             (Method::DELETE, "/v1/tokens/{accessor}", [false, false, true, false]),
             (Method::POST, "/v1/some/new/route", [false, false, true, false]),
+            (Method::POST, "/v1/certificates", [false, false, true, true]),
         ];
         for (method, path, allowed) in table {
             for (role, allowed) in ["viewer", "operator", "admin", "edge"].iter().zip(allowed) {
@@ -227,6 +246,8 @@ mod tests {
                 assert_eq!(caller(role).may(need), *allowed, "{role} {method} {path} ({need:?})");
             }
             assert_eq!(caller("bootstrap").may(need(method, path)), allowed[2], "bootstrap is admin");
+            let joiner = Caller::joiner(String::new()).may(need(method, path));
+            assert_eq!(joiner, *path == "/v1/certificates", "join token: {method} {path}");
         }
     }
 
@@ -241,17 +262,30 @@ mod tests {
     fn tokens_authenticate_by_secret_and_only_while_they_exist() {
         let stored = token("ci", TokenRole::Operator, "s3cret");
         let find = |a: &str| (a == "ci").then(|| stored.clone());
-        let ok = authenticate("ferry.ci.s3cret", "boot-token-0123456", find, "1.2.3.4:5".into()).unwrap();
+        let ok =
+            authenticate("ferry.ci.s3cret", "boot-token-0123456", None, find, "1.2.3.4:5".into()).unwrap();
         assert_eq!(
             (ok.principal.as_str(), ok.role, ok.source.as_str()),
             ("token:ci", "operator", "1.2.3.4:5")
         );
-        assert_eq!(authenticate("ferry.ci.wrong", "boot", find, String::new()), Err(Refused::Unknown));
-        assert_eq!(authenticate("ferry.gone.s3cret", "boot", find, String::new()), Err(Refused::Unknown));
-        assert_eq!(authenticate("ferry.ci.", "boot", find, String::new()), Err(Refused::Unknown));
-        let boot = authenticate("boot-token-0123456", "boot-token-0123456", |_| None, String::new()).unwrap();
+        assert_eq!(authenticate("ferry.ci.wrong", "boot", None, find, String::new()), Err(Refused::Unknown));
+        assert_eq!(
+            authenticate("ferry.gone.s3cret", "boot", None, find, String::new()),
+            Err(Refused::Unknown)
+        );
+        assert_eq!(authenticate("ferry.ci.", "boot", None, find, String::new()), Err(Refused::Unknown));
+        let boot =
+            authenticate("boot-token-0123456", "boot-token-0123456", None, |_| None, String::new()).unwrap();
         assert_eq!((boot.principal.as_str(), boot.role), ("bootstrap", "admin"));
-        assert_eq!(authenticate("", "", |_| None, String::new()), Err(Refused::Unknown));
+        assert_eq!(authenticate("", "", Some(""), |_| None, String::new()), Err(Refused::Unknown));
+        let join = authenticate(
+            "join-0123456789abcdef",
+            "boot",
+            Some("join-0123456789abcdef"),
+            |_| None,
+            String::new(),
+        );
+        assert_eq!(join.map(|c| c.role), Ok("join"));
         // Accessors may contain dots; the secret is what follows the last one.
         assert_eq!(split_token("ferry.team.ci.abc"), Some(("team.ci", "abc")));
     }

@@ -54,8 +54,22 @@ pub struct Api {
     /// The cluster id edges' certificates must name (`None`: no edge is recognised by
     /// certificate).
     pub cluster: Option<Arc<str>>,
+    /// Signing edges' certificate requests (`None`: this voter does not sign).
+    pub certs: Option<Arc<EdgeCertificates>>,
     /// The rollouts' error guard, for its windows.
     pub guard: Option<Arc<std::sync::Mutex<crate::guard::ErrorGuard>>>,
+}
+
+/// What a voter needs to issue edges their certificates.
+#[derive(Debug)]
+pub struct EdgeCertificates {
+    /// The cluster CA, with its key.
+    pub signer: ferry_net::certs::Signer,
+    /// Edges without a certificate yet present it to get their first one (empty: only
+    /// renewals and admins).
+    pub join_token: String,
+    /// How long an issued certificate is valid.
+    pub lifetime: Duration,
 }
 
 /// Raft and API metrics.
@@ -136,8 +150,15 @@ impl Api {
             gossip: None,
             cluster_ca: None,
             cluster: None,
+            certs: None,
             guard: None,
         }
+    }
+
+    /// Signs edges' certificate requests (`POST /v1/certificates`).
+    pub fn with_certificates(mut self, certs: Arc<EdgeCertificates>) -> Self {
+        self.certs = Some(certs);
+        self
     }
 
     /// Edges presenting a client certificate naming `cluster` are callers in their own
@@ -227,6 +248,7 @@ impl Api {
             .route("/v1/tokens", get(routes::list_tokens).post(routes::create_token))
             .route("/v1/tokens/{accessor}", delete(routes::revoke_token))
             .route("/v1/whoami", get(routes::whoami))
+            .route("/v1/certificates", post(routes::issue_certificate))
             .route_layer(middleware::from_fn_with_state(self.clone(), authorize));
         // Viewer- and publisher-facing: no operator token (the edge checks access tokens).
         // Browsers on other origins (the demo player re-routing) may call them: CORS.
@@ -273,7 +295,8 @@ async fn authorize(State(api): State<Api>, mut request: Request, next: Next) -> 
         (Some(edge), _) => auth::Caller::edge(&edge, source),
         (None, Some(token)) => {
             let lookup = |accessor: &str| api.node.read(|s| s.tokens.get(accessor).cloned());
-            match auth::authenticate(token, &api.token, lookup, source) {
+            let join = api.certs.as_ref().map(|c| c.join_token.as_str());
+            match auth::authenticate(token, &api.token, join, lookup, source) {
                 Ok(caller) => caller,
                 Err(auth::Refused::Unknown) => {
                     return ApiError::new(

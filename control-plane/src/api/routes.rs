@@ -643,3 +643,37 @@ pub async fn revoke_token(
 ) -> ApiResult {
     api.write(&caller, &headers, Command::RevokeToken { accessor }).await
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateRequest {
+    /// PEM `CERTIFICATE REQUEST` naming one edge identity.
+    csr: String,
+}
+
+/// `POST /v1/certificates`: signs an edge's certificate request with the cluster CA. A
+/// join-token holder (an edge starting for the first time) or an admin may ask for
+/// any edge of this cluster; an edge renews its own only.
+pub async fn issue_certificate(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    b: Body<CertificateRequest>,
+) -> ApiResult {
+    let CertificateRequest { csr } = body(b)?;
+    let Some(certs) = &api.certs else {
+        return Err(ApiError::not_found("this voter does not sign certificates (start it with --ca-key)"));
+    };
+    let cluster = api.cluster.as_deref().unwrap_or_default();
+    let now = SystemTime::now();
+    let (identity, signed) = certs
+        .signer
+        .sign_edge(&csr, cluster, caller.edge.as_deref(), certs.lifetime, now)
+        .map_err(|e| match caller.edge {
+            Some(_) if e.contains("its own") => forbidden(&caller, e),
+            _ => ApiError::bad_request(e),
+        })?;
+    let not_after_ms = signed.not_after.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    tracing::info!(principal = %caller.principal, source = %caller.source, %identity, not_after_ms, "issued an edge certificate");
+    Ok((StatusCode::CREATED, Json(json!({ "certificate": signed.pem, "not_after_ms": not_after_ms })))
+        .into_response())
+}

@@ -398,34 +398,33 @@ mod tests {
         KeyringSource::load(dir.to_owned(), "test").unwrap()
     }
 
-    /// Members with the cluster's key see each other; a process with another key or
-    /// none sees nobody and nobody sees it, and its datagrams are counted as dropped. A
-    /// key rotation (install, use, remove) costs no member a death.
+    /// Three members with the cluster's key see each other; a process with another key
+    /// or none sees nobody and nobody sees it, and its datagrams are counted as dropped.
+    /// A key rotation (install, use, remove) on all three costs no member a death.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sealed_gossip_admits_only_key_holders_and_rotates_without_deaths() {
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();
         let dir = tempfile::tempdir().unwrap();
-        let (ka, kb) = (dir.path().join("a"), dir.path().join("b"));
+        let (ka, kb, kc) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
+        // Shared by the three key holders: deaths anywhere are counted together.
         let metrics = GossipMetrics::default();
         let ring_a = keyring(&ka, &["k1"], "k1");
         let a =
             start_with("a", vec![], "voter", Some(ring_a.clone()), metrics.clone(), &tracker, &cancel).await;
         let seed = vec![a.local_addr().to_string()];
-        // b shares the key (a copy of a's directory).
-        std::fs::create_dir_all(&kb).unwrap();
-        std::fs::copy(ka.join("k1.key"), kb.join("k1.key")).unwrap();
-        let ring_b = keyring(&kb, &["k1"], "k1");
-        let b = start_with(
-            "b",
-            seed.clone(),
-            "edge",
-            Some(ring_b.clone()),
-            GossipMetrics::default(),
-            &tracker,
-            &cancel,
-        )
-        .await;
+        // b and c share the key (copies of a's directory).
+        let mut holders = Vec::new();
+        for (id, dir) in [("b", &kb), ("c", &kc)] {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::copy(ka.join("k1.key"), dir.join("k1.key")).unwrap();
+            let ring = keyring(dir, &["k1"], "k1");
+            let member =
+                start_with(id, seed.clone(), "edge", Some(ring.clone()), metrics.clone(), &tracker, &cancel)
+                    .await;
+            holders.push((member, ring));
+        }
+        let [(b, ring_b), (c, ring_c)] = [holders.remove(0), holders.remove(0)];
         let wrong = start_with(
             "wrong",
             seed.clone(),
@@ -437,8 +436,8 @@ mod tests {
         )
         .await;
         let plain = start("plain", seed.clone(), "edge", &tracker, &cancel).await;
-        until("a and b see each other", || {
-            [&a, &b].iter().all(|g| g.members().iter().filter(|m| m.alive).count() == 2)
+        until("a, b and c see each other", || {
+            [&a, &b, &c].iter().all(|g| g.members().iter().filter(|m| m.alive).count() == 3)
         })
         .await;
         until("a dropped the wrong key's and the plaintext datagrams", || {
@@ -450,26 +449,32 @@ mod tests {
         }
         assert!(a.member("wrong").is_none() && a.member("plain").is_none());
 
-        // Rotation: install k2 everywhere, make it primary everywhere, remove k1; each
-        // step once both processes have read it.
+        // Rotation: install k2 everywhere, make it primary one member at a time, remove
+        // k1; each step once every process has read it.
         let deaths = metrics.deaths.get();
-        let rings = [&ring_a, &ring_b];
+        let rings = [&ring_a, &ring_b, &ring_c];
+        let dirs = [&ka, &kb, &kc];
         std::fs::write(ka.join("k2.key"), crate::seal::new_key_hex().unwrap()).unwrap();
-        std::fs::copy(ka.join("k2.key"), kb.join("k2.key")).unwrap();
+        for d in [&kb, &kc] {
+            std::fs::copy(ka.join("k2.key"), d.join("k2.key")).unwrap();
+        }
         until("k2 installed", || rings.iter().all(|r| r.get().names().len() == 2)).await;
-        std::fs::write(ka.join(crate::seal::PRIMARY_FILE), "k2").unwrap();
-        until("a seals with k2", || ring_a.get().primary_name() == "k2").await;
-        let rounds = metrics.rounds.get();
-        until("ten rounds with a on k2 and b on k1", || metrics.rounds.get() > rounds + 10).await;
-        std::fs::write(kb.join(crate::seal::PRIMARY_FILE), "k2").unwrap();
-        until("b seals with k2", || ring_b.get().primary_name() == "k2").await;
-        std::fs::remove_file(ka.join("k1.key")).unwrap();
-        std::fs::remove_file(kb.join("k1.key")).unwrap();
+        for (d, ring) in dirs.iter().zip(rings) {
+            std::fs::write(d.join(crate::seal::PRIMARY_FILE), "k2").unwrap();
+            until("the member seals with k2", || ring.get().primary_name() == "k2").await;
+            let rounds = metrics.rounds.get();
+            until("ten rounds with the members on mixed keys", || metrics.rounds.get() > rounds + 10).await;
+        }
+        for d in dirs {
+            std::fs::remove_file(d.join("k1.key")).unwrap();
+        }
         until("k1 removed", || rings.iter().all(|r| r.get().names() == ["k2"])).await;
         let rounds = metrics.rounds.get();
         until("twenty rounds on k2 alone", || metrics.rounds.get() > rounds + 20).await;
         assert_eq!(metrics.deaths.get(), deaths, "a member died during the rotation");
-        assert!(b.member("a").is_some_and(|m| m.alive) && a.member("b").is_some_and(|m| m.alive));
+        for g in [&a, &b, &c] {
+            assert_eq!(g.members().iter().filter(|m| m.alive).count(), 3, "{:?}", g.members());
+        }
         cancel.cancel();
         tracker.close();
         tracker.wait().await;
