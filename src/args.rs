@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 use ferry_client::routed::RouteOptions;
 use ferry_net::dial::SessionHello;
@@ -13,14 +12,6 @@ use ferry_net::tls::ClientTrust;
 use ferry_proto::NodeId;
 
 use crate::units;
-
-/// A token or key kept in a file (the file named by `flag`), without surrounding
-/// whitespace.
-pub fn read_secret(file: &std::path::Path, flag: &str) -> anyhow::Result<String> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {flag} {}", file.display()))?;
-    Ok(text.trim().to_owned())
-}
 
 /// TLS trust for clients.
 #[derive(Debug, Clone, Args)]
@@ -118,7 +109,7 @@ impl SessionArgs {
     /// The access token: from --token-file, else --token.
     pub fn token(&self) -> anyhow::Result<Option<String>> {
         match &self.token_file {
-            Some(file) => Ok(Some(read_secret(file, "--token-file")?)),
+            Some(file) => Ok(Some(crate::config::read_secret(file, "--token-file")?)),
             None => Ok(self.token.clone().filter(|t| !t.is_empty())),
         }
     }

@@ -121,7 +121,7 @@ impl ControlPlaneArgs {
             ferry_net::http::check_base_url(url).with_context(|| format!("--control-plane {url}"))?;
         }
         let token = match (&self.control_token_file, &self.control_token) {
-            (Some(file), _) => crate::args::read_secret(file, "--control-token-file")?,
+            (Some(file), _) => crate::config::read_secret(file, "--control-token-file")?,
             (None, Some(token)) => token.clone(),
             (None, None) if self.control_plane.iter().all(|u| u.starts_with("https://")) => String::new(),
             (None, None) => bail!(

@@ -277,6 +277,14 @@ fn to_args(arg: &Arg, value: &Value, ctx: &str) -> Result<Vec<OsString>> {
     })
 }
 
+/// A token or key kept in a file (the file named by `flag`), without surrounding
+/// whitespace.
+pub fn read_secret(file: &std::path::Path, flag: &str) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {flag} {}", file.display()))?;
+    Ok(text.trim().to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

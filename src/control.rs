@@ -149,7 +149,7 @@ fn edge_certificates(args: &ControlArgs) -> anyhow::Result<Option<Arc<EdgeCertif
     let signer = ferry_net::certs::Signer::load(ca, key).context("--ca-key")?;
     let join_token = match &args.join_token_file {
         Some(file) => {
-            let token = crate::args::read_secret(file, "--join-token-file")?;
+            let token = crate::config::read_secret(file, "--join-token-file")?;
             if token.len() < 16 {
                 bail!("the join token must be at least 16 characters");
             }
@@ -187,7 +187,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
         }
     };
     let token = match (&args.token_file, &args.token) {
-        (Some(file), _) => crate::args::read_secret(file, "--token-file")?,
+        (Some(file), _) => crate::config::read_secret(file, "--token-file")?,
         (None, Some(token)) => token.clone(),
         (None, None) => bail!("give the operator token with --token-file or FERRY_CONTROL_TOKEN"),
     };

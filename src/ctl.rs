@@ -320,7 +320,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     // A file wins over a token (either may come from the environment).
     let token = match (&args.token, &args.control_token_file) {
-        (_, Some(file)) => crate::args::read_secret(file, "--control-token-file")?,
+        (_, Some(file)) => crate::config::read_secret(file, "--control-token-file")?,
         (Some(token), None) => token.clone(),
         (None, None) if args.cert.is_some() => String::new(),
         (None, None) => bail!("give --control-token-file or --control-token (FERRY_CONTROL_TOKEN)"),

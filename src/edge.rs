@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use ferry_edge::auth::Policy;
-use ferry_edge::cluster::certs::CertIssuance;
+use ferry_edge::certs::CertIssuance;
 use ferry_edge::config::AccessConfig;
 use ferry_edge::track::BufferConfig;
 use ferry_edge::webrtc::WebRtcConfig;
@@ -266,7 +266,7 @@ async fn issued_certificate(
         names,
     };
     let join_token = match &args.join_token_file {
-        Some(file) => crate::args::read_secret(file, "--join-token-file")?,
+        Some(file) => crate::config::read_secret(file, "--join-token-file")?,
         None => String::new(),
     };
     let not_after = issuance.ensure(&join_token).await.context("cannot get this edge's certificate")?;

@@ -36,7 +36,9 @@ const MODULE_LAYERS: &[(&str, &[&str])] = &[
             "time",
             "seal",
             "identity",
+            "keys",
             "tls",
+            "certs",
             "wire",
             "dial",
             "http",
@@ -50,7 +52,7 @@ const MODULE_LAYERS: &[(&str, &[&str])] = &[
     (
         "edge/src",
         &[
-            "auth", "error", "track", "metrics", "config", "access", "rollouts", "cluster", "relay",
+            "auth", "error", "certs", "track", "metrics", "config", "access", "rollouts", "cluster", "relay",
             "webrtc", "http", "server",
         ],
     ),

@@ -70,7 +70,7 @@ pub struct EdgeConfig {
     pub http_limits: HttpLimits,
     /// This edge's certificate is issued by the control plane and renewed while it runs
     /// (with when the one in use ends); `None`: certificate files managed by hand.
-    pub certificate: Option<(crate::cluster::certs::CertIssuance, std::time::SystemTime)>,
+    pub certificate: Option<(crate::certs::CertIssuance, std::time::SystemTime)>,
 }
 
 impl EdgeConfig {

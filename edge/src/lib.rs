@@ -24,6 +24,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod certs;
 pub mod cluster;
 pub mod config;
 mod error;

@@ -44,7 +44,7 @@ pub struct BoundEdge {
     http: tokio::net::TcpListener,
     metrics_registry: Arc<MetricsRegistry>,
     http_metrics: HttpServerMetrics,
-    cert_metrics: crate::cluster::certs::CertMetrics,
+    cert_metrics: crate::certs::CertMetrics,
 }
 
 impl BoundEdge {
@@ -75,7 +75,7 @@ impl BoundEdge {
         gossip_metrics.register(&mut metrics_registry);
         let http_metrics = HttpServerMetrics::default();
         http_metrics.register(&mut metrics_registry);
-        let cert_metrics = crate::cluster::certs::CertMetrics::default();
+        let cert_metrics = crate::certs::CertMetrics::default();
         if config.certificate.is_some() {
             cert_metrics.register(&mut metrics_registry);
         }

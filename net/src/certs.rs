@@ -1,95 +1,15 @@
 //! Node certificates that change while a process runs: signing an edge's certificate
-//! request on a voter, asking for one on an edge, deciding when to renew, and TLS
-//! configurations that pick up a renewed certificate at the next handshake (the
-//! connections already open keep theirs, so nothing is dropped).
+//! request on a voter, asking for one on an edge, deciding when to renew, and
+//! installing the result (which `crate::keys::ReloadingCert` then presents).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use rustls::pki_types::CertificateDer;
-use rustls::sign::CertifiedKey;
 
 use crate::identity::{Identity, Role};
-use crate::tls::{read_certs, read_key};
+use crate::keys::{read_certs, write_private};
 use crate::{Error, Result};
-
-/// How often a reloading certificate looks at its files.
-const RECHECK: Duration = Duration::from_secs(1);
-
-/// A node certificate read from `cert` and `key`, and read again whenever the
-/// certificate file's modification time changes (checked at most once a second, at a
-/// handshake). A file that does not load keeps the previous certificate (logged).
-#[derive(Debug)]
-pub struct ReloadingCert {
-    cert: PathBuf,
-    key: PathBuf,
-    state: Mutex<Loaded>,
-}
-
-#[derive(Debug)]
-struct Loaded {
-    modified: Option<SystemTime>,
-    checked: Instant,
-    key: Arc<CertifiedKey>,
-}
-
-impl ReloadingCert {
-    /// Reads the files now (an error if they do not load).
-    pub fn load(cert: &Path, key: &Path) -> Result<Arc<ReloadingCert>> {
-        let loaded = Loaded { modified: modified(cert), checked: Instant::now(), key: certified(cert, key)? };
-        Ok(Arc::new(ReloadingCert { cert: cert.to_owned(), key: key.to_owned(), state: Mutex::new(loaded) }))
-    }
-
-    /// The certificate to present now.
-    pub fn current(&self) -> Arc<CertifiedKey> {
-        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if state.checked.elapsed() >= RECHECK {
-            state.checked = Instant::now();
-            let now = modified(&self.cert);
-            if now != state.modified {
-                match certified(&self.cert, &self.key) {
-                    Ok(key) => {
-                        tracing::info!(cert = %self.cert.display(), "node certificate reloaded");
-                        state.key = key;
-                        state.modified = now;
-                    }
-                    // Mid-rename, or a bad file: keep serving the one that works.
-                    Err(e) => tracing::warn!(error = %crate::Chain(&e), "node certificate not reloaded"),
-                }
-            }
-        }
-        Arc::clone(&state.key)
-    }
-}
-
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
-fn certified(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>> {
-    let chain = read_certs(cert)?;
-    let key = read_key(key)?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(Error::tls(format!("the private key {}", cert.display())))?;
-    Ok(Arc::new(CertifiedKey::new(chain, signing)))
-}
-
-impl rustls::server::ResolvesServerCert for ReloadingCert {
-    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current())
-    }
-}
-
-impl rustls::client::ResolvesClientCert for ReloadingCert {
-    fn resolve(&self, _hints: &[&[u8]], _schemes: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        Some(self.current())
-    }
-
-    fn has_certs(&self) -> bool {
-        true
-    }
-}
 
 /// A new key pair and a certificate request for `identity` (its one URI name) and
 /// `names` (DNS names or IPs): `(key PEM, request PEM)`.
@@ -212,7 +132,7 @@ pub fn write_node_files(dir: &Path, cert: &str, key: &str) -> Result<(PathBuf, P
     for (path, text, private) in [(&key_path, key, true), (&cert_path, cert, false)] {
         let tmp = path.with_extension("pem.tmp");
         if private {
-            crate::tls::write_private(&tmp, text)?;
+            write_private(&tmp, text)?;
         } else {
             std::fs::write(&tmp, text).map_err(Error::io(format!("cannot write {}", tmp.display())))?;
         }
@@ -225,6 +145,7 @@ pub fn write_node_files(dir: &Path, cert: &str, key: &str) -> Result<(PathBuf, P
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
     use super::*;
+    use crate::keys::ReloadingCert;
 
     fn ca() -> (tempfile::TempDir, Signer) {
         let dir = tempfile::tempdir().unwrap();

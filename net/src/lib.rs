@@ -27,6 +27,7 @@ pub mod gossip;
 pub mod http;
 pub mod http_server;
 pub mod identity;
+pub mod keys;
 pub mod proof;
 pub mod random;
 pub mod seal;

@@ -11,7 +11,8 @@ use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::tls::{read_certs, read_key, ClusterTls};
+use crate::keys::{read_certs, read_key};
+use crate::tls::ClusterTls;
 
 /// Hex DER certificates, leaf first, comma-separated.
 pub const CERT_HEADER: &str = "ferry-node-cert";

@@ -12,19 +12,15 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::DistinguishedName;
 
-use crate::certs::ReloadingCert;
 use crate::identity::{Identity, Refusal};
+use crate::keys::{read_certs, write_private, ReloadingCert};
 use crate::{Error, Result};
 
 /// A problem with the contents of a PEM file.
-fn pem_err(path: &Path, problem: &str) -> Error {
-    Error::Config(format!("{}: {problem}", path.display()))
-}
-
 /// Where a server's certificate comes from.
 #[derive(Debug, Clone)]
 pub enum ServerIdentity {
@@ -250,24 +246,6 @@ impl TransportTuning {
 /// The certificates in a PEM file (e.g. the cluster CA).
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     read_certs(path)
-}
-
-pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let pem = std::fs::read(path).map_err(Error::io(format!("cannot read {}", path.display())))?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(Error::io(format!("{}: not a PEM certificate file", path.display())))?;
-    if certs.is_empty() {
-        return Err(pem_err(path, "no certificates in this PEM file"));
-    }
-    Ok(certs)
-}
-
-pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
-    let pem = std::fs::read(path).map_err(Error::io(format!("cannot read {}", path.display())))?;
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(Error::io(format!("{}: not a PEM private key file", path.display())))?
-        .ok_or_else(|| pem_err(path, "no private key in this PEM file"))
 }
 
 /// Names a dev self-signed certificate covers.
@@ -578,19 +556,4 @@ fn issue_into(
         .map_err(Error::io(format!("cannot write {}", cert_path.display())))?;
     write_private(key_path, &key.serialize_pem())?;
     Ok((cert_path.to_owned(), key_path.to_owned()))
-}
-
-pub(crate) fn write_private(path: &Path, contents: &str) -> Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    options
-        .open(path)
-        .and_then(|mut f| f.write_all(contents.as_bytes()))
-        .map_err(Error::io(format!("cannot write {}", path.display())))?;
-    Ok(())
 }

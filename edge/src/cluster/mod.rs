@@ -6,7 +6,6 @@
 //! works without the control plane (static stability); the control plane's snapshot
 //! covers what gossip has not spread yet.
 
-pub mod certs;
 pub mod control;
 pub mod load;
 pub mod origins;
