@@ -90,6 +90,7 @@ impl GossipArgs {
             cluster_id: self.cluster_id.clone(),
             interval: if self.gossip_interval.is_zero() { DEFAULT_INTERVAL } else { self.gossip_interval },
             keyring,
+            identity: None,
         }))
     }
 }

@@ -211,6 +211,10 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
              --insecure-http (dev only)"
         ),
     };
+    let mut gossip = args.gossip.to_config(&format!("voter-{}", args.id))?;
+    if let Some(gossip) = &mut gossip {
+        gossip.identity = security.cluster_tls().cloned();
+    }
     let config = ControlConfig {
         node,
         transport: TransportConfig { listen: raft_listen, security },
@@ -218,7 +222,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
         http_listen: args.http_listen,
         token,
         request_timeout: args.request_timeout,
-        gossip: args.gossip.to_config(&format!("voter-{}", args.id))?,
+        gossip,
         failover_grace: args.failover_grace,
         http_limits: args.http.limits(),
         api_tls,

@@ -110,6 +110,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         cluster_id: DEV_CLUSTER.into(),
         interval: DEFAULT_INTERVAL,
         keyring: Some(keyring.clone()),
+        identity: None,
     };
 
     // The secret that signs the dev tokens (kept with the data, so tokens minted for a

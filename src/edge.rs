@@ -223,6 +223,9 @@ impl EdgeArgs {
             allow_anonymous: self.allow_anonymous,
         };
         config.gossip = self.gossip.to_config(&self.node_id)?;
+        if let Some(gossip) = &mut config.gossip {
+            gossip.identity = config.cluster_tls.clone();
+        }
         (config.control_plane, config.control_token) = self.control.resolve()?;
         if config.control_plane.iter().any(|u| u.starts_with("https://")) && config.cluster_tls.is_none() {
             anyhow::bail!(

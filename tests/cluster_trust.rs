@@ -386,6 +386,137 @@ fn a_process_that_only_gossips_attracts_no_publisher_and_blocks_none() {
     assert!(out.status.success() && !stderr.contains("stream_busy"), "{stderr}");
 }
 
+/// A chitchat Syn (protocol V0, uncompressed) whose digest claims `heartbeat` for the
+/// member `(id, generation, addr)`: what a holder of the gossip key can send.
+fn forged_syn(
+    cluster: &str,
+    id: &str,
+    generation: u64,
+    addr: std::net::SocketAddr,
+    heartbeat: u64,
+) -> Vec<u8> {
+    let text = |b: &mut Vec<u8>, t: &str| {
+        b.extend((t.len() as u16).to_le_bytes());
+        b.extend(t.as_bytes());
+    };
+    let mut b = Vec::new();
+    b.extend(45_139u16.to_le_bytes()); // chitchat's magic number
+    b.extend([0, 0]); // protocol V0, Syn
+    b.extend(1u16.to_le_bytes()); // one node digest
+    text(&mut b, id);
+    b.extend(generation.to_le_bytes());
+    let std::net::IpAddr::V4(ip) = addr.ip() else { panic!("IPv4 gossip address expected: {addr}") };
+    b.push(4);
+    b.extend(ip.octets());
+    b.extend(addr.port().to_le_bytes());
+    b.extend(heartbeat.to_le_bytes());
+    b.extend(0u64.to_le_bytes()); // last GC version
+    b.extend(0u64.to_le_bytes()); // max version
+    text(&mut b, cluster);
+    b
+}
+
+/// A holder of the gossip key who is no registered edge forges digests with a huge
+/// heartbeat for edge `a`: chitchat everywhere stops believing `a`'s real heartbeats
+/// and doubts it. Asked, `a` proves it is alive with its certificate, so it never
+/// shows dead at the voter or at edge `b`, the leader commits no `EdgeFailed`, and a
+/// viewer on `b` of the stream `a` originates plays on.
+#[test]
+fn a_forged_heartbeat_leaves_the_edge_alive_everywhere() {
+    let dir = TempDir::new("trust-heartbeat");
+    let voter_gossip = format!("127.0.0.1:{}", free_udp_port());
+    let peers = format!("1=127.0.0.1:{}", free_udp_port());
+    let voter = Voter::start(1, &peers, &dir.path().join("v1"), &["--gossip-listen", &voter_gossip]);
+    wait_for_leader(&[&voter]);
+    let edge = |id: &str| -> Edge {
+        let listen = format!("127.0.0.1:{}", free_udp_port());
+        let mut args: Vec<String> =
+            ["--region", "r1", "--gossip-listen", &listen, "--gossip-seeds", &voter_gossip]
+                .into_iter()
+                .map(String::from)
+                .collect();
+        args.extend(["--control-plane".to_owned(), voter.http.clone()]);
+        args.extend(cluster_cert_args(&raft_ca(dir.path()), id, "cluster"));
+        Edge::start(id, &strs(&args))
+    };
+    let (a, b) = (edge("a"), edge("b"));
+    let mut cmd = ferry();
+    cmd.args(["publish", "--edge", &a.quic, "--stream", "live/x", "--synthetic", "--insecure"])
+        .args(["--duration", "300s"])
+        .stdout(std::process::Stdio::null());
+    let _publisher = Proc::spawn("publisher on a", &mut cmd);
+    let member = |id: &str| -> Option<serde_json::Value> {
+        let (_, members) = voter.get("/v1/members");
+        members["members"].as_array()?.iter().find(|m| m["id"] == id).cloned()
+    };
+    wait_for("a originating live/x, b alive, in the voter's gossip", Duration::from_secs(30), || {
+        let a = member("a")?;
+        let origins = a["origins"].as_array()?;
+        (a["alive"] == true && origins.iter().any(|s| s == "live/x") && member("b")?["alive"] == true)
+            .then_some(())
+    });
+    wait_for("b seeing three members", Duration::from_secs(30), || {
+        (b.metric("ferry_gossip_members{state=\"alive\"}")? >= 3.0).then_some(())
+    });
+
+    // A viewer on b of a's stream, through the attack.
+    let mut cmd = ferry();
+    cmd.args(["watch", "--edge", &b.quic, "--stream", "live/x", "--insecure", "--duration", "12s", "--json"])
+        .stdout(std::process::Stdio::piped());
+    let viewer = Proc::spawn("viewer on b", &mut cmd);
+
+    // The attack: every process is told that a's heartbeat is 10^15.
+    let target = member("a").unwrap();
+    let a_addr: std::net::SocketAddr = target["gossip_addr"].as_str().unwrap().parse().unwrap();
+    let syn = forged_syn("ferry", "a", target["generation"].as_u64().unwrap(), a_addr, 1_000_000_000_000_000);
+    let keyring = ferry_net::seal::Keyring::load(test_keyring(), "ferry").unwrap();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b_addr = member("b").unwrap()["gossip_addr"].as_str().unwrap().to_owned();
+    let victims = [voter_gossip.as_str(), b_addr.as_str(), &a_addr.to_string()].map(str::to_owned);
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    // Watch for 8 s (chitchat's detector calls a silent member dead within about a
+    // second; the leader commits a failure one second later), attacking the first 3 s.
+    while started.elapsed() < Duration::from_secs(8) {
+        if started.elapsed() < Duration::from_secs(3) {
+            for victim in &victims {
+                let mut nonce = [0u8; 12];
+                ferry_net::random::fill(&mut nonce).unwrap();
+                socket.send_to(&keyring.seal(&syn, nonce).unwrap(), victim).unwrap();
+                sent += 1;
+            }
+        }
+        let a_now = member("a").unwrap();
+        assert_eq!(a_now["alive"], true, "a shown dead at the voter {:?} into the attack", started.elapsed());
+        assert_eq!(
+            b.metric("ferry_gossip_members{state=\"dead\"}"),
+            Some(0.0),
+            "b saw a member dead {:?} into the attack",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("sent {sent} forged digests");
+    // chitchat did doubt a (the attack bit), and a answered with its certificate.
+    let vouched = |e: &str| format!("ferry_gossip_witness_events_total{{event=\"{e}\"}}");
+    let voter_metrics = http_get(&voter.http, "/metrics").1;
+    let voter_vouched = metric_value(&voter_metrics, &vouched("vouched")).unwrap_or(0.0);
+    assert!(voter_vouched >= 1.0, "the voter never doubted a: the forged heartbeat did not reach chitchat");
+    assert!(b.metric(&vouched("vouched")).unwrap_or(0.0) >= 1.0, "b never doubted a");
+    assert!(a.metric(&vouched("ping_answered")).unwrap_or(0.0) >= 1.0);
+    assert_eq!(metric_value(&voter_metrics, "ferry_gossip_peer_deaths_total"), Some(0.0));
+    let (_, audit) = voter.get("/v1/audit");
+    assert!(!audit.to_string().contains("edge.failed"), "the leader committed a failure: {audit}");
+    let (_, stream) = voter.get("/v1/streams/live/x");
+    assert_eq!((&stream["origin"], &stream["origin_lost"]), (&"a".into(), &false.into()), "{stream}");
+
+    let out = viewer.wait_output(Duration::from_secs(30));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(stats["frames"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(stats["skipped_groups"], 0, "the viewer on b lost media: {stats}");
+}
+
 /// A request to voter `v`'s API presenting `trust` (a cluster certificate, or a CA only):
 /// `Ok((status, body))`, or the connection error.
 fn api_as(

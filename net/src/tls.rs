@@ -156,6 +156,14 @@ pub fn peer_has_cluster_cert(conn: &quinn::Connection) -> bool {
         .is_some_and(|certs| !certs.is_empty())
 }
 
+/// A verifier of certificates that must chain to the cluster CA in `ca` (for checks
+/// outside a handshake: signed gossip pongs).
+pub fn cluster_client_verifier(ca: &Path) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    rustls::server::WebPkiClientVerifier::builder(roots(ca)?)
+        .build()
+        .map_err(Error::tls("the cluster certificate verifier"))
+}
+
 fn roots(ca: &Path) -> Result<Arc<rustls::RootCertStore>> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in read_certs(ca)? {

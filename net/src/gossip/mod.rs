@@ -5,6 +5,9 @@
 //! dead node is forgotten) detect a dead process in tens of seconds. Ferry gossips every
 //! 100 ms, starts the detector from that interval, and declares a node dead when its
 //! heartbeat is [`PHI_THRESHOLD`] mean intervals late — about a second.
+//!
+//! chitchat believes whatever heartbeat the gossip key seals; with cluster certificates
+//! the [`witness`] asks members it doubts to prove they are alive.
 
 pub use ferry_proto::api::{Member, SelfInfo};
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,7 +30,9 @@ use tokio_util::task::TaskTracker;
 use crate::{Error, Result};
 
 mod sealed;
+pub mod witness;
 pub use sealed::{GossipDrops, KeyringSource, SealedTransport, RELOAD_EVERY};
+use witness::{Seen, WitnessEvents, WitnessLink};
 
 /// Heartbeat lateness, in mean heartbeat intervals, at which a node is declared dead.
 pub const PHI_THRESHOLD: f64 = 8.0;
@@ -73,6 +78,9 @@ pub struct GossipConfig {
     pub interval: Duration,
     /// Seal every datagram with this keyring (`None`: plaintext, `--insecure-gossip`).
     pub keyring: Option<KeyringSource>,
+    /// This process's cluster certificate: with a keyring, members gossip doubts are
+    /// asked to prove they are alive with it ([`witness`]).
+    pub identity: Option<crate::tls::ClusterTls>,
 }
 
 /// Produces this process's current [`SelfInfo`].
@@ -121,6 +129,8 @@ pub struct GossipMetrics {
     pub rounds: Counter,
     /// Datagrams dropped by the sealed transport, by reason.
     pub drops: GossipDrops,
+    /// Liveness probes of doubted members.
+    pub witness: WitnessEvents,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -138,6 +148,7 @@ impl GossipMetrics {
         );
         registry.register("ferry_gossip_rounds", "Gossip membership refreshes", self.rounds.clone());
         self.drops.register(registry);
+        self.witness.register(registry);
     }
 }
 
@@ -149,6 +160,7 @@ pub struct Gossip {
     deaths: RwLock<BTreeMap<String, SystemTime>>,
     metrics: GossipMetrics,
     local_addr: SocketAddr,
+    witness: Option<Arc<WitnessLink>>,
 }
 
 impl Gossip {
@@ -184,6 +196,17 @@ impl Gossip {
             protocol_version: chitchat::ProtocolVersion::V0,
         };
         let initial = encode(&info());
+        let witness = match (&config.keyring, &config.identity) {
+            (Some(keyring), Some(identity)) => Some(Arc::new(WitnessLink::new(
+                identity,
+                &config.cluster_id,
+                &config.node_id,
+                generation,
+                keyring.clone(),
+                metrics.witness.clone(),
+            )?)),
+            _ => None,
+        };
         let spawned = match &config.keyring {
             Some(keyring) => {
                 tracker.spawn(keyring.clone().reload(cancel.clone()));
@@ -192,6 +215,7 @@ impl Gossip {
                     drops: metrics.drops.clone(),
                     tracker: tracker.clone(),
                     cancel: cancel.clone(),
+                    witness: witness.clone(),
                 };
                 spawn_chitchat(chitchat_config, initial, &transport).await
             }
@@ -206,6 +230,7 @@ impl Gossip {
             deaths: RwLock::new(BTreeMap::new()),
             metrics,
             local_addr: config.listen,
+            witness,
         });
         tracker.spawn(refresh(Arc::clone(&gossip), info, interval, cancel));
         Ok(gossip)
@@ -259,6 +284,23 @@ impl Gossip {
             .await;
         drop(guard);
         self.metrics.rounds.inc();
+        // chitchat believes any heartbeat the gossip key relays; doubted members prove
+        // they are alive with their certificates.
+        let mut snapshot = snapshot;
+        if let Some(witness) = &self.witness {
+            let view: Vec<Seen> = snapshot
+                .iter()
+                .filter_map(|m| {
+                    let addr = m.gossip_addr.parse().ok()?;
+                    Some(Seen { id: m.id.clone(), generation: m.generation, addr, alive: m.alive })
+                })
+                .collect();
+            let verdicts = witness.decide(&view);
+            snapshot.retain(|m| m.gossip_addr.parse::<SocketAddr>().is_ok());
+            for (m, alive) in snapshot.iter_mut().zip(verdicts) {
+                m.alive = alive;
+            }
+        }
         // One entry per node id: a live generation wins, else the newest.
         let mut by_id: BTreeMap<String, Member> = BTreeMap::new();
         for m in snapshot {
@@ -382,6 +424,7 @@ mod tests {
             cluster_id: "test".into(),
             interval: DEFAULT_INTERVAL,
             keyring,
+            identity: None,
         };
         Gossip::start(config, info(role, &["live/a"]), metrics, tracker, cancel.child_token()).await.unwrap()
     }

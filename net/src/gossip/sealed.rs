@@ -27,6 +27,8 @@ use tokio_util::task::TaskTracker;
 use crate::seal::{Drop, Keyring};
 use crate::tls::ReasonLabel;
 
+use super::witness::{Probe, WitnessLink};
+
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_507;
 /// Opened datagrams waiting for chitchat to read them; more are dropped.
@@ -112,6 +114,8 @@ pub struct SealedTransport {
     pub drops: GossipDrops,
     pub tracker: TaskTracker,
     pub cancel: CancellationToken,
+    /// Answers and checks liveness probes on the same socket (with cluster certificates).
+    pub witness: Option<Arc<WitnessLink>>,
 }
 
 #[async_trait]
@@ -134,11 +138,17 @@ impl Transport for SealedTransport {
         let feeder_addr = feeder.local_addr()?;
         let senders = Arc::new(Mutex::new(VecDeque::new()));
         let stop = self.cancel.child_token();
+        if let Some(witness) = &self.witness {
+            witness.attach(Arc::clone(&outer));
+        }
         self.tracker.spawn(open_incoming(
             Arc::clone(&outer),
             feeder,
-            self.keyring.clone(),
-            self.drops.clone(),
+            Incoming {
+                keyring: self.keyring.clone(),
+                drops: self.drops.clone(),
+                witness: self.witness.clone(),
+            },
             Arc::clone(&senders),
             stop.clone(),
         ));
@@ -157,16 +167,23 @@ impl Transport for SealedTransport {
     }
 }
 
-/// Receives sealed datagrams, opens them and feeds the plaintext to the codec, noting
-/// each sender in order.
+/// What incoming datagrams go through.
+struct Incoming {
+    keyring: KeyringSource,
+    drops: GossipDrops,
+    witness: Option<Arc<WitnessLink>>,
+}
+
+/// Receives sealed datagrams and opens them: liveness probes go to the witness, the
+/// rest is fed to the codec as plaintext, noting each sender in order.
 async fn open_incoming(
     outer: Arc<tokio::net::UdpSocket>,
     feeder: tokio::net::UdpSocket,
-    keyring: KeyringSource,
-    drops: GossipDrops,
+    incoming: Incoming,
     senders: Arc<Mutex<VecDeque<SocketAddr>>>,
     stop: CancellationToken,
 ) {
+    let Incoming { keyring, drops, witness } = incoming;
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let received = tokio::select! {
@@ -188,6 +205,12 @@ async fn open_incoming(
                 continue;
             }
         };
+        if Probe::is_probe(&plain) {
+            if let Some(witness) = &witness {
+                witness.received(from, &plain);
+            }
+            continue;
+        }
         {
             let mut queue = senders.lock().unwrap_or_else(PoisonError::into_inner);
             if queue.len() >= QUEUE {
