@@ -517,6 +517,97 @@ fn a_forged_heartbeat_leaves_the_edge_alive_everywhere() {
     assert_eq!(stats["skipped_groups"], 0, "the viewer on b lost media: {stats}");
 }
 
+/// Holders of the gossip key who are not the registered edges they claim to be: a
+/// member `rogue` that never registered, and a second incarnation of the registered
+/// edge `a` run by somebody without `a`'s certificate. Both gossip a CPU trip of an
+/// active rollout; neither trips it, and the voter keeps going by the real `a` (the
+/// impostor cannot answer the voter's ping as `a`).
+#[test]
+fn gossip_members_that_are_not_who_they_claim_trip_no_rollout() {
+    use ferry_net::gossip::{Gossip, GossipConfig, GossipMetrics, KeyringSource, SelfInfo, DEFAULT_INTERVAL};
+    let dir = TempDir::new("trust-impostor");
+    let voter_gossip = format!("127.0.0.1:{}", free_udp_port());
+    let peers = format!("1=127.0.0.1:{}", free_udp_port());
+    let voter = Voter::start(1, &peers, &dir.path().join("v1"), &["--gossip-listen", &voter_gossip]);
+    wait_for_leader(&[&voter]);
+    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let mut args: Vec<String> =
+        ["--region", "r1", "--gossip-listen", &listen, "--gossip-seeds", &voter_gossip]
+            .into_iter()
+            .map(String::from)
+            .collect();
+    args.extend(["--control-plane".to_owned(), voter.http.clone()]);
+    args.extend(cluster_cert_args(&raft_ca(dir.path()), "a", "cluster"));
+    let _a = Edge::start("a", &strs(&args));
+    let member = |id: &str| -> Option<serde_json::Value> {
+        let (_, members) = voter.get("/v1/members");
+        members["members"].as_array()?.iter().find(|m| m["id"] == id).cloned()
+    };
+    let real = wait_for("a alive in the voter's gossip", Duration::from_secs(30), || {
+        member("a").filter(|a| a["alive"] == true)
+    });
+    let spec = r#"{"id":"r","spec":{"override":{"max_lag_ms":5000},"guard":{"cpu_max":0.5}}}"#;
+    assert_eq!(voter.send("POST", "/v1/rollouts", None, spec).0, 200);
+    assert_eq!(voter.send("POST", "/v1/rollouts/r/level", None, r#"{"level":2}"#).0, 200);
+
+    // The two impostors, in this test process, with the cluster's gossip key.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let claims = SelfInfo {
+        role: "edge".into(),
+        region: "r1".into(),
+        cpu: 0.99,
+        trips: ["r".to_owned()].into(),
+        ..SelfInfo::default()
+    };
+    for id in ["rogue", "a"] {
+        let config = GossipConfig {
+            node_id: id.into(),
+            listen: format!("127.0.0.1:{}", free_udp_port()).parse().unwrap(),
+            advertise: None,
+            seeds: vec![voter_gossip.clone()],
+            cluster_id: "ferry".into(),
+            interval: DEFAULT_INTERVAL,
+            keyring: Some(KeyringSource::load(test_keyring().to_owned(), "ferry").unwrap()),
+            identity: None,
+        };
+        let claims = claims.clone();
+        let info = std::sync::Arc::new(move || claims.clone());
+        runtime
+            .block_on(Gossip::start(config, info, GossipMetrics::default(), &tracker, cancel.child_token()))
+            .unwrap();
+    }
+    wait_for("the voter hearing the rogue member", Duration::from_secs(30), || {
+        member("rogue").filter(|r| r["alive"] == true && r["trips"][0] == "r")
+    });
+    // The voter questions a's second incarnation: it pings it (no pong comes back).
+    let pings = || {
+        metric_value(
+            &http_get(&voter.http, "/metrics").1,
+            "ferry_gossip_witness_events_total{event=\"ping_sent\"}",
+        )
+    };
+    wait_for("the voter pinging a's incarnations", Duration::from_secs(30), || {
+        (pings()? >= 3.0).then_some(())
+    });
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        let a = member("a").unwrap();
+        assert_eq!(
+            (&a["generation"], &a["alive"]),
+            (&real["generation"], &true.into()),
+            "the voter took the impostor for a: {a}"
+        );
+        let (_, rollout) = voter.get("/v1/rollouts/r");
+        assert_eq!(rollout["state"], "active", "{rollout}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cancel.cancel();
+    tracker.close();
+    runtime.block_on(tracker.wait());
+}
+
 /// A request to voter `v`'s API presenting `trust` (a cluster certificate, or a CA only):
 /// `Ok((status, body))`, or the connection error.
 fn api_as(

@@ -350,7 +350,9 @@ impl Witness {
                 verdicts.push(s.alive || ours);
                 continue;
             }
-            let was_alive = self.verdicts.get(&key).copied().unwrap_or(s.alive);
+            // Only an incarnation this process already believed gets the benefit of the
+            // doubt: a new one beside a live one (maybe an impostor's) proves itself first.
+            let was_alive = self.verdicts.get(&key).copied().unwrap_or(false);
             let q = self.questioned.entry(key.clone()).or_insert(Question {
                 since: now,
                 last_ping: None,

@@ -231,12 +231,16 @@ fn of_two_incarnations_of_one_id_only_the_one_that_proves_itself_is_alive() {
     let t0 = Instant::now();
     // The real edge (generation 1) and an impostor's incarnation (generation 2), both
     // kept alive by chitchat; and another incarnation of this process's own id.
+    w.decide(t0, ("me", 9), &[seen("a", 1, true), seen("me", 9, true)], counter());
     let view = [seen("a", 1, true), seen("a", 2, true), seen("me", 5, true), seen("me", 9, true)];
     let mut nonces = counter();
     let mut t = t0;
     let mut verdicts = vec![];
     while t < t0 + Duration::from_secs(2) {
         let (v, out) = w.decide(t, ("me", 9), &view, &mut nonces);
+        // The new incarnations are not believed before they prove themselves; the one
+        // believed so far keeps its verdict while its pong is on the way.
+        assert!(!v[1] && !v[2] && v[3], "{v:?}");
         for p in &out {
             // Only the real generation answers.
             if matches!(&p.probe, Probe::Ping { generation: 1, .. }) {
