@@ -34,13 +34,17 @@ pub(super) struct Driver {
     status: watch::Sender<Status>,
     members: Members,
     config: NodeConfig,
-    /// Writes waiting for their entry to apply, by request id.
-    writes: HashMap<String, Vec<WriteReply>>,
+    /// Writes waiting for their entry to apply, by the entry's context (this proposal's
+    /// own tag: two writes with one request id, or none, never share an answer).
+    writes: HashMap<Vec<u8>, WriteReply>,
     /// ReadIndex requests by context, with when they were last sent to raft.
     reads: HashMap<Vec<u8>, (IndexReply, Instant)>,
     /// Conf changes waiting to apply, by context.
     conf_changes: HashMap<Vec<u8>, IndexReply>,
     next_ctx: u64,
+    /// Random per start, in every context this process makes: entries proposed before
+    /// a restart (applied again after it) never match a waiter of this run.
+    boot: u64,
     applied: u64,
     snapshot_index: u64,
     snapshots_taken: u64,
@@ -113,6 +117,11 @@ impl Driver {
             reads: HashMap::new(),
             conf_changes: HashMap::new(),
             next_ctx: 1,
+            boot: {
+                let mut b = [0u8; 8];
+                ferry_net::random::fill(&mut b).map_err(storage_err("drawing a random boot id"))?;
+                u64::from_be_bytes(b)
+            },
             applied: snapshot_index,
             snapshot_index,
             snapshots_taken: 0,
@@ -154,16 +163,15 @@ impl Driver {
             }
         }
         let _ = self.raw.mut_store().flush();
-        for (_, replies) in self.writes.drain() {
-            for reply in replies {
-                let _ = reply.send(Err(NodeError::Stopped));
-            }
+        for (_, reply) in self.writes.drain() {
+            let _ = reply.send(Err(NodeError::Stopped));
         }
     }
 
+    /// A context no other proposal or read of any voter, in any run, carries.
     fn ctx(&mut self) -> Vec<u8> {
         self.next_ctx += 1;
-        self.next_ctx.to_be_bytes().to_vec()
+        [self.config.id, self.boot, self.next_ctx].iter().flat_map(|n| n.to_be_bytes()).collect()
     }
 
     fn handle(&mut self, input: Input) {
@@ -195,10 +203,11 @@ impl Driver {
                     let _ = reply.send(Err(NodeError::NoLeader));
                     return;
                 }
-                match self.raw.propose(vec![], data) {
+                let ctx = self.ctx();
+                match self.raw.propose(ctx.clone(), data) {
                     Ok(()) => {
                         self.proposals += 1;
-                        self.writes.entry(request.request_id).or_default().push(reply);
+                        self.writes.insert(ctx, reply);
                     }
                     Err(_) => {
                         let _ = reply.send(Err(NodeError::NoLeader));
@@ -283,10 +292,7 @@ impl Driver {
 
     /// Drops waiters whose callers gave up, so pending maps stay bounded.
     fn forget_abandoned(&mut self) {
-        self.writes.retain(|_, replies| {
-            replies.retain(|r| !r.is_closed());
-            !replies.is_empty()
-        });
+        self.writes.retain(|_, r| !r.is_closed());
         self.reads.retain(|_, (r, _)| !r.is_closed());
         self.conf_changes.retain(|_, r| !r.is_closed());
     }
@@ -376,10 +382,8 @@ impl Driver {
         };
         let outcome =
             apply(&mut self.state.write().unwrap_or_else(PoisonError::into_inner), entry.index, &request);
-        if let Some(replies) = self.writes.remove(&request.request_id) {
-            for reply in replies {
-                answers.push(Answer::Write(reply, Ok((entry.index, outcome.clone()))));
-            }
+        if let Some(reply) = self.writes.remove(&entry.context[..]) {
+            answers.push(Answer::Write(reply, Ok((entry.index, outcome))));
         }
     }
 

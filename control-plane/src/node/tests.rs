@@ -129,3 +129,26 @@ async fn a_retried_request_id_is_applied_once() {
         assert_eq!(node.read(|s| s.audit.iter().filter(|e| e.request_id == "req-x").count()), 1);
     }
 }
+
+/// Internal writes carry no request id (the rollout guard's trips, relay placements):
+/// writes waiting together on one node each get their own entry's answer, never the
+/// first one to apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_without_a_request_id_each_get_their_own_answer() {
+    let c = cluster(3);
+    let all: Vec<&NodeHandle> = c.nodes.iter().collect();
+    leader_of(&all).await;
+    let internal = |command| Request::internal(String::new(), "test", 1, command);
+    for round in 0..20 {
+        let register = internal(edge(&format!("e{round}")).command);
+        let drain_unknown = internal(Command::DrainEdge { id: format!("nobody-{round}") });
+        let (registered, drained) = tokio::join!(
+            c.nodes[0].write(register, Duration::from_secs(5)),
+            c.nodes[0].write(drain_unknown, Duration::from_secs(5)),
+        );
+        let ((i1, registered), (i2, drained)) = (registered.unwrap(), drained.unwrap());
+        assert_ne!(i1, i2);
+        assert!(matches!(registered, crate::state::Outcome::Ok { .. }), "round {round}: {registered:?}");
+        assert!(matches!(drained, crate::state::Outcome::Rejected { .. }), "round {round}: {drained:?}");
+    }
+}
