@@ -240,8 +240,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     ) {
         tracing::warn!(error = %e, "cannot print the ready line");
     }
-    control.wait().await;
-    Ok(())
+    control.wait().await.context("the voter stopped")
 }
 
 #[cfg(test)]

@@ -340,7 +340,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         task.await.context("edge task")??;
     }
     for control in voters {
-        control.wait().await;
+        control.wait().await.context("a dev voter stopped")?;
     }
     Ok(())
 }

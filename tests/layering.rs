@@ -32,6 +32,7 @@ const MODULE_LAYERS: &[(&str, &[&str])] = &[
         "net/src",
         &[
             "error",
+            "files",
             "random",
             "time",
             "seal",

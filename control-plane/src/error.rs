@@ -10,7 +10,7 @@ use crate::node::NodeError;
 /// Result of this crate's startup paths.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Why a voter could not start.
+/// Why a voter could not start, or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Opening storage or starting raft failed.
@@ -27,6 +27,9 @@ pub enum Error {
     /// TLS, gossip or another network setup failed.
     #[error(transparent)]
     Net(#[from] ferry_net::Error),
+    /// The running raft node stopped (a storage failure): the reason.
+    #[error("the raft node stopped: {0}")]
+    Stopped(String),
 }
 
 impl Error {

@@ -139,12 +139,17 @@ impl Control {
         members.into_iter().filter(|m| m.alive && m.info.role == "edge").map(|m| m.id).collect()
     }
 
-    /// Waits for shutdown to finish (after the cancel token fired).
-    pub async fn wait(self) {
+    /// Waits for shutdown to finish (after the cancel token fired): an error when it
+    /// was the raft node's failure that stopped this voter.
+    pub async fn wait(self) -> Result<()> {
         let _ = self.http.await;
         self.tracker.close();
         if tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await.is_err() {
             tracing::warn!("control-plane tasks still running at exit");
+        }
+        match self.node.status().fault {
+            Some(fault) => Err(Error::Stopped(fault)),
+            None => Ok(()),
         }
     }
 }
@@ -338,6 +343,10 @@ async fn commit(
     node.write(request, Duration::from_secs(5)).await.map(|(_, outcome)| outcome).map_err(|e| e.to_string())
 }
 
+/// How long a voter whose raft node failed keeps answering (503 on /readyz) before it
+/// exits.
+const FAULT_EXIT_DELAY: Duration = Duration::from_secs(2);
+
 /// Opens storage and starts the node task with the QUIC transport on `tracker`.
 async fn start_node(
     config: NodeConfig,
@@ -348,6 +357,16 @@ async fn start_node(
 ) -> Result<NodeHandle> {
     let (runner, handle) = node::open(config)?;
     let network = Transport::start(transport, handle.clone(), refusals, tracker, cancel.clone()).await?;
-    tracker.spawn(runner.run(Arc::new(network), cancel));
+    tracker.spawn(async move {
+        if let Err(e) = runner.run(Arc::new(network), cancel.clone()).await {
+            tracing::error!(
+                error = %ferry_net::Chain(&e),
+                "the raft node stopped; this voter exits (its supervisor restarts it)"
+            );
+            // /readyz answers 503 with the reason meanwhile, for probes and scrapes.
+            tokio::time::sleep(FAULT_EXIT_DELAY).await;
+            cancel.cancel();
+        }
+    });
     Ok(handle)
 }

@@ -134,16 +134,25 @@ impl SledStore {
         entries.apply_batch(batch)?;
 
         let first = snapshot_meta.index.saturating_add(1);
-        let last_index = match (entries.first()?, entries.last()?) {
-            (Some((low, _)), Some((high, _))) => {
-                let low = decode_index(&low)?;
-                if low != first {
-                    return Err(StoreError::Corrupt(format!("log starts at {low}, expected {first}")));
-                }
-                decode_index(&high)?
+        // The log runs without a hole from right after the snapshot.
+        let mut last_index = snapshot_meta.index;
+        for key in entries.iter().keys() {
+            let index = decode_index(&key?)?;
+            if index != last_index.saturating_add(1) {
+                return Err(StoreError::Corrupt(format!(
+                    "the log has entry {index} after {last_index} (it should start at {first} and have no gaps)"
+                )));
             }
-            _ => snapshot_meta.index,
-        };
+            last_index = index;
+        }
+        // raft-rs would stop the process on these; say what is wrong instead.
+        if hard_state.commit > last_index || hard_state.commit < snapshot_meta.index {
+            return Err(StoreError::Corrupt(format!(
+                "the hard state commits index {} but the log holds {first}..={last_index} after a snapshot at {} \
+                 (entries lost, or the hard state damaged)",
+                hard_state.commit, snapshot_meta.index
+            )));
+        }
         let applied = cmp::max(applied, snapshot_meta.index);
         Ok(SledStore { db, entries, meta, hard_state, conf_state, snapshot_meta, last_index, applied })
     }
@@ -412,7 +421,9 @@ fn decode_index(bytes: &[u8]) -> Result<u64, StoreError> {
 
 fn read_message<M: protobuf::Message>(tree: &sled::Tree, key: &[u8]) -> Result<Option<M>, StoreError> {
     match tree.get(key)? {
-        Some(bytes) => Ok(Some(M::parse_from_bytes(&bytes)?)),
+        Some(bytes) => M::parse_from_bytes(&bytes).map(Some).map_err(|e| {
+            StoreError::Corrupt(format!("the stored {} does not decode: {e}", String::from_utf8_lossy(key)))
+        }),
         None => Ok(None),
     }
 }

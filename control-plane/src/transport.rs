@@ -26,6 +26,8 @@ const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 const MAX_BATCH: usize = 256;
 /// Messages queued per peer before new ones are dropped.
 const PEER_QUEUE: usize = 4096;
+/// A peer's QUIC handshake must finish within this long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections accepted from peers at once.
 const MAX_PEER_CONNECTIONS: usize = 64;
 
@@ -330,9 +332,14 @@ async fn accept(
 
 async fn serve_peer(incoming: quinn::Incoming, node: NodeHandle, checks: Checks) {
     let peer_addr = incoming.remote_address();
-    let conn = match incoming.await {
-        Ok(conn) => conn,
-        Err(e) => {
+    // A handshake holds one of the port's permits: it must finish soon.
+    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+        Ok(Ok(conn)) => conn,
+        Err(_) => {
+            tracing::debug!(peer = %peer_addr, "raft handshake timed out");
+            return;
+        }
+        Ok(Err(e)) => {
             // The verifier counted certificates it refused; a client that sent none
             // never reached it.
             if is_certificate_required(&e) {
@@ -392,8 +399,16 @@ async fn read_batch(stream: &mut quinn::RecvStream) -> ferry_net::Result<Vec<Mes
         if len > MAX_MESSAGE {
             return Err(ferry_net::Error::Protocol(format!("raft message of {len} bytes")));
         }
-        let mut body = vec![0u8; len];
-        stream.read_exact(&mut body).await?;
+        // Memory follows the bytes that arrive, never the length a peer claims.
+        let mut body = Vec::new();
+        while body.len() < len {
+            let chunk = stream
+                .read_chunk(len - body.len(), true)
+                .await
+                .map_err(|e| ferry_net::Error::Protocol(format!("reading a raft message: {e}")))?
+                .ok_or_else(|| ferry_net::Error::Protocol("raft message cut short".into()))?;
+            body.extend_from_slice(&chunk.bytes);
+        }
         msgs.push(Message::parse_from_bytes(&body).map_err(|e| ferry_net::Error::Protocol(e.to_string()))?);
     }
     Ok(msgs)

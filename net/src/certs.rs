@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use rustls::pki_types::CertificateDer;
 
 use crate::identity::{Identity, Role};
-use crate::keys::{read_certs, write_private};
+use crate::keys::read_certs;
 use crate::{Error, Result};
 
 /// A new key pair and a certificate request for `identity` (its one URI name) and
@@ -129,14 +129,9 @@ pub fn file_not_after(path: &Path) -> Option<SystemTime> {
 pub fn write_node_files(dir: &Path, cert: &str, key: &str) -> Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(dir).map_err(Error::io(format!("cannot create {}", dir.display())))?;
     let (cert_path, key_path) = (dir.join("node.pem"), dir.join("node-key.pem"));
-    for (path, text, private) in [(&key_path, key, true), (&cert_path, cert, false)] {
-        let tmp = path.with_extension("pem.tmp");
-        if private {
-            write_private(&tmp, text)?;
-        } else {
-            std::fs::write(&tmp, text).map_err(Error::io(format!("cannot write {}", tmp.display())))?;
-        }
-        std::fs::rename(&tmp, path).map_err(Error::io(format!("cannot rename {}", tmp.display())))?;
+    for (path, text, mode) in [(&key_path, key, Some(0o600)), (&cert_path, cert, None)] {
+        crate::files::replace(path, text.as_bytes(), mode)
+            .map_err(Error::io(format!("cannot write {}", path.display())))?;
     }
     Ok((cert_path, key_path))
 }

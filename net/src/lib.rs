@@ -23,6 +23,7 @@
 pub mod certs;
 pub mod dial;
 mod error;
+pub mod files;
 pub mod gossip;
 pub mod http;
 pub mod http_server;

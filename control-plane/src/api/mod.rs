@@ -336,7 +336,9 @@ async fn healthz() -> impl IntoResponse {
 /// Ready: this voter knows a leader.
 async fn readyz(State(api): State<Api>) -> impl IntoResponse {
     let status = api.node.status();
-    if status.leader != 0 {
+    if let Some(fault) = status.fault {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "failed", "error": fault })))
+    } else if status.leader != 0 {
         (StatusCode::OK, Json(serde_json::json!({ "status": "ready", "leader": status.leader })))
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "no leader" })))

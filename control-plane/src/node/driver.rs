@@ -132,7 +132,14 @@ impl Driver {
         Ok((driver, handle))
     }
 
-    pub async fn run(mut self, transport: Arc<dyn RaftNetwork>, cancel: CancellationToken) {
+    /// Drives raft until `cancel` fires (`Ok`) or storage fails (the error, also in the
+    /// published status as its `fault`).
+    pub async fn run(
+        mut self,
+        transport: Arc<dyn RaftNetwork>,
+        cancel: CancellationToken,
+    ) -> Result<(), NodeError> {
+        let mut fault = None;
         let mut tick = tokio::time::interval(self.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -159,13 +166,22 @@ impl Driver {
             if let Err(e) = self.on_ready(transport.as_ref()) {
                 // Storage failed: we cannot persist, so we must not vote or ack.
                 tracing::error!(error = %ferry_net::Chain(&e), "raft storage failure; stopping this node");
+                fault = Some(e);
                 break;
             }
         }
         let _ = self.raw.mut_store().flush();
+        if let Some(e) = &fault {
+            let reason = ferry_net::Chain(e).to_string();
+            self.status.send_modify(|s| {
+                s.leader = 0;
+                s.fault = Some(reason);
+            });
+        }
         for (_, reply) in self.writes.drain() {
             let _ = reply.send(Err(NodeError::Stopped));
         }
+        fault.map_or(Ok(()), Err)
     }
 
     /// A context no other proposal or read of any voter, in any run, carries.
@@ -452,6 +468,7 @@ impl Driver {
             snapshot_index: self.snapshot_index,
             snapshots_taken: self.snapshots_taken,
             proposals: self.proposals,
+            fault: None,
         };
         self.status.send_if_modified(|old| {
             let changed = *old != status;

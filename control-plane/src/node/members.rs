@@ -1,9 +1,8 @@
 //! The voters' raft addresses. Raft replicates *who* is a voter (conf state); the
 //! address of each comes with the conf change that added it and is kept here, in
-//! `members.json` beside the log (written atomically, fsynced).
+//! `members.json` beside the log (replaced atomically, the file and its directory fsynced).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -46,11 +45,7 @@ impl Members {
             };
             map.clone()
         };
-        let tmp = self.path.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&serde_json::to_vec_pretty(&map).map_err(std::io::Error::other)?)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
-        Ok(())
+        let json = serde_json::to_vec_pretty(&map).map_err(std::io::Error::other)?;
+        ferry_net::files::replace(&self.path, &json, None)
     }
 }

@@ -82,6 +82,8 @@ pub struct Status {
     pub snapshot_index: u64,
     pub snapshots_taken: u64,
     pub proposals: u64,
+    /// Why this node stopped (a storage failure); `None` while it runs.
+    pub fault: Option<String>,
 }
 
 /// Why a node operation failed.
@@ -220,9 +222,14 @@ impl NodeHandle {
 pub struct NodeRunner(driver::Driver);
 
 impl NodeRunner {
-    /// Drives raft until `cancel` fires, sending through `network`.
-    pub async fn run(self, network: Arc<dyn RaftNetwork>, cancel: CancellationToken) {
-        self.0.run(network, cancel).await;
+    /// Drives raft until `cancel` fires, sending through `network`; an error when
+    /// storage failed and the node stopped.
+    pub async fn run(
+        self,
+        network: Arc<dyn RaftNetwork>,
+        cancel: CancellationToken,
+    ) -> Result<(), NodeError> {
+        self.0.run(network, cancel).await
     }
 }
 

@@ -23,14 +23,18 @@ impl TempDir {
     /// last reference, which can be a moment after `drop` returns (CI once saw
     /// `WouldBlock`), so wait for the lock — bounded — instead of failing.
     fn reopen(&self) -> SledStore {
+        self.try_reopen().unwrap_or_else(|e| panic!("reopening {}: {e}", self.path().display()))
+    }
+
+    /// [`TempDir::reopen`]'s outcome, once the lock is free.
+    fn try_reopen(&self) -> Result<SledStore, StoreError> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             match SledStore::open(&self.path()) {
-                Ok(store) => return store,
                 Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
-                Err(e) => panic!("reopening {}: {e}", self.path().display()),
+                other => return other,
             }
         }
     }
@@ -290,6 +294,7 @@ fn a_compaction_cut_short_by_a_crash_is_finished_on_open() {
     let dir = TempDir::new("crash");
     let mut store = dir.open();
     store.append(&entries(1..=6, 1)).unwrap();
+    store.set_hard_state(&hard_state(1, 1, 4)).unwrap();
     store.create_snapshot(4, voters(&[1]), b"s".to_vec()).unwrap();
     // Put back what compaction removed, as if the process died between the two writes.
     for e in entries(1..=4, 1) {
@@ -307,4 +312,30 @@ fn store_errors_map_to_raft_storage_errors() {
     assert_eq!(compacted, raft::Error::Store(StorageError::Compacted));
     let unavailable: raft::Error = StoreError::Unavailable { index: 3, last: 2 }.into();
     assert_eq!(unavailable, raft::Error::Store(StorageError::Unavailable));
+}
+
+/// What raft-rs would stop the process on is refused at open, with the reason.
+#[test]
+fn an_inconsistent_store_is_refused_at_open() {
+    type Damage = fn(&mut SledStore);
+    let cases: [(&str, Damage); 3] = [
+        ("the hard state commits index 9", |s| s.set_hard_state(&hard_state(1, 1, 9)).unwrap()),
+        ("the log has entry 4 after 2", |s| {
+            s.entries.remove(index_key(3)).unwrap();
+        }),
+        ("hard_state does not decode", |s| {
+            s.meta.insert(HARD_STATE_KEY, &b"\xff\xff"[..]).unwrap();
+        }),
+    ];
+    for (says, damage) in cases {
+        let dir = TempDir::new("inconsistent");
+        let mut store = dir.open();
+        store.append(&entries(1..=6, 1)).unwrap();
+        store.set_hard_state(&hard_state(1, 1, 6)).unwrap();
+        damage(&mut store);
+        store.flush().unwrap();
+        drop(store);
+        let Err(err) = dir.try_reopen() else { panic!("{says}: opened") };
+        assert!(err.to_string().contains(says), "{says}: {err}");
+    }
 }
