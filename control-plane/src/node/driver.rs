@@ -8,7 +8,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, Snapshot};
+use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, Message, Snapshot};
 use raft::{Config, RawNode, Storage};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +30,8 @@ const INPUT_BATCH: usize = 512;
 pub(super) struct Driver {
     raw: RawNode<SledStore>,
     rx: mpsc::Receiver<Input>,
+    /// Messages from peers (their own queue: see `PEER_QUEUE`).
+    peer_rx: mpsc::Receiver<Message>,
     state: Arc<RwLock<State>>,
     status: watch::Sender<Status>,
     members: Members,
@@ -67,8 +69,8 @@ fn storage_err<E: std::error::Error + Send + Sync + 'static>(
 impl Driver {
     pub fn open(
         config: NodeConfig,
-        inputs: mpsc::Sender<Input>,
-        rx: mpsc::Receiver<Input>,
+        (inputs, rx): (mpsc::Sender<Input>, mpsc::Receiver<Input>),
+        (peers, peer_rx): (mpsc::Sender<Message>, mpsc::Receiver<Message>),
     ) -> Result<(Self, NodeHandle), NodeError> {
         std::fs::create_dir_all(&config.data_dir).map_err(storage_err("creating the data directory"))?;
         let mut store =
@@ -104,11 +106,17 @@ impl Driver {
             RawNode::new(&raft_config, store, &super::log::logger()).map_err(storage_err("starting raft"))?;
         let (status_tx, status_rx) = watch::channel(Status { id: config.id, ..Status::default() });
         let state = Arc::new(RwLock::new(state));
-        let handle =
-            NodeHandle { inputs, status: status_rx, state: Arc::clone(&state), members: members.clone() };
+        let handle = NodeHandle {
+            inputs,
+            peers,
+            status: status_rx,
+            state: Arc::clone(&state),
+            members: members.clone(),
+        };
         let driver = Driver {
             raw,
             rx,
+            peer_rx,
             state,
             status: status_tx,
             members,
@@ -152,6 +160,23 @@ impl Driver {
                     self.reissue_reads();
                     self.retry_leaderless();
                 }
+                // Peers first, then a batch of clients too: neither queue starves.
+                msg = self.peer_rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    self.step(msg);
+                    for _ in 0..INPUT_BATCH {
+                        match self.peer_rx.try_recv() {
+                            Ok(msg) => self.step(msg),
+                            Err(_) => break,
+                        }
+                    }
+                    for _ in 0..INPUT_BATCH {
+                        match self.rx.try_recv() {
+                            Ok(input) => self.handle(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 input = self.rx.recv() => {
                     let Some(input) = input else { break };
                     self.handle(input);
@@ -190,8 +215,14 @@ impl Driver {
         [self.config.id, self.boot, self.next_ctx].iter().flat_map(|n| n.to_be_bytes()).collect()
     }
 
+    fn step(&mut self, msg: Message) {
+        if let Err(e) = self.raw.step(msg) {
+            tracing::debug!(error = %e, "raft step");
+        }
+    }
+
     fn handle(&mut self, input: Input) {
-        if self.raw.raft.leader_id == raft::INVALID_ID && !matches!(input, Input::Raft(_)) {
+        if self.raw.raft.leader_id == raft::INVALID_ID {
             // An election is in progress: hold the request (bounded) rather than fail
             // it; the caller's timeout still applies.
             if self.leaderless.len() < LEADERLESS_QUEUE {
@@ -202,11 +233,6 @@ impl Driver {
             return;
         }
         match input {
-            Input::Raft(msg) => {
-                if let Err(e) = self.raw.step(*msg) {
-                    tracing::debug!(error = %e, "raft step");
-                }
-            }
             Input::Propose { request, reply } => {
                 let data = match encode_request(&request) {
                     Ok(data) => data,
@@ -489,7 +515,6 @@ fn reject_no_leader(input: Input) {
         Input::ReadIndex { reply } | Input::AddVoter { reply, .. } | Input::RemoveVoter { reply, .. } => {
             let _ = reply.send(Err(NodeError::NoLeader));
         }
-        Input::Raft(_) => {}
     }
 }
 
@@ -499,7 +524,6 @@ fn input_abandoned(input: &Input) -> bool {
         Input::ReadIndex { reply } | Input::AddVoter { reply, .. } | Input::RemoveVoter { reply, .. } => {
             reply.is_closed()
         }
-        Input::Raft(_) => true,
     }
 }
 

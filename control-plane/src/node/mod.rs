@@ -120,17 +120,20 @@ pub(crate) enum Input {
     ReadIndex { reply: oneshot::Sender<Result<u64, NodeError>> },
     AddVoter { id: u64, addr: String, reply: oneshot::Sender<Result<u64, NodeError>> },
     RemoveVoter { id: u64, reply: oneshot::Sender<Result<u64, NodeError>> },
-    Raft(Box<Message>),
 }
 
-/// Messages queued for the node task. Past this, raft messages are dropped (raft
-/// retries) and client requests get `NoLeader`-style back-pressure errors.
+/// Client requests queued for the node task; past this they get back-pressure errors.
 const INPUT_QUEUE: usize = 4096;
+/// Messages from peers queued for the node task, apart from client requests (a burst
+/// of proposals never crowds out heartbeats and votes); past this they are dropped
+/// (raft retries).
+const PEER_QUEUE: usize = 4096;
 
 /// A cheap, cloneable handle to a running node.
 #[derive(Clone)]
 pub struct NodeHandle {
     inputs: mpsc::Sender<Input>,
+    peers: mpsc::Sender<Message>,
     status: watch::Receiver<Status>,
     state: Arc<RwLock<State>>,
     members: Members,
@@ -213,7 +216,9 @@ impl NodeHandle {
 
     /// Hands a message from a peer to the node; dropped when the queue is full.
     pub fn deliver(&self, msg: Message) {
-        let _ = self.inputs.try_send(Input::Raft(Box::new(msg)));
+        if self.peers.try_send(msg).is_err() {
+            tracing::debug!("raft peer queue full; a message dropped");
+        }
     }
 }
 
@@ -236,6 +241,7 @@ impl NodeRunner {
 /// Opens (or creates) the node's storage and rebuilds its state machine.
 pub fn open(config: NodeConfig) -> Result<(NodeRunner, NodeHandle), NodeError> {
     let (inputs, rx) = mpsc::channel(INPUT_QUEUE);
-    let (driver, handle) = driver::Driver::open(config, inputs, rx)?;
+    let (peers, peer_rx) = mpsc::channel(PEER_QUEUE);
+    let (driver, handle) = driver::Driver::open(config, (inputs, rx), (peers, peer_rx))?;
     Ok((NodeRunner(driver), handle))
 }
