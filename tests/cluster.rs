@@ -281,10 +281,40 @@ fn a_cluster_routes_fails_over_and_keeps_playing_without_its_control_plane() {
     println!("new origin: {new_origin}");
     let frames_after_origin: f64 =
         edges.values().map(|e| e.metric("ferry_frames_out_total").unwrap_or(0.0)).sum();
-    wait_for("viewers play again after the origin moved", Duration::from_secs(30), || {
+    wait_until("viewers play again after the origin moved", Duration::from_secs(30), || {
         let now: f64 = edges.values().map(|e| e.metric("ferry_frames_out_total").unwrap_or(0.0)).sum();
         let viewers: f64 = edges.values().map(viewer_connections).sum();
-        (viewers >= 20.0 && now > frames_after_origin + 20.0 * 30.0).then_some(())
+        if viewers >= 20.0 && now > frames_after_origin + 20.0 * 30.0 {
+            return Ok(());
+        }
+        // What each edge and the voters see, for a failure to explain itself.
+        let per_edge: Vec<String> = edges
+            .iter()
+            .map(|(id, e)| {
+                format!(
+                    "{id}: {} viewers, {} frames out, gossip {}",
+                    viewer_connections(e),
+                    e.metric("ferry_frames_out_total").unwrap_or(0.0),
+                    e.metrics()
+                        .lines()
+                        .filter(|l| l.starts_with("ferry_gossip_members{"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )
+            })
+            .collect();
+        let (_, members) = voters[0].get("/v1/members?stale=true");
+        let alive: Vec<String> = members["members"]
+            .as_array()
+            .map(|ms| ms.iter().map(|m| format!("{}={}", m["id"], m["alive"])).collect())
+            .unwrap_or_default();
+        let (_, record) = voters[0].get(&format!("/v1/streams/{stream}?stale=true"));
+        Err(format!(
+            "{viewers} viewers, {} frames since the move; {}; voter 1 sees {}; stream {record}",
+            now - frames_after_origin,
+            per_edge.join("; "),
+            alive.join(" ")
+        ))
     });
 
     // --- Drain the other edge through the control plane: it exits cleanly, its viewers move.

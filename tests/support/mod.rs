@@ -177,6 +177,21 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
     }
 }
 
+/// Polls `check` until it returns `Ok`, or panics with `what` and the last `Err` (what
+/// was seen instead) after `timeout`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(seen) => {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}; last seen: {seen}")
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Starts `ferry publish --synthetic` (JSON stats on stdout).
 pub fn publish_synthetic(edge: &Edge, stream: &str, duration: &str) -> Proc {
     let mut cmd = ferry();
