@@ -76,7 +76,7 @@ pub struct EdgeArgs {
     /// Groups kept per track (at least 1).
     #[arg(long, env = "FERRY_GROUP_CACHE", default_value = "4", value_parser = units::at_least_one)]
     pub group_cache: usize,
-    /// Payload bytes kept per track (at least 1).
+    /// Bytes kept per track: payloads plus per-frame bookkeeping (at least 1).
     #[arg(long, env = "FERRY_TRACK_BUFFER_BYTES", default_value = "16777216", value_parser = units::at_least_one)]
     pub track_buffer_bytes: usize,
     /// Unacknowledged bytes QUIC queues per connection (bounds memory per slow viewer).

@@ -189,7 +189,11 @@ impl EdgeMetrics {
         r.register("frames_dropped", "Frames refused by track buffers", self.frames_dropped.clone());
         r.register("errors", "Connections and requests refused, by code", self.errors.clone());
         r.register("keyframe_requests", "Keyframe requests sent upstream", self.keyframe_requests.clone());
-        r.register("buffered_bytes", "Payload bytes held in track buffers", self.buffered_bytes.clone());
+        r.register(
+            "buffered_bytes",
+            "Bytes held in track buffers: payloads plus per-frame bookkeeping",
+            self.buffered_bytes.clone(),
+        );
         r.register("webrtc_sessions", "Live WebRTC sessions by direction", self.webrtc_sessions.clone());
         r.register("rtp_packets", "RTP packets received (in) and sent (out)", self.rtp_packets.clone());
         r.register("rtp_bytes", "RTP payload bytes received (in) and sent (out)", self.rtp_bytes.clone());

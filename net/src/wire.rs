@@ -36,8 +36,7 @@ pub async fn read_message<T: DeserializeOwned>(
         return Ok(None);
     };
     let len = decode_length(prefix, limit)?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await?;
+    let body = read_exactly(recv, len).await?;
     Ok(Some(decode_body(&body)?))
 }
 
@@ -56,9 +55,28 @@ pub async fn read_frame(recv: &mut RecvStream, max_payload: usize) -> Result<Opt
     };
     let header = decode_frame_header(raw, max_payload)?;
     let len = usize::try_from(header.len).unwrap_or(usize::MAX);
-    let mut payload = BytesMut::zeroed(len);
-    recv.read_exact(&mut payload).await?;
-    Ok(Some((header, payload.freeze())))
+    Ok(Some((header, read_exactly(recv, len).await?)))
+}
+
+/// Reads exactly `len` bytes. Memory follows the bytes that arrive, never the length
+/// the peer announced (a header claiming megabytes costs nothing until they come); a
+/// payload that arrives in one chunk is kept as it came, without a copy.
+async fn read_exactly(recv: &mut RecvStream, len: usize) -> Result<Bytes> {
+    let mut buf = BytesMut::new();
+    while buf.len() < len {
+        let Some(chunk) = recv.read_chunk(len - buf.len(), true).await? else {
+            return Err(ReadExactError::FinishedEarly(buf.len()).into());
+        };
+        if buf.is_empty() && chunk.bytes.len() == len {
+            return Ok(chunk.bytes);
+        }
+        // Grow by doubling, capped at what is still due.
+        if buf.capacity() - buf.len() < chunk.bytes.len() {
+            buf.reserve(chunk.bytes.len().max(buf.len()).min(len - buf.len()));
+        }
+        buf.extend_from_slice(&chunk.bytes);
+    }
+    Ok(buf.freeze())
 }
 
 /// Writes one frame. The payload is shared, not copied.
@@ -94,4 +112,100 @@ pub async fn pump_control(
         }
     }
     let _ = send.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::tls::{client_config, server_config, ClientTrust, ServerIdentity, TransportTuning};
+
+    /// The system allocator, noting the largest allocation the current thread asks for
+    /// while it watches.
+    struct Watching;
+
+    thread_local! {
+        static LARGEST: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+
+    fn note(size: usize) {
+        let _ = LARGEST.try_with(|l| {
+            if let Some(max) = l.get() {
+                l.set(Some(max.max(size)));
+            }
+        });
+    }
+
+    // SAFETY: every call goes to the system allocator unchanged; `note` only reads and
+    // writes a thread-local `Cell` of plain integers and never allocates.
+    unsafe impl GlobalAlloc for Watching {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            note(layout.size());
+            // SAFETY: the caller's contract is passed on as is.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            note(layout.size());
+            // SAFETY: as above.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            note(new_size);
+            // SAFETY: as above.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: as above.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: Watching = Watching;
+
+    /// A frame header claiming 8 MiB followed by 1,000 bytes and the end of the stream:
+    /// the reader fails having allocated about what arrived, not what was claimed; a
+    /// whole frame comes back intact.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_frame_costs_the_bytes_that_arrive_not_the_length_it_claims() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tuning = TransportTuning::default();
+        let identity = ServerIdentity::SelfSigned { names: vec!["localhost".into()] };
+        let server =
+            quinn::Endpoint::server(server_config(&identity, &tuning).unwrap(), ([127, 0, 0, 1], 0).into())
+                .unwrap();
+        let mut client = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();
+        client.set_default_client_config(client_config(&ClientTrust::Insecure, &tuning).unwrap());
+        let addr = server.local_addr().unwrap();
+        let (conn, accepted) =
+            tokio::join!(async { client.connect(addr, "localhost").unwrap().await.unwrap() }, async {
+                server.accept().await.unwrap().await.unwrap()
+            });
+        let claim = 8 * 1024 * 1024;
+        let lying = FrameHeader { pts: 1, flags: ferry_proto::FrameFlags::empty(), len: claim };
+        let honest = FrameHeader { pts: 2, flags: ferry_proto::FrameFlags::KEYFRAME, len: 300_000 };
+        let payload = Bytes::from(vec![7u8; 300_000]);
+        let mut send = conn.open_uni().await.unwrap();
+        write_frame(&mut send, &honest, &payload).await.unwrap();
+        send.finish().unwrap();
+        let mut send = conn.open_uni().await.unwrap();
+        send.write_all(&encode_frame_header(&lying)).await.unwrap();
+        send.write_all(&[0u8; 1000]).await.unwrap();
+        send.finish().unwrap();
+
+        let mut recv = accepted.accept_uni().await.unwrap();
+        let (header, got) = read_frame(&mut recv, claim as usize).await.unwrap().unwrap();
+        assert_eq!((header, got), (honest, payload));
+
+        let mut recv = accepted.accept_uni().await.unwrap();
+        LARGEST.with(|l| l.set(Some(0)));
+        let result = read_frame(&mut recv, claim as usize).await;
+        let largest = LARGEST.with(|l| l.replace(None)).unwrap();
+        assert!(result.is_err(), "a frame cut short is an error");
+        assert!(largest < 64 * 1024, "allocated {largest} bytes for 1,000 that arrived");
+    }
 }

@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ferry_proto::FrameHeader;
 
+/// Bytes a held frame costs besides its payload (its header, the payload handle and
+/// its arrival time): counted against [`BufferConfig::max_bytes`] with the payload.
+pub const FRAME_COST: usize = std::mem::size_of::<Frame>();
+
 /// Bounds of one track buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BufferConfig {
@@ -188,7 +192,10 @@ impl TrackBuffer {
 
     /// Appends a frame to group `seq`. Returns false if it was dropped.
     pub fn push_frame(&mut self, seq: u64, frame: Frame) -> bool {
-        let len = frame.payload.len();
+        let payload = frame.payload.len();
+        // What holding the frame costs: its payload and its bookkeeping, so frames
+        // without payload count too.
+        let len = payload + FRAME_COST;
         let newest = self.groups.back().map(|g| g.seq);
         let only_group = self.groups.len() == 1;
         let over = self.bytes + len > self.config.max_bytes;
@@ -204,7 +211,7 @@ impl TrackBuffer {
         group.bytes += len;
         self.bytes += len;
         self.stats.frames_in += 1;
-        self.stats.bytes_in += len as u64;
+        self.stats.bytes_in += payload as u64;
         while self.bytes > self.config.max_bytes && self.groups.len() > 1 {
             self.evict_oldest();
         }
@@ -231,7 +238,7 @@ impl TrackBuffer {
         self.closed
     }
 
-    /// Payload bytes held.
+    /// Bytes held: payloads plus [`FRAME_COST`] per frame.
     pub fn bytes(&self) -> usize {
         self.bytes
     }

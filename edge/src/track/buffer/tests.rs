@@ -187,13 +187,28 @@ fn reader_whose_group_was_evicted_jumps_forward() {
 #[test]
 fn oversized_newest_group_drops_frames_instead_of_growing() {
     let clock = Clock::new();
-    let mut buffer = TrackBuffer::new(BufferConfig { max_groups: 4, max_bytes: 1000 });
+    let per_frame = 100 + FRAME_COST;
+    let mut buffer = TrackBuffer::new(BufferConfig { max_groups: 4, max_bytes: 10 * per_frame });
     buffer.begin_group(0);
     for i in 0..20 {
         buffer.push_frame(0, frame(clock.now(), i == 0, i, 100));
     }
-    assert_eq!(buffer.bytes(), 1000);
+    assert_eq!(buffer.bytes(), 10 * per_frame);
     assert_eq!(buffer.stats().frames_dropped, 10);
+    assert_eq!(buffer.stats().bytes_in, 1000, "payload bytes");
+}
+
+#[test]
+fn frames_without_payload_count_against_the_bound() {
+    let clock = Clock::new();
+    let mut buffer = TrackBuffer::new(BufferConfig { max_groups: 4, max_bytes: 100 * FRAME_COST });
+    buffer.begin_group(0);
+    for i in 0..100_000 {
+        buffer.push_frame(0, frame(clock.now(), i == 0, i, 0));
+    }
+    assert_eq!(buffer.bytes(), 100 * FRAME_COST);
+    assert_eq!(buffer.stats().frames_in, 100);
+    assert_eq!(buffer.stats().frames_dropped, 100_000 - 100);
 }
 
 #[test]
