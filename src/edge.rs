@@ -73,6 +73,10 @@ pub struct EdgeArgs {
     /// QUIC connections served at once (at least 1).
     #[arg(long, env = "FERRY_MAX_CONNECTIONS", default_value = "4096", value_parser = units::at_least_one)]
     pub max_connections: usize,
+    /// QUIC connections one client IP address may hold at once (at least 1); more are
+    /// refused at once (`ferry_connections_refused_total{reason="per_ip"}`).
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS_PER_IP", default_value = "256", value_parser = units::at_least_one)]
+    pub max_connections_per_ip: usize,
     /// Groups kept per track (at least 1).
     #[arg(long, env = "FERRY_GROUP_CACHE", default_value = "4", value_parser = units::at_least_one)]
     pub group_cache: usize,
@@ -207,6 +211,7 @@ impl EdgeArgs {
             }
         };
         config.max_connections = self.max_connections;
+        config.max_connections_per_ip = self.max_connections_per_ip;
         config.http_limits = self.http.limits();
         config.buffer =
             BufferConfig { max_groups: self.group_cache.max(1), max_bytes: self.track_buffer_bytes };

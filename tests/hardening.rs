@@ -259,3 +259,58 @@ fn one_client_holds_its_share_of_webrtc_sessions_and_others_still_start() {
     assert_eq!(status, 201, "a viewer from 127.0.0.2 starts: {reply}");
     assert!(reply.contains("a=fingerprint"), "with an SDP answer: {reply}");
 }
+
+/// One client address holds at most `--max-connections-per-ip` QUIC connections: the
+/// next one from it is refused at once (and counted), while another address still
+/// connects, and a closed connection gives its share back.
+#[test]
+fn an_edge_caps_quic_connections_per_client_address() {
+    use ferry_net::tls::{client_config, ClientTrust, TransportTuning};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let edge = Edge::start("per-ip", &["--max-connections-per-ip", "4"]);
+    let addr: SocketAddr = edge.quic.parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = |from: [u8; 4]| {
+            let mut endpoint = quinn::Endpoint::client((from, 0).into()).unwrap();
+            endpoint.set_default_client_config(
+                client_config(&ClientTrust::Insecure, &TransportTuning::viewer()).unwrap(),
+            );
+            endpoint
+        };
+        let connect = |endpoint: &quinn::Endpoint| {
+            let connecting = endpoint.connect(addr, "localhost").unwrap();
+            async move { tokio::time::timeout(Duration::from_secs(10), connecting).await.expect("an answer") }
+        };
+        let one = client([127, 0, 0, 1]);
+        let mut held = Vec::new();
+        for i in 0..4 {
+            held.push(connect(&one).await.unwrap_or_else(|e| panic!("connection {i} within the cap: {e}")));
+        }
+        let refused = connect(&one).await.expect_err("a fifth connection from one address");
+        assert!(matches!(refused, quinn::ConnectionError::ConnectionClosed(_)), "{refused:?}");
+        let other = client([127, 0, 0, 2]);
+        let _elsewhere = connect(&other).await.expect("another address connects");
+        assert_eq!(edge.metric("ferry_connections_refused_total{reason=\"per_ip\"}"), Some(1.0));
+        // Closing one gives its share back.
+        held.pop().unwrap().close(0u32.into(), b"done");
+        let again = wait_for_async(|| connect(&one)).await;
+        drop(again);
+    });
+}
+
+/// Retries `attempt` (a connection) for up to 10 s until it succeeds.
+async fn wait_for_async<F, Fut>(mut attempt: F) -> quinn::Connection
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<quinn::Connection, quinn::ConnectionError>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match attempt().await {
+            Ok(conn) => return conn,
+            Err(e) => assert!(Instant::now() < deadline, "no share came back: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -35,6 +35,7 @@ const MODULE_LAYERS: &[(&str, &[&str])] = &[
             "files",
             "random",
             "time",
+            "shares",
             "seal",
             "identity",
             "keys",

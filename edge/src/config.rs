@@ -30,6 +30,8 @@ pub struct EdgeConfig {
     pub tuning: TransportTuning,
     /// QUIC connections served at once; more wait in the kernel/quinn backlog.
     pub max_connections: usize,
+    /// QUIC connections one client IP address holds at once; more are refused.
+    pub max_connections_per_ip: usize,
     /// Subscriptions per connection.
     pub max_subscriptions_per_connection: usize,
     pub buffer: BufferConfig,
@@ -86,6 +88,7 @@ impl EdgeConfig {
             identity: ServerIdentity::SelfSigned { names: ferry_net::tls::default_names() },
             tuning: TransportTuning::default(),
             max_connections: 4096,
+            max_connections_per_ip: 256,
             max_subscriptions_per_connection: 64,
             buffer: BufferConfig::default(),
             max_frame: ferry_proto::MAX_FRAME_PAYLOAD,

@@ -87,6 +87,9 @@ pub struct EdgeMetrics {
     pub connections: Family<RoleLabels, Gauge>,
     /// QUIC connections accepted since start.
     pub connections_accepted: Counter,
+    /// QUIC connection attempts turned away at accept, by reason (`per_ip`: the
+    /// address holds its share; `retry`: sent a Retry to validate its address).
+    pub connections_refused: Family<ReasonLabels, Counter>,
     /// Live tasks owned by the edge's task tracker (a leak shows here).
     pub tasks: Gauge,
     /// Active subscriptions served, by stream, track and subscriber role.
@@ -146,6 +149,11 @@ impl EdgeMetrics {
         let r = registry.sub_registry_with_prefix("ferry");
         r.register("connections", "Open QUIC connections by peer role", self.connections.clone());
         r.register("connections_accepted", "QUIC connections accepted", self.connections_accepted.clone());
+        r.register(
+            "connections_refused",
+            "QUIC connection attempts turned away at accept, by reason (per_ip: the address holds its share; retry: asked to validate its address first)",
+            self.connections_refused.clone(),
+        );
         r.register("tasks", "Live tasks owned by the edge", self.tasks.clone());
         r.register("subscriptions", "Active subscriptions served", self.subscriptions.clone());
         r.register(
@@ -242,6 +250,9 @@ impl EdgeMetrics {
         for reason in ["too_many_sessions", "no_free_port"] {
             let _ = self.webrtc_session_errors.get_or_create(&ReasonLabels::new(reason));
         }
+        for reason in ["per_ip", "retry"] {
+            let _ = self.connections_refused.get_or_create(&ReasonLabels::new(reason));
+        }
     }
 
     /// Counts a credential refused for `reason` (`token_expired`, ...).
@@ -250,6 +261,11 @@ impl EdgeMetrics {
     }
 
     /// Counts a refusal with `code`.
+    /// Counts a connection attempt turned away for `reason`.
+    pub fn connection_refused(&self, reason: &str) {
+        self.connections_refused.get_or_create(&ReasonLabels::new(reason)).inc();
+    }
+
     pub fn error(&self, code: ferry_proto::ErrorCode) {
         self.errors.get_or_create(&CodeLabels { code: code.name().to_owned() }).inc();
     }

@@ -16,12 +16,11 @@
 //! client certificate (already verified against the configured CA) is on every
 //! request of the connection as a [`PeerCert`] extension.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -118,40 +117,6 @@ impl HttpServerMetrics {
     }
 }
 
-/// Open connections per client IP address.
-#[derive(Default)]
-struct PerIp(Mutex<HashMap<IpAddr, usize>>);
-
-impl PerIp {
-    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
-        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = map.entry(ip).or_insert(0);
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(IpSlot { per_ip: Arc::clone(self), ip })
-    }
-}
-
-/// One connection's share of its address's cap; returned on drop.
-struct IpSlot {
-    per_ip: Arc<PerIp>,
-    ip: IpAddr,
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut map = self.per_ip.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = map.get_mut(&self.ip) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// Serves `service` on `listener` until `cancel`, within `limits`; then stops accepting,
 /// lets running requests finish for a few seconds, and returns.
 pub async fn serve<S, B>(
@@ -168,7 +133,7 @@ pub async fn serve<S, B>(
     B::Error: Into<BoxError>,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let per_ip = Arc::new(PerIp::default());
+    let per_ip = Arc::new(crate::shares::PerIp::default());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut connections = JoinSet::new();
     loop {

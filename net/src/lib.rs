@@ -32,6 +32,7 @@ pub mod keys;
 pub mod proof;
 pub mod random;
 pub mod seal;
+pub mod shares;
 pub mod time;
 pub mod tls;
 pub mod wire;

@@ -1,17 +1,45 @@
 //! The QUIC accept loop.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use ferry_net::shares::PerIp;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::{session, EdgeState};
 
+/// A QUIC handshake must finish within this long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// With more handshakes than this in flight, clients whose address is not validated
+/// yet are sent a Retry first (a spoofed source address cannot answer it).
+const RETRY_ABOVE: usize = 64;
+
+/// Handshakes in flight; one is counted from accept until it finishes or fails.
+struct Handshaking(Arc<AtomicUsize>);
+
+impl Handshaking {
+    fn start(count: &Arc<AtomicUsize>) -> Handshaking {
+        count.fetch_add(1, Ordering::Relaxed);
+        Handshaking(Arc::clone(count))
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Accepts connections until shutdown. A connection permit is taken *before*
-/// accepting, so at most `max_connections` are served at once.
+/// accepting, so at most `max_connections` are served at once; one client address
+/// holds at most `max_connections_per_ip` of them (more are refused at once); under a
+/// flood of handshakes, unvalidated addresses must answer a Retry first.
 pub async fn accept_loop(state: &Arc<EdgeState>, endpoint: &quinn::Endpoint, shutdown: &CancellationToken) {
     let limit = Arc::new(Semaphore::new(state.config.max_connections.max(1)));
+    let per_ip = Arc::new(PerIp::default());
+    let handshakes = Arc::new(AtomicUsize::new(0));
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -27,6 +55,20 @@ pub async fn accept_loop(state: &Arc<EdgeState>, endpoint: &quinn::Endpoint, shu
                 None => return,
             },
         };
+        let Some(share) = per_ip.take(incoming.remote_address().ip(), state.config.max_connections_per_ip)
+        else {
+            state.metrics.connection_refused("per_ip");
+            incoming.refuse();
+            continue;
+        };
+        let flooded = handshakes.load(Ordering::Relaxed) > RETRY_ABOVE;
+        if flooded && !incoming.remote_address_validated() && incoming.may_retry() {
+            state.metrics.connection_refused("retry");
+            if let Err(e) = incoming.retry() {
+                tracing::debug!(error = %e, "sending a retry failed");
+            }
+            continue;
+        }
         state.metrics.connections_accepted.inc();
         let connecting = match state.congestion_config() {
             Some(config) => incoming.accept_with(config),
@@ -41,9 +83,16 @@ pub async fn accept_loop(state: &Arc<EdgeState>, endpoint: &quinn::Endpoint, shu
         };
         let session = state.next_session.fetch_add(1, Ordering::Relaxed);
         let task_state = Arc::clone(state);
+        let handshake = Handshaking::start(&handshakes);
         state.tracker.spawn(async move {
-            session::run(task_state, connecting, session).await;
-            drop(permit);
+            let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await;
+            drop(handshake);
+            match conn {
+                Ok(Ok(conn)) => session::run(task_state, conn, session).await,
+                Ok(Err(e)) => tracing::debug!(session, error = %e, "handshake failed"),
+                Err(_) => tracing::debug!(session, "handshake timed out"),
+            }
+            drop((permit, share));
         });
     }
 }

@@ -35,15 +35,8 @@ const MAX_REASON: usize = 200;
 const KEYFRAME_ON_JOIN_AGE: Duration = Duration::from_millis(500);
 
 /// Serves one incoming connection to its end.
-pub async fn run(state: Arc<EdgeState>, incoming: quinn::Connecting, session: u64) {
-    let conn = match tokio::time::timeout(HELLO_TIMEOUT, incoming).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
-            tracing::debug!(session, error = %e, "handshake failed");
-            return;
-        }
-        Err(_) => return,
-    };
+/// Serves one connection whose handshake finished, until it ends.
+pub async fn run(state: Arc<EdgeState>, conn: quinn::Connection, session: u64) {
     let cancel = state.shutdown.child_token();
     let result = serve(&state, &conn, session, &cancel).await;
     cancel.cancel();
