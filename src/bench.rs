@@ -109,7 +109,7 @@ async fn spawn_edge(
     cmd.args(["edge", "--node-id", &format!("bench-edge-{id}"), "--quic-listen", "127.0.0.1:0"])
         .args(["--http-listen", "127.0.0.1:0", "--log", "warn", "--allow-anonymous"])
         // Every bench client connects from 127.0.0.1: no per-address share.
-        .args(["--http-max-connections-per-ip", "65536"])
+        .args(["--http-max-connections-per-ip", "65536", "--max-connections-per-ip", "65536"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);

@@ -173,6 +173,8 @@ pub async fn run(args: CanaryArgs) -> anyhow::Result<()> {
             "--allow-anonymous",
         ]);
         a.extend(s(&["--quic-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]));
+        // Every viewer connects from 127.0.0.1: no per-address share.
+        a.extend(s(&["--max-connections-per-ip", "65536"]));
         a.extend(s(&[
             "--gossip-listen",
             &free_udp()?,

@@ -164,6 +164,8 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     for (id, region) in [("e1", "r1"), ("e2", "r1"), ("e3", "r2")] {
         let mut a = s(&["edge", "--node-id", id, "--region", region, "--log", "warn", "--allow-anonymous"]);
         a.extend(s(&["--quic-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]));
+        // Every viewer connects from 127.0.0.1: no per-address share.
+        a.extend(s(&["--max-connections-per-ip", "65536"]));
         a.extend(s(&[
             "--gossip-listen",
             &free_udp()?,
