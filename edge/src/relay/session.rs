@@ -123,6 +123,12 @@ async fn serve(
     };
     let version = negotiate(&hello)?;
     let credential = credential(state, conn, &hello)?;
+    // Stream limits by role, in the transport: nobody opens a second bidirectional
+    // stream, and only publishers send media (a unidirectional stream per group).
+    conn.set_max_concurrent_bi_streams(1u32.into());
+    if !matches!(hello.role, Role::Publisher) {
+        conn.set_max_concurrent_uni_streams(0u32.into());
+    }
     write_message(&mut send, version, &Message::HelloOk { version, node: state.config.node_id.clone() })
         .await?;
     let _conn_gauge =
