@@ -306,6 +306,36 @@ fn issued_certificates_expire_after_their_lifetime() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--valid-for must be at least 1m"));
 }
 
+/// One voter that gossips, elected: it and its gossip address (the seed for edges).
+fn gossiping_voter(dir: &Path) -> (Voter, String) {
+    let gossip = format!("127.0.0.1:{}", free_udp_port());
+    let peers = format!("1=127.0.0.1:{}", free_udp_port());
+    let voter = Voter::start(1, &peers, &dir.join("v1"), &["--gossip-listen", &gossip]);
+    wait_for_leader(&[&voter]);
+    (voter, gossip)
+}
+
+/// Flags for an edge `id` in region r1 gossiping with `seed`; with `voter`, registered
+/// with it by its cluster certificate (from the voters' CA under `dir`).
+fn gossiping_edge_args(dir: &Path, id: &str, seed: &str, voter: Option<&Voter>) -> Vec<String> {
+    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let mut args: Vec<String> = ["--region", "r1", "--gossip-listen", &listen, "--gossip-seeds", seed]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    if let Some(voter) = voter {
+        args.extend(["--control-plane".to_owned(), voter.http.clone()]);
+        args.extend(cluster_cert_args(&raft_ca(dir), id, "cluster"));
+    }
+    args
+}
+
+/// Member `id` as `voter`'s gossip shows it.
+fn gossip_member(voter: &Voter, id: &str) -> Option<serde_json::Value> {
+    let (_, members) = voter.get("/v1/members");
+    members["members"].as_array()?.iter().find(|m| m["id"] == id).cloned()
+}
+
 /// Gossip is a hint. A process that holds the gossip key but never registered (here an
 /// edge started without a control plane, with a live publisher of `live/x`) gossips
 /// that it originates `live/x`: a registered edge neither pulls `live/x` from it for a
@@ -315,23 +345,9 @@ fn issued_certificates_expire_after_their_lifetime() {
 fn a_process_that_only_gossips_attracts_no_publisher_and_blocks_none() {
     use support::webrtc::{header, http, vp8_offer};
     let dir = TempDir::new("trust-gossip");
-    let voter_gossip = format!("127.0.0.1:{}", free_udp_port());
-    let peers = format!("1=127.0.0.1:{}", free_udp_port());
-    let voter = Voter::start(1, &peers, &dir.path().join("v1"), &["--gossip-listen", &voter_gossip]);
-    wait_for_leader(&[&voter]);
-    let control = voter.http.clone();
-    let gossip = |id: &str| -> Vec<String> {
-        let listen = format!("127.0.0.1:{}", free_udp_port());
-        let args = vec!["--region", "r1", "--gossip-listen", &listen, "--gossip-seeds", &voter_gossip];
-        let mut args: Vec<String> = args.into_iter().map(String::from).collect();
-        if id == "a" {
-            args.extend(["--control-plane".to_owned(), control.clone()]);
-            args.extend(cluster_cert_args(&raft_ca(dir.path()), "a", "cluster"));
-        }
-        args
-    };
-    let a = Edge::start("a", &strs(&gossip("a")));
-    let fake = Edge::start("fake", &strs(&gossip("fake")));
+    let (voter, voter_gossip) = gossiping_voter(dir.path());
+    let a = Edge::start("a", &strs(&gossiping_edge_args(dir.path(), "a", &voter_gossip, Some(&voter))));
+    let fake = Edge::start("fake", &strs(&gossiping_edge_args(dir.path(), "fake", &voter_gossip, None)));
     let mut cmd = ferry();
     cmd.args(["publish", "--edge", &fake.quic, "--stream", "live/x", "--synthetic", "--insecure"])
         .args(["--duration", "300s"])
@@ -340,8 +356,7 @@ fn a_process_that_only_gossips_attracts_no_publisher_and_blocks_none() {
     // The fake member is in everybody's gossip, alive, originating live/x; edge a sees
     // all three processes.
     wait_for("the fake member gossiping live/x", Duration::from_secs(30), || {
-        let (_, members) = voter.get("/v1/members");
-        let fake = members["members"].as_array()?.iter().find(|m| m["id"] == "fake")?.clone();
+        let fake = gossip_member(&voter, "fake")?;
         let origins = fake["origins"].as_array()?.clone();
         (fake["alive"] == true && origins.iter().any(|s| s == "live/x")).then_some(())
     });
@@ -424,31 +439,16 @@ fn forged_syn(
 #[test]
 fn a_forged_heartbeat_leaves_the_edge_alive_everywhere() {
     let dir = TempDir::new("trust-heartbeat");
-    let voter_gossip = format!("127.0.0.1:{}", free_udp_port());
-    let peers = format!("1=127.0.0.1:{}", free_udp_port());
-    let voter = Voter::start(1, &peers, &dir.path().join("v1"), &["--gossip-listen", &voter_gossip]);
-    wait_for_leader(&[&voter]);
-    let edge = |id: &str| -> Edge {
-        let listen = format!("127.0.0.1:{}", free_udp_port());
-        let mut args: Vec<String> =
-            ["--region", "r1", "--gossip-listen", &listen, "--gossip-seeds", &voter_gossip]
-                .into_iter()
-                .map(String::from)
-                .collect();
-        args.extend(["--control-plane".to_owned(), voter.http.clone()]);
-        args.extend(cluster_cert_args(&raft_ca(dir.path()), id, "cluster"));
-        Edge::start(id, &strs(&args))
-    };
+    let (voter, voter_gossip) = gossiping_voter(dir.path());
+    let edge =
+        |id: &str| Edge::start(id, &strs(&gossiping_edge_args(dir.path(), id, &voter_gossip, Some(&voter))));
     let (a, b) = (edge("a"), edge("b"));
     let mut cmd = ferry();
     cmd.args(["publish", "--edge", &a.quic, "--stream", "live/x", "--synthetic", "--insecure"])
         .args(["--duration", "300s"])
         .stdout(std::process::Stdio::null());
     let _publisher = Proc::spawn("publisher on a", &mut cmd);
-    let member = |id: &str| -> Option<serde_json::Value> {
-        let (_, members) = voter.get("/v1/members");
-        members["members"].as_array()?.iter().find(|m| m["id"] == id).cloned()
-    };
+    let member = |id: &str| gossip_member(&voter, id);
     wait_for("a originating live/x, b alive, in the voter's gossip", Duration::from_secs(30), || {
         let a = member("a")?;
         let origins = a["origins"].as_array()?;
@@ -526,23 +526,9 @@ fn a_forged_heartbeat_leaves_the_edge_alive_everywhere() {
 fn gossip_members_that_are_not_who_they_claim_trip_no_rollout() {
     use ferry_net::gossip::{Gossip, GossipConfig, GossipMetrics, KeyringSource, SelfInfo, DEFAULT_INTERVAL};
     let dir = TempDir::new("trust-impostor");
-    let voter_gossip = format!("127.0.0.1:{}", free_udp_port());
-    let peers = format!("1=127.0.0.1:{}", free_udp_port());
-    let voter = Voter::start(1, &peers, &dir.path().join("v1"), &["--gossip-listen", &voter_gossip]);
-    wait_for_leader(&[&voter]);
-    let listen = format!("127.0.0.1:{}", free_udp_port());
-    let mut args: Vec<String> =
-        ["--region", "r1", "--gossip-listen", &listen, "--gossip-seeds", &voter_gossip]
-            .into_iter()
-            .map(String::from)
-            .collect();
-    args.extend(["--control-plane".to_owned(), voter.http.clone()]);
-    args.extend(cluster_cert_args(&raft_ca(dir.path()), "a", "cluster"));
-    let _a = Edge::start("a", &strs(&args));
-    let member = |id: &str| -> Option<serde_json::Value> {
-        let (_, members) = voter.get("/v1/members");
-        members["members"].as_array()?.iter().find(|m| m["id"] == id).cloned()
-    };
+    let (voter, voter_gossip) = gossiping_voter(dir.path());
+    let _a = Edge::start("a", &strs(&gossiping_edge_args(dir.path(), "a", &voter_gossip, Some(&voter))));
+    let member = |id: &str| gossip_member(&voter, id);
     let real = wait_for("a alive in the voter's gossip", Duration::from_secs(30), || {
         member("a").filter(|a| a["alive"] == true)
     });

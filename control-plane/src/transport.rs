@@ -400,15 +400,7 @@ async fn read_batch(stream: &mut quinn::RecvStream) -> ferry_net::Result<Vec<Mes
             return Err(ferry_net::Error::Protocol(format!("raft message of {len} bytes")));
         }
         // Memory follows the bytes that arrive, never the length a peer claims.
-        let mut body = Vec::new();
-        while body.len() < len {
-            let chunk = stream
-                .read_chunk(len - body.len(), true)
-                .await
-                .map_err(|e| ferry_net::Error::Protocol(format!("reading a raft message: {e}")))?
-                .ok_or_else(|| ferry_net::Error::Protocol("raft message cut short".into()))?;
-            body.extend_from_slice(&chunk.bytes);
-        }
+        let body = ferry_net::wire::read_exactly(stream, len).await?;
         msgs.push(Message::parse_from_bytes(&body).map_err(|e| ferry_net::Error::Protocol(e.to_string()))?);
     }
     Ok(msgs)

@@ -61,7 +61,7 @@ pub async fn read_frame(recv: &mut RecvStream, max_payload: usize) -> Result<Opt
 /// Reads exactly `len` bytes. Memory follows the bytes that arrive, never the length
 /// the peer announced (a header claiming megabytes costs nothing until they come); a
 /// payload that arrives in one chunk is kept as it came, without a copy.
-async fn read_exactly(recv: &mut RecvStream, len: usize) -> Result<Bytes> {
+pub async fn read_exactly(recv: &mut RecvStream, len: usize) -> Result<Bytes> {
     let mut buf = BytesMut::new();
     while buf.len() < len {
         let Some(chunk) = recv.read_chunk(len - buf.len(), true).await? else {

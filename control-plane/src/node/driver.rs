@@ -164,28 +164,12 @@ impl Driver {
                 msg = self.peer_rx.recv() => {
                     let Some(msg) = msg else { break };
                     self.step(msg);
-                    for _ in 0..INPUT_BATCH {
-                        match self.peer_rx.try_recv() {
-                            Ok(msg) => self.step(msg),
-                            Err(_) => break,
-                        }
-                    }
-                    for _ in 0..INPUT_BATCH {
-                        match self.rx.try_recv() {
-                            Ok(input) => self.handle(input),
-                            Err(_) => break,
-                        }
-                    }
+                    self.take_queued();
                 }
                 input = self.rx.recv() => {
                     let Some(input) = input else { break };
                     self.handle(input);
-                    for _ in 0..INPUT_BATCH {
-                        match self.rx.try_recv() {
-                            Ok(input) => self.handle(input),
-                            Err(_) => break,
-                        }
-                    }
+                    self.take_queued();
                 }
             }
             if let Err(e) = self.on_ready(transport.as_ref()) {
@@ -213,6 +197,19 @@ impl Driver {
     fn ctx(&mut self) -> Vec<u8> {
         self.next_ctx += 1;
         [self.config.id, self.boot, self.next_ctx].iter().flat_map(|n| n.to_be_bytes()).collect()
+    }
+
+    /// Takes up to a batch of queued peer messages, then up to a batch of queued client
+    /// requests, without waiting.
+    fn take_queued(&mut self) {
+        for _ in 0..INPUT_BATCH {
+            let Ok(msg) = self.peer_rx.try_recv() else { break };
+            self.step(msg);
+        }
+        for _ in 0..INPUT_BATCH {
+            let Ok(input) = self.rx.try_recv() else { break };
+            self.handle(input);
+        }
     }
 
     fn step(&mut self, msg: Message) {

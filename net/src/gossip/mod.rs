@@ -278,7 +278,9 @@ impl Gossip {
                 let live: BTreeSet<ChitchatId> = c.live_nodes().cloned().collect();
                 c.node_states()
                     .iter()
-                    .map(|(id, state)| member_from_state(id, state, live.contains(id)))
+                    .map(|(id, state)| {
+                        (member_from_state(id, state, live.contains(id)), id.gossip_advertise_addr)
+                    })
                     .collect::<Vec<_>>()
             })
             .await;
@@ -290,20 +292,20 @@ impl Gossip {
         if let Some(witness) = &self.witness {
             let view: Vec<Seen> = snapshot
                 .iter()
-                .filter_map(|m| {
-                    let addr = m.gossip_addr.parse().ok()?;
-                    Some(Seen { id: m.id.clone(), generation: m.generation, addr, alive: m.alive })
+                .map(|(m, addr)| Seen {
+                    id: m.id.clone(),
+                    generation: m.generation,
+                    addr: *addr,
+                    alive: m.alive,
                 })
                 .collect();
-            let verdicts = witness.decide(&view);
-            snapshot.retain(|m| m.gossip_addr.parse::<SocketAddr>().is_ok());
-            for (m, alive) in snapshot.iter_mut().zip(verdicts) {
+            for ((m, _), alive) in snapshot.iter_mut().zip(witness.decide(&view)) {
                 m.alive = alive;
             }
         }
         // One entry per node id: a live generation wins, else the newest.
         let mut by_id: BTreeMap<String, Member> = BTreeMap::new();
-        for m in snapshot {
+        for (m, _) in snapshot {
             let replace = match by_id.get(&m.id) {
                 None => true,
                 Some(old) => (m.alive, m.generation) > (old.alive, old.generation),

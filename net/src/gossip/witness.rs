@@ -436,10 +436,6 @@ impl WitnessEvents {
         self.0.get_or_create(&EventLabel { event }).inc();
     }
 
-    pub fn get(&self, event: &'static str) -> u64 {
-        self.0.get_or_create(&EventLabel { event }).get()
-    }
-
     pub fn register(&self, registry: &mut Registry) {
         for event in Self::ALL {
             let _ = self.0.get_or_create(&EventLabel { event });
