@@ -1,5 +1,9 @@
 //! Prometheus metrics of an edge. Handles are cheap clones over shared atomics.
 
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -80,6 +84,71 @@ pub struct DirectionLabels {
     pub direction: String,
 }
 
+/// What a label set of a [`LiveGauges`] needs.
+pub trait Labels: Clone + Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static {}
+
+impl<L: Clone + Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static> Labels for L {}
+
+/// A gauge family whose series exist only while their value is above zero: the
+/// series of a stream that ended leave `/metrics` with it, so the page does not grow
+/// with every stream name ever seen. Counts change under one lock, so a series is
+/// never removed while another holder raises it.
+#[derive(Clone, Debug)]
+pub struct LiveGauges<L> {
+    family: Family<L, Gauge>,
+    counts: Arc<Mutex<HashMap<L, i64>>>,
+}
+
+impl<L: Labels> Default for LiveGauges<L> {
+    fn default() -> Self {
+        LiveGauges { family: Family::default(), counts: Arc::default() }
+    }
+}
+
+impl<L: Labels> LiveGauges<L> {
+    /// The family to register.
+    pub fn family(&self) -> Family<L, Gauge> {
+        self.family.clone()
+    }
+
+    /// Adds one to `labels`' series until the returned guard drops.
+    pub fn hold(&self, labels: L) -> LiveGauge<L> {
+        self.add(&labels, 1);
+        LiveGauge { gauges: self.clone(), labels }
+    }
+
+    /// Adds `delta` (negative to take away); the series goes at zero.
+    pub fn add(&self, labels: &L, delta: i64) {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(labels.clone()).or_default();
+        *count = count.saturating_add(delta);
+        if *count > 0 {
+            self.family.get_or_create(labels).set(*count);
+        } else {
+            counts.remove(labels);
+            self.family.remove(labels);
+        }
+    }
+
+    /// The current value of `labels`' series (0 when it has none).
+    pub fn get(&self, labels: &L) -> i64 {
+        let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.get(labels).copied().unwrap_or(0)
+    }
+}
+
+/// One held unit of a [`LiveGauges`] series.
+pub struct LiveGauge<L: Labels> {
+    gauges: LiveGauges<L>,
+    labels: L,
+}
+
+impl<L: Labels> Drop for LiveGauge<L> {
+    fn drop(&mut self) {
+        self.gauges.add(&self.labels, -1);
+    }
+}
+
 /// Everything an edge reports at `/metrics`.
 #[derive(Clone, Default)]
 pub struct EdgeMetrics {
@@ -93,9 +162,9 @@ pub struct EdgeMetrics {
     /// Live tasks owned by the edge's task tracker (a leak shows here).
     pub tasks: Gauge,
     /// Active subscriptions served, by stream, track and subscriber role.
-    pub subscriptions: Family<SubscriptionLabels, Gauge>,
+    pub subscriptions: LiveGauges<SubscriptionLabels>,
     /// Subscriptions this edge holds on its upstream, by stream and track.
-    pub upstream_subscriptions: Family<TrackLabels, Gauge>,
+    pub upstream_subscriptions: LiveGauges<TrackLabels>,
     /// New sessions by rollout and cohort.
     pub rollout_sessions: Family<CohortLabels, Counter>,
     /// Sessions that failed (refused after placement, or ended in error), by rollout, cohort and reason.
@@ -155,11 +224,11 @@ impl EdgeMetrics {
             self.connections_refused.clone(),
         );
         r.register("tasks", "Live tasks owned by the edge", self.tasks.clone());
-        r.register("subscriptions", "Active subscriptions served", self.subscriptions.clone());
+        r.register("subscriptions", "Active subscriptions served", self.subscriptions.family());
         r.register(
             "upstream_subscriptions",
             "Subscriptions held on the upstream edge",
-            self.upstream_subscriptions.clone(),
+            self.upstream_subscriptions.family(),
         );
         r.register(
             "rollout_sessions",
@@ -260,13 +329,55 @@ impl EdgeMetrics {
         self.auth_refusals.get_or_create(&ReasonLabels::new(reason)).inc();
     }
 
-    /// Counts a refusal with `code`.
     /// Counts a connection attempt turned away for `reason`.
     pub fn connection_refused(&self, reason: &str) {
         self.connections_refused.get_or_create(&ReasonLabels::new(reason)).inc();
     }
 
+    /// Counts a refusal with `code`.
     pub fn error(&self, code: ferry_proto::ErrorCode) {
         self.errors.get_or_create(&CodeLabels { code: code.name().to_owned() }).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+    use super::*;
+
+    fn page(metrics: &EdgeMetrics) -> String {
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn a_subscription_series_lives_while_someone_holds_it() {
+        let metrics = EdgeMetrics::default();
+        let labels = |stream: &str| SubscriptionLabels {
+            stream: stream.into(),
+            track: "video".into(),
+            role: "viewer".into(),
+        };
+        let empty = page(&metrics);
+        let a = metrics.subscriptions.hold(labels("live/a"));
+        let a2 = metrics.subscriptions.hold(labels("live/a"));
+        let b = metrics.subscriptions.hold(labels("live/b"));
+        let text = page(&metrics);
+        assert!(
+            text.contains(r#"ferry_subscriptions{stream="live/a",track="video",role="viewer"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"ferry_subscriptions{stream="live/b",track="video",role="viewer"} 1"#),
+            "{text}"
+        );
+        drop(a);
+        assert_eq!(metrics.subscriptions.get(&labels("live/a")), 1);
+        drop((a2, b));
+        assert_eq!(page(&metrics), empty, "no series left behind");
     }
 }

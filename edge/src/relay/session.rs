@@ -441,7 +441,7 @@ async fn run_subscription(
         track: sub.track.to_string(),
         role: sub.role.name().to_owned(),
     };
-    let _gauge = hold(state.metrics.subscriptions.get_or_create(&labels).clone());
+    let _gauge = state.metrics.subscriptions.hold(labels);
     let delivery = Delivery {
         conn,
         id,

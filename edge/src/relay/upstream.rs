@@ -181,7 +181,7 @@ impl Upstream {
             }
         };
         let labels = TrackLabels { stream: stream.to_string(), track: track.to_string() };
-        state.metrics.upstream_subscriptions.get_or_create(&labels).inc();
+        state.metrics.upstream_subscriptions.add(&labels, 1);
         Ok(state.registry.add_relayed(stream, producer))
     }
 
@@ -260,7 +260,7 @@ async fn run_link(
 fn forget(state: &EdgeState, r: &Relayed) {
     state.registry.remove_track(&r.stream, &r.producer);
     let labels = TrackLabels { stream: r.stream.to_string(), track: r.producer.info().name.to_string() };
-    state.metrics.upstream_subscriptions.get_or_create(&labels).dec();
+    state.metrics.upstream_subscriptions.add(&labels, -1);
 }
 
 /// Unsubscribes relayed tracks that had no local reader for the linger period.
