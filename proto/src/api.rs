@@ -138,7 +138,7 @@ pub struct AuditEvent {
     pub index: u64,
     pub at_ms: u64,
     /// The principal: `token:NAME`, `edge:ID`, `bootstrap`, or a loop of the cluster
-    /// itself (`placement`, `failover`, `guard`).
+    /// itself (`placement`, `failover`, `expiry`, `guard`).
     pub actor: String,
     /// The principal's role (`admin`, `operator`, `viewer`, `edge`; empty for the cluster).
     #[serde(default)]
@@ -168,7 +168,12 @@ pub struct SelfInfo {
     pub sessions: u64,
     pub cpu: f64,
     pub bytes_per_s: u64,
+    /// Streams published here: all of them, or the ones with viewers and the longest
+    /// running first when there are more than gossip lists (`origins_unlisted` says how
+    /// many are left out).
     pub origins: BTreeSet<String>,
+    /// Streams published here that `origins` leaves out.
+    pub origins_unlisted: u64,
     pub carries: BTreeSet<String>,
     /// Rollouts this edge's CPU guard tripped (the control plane records them).
     pub trips: BTreeSet<String>,

@@ -135,7 +135,7 @@ impl EdgeState {
 
     /// The keys this edge gossips.
     pub(crate) fn self_info(&self, me: &Registration) -> SelfInfo {
-        let (origins, carries) = self.registry.stream_names();
+        let listed = self.registry.stream_names(ferry_net::gossip::MAX_LISTED_STREAMS);
         let cpu_total = cpu_seconds(std::process::id()).unwrap_or(0.0);
         let (cpu, bytes_per_s) = self.rates.sample(cpu_total, self.metrics.bytes_out.get());
         SelfInfo {
@@ -148,8 +148,9 @@ impl EdgeState {
             sessions: self.sessions(),
             cpu,
             bytes_per_s,
-            origins,
-            carries,
+            origins: listed.origins,
+            origins_unlisted: listed.origins_unlisted,
+            carries: listed.carries,
             trips: self.cpu_guard().tripped(),
             rollout_counts: self.rollout_counts(),
         }

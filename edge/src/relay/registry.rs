@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Instant;
 
 use ferry_proto::{ErrorCode, StreamName, TrackName};
 use tokio_util::sync::CancellationToken;
@@ -54,12 +55,22 @@ struct Entry {
     revoke: Option<Revocation>,
     /// The local publisher's token grants a takeover.
     takeover: bool,
+    /// When the stream was published (or first relayed) here.
+    since: Instant,
 }
 
 /// Stream name → tracks. One lock, held only for map operations.
 pub struct Registry {
     streams: Mutex<HashMap<StreamName, Entry>>,
     metrics: EdgeMetrics,
+}
+
+/// The streams an edge gossips (see [`Registry::stream_names`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Listed {
+    pub origins: BTreeSet<String>,
+    pub origins_unlisted: u64,
+    pub carries: BTreeSet<String>,
 }
 
 /// Why a stream could not be registered.
@@ -108,7 +119,9 @@ impl Registry {
             existing.tracks.iter().for_each(TrackProducer::close);
         }
         self.metrics.tracks_created.inc_by(tracks.len() as u64);
-        let entry = Entry { source: Source::Publisher { session }, tracks, revoke: Some(revoke), takeover };
+        let since = Instant::now();
+        let entry =
+            Entry { source: Source::Publisher { session }, tracks, revoke: Some(revoke), takeover, since };
         map.insert(stream.clone(), entry);
         self.update_gauge(&map);
         Ok(())
@@ -123,6 +136,7 @@ impl Registry {
             tracks: vec![],
             revoke: None,
             takeover: false,
+            since: Instant::now(),
         });
         if let Some(existing) = entry.tracks.iter().find(|t| t.info().name == track.info().name) {
             return existing.clone();
@@ -145,20 +159,31 @@ impl Registry {
         self.map().get(stream).is_some_and(|e| e.tracks.iter().any(|t| !t.is_closed()))
     }
 
-    /// Names of the streams with a live track: (originated here, relayed here).
-    pub fn stream_names(&self) -> (BTreeSet<String>, BTreeSet<String>) {
-        let mut origins = BTreeSet::new();
-        let mut relayed = BTreeSet::new();
-        for (name, entry) in self.map().iter() {
+    /// Names of the streams with a live track, for gossip: at most `limit` originated
+    /// here (those with viewers first, then the longest running, so a burst of new
+    /// names never pushes watched streams out), how many more are left out, and at
+    /// most `limit` relayed here.
+    pub fn stream_names(&self, limit: usize) -> Listed {
+        let map = self.map();
+        let mut origins = Vec::new();
+        let mut carries = Vec::new();
+        for (name, entry) in map.iter() {
             if entry.tracks.iter().all(|t| t.is_closed()) {
                 continue;
             }
+            let watched = entry.tracks.iter().any(|t| t.consumer_count() > 0);
+            let rank = (!watched, entry.since, name.as_str());
             match entry.source {
-                Source::Publisher { .. } => origins.insert(name.to_string()),
-                Source::Relay => relayed.insert(name.to_string()),
-            };
+                Source::Publisher { .. } => origins.push(rank),
+                Source::Relay => carries.push(rank),
+            }
         }
-        (origins, relayed)
+        let unlisted = origins.len().saturating_sub(limit) as u64;
+        let listed = |mut ranked: Vec<(bool, Instant, &str)>| -> BTreeSet<String> {
+            ranked.sort_unstable();
+            ranked.into_iter().take(limit).map(|(_, _, name)| name.to_owned()).collect()
+        };
+        Listed { origins: listed(origins), origins_unlisted: unlisted, carries: listed(carries) }
     }
 
     /// Ends the local publisher `session` of `stream` with `reason` (another
@@ -236,5 +261,50 @@ impl Registry {
     /// Payload bytes held by all track buffers.
     pub fn buffered_bytes(&self) -> usize {
         self.map().values().flat_map(|e| e.tracks.iter()).map(|t| t.stats().1).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+    use ferry_proto::{Codec, Timebase, TrackInfo, TrackKind};
+
+    use super::*;
+    use crate::track::buffer::BufferConfig;
+
+    fn track() -> TrackProducer {
+        let info = TrackInfo {
+            name: TrackName::new("video").unwrap(),
+            kind: TrackKind::Video,
+            codec: Codec::Vp8,
+            timebase: Timebase::MICROS,
+            width: 0,
+            height: 0,
+        };
+        TrackProducer::new(info, BufferConfig::default())
+    }
+
+    fn publish(registry: &Registry, name: &str, session: u64) -> TrackProducer {
+        let t = track();
+        let stream = StreamName::new(name).unwrap();
+        registry.publish(&stream, session, vec![t.clone()], Revocation::default(), false).unwrap();
+        t
+    }
+
+    #[test]
+    fn gossip_lists_watched_streams_then_the_longest_running_when_there_are_too_many() {
+        let registry = Registry::new(EdgeMetrics::default());
+        let _old = publish(&registry, "live/old", 1);
+        let watched = publish(&registry, "zz/watched", 2);
+        let _viewer = watched.subscribe(std::time::Duration::from_secs(1));
+        // A burst of new names, none watched.
+        let _junk: Vec<TrackProducer> =
+            (0..10).map(|i| publish(&registry, &format!("a/junk{i}"), 10 + i)).collect();
+        let listed = registry.stream_names(2);
+        assert_eq!(listed.origins, BTreeSet::from(["zz/watched".to_owned(), "live/old".to_owned()]));
+        assert_eq!(listed.origins_unlisted, 10);
+        let all = registry.stream_names(100);
+        assert_eq!((all.origins.len(), all.origins_unlisted), (12, 0));
     }
 }

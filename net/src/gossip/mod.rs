@@ -42,8 +42,9 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
 const DEAD_NODE_GRACE: Duration = Duration::from_secs(600);
 /// Deleted keys are kept this long so late peers learn of the deletion.
 const TOMBSTONE_GRACE: Duration = Duration::from_secs(60);
-/// Longest list published under one key (streams originated or carried).
-const MAX_LISTED_STREAMS: usize = 256;
+/// Longest list published under one key (streams originated or carried): a process
+/// with more chooses which to list ([`SelfInfo::origins_unlisted`]).
+pub const MAX_LISTED_STREAMS: usize = 256;
 
 /// Keys every Ferry process publishes.
 pub mod keys {
@@ -57,6 +58,7 @@ pub mod keys {
     pub const CPU: &str = "cpu";
     pub const BYTES_PER_S: &str = "bytes_per_s";
     pub const ORIGINS: &str = "origins";
+    pub const ORIGINS_UNLISTED: &str = "origins_unlisted";
     pub const CARRIES: &str = "carries";
     pub const TRIPS: &str = "trips";
     pub const ROLLOUT_COUNTS: &str = "rollout_counts";
@@ -108,6 +110,7 @@ fn member_from_state(id: &ChitchatId, state: &NodeState, alive: bool) -> Member 
             cpu: get(keys::CPU).parse().unwrap_or(0.0),
             bytes_per_s: get(keys::BYTES_PER_S).parse().unwrap_or(0),
             origins: list(keys::ORIGINS),
+            origins_unlisted: get(keys::ORIGINS_UNLISTED).parse().unwrap_or(0),
             carries: list(keys::CARRIES),
             trips: list(keys::TRIPS),
             rollout_counts: state
@@ -358,6 +361,9 @@ fn encode(info: &SelfInfo) -> Vec<(String, String)> {
         let limited: Vec<&String> = set.iter().take(MAX_LISTED_STREAMS).collect();
         serde_json::to_string(&limited).unwrap_or_else(|_| "[]".into())
     };
+    // The process normally chooses what to list; whatever the cut here drops counts too.
+    let cut = info.origins.len().saturating_sub(MAX_LISTED_STREAMS) as u64;
+    let unlisted = info.origins_unlisted.saturating_add(cut);
     vec![
         (keys::ROLE.into(), info.role.clone()),
         (keys::REGION.into(), info.region.clone()),
@@ -369,6 +375,7 @@ fn encode(info: &SelfInfo) -> Vec<(String, String)> {
         (keys::CPU.into(), format!("{:.3}", info.cpu)),
         (keys::BYTES_PER_S.into(), info.bytes_per_s.to_string()),
         (keys::ORIGINS.into(), list(&info.origins)),
+        (keys::ORIGINS_UNLISTED.into(), unlisted.to_string()),
         (keys::CARRIES.into(), list(&info.carries)),
         (keys::TRIPS.into(), list(&info.trips)),
         (
