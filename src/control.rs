@@ -63,6 +63,12 @@ pub struct ControlArgs {
     /// the failover (its streams' origin lost, its relay slots freed).
     #[arg(long, env = "FERRY_FAILOVER_GRACE", default_value = "1s", value_parser = units::duration)]
     pub failover_grace: Duration,
+    /// How long a stream must be published and relayed nowhere (as gossip shows it)
+    /// before the leader removes its record (audited as `stream.expire`). Records of
+    /// clean departures go at once; this collects the rest: origins that died and
+    /// never came back, edges that restarted, releases that never arrived.
+    #[arg(long, env = "FERRY_STREAM_GRACE", default_value = "60s", value_parser = units::duration)]
+    pub stream_grace: Duration,
     /// This voter's certificate (PEM), from `ferry ca issue --role voter --node voter-ID`:
     /// it must name this voter (`spiffe://CLUSTER-ID/voter/ID`).
     #[arg(long, env = "FERRY_CONTROL_CERT", requires_all = ["key", "ca_file"])]
@@ -194,6 +200,9 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     if token.len() < 16 {
         bail!("the operator token must be at least 16 characters");
     }
+    if args.stream_grace < Duration::from_secs(1) {
+        bail!("--stream-grace must be at least 1s: gossip takes a moment to show a new publisher");
+    }
     let mut node = NodeConfig::new(args.id, peers, args.data_dir.clone());
     node.tick = args.tick;
     node.election_ticks = args.election_ticks;
@@ -224,6 +233,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
         request_timeout: args.request_timeout,
         gossip,
         failover_grace: args.failover_grace,
+        stream_grace: args.stream_grace,
         http_limits: args.http.limits(),
         api_tls,
         edge_certificates: edge_certificates(&args)?,

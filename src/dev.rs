@@ -192,6 +192,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 request_timeout: Duration::from_secs(5),
                 gossip: Some(gossip(&name, gossip_addr)),
                 failover_grace: ferry_control_plane::failover::DEFAULT_GRACE,
+                stream_grace: ferry_control_plane::expiry::DEFAULT_GRACE,
                 http_limits: Default::default(),
                 // Plain HTTP on loopback, so the tour's curl commands stay short.
                 api_tls: None,

@@ -81,7 +81,19 @@ const MODULE_LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "control-plane/src",
-        &["state", "storage", "node", "error", "transport", "guard", "failover", "relays", "api", "server"],
+        &[
+            "state",
+            "storage",
+            "node",
+            "error",
+            "transport",
+            "guard",
+            "failover",
+            "expiry",
+            "relays",
+            "api",
+            "server",
+        ],
     ),
 ];
 

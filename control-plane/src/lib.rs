@@ -10,6 +10,7 @@
 //! - [`transport`]: raft messages between voters over QUIC (mutual TLS).
 //! - [`guard`]: the global error guard of rollouts (sans-IO).
 //! - [`failover`]: the leader's reaction to edges gossip declares dead (sans-IO).
+//! - [`expiry`]: the leader's removal of stream records nobody uses (sans-IO).
 //! - [`relays`]: relay placement per region (sans-IO).
 //! - [`api`]: the HTTP API (axum): reads, writes through raft, watch, routing.
 //! - [`server`]: starting and stopping a voter, and the loops that feed the sans-IO
@@ -20,6 +21,7 @@
 
 pub mod api;
 mod error;
+pub mod expiry;
 pub mod failover;
 pub mod guard;
 pub mod node;

@@ -8,18 +8,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use ferry_net::gossip::{Gossip, GossipConfig, GossipMetrics, SelfInfo};
+use ferry_net::gossip::{Gossip, GossipConfig, GossipMetrics, Member, SelfInfo};
 use ferry_net::http_server::{HttpLimits, HttpServerMetrics};
 use ferry_net::tls::{self, PeerRefusals};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::Api;
+use crate::expiry::{Expired, Expiry, Record, Seen};
 use crate::failover::{Failover, Observed};
 use crate::guard::{ErrorGuard, Reading, Watched};
 use crate::node::{self, NodeConfig, NodeHandle};
 use crate::relays::{self, EdgeHealth, Placed, Placement};
-use crate::state::{Command, Request, RolloutState};
+use crate::state::{Command, Expiration, Request, RolloutState};
 use crate::transport::{Transport, TransportConfig};
 use crate::{Error, Result};
 use ferry_proto::rollout::RolloutSpec;
@@ -38,6 +39,9 @@ pub struct ControlConfig {
     /// How long the leader's own gossip view must show an edge dead before it commits
     /// the failover reaction.
     pub failover_grace: Duration,
+    /// How long a stream must be published and relayed nowhere (as the leader's gossip
+    /// sees it) before the leader removes its record.
+    pub stream_grace: Duration,
     /// Edges must prove a certificate from the raft transport's cluster CA when they
     /// register (`--require-edge-proofs`); needs mutual-TLS raft.
     pub require_edge_proofs: bool,
@@ -113,7 +117,7 @@ impl Control {
             tracker.spawn(failover_loop(
                 node.clone(),
                 Arc::clone(&gossip),
-                config.failover_grace,
+                Graces { failover: config.failover_grace, stream: config.stream_grace },
                 cancel.clone(),
             ));
             let guard = Arc::new(std::sync::Mutex::new(ErrorGuard::default()));
@@ -250,11 +254,26 @@ const FAILOVER_TICK: Duration = Duration::from_millis(250);
 /// not flood the log.
 const RELAY_PLACEMENTS_PER_TICK: usize = 32;
 
+/// Stream records the leader removes per tick at most.
+const EXPIRIES_PER_TICK: usize = 32;
+
+/// How long the leader waits before it reacts.
+#[derive(Debug, Clone, Copy)]
+struct Graces {
+    /// An edge dead in gossip.
+    failover: Duration,
+    /// A stream published and relayed nowhere.
+    stream: Duration,
+}
+
 /// On the leader: commits [`Command::EdgeFailed`] for edges gossip has shown dead for
 /// the grace period (see [`crate::failover`]), then [`Command::PlaceRelays`] where the
-/// relays should change (see [`crate::relays`]). Followers only keep their view fresh.
-async fn failover_loop(node: NodeHandle, gossip: Arc<Gossip>, grace: Duration, cancel: CancellationToken) {
-    let mut failover = Failover::new(grace);
+/// relays should change (see [`crate::relays`]), then removes the records of streams
+/// nobody has used for their grace period (see [`crate::expiry`]). Followers only keep
+/// their view fresh.
+async fn failover_loop(node: NodeHandle, gossip: Arc<Gossip>, graces: Graces, cancel: CancellationToken) {
+    let mut failover = Failover::new(graces.failover);
+    let mut expiry = Expiry::new(graces.stream);
     let mut tick = tokio::time::interval(FAILOVER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -329,6 +348,46 @@ async fn failover_loop(node: NodeHandle, gossip: Arc<Gossip>, grace: Duration, c
                 Err(e) => tracing::warn!(stream = %name, "relay placement: commit failed: {e}"),
             }
         }
+        let records: Vec<Record> = node.read(|s| {
+            s.streams
+                .values()
+                .map(|st| Record {
+                    name: st.name.clone(),
+                    origin: st.origin.clone(),
+                    origin_lost: st.origin_lost,
+                    updated_at_ms: st.updated_at_ms,
+                })
+                .collect()
+        });
+        let registered = node.read(|s| s.edges.keys().cloned().collect::<BTreeSet<String>>());
+        let due = expiry.observe(Instant::now(), &records, |r| stream_use(&members, &registered, r));
+        for Expired { record, reason } in due.into_iter().take(EXPIRIES_PER_TICK) {
+            let Record { name, origin, origin_lost, updated_at_ms } = record;
+            let expired = Some(Expiration { updated_at_ms, origin_lost, reason });
+            let command = Command::ReleaseStream { name: name.clone(), origin, expired };
+            match commit(&node, "expiry", format!("expire-{name}-{updated_at_ms}"), command).await {
+                Ok(outcome) => {
+                    tracing::info!(stream = %name, %outcome, "removed the record of an unused stream")
+                }
+                Err(e) => tracing::warn!(stream = %name, "stream expiry: commit failed: {e}"),
+            }
+        }
+    }
+}
+
+/// Whether anything uses `record`'s stream, as this voter's gossip sees it.
+fn stream_use(members: &[Member], registered: &BTreeSet<String>, record: &Record) -> Seen {
+    let live = || members.iter().filter(|m| m.alive);
+    if live().any(|m| m.info.origins.contains(&record.name) || m.info.carries.contains(&record.name)) {
+        return Seen::InUse;
+    }
+    if record.origin_lost || !registered.contains(&record.origin) {
+        return Seen::Unused;
+    }
+    // The origin stopped publishing it: only its complete list can say so.
+    match live().find(|m| m.id == record.origin) {
+        Some(origin) if origin.info.origins_unlisted == 0 => Seen::Unused,
+        _ => Seen::Unknown,
     }
 }
 

@@ -352,7 +352,7 @@ pub async fn release_origin(
     if !caller.speaks_for_edge(&p.origin) {
         return Err(forbidden(&caller, format!("release {name} for edge {}", p.origin)));
     }
-    api.write(&caller, &headers, Command::ReleaseStream { name, origin: p.origin }).await
+    api.write(&caller, &headers, Command::ReleaseStream { name, origin: p.origin, expired: None }).await
 }
 
 pub async fn list_streams(State(api): State<Api>, p: Result<Query<ReadParams>, QueryRejection>) -> ApiResult {

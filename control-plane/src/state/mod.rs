@@ -172,10 +172,14 @@ pub enum Command {
         takeover: bool,
     },
     /// The edge's publisher left: the stream is forgotten if `origin` still holds it
-    /// (so the next publisher, anywhere, claims it without a grant).
+    /// (so the next publisher, anywhere, claims it without a grant). With `expired`,
+    /// the leader's collection of a record nobody uses (see [`crate::expiry`]): it
+    /// applies only while the record is exactly as the leader saw it.
     ReleaseStream {
         name: String,
         origin: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expired: Option<Expiration>,
     },
     /// The leader's relay placement: which edges in which regions pull `name` from its
     /// origin for the other edges of their region. Rejected (conflict) when the stream
@@ -232,6 +236,17 @@ pub enum Command {
     Noop,
 }
 
+/// The record a leader's expiry removes, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expiration {
+    /// The record's `updated_at_ms` when the leader decided.
+    pub updated_at_ms: u64,
+    /// Whether its origin was lost then.
+    pub origin_lost: bool,
+    /// For the audit log.
+    pub reason: String,
+}
+
 impl Command {
     /// Dotted name used in audit events and metrics.
     pub fn action(&self) -> &'static str {
@@ -243,7 +258,8 @@ impl Command {
             Command::PutStream { .. } => "stream.put",
             Command::DeleteStream { .. } => "stream.delete",
             Command::ClaimStream { .. } => "stream.claim",
-            Command::ReleaseStream { .. } => "stream.release",
+            Command::ReleaseStream { expired: None, .. } => "stream.release",
+            Command::ReleaseStream { expired: Some(_), .. } => "stream.expire",
             Command::PlaceRelays { .. } => "stream.place_relays",
             Command::CreateRollout { .. } => "rollout.create",
             Command::SetRolloutLevel { .. } => "rollout.set_level",
@@ -478,7 +494,9 @@ fn execute(state: &mut State, request: &Request) -> Step {
         Command::DrainEdge { id } => drain_edge(state, now, id),
         Command::PutStream { name, origin, relays } => put_stream(state, now, name, origin, relays),
         Command::ClaimStream { name, origin, takeover } => claim_stream(state, now, name, origin, *takeover),
-        Command::ReleaseStream { name, origin } => release_stream(state, name, origin),
+        Command::ReleaseStream { name, origin, expired } => {
+            release_stream(state, name, origin, expired.as_ref())
+        }
         Command::DeleteStream { name } => delete_stream(state, name),
         Command::PlaceRelays { name, origin, relays } => place_relays(state, now, name, origin, relays),
         Command::CreateRollout { id, spec } => create_rollout(state, now, actor, id, spec),

@@ -73,17 +73,30 @@ pub(super) fn claim_stream(state: &mut State, now: u64, name: &str, origin: &str
     }))
 }
 
-pub(super) fn release_stream(state: &mut State, name: &str, origin: &str) -> Step {
+pub(super) fn release_stream(
+    state: &mut State,
+    name: &str,
+    origin: &str,
+    expired: Option<&Expiration>,
+) -> Step {
+    let unchanged = |s: &Stream| {
+        expired.is_none_or(|e| s.updated_at_ms == e.updated_at_ms && s.origin_lost == e.origin_lost)
+    };
     match state.streams.get(name) {
-        Some(s) if s.origin == origin => {
+        Some(s) if s.origin == origin && unchanged(s) => {
             state.streams.remove(name);
+            let summary = match expired {
+                Some(e) => format!("expired: {}", e.reason),
+                None => format!("released by {origin}"),
+            };
             Ok(Some(Change {
                 target: name.to_owned(),
-                summary: format!("released by {origin}"),
-                detail: json!({ "stream": name, "released": true }),
+                summary,
+                detail: json!({ "stream": name, "released": true, "expired": expired.is_some() }),
             }))
         }
-        // Another edge holds it now (a takeover), or it is gone: nothing to do.
+        // Another edge holds it now (a takeover), a publisher came back since the
+        // leader looked, or it is gone: nothing to do.
         _ => Ok(None),
     }
 }

@@ -193,6 +193,33 @@ fn deleting_a_stream() {
 }
 
 #[test]
+fn an_expiry_removes_a_record_only_as_the_leader_saw_it() {
+    let mut log = Log::new();
+    log.run(register("e1", "eu"));
+    log.run(Command::ClaimStream { name: id("live/a"), origin: id("e1"), takeover: false });
+    let seen = log.state.streams["live/a"].updated_at_ms;
+    let expire = |updated_at_ms: u64, origin_lost: bool| Command::ReleaseStream {
+        name: id("live/a"),
+        origin: id("e1"),
+        expired: Some(Expiration { updated_at_ms, origin_lost, reason: "unused for 60s".into() }),
+    };
+    // The record changed since the leader looked (lost, or claimed again): kept.
+    log.run(Command::EdgeFailed { id: id("e1") });
+    assert!(log.run(expire(seen, false)).is_ok());
+    assert!(log.state.streams.contains_key("live/a"));
+    let lost = log.state.streams["live/a"].updated_at_ms;
+    assert!(log.run(expire(lost, true)).is_ok());
+    assert!(!log.state.streams.contains_key("live/a"));
+    let event = log.state.audit.back().unwrap();
+    assert_eq!((event.action.as_str(), event.detail.as_str()), ("stream.expire", "expired: unused for 60s"));
+    // A plain release still names only the origin.
+    log.run(Command::ClaimStream { name: id("live/a"), origin: id("e1"), takeover: false });
+    assert!(log.run(Command::ReleaseStream { name: id("live/a"), origin: id("e1"), expired: None }).is_ok());
+    assert!(log.state.streams.is_empty());
+    assert_eq!(log.state.audit.back().map(|e| e.action.as_str()), Some("stream.release"));
+}
+
+#[test]
 fn a_rollout_moves_through_levels_and_states() {
     let mut log = Log::new();
     assert!(log.run(rollout("r1")).is_ok());
