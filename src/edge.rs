@@ -77,6 +77,10 @@ pub struct EdgeArgs {
     /// refused at once (`ferry_connections_refused_total{reason="per_ip"}`).
     #[arg(long, env = "FERRY_MAX_CONNECTIONS_PER_IP", default_value = "256", value_parser = units::at_least_one)]
     pub max_connections_per_ip: usize,
+    /// A viewer connection with no subscription for this long is closed (code
+    /// `no_error`, reason `idle`), so idle clients do not hold connection permits.
+    #[arg(long, env = "FERRY_VIEWER_IDLE_TIMEOUT", default_value = "30s", value_parser = units::duration)]
+    pub viewer_idle_timeout: Duration,
     /// Groups kept per track (at least 1).
     #[arg(long, env = "FERRY_GROUP_CACHE", default_value = "4", value_parser = units::at_least_one)]
     pub group_cache: usize,
@@ -212,6 +216,7 @@ impl EdgeArgs {
         };
         config.max_connections = self.max_connections;
         config.max_connections_per_ip = self.max_connections_per_ip;
+        config.viewer_idle_timeout = self.viewer_idle_timeout.max(Duration::from_millis(100));
         config.http_limits = self.http.limits();
         config.buffer =
             BufferConfig { max_groups: self.group_cache.max(1), max_bytes: self.track_buffer_bytes };

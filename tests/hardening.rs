@@ -314,3 +314,202 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A QUIC connection from `from` (a loopback address of its own, so the attack has its
+/// own per-address share) with hello said in `role`, version 1.
+async fn hostile_link(
+    edge: SocketAddr,
+    from: [u8; 4],
+    role: ferry_proto::Role,
+) -> Result<(quinn::Endpoint, quinn::Connection, quinn::SendStream, quinn::RecvStream), quinn::ConnectionError>
+{
+    use ferry_net::tls::{client_config, ClientTrust, TransportTuning};
+    use ferry_net::wire::{read_message, write_message};
+    use ferry_proto::{Hello, Message, NodeId, MAX_CONTROL_MESSAGE};
+    let mut endpoint = quinn::Endpoint::client((from, 0).into()).unwrap();
+    endpoint.set_default_client_config(
+        client_config(&ClientTrust::Insecure, &TransportTuning::default()).unwrap(),
+    );
+    let connecting = endpoint.connect(edge, "localhost").unwrap();
+    let conn = tokio::time::timeout(Duration::from_secs(10), connecting).await.expect("an answer")?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello =
+        Hello { min_version: 1, max_version: 1, node: NodeId::new("hostile").unwrap(), role, token: None };
+    write_message(&mut send, 1, &Message::Hello(hello)).await.unwrap();
+    let answer = read_message::<Message>(&mut recv, MAX_CONTROL_MESSAGE).await.unwrap().unwrap().1;
+    assert!(matches!(answer, Message::HelloOk { .. }), "{answer:?}");
+    Ok((endpoint, conn, send, recv))
+}
+
+/// A hostile publisher: hello, then `stream` announced with one video track.
+async fn hostile_publisher(
+    edge: SocketAddr,
+    stream: &str,
+) -> (quinn::Endpoint, quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+    use ferry_net::wire::{read_message, write_message};
+    use ferry_proto::{
+        Codec, Message, StreamName, Timebase, TrackInfo, TrackKind, TrackName, MAX_CONTROL_MESSAGE,
+    };
+    let (endpoint, conn, mut send, mut recv) =
+        hostile_link(edge, [127, 0, 0, 2], ferry_proto::Role::Publisher).await.unwrap();
+    let track = TrackInfo {
+        name: TrackName::video(),
+        kind: TrackKind::Video,
+        codec: Codec::Vp8,
+        timebase: Timebase { num: 1, den: 30 },
+        width: 2,
+        height: 2,
+    };
+    let announce = Message::Announce { stream: StreamName::new(stream).unwrap(), tracks: vec![track] };
+    write_message(&mut send, 1, &announce).await.unwrap();
+    let answer = read_message::<Message>(&mut recv, MAX_CONTROL_MESSAGE).await.unwrap().unwrap().1;
+    assert!(matches!(answer, Message::AnnounceOk { .. }), "{answer:?}");
+    (endpoint, conn, send, recv)
+}
+
+/// Edge RSS bound under the hostile QUIC client (a debug build serving one 500 kbit/s
+/// stream to a few viewers sits near 40 MiB; the header claims alone would reserve
+/// 2 GiB with a reader that trusts them).
+const HOSTILE_RSS_BOUND_KIB: u64 = 96 * 1024;
+
+/// A hostile QUIC client from its own address sends zero-length frames at full speed,
+/// opens 256 group streams whose first frame header claims 8 MiB and sends nothing
+/// after it, and opens connections up to its per-address cap that never subscribe.
+/// Meanwhile an ordinary viewer loses no frame, new viewers keep starting, edge RSS
+/// stays under [`HOSTILE_RSS_BOUND_KIB`], and the idle connections are closed after
+/// `--viewer-idle-timeout`, giving their permits back.
+#[test]
+fn a_hostile_quic_client_cannot_inflate_an_edge_or_starve_its_viewers() {
+    use ferry_net::wire::write_message;
+    use ferry_proto::{encode_frame_header, FrameFlags, FrameHeader, GroupHeader, Role};
+    let _heavy = heavy();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    const CAP: usize = 32;
+    let cap = CAP.to_string();
+    let edge = Edge::start("hostile", &["--max-connections-per-ip", &cap, "--viewer-idle-timeout", "3s"]);
+    let addr: SocketAddr = edge.quic.parse().unwrap();
+    let pid = edge.proc.pid();
+    let _publisher = publish_synthetic(&edge, "live/ok", "120s");
+    wait_for_stream(&edge);
+    let viewer = watch(&edge, "live/ok", &["--duration", "30s"]);
+    let rss_before = rss_kib(pid);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (peak, zero_frames, checks, idle_closed) = runtime.block_on(async {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let peak = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut peak = 0;
+                while !stop.is_cancelled() {
+                    peak = peak.max(rss_kib(pid));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                peak
+            }
+        });
+        // Zero-length frames at full speed, a new group every 10,000 frames.
+        let zero = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let (_endpoint, conn, _send, _recv) = hostile_publisher(addr, "evil/zero").await;
+                let mut frames = 0u64;
+                for seq in 0u64.. {
+                    let Ok(mut group) = conn.open_uni().await else { break };
+                    if write_message(&mut group, 1, &GroupHeader { track: 0, seq }).await.is_err() {
+                        break;
+                    }
+                    for i in 0..10_000u64 {
+                        let flags = if i == 0 { FrameFlags::KEYFRAME } else { FrameFlags::default() };
+                        let header = FrameHeader { pts: seq * 10_000 + i, flags, len: 0 };
+                        if group.write_all(&encode_frame_header(&header)).await.is_err() {
+                            break;
+                        }
+                        frames += 1;
+                    }
+                    let _ = group.finish();
+                    if stop.is_cancelled() {
+                        break;
+                    }
+                }
+                frames
+            }
+        });
+        // 256 group streams, each a frame header claiming 8 MiB and nothing after it.
+        let (_claims_endpoint, claims, _claims_send, _claims_recv) =
+            hostile_publisher(addr, "evil/claims").await;
+        let mut open_claims = Vec::new();
+        for seq in 0..256u64 {
+            let mut group = claims.open_uni().await.unwrap();
+            write_message(&mut group, 1, &GroupHeader { track: 0, seq }).await.unwrap();
+            let header = FrameHeader { pts: seq, flags: FrameFlags::KEYFRAME, len: 8 << 20 };
+            group.write_all(&encode_frame_header(&header)).await.unwrap();
+            open_claims.push(group);
+        }
+        // Connections up to the cap (two are the publishers above), saying hello as
+        // viewers and never subscribing.
+        let mut idle = Vec::new();
+        let refused = loop {
+            match hostile_link(addr, [127, 0, 0, 2], Role::Viewer).await {
+                Ok(link) => idle.push(link),
+                Err(e) => break e,
+            }
+            assert!(idle.len() <= CAP, "more connections than the cap were accepted");
+        };
+        assert!(matches!(refused, quinn::ConnectionError::ConnectionClosed(_)), "{refused:?}");
+        assert_eq!(idle.len(), CAP - 2, "the hostile address got its whole share");
+        // New viewers start throughout.
+        let mut checks = 0;
+        for _ in 0..3 {
+            let out = tokio::task::spawn_blocking({
+                let quic = edge.quic.clone();
+                move || {
+                    let mut cmd = ferry();
+                    cmd.args(["watch", "--edge", &quic, "--stream", "live/ok", "--insecure", "--json"])
+                        .args(["--duration", "5s"]);
+                    cmd.output().unwrap()
+                }
+            })
+            .await
+            .unwrap();
+            assert!(out.status.success(), "a new viewer failed: {}", String::from_utf8_lossy(&out.stderr));
+            let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert!(stats["frames"].as_u64().unwrap() > 0, "a new viewer saw nothing: {stats}");
+            checks += 1;
+        }
+        // The idle viewers are closed; their share comes back.
+        let mut idle_closed = 0;
+        for (_endpoint, conn, _send, _recv) in &idle {
+            let closed = tokio::time::timeout(Duration::from_secs(20), conn.closed()).await.expect("closed");
+            if let quinn::ConnectionError::ApplicationClosed(close) = &closed {
+                assert!(String::from_utf8_lossy(&close.reason).starts_with("idle"), "{close:?}");
+                idle_closed += 1;
+            }
+        }
+        let again = hostile_link(addr, [127, 0, 0, 2], Role::Viewer).await;
+        assert!(again.is_ok(), "the address got no share back after its idle connections closed");
+        stop.cancel();
+        let zero_frames = zero.await.unwrap();
+        drop(open_claims);
+        (peak.await.unwrap(), zero_frames, checks, idle_closed)
+    });
+    let stats = json_output(viewer, Duration::from_secs(60));
+    println!(
+        "hostile: {zero_frames} zero-length frames, 256 claimed 8 MiB frames, {} idle connections; \
+         edge RSS {} MiB before, peak {} MiB (bound {} MiB); {checks} new viewers started; \
+         the ordinary viewer: {} frames, {} lost, {} groups skipped",
+        CAP - 2,
+        rss_before / 1024,
+        peak / 1024,
+        HOSTILE_RSS_BOUND_KIB / 1024,
+        stats["frames"],
+        stats["lost_frames"],
+        stats["skipped_groups"],
+    );
+    assert!(zero_frames > 10_000, "the flood never got going: {zero_frames} frames");
+    assert_eq!(idle_closed, CAP - 2, "every idle connection closed by the edge");
+    assert!(peak < HOSTILE_RSS_BOUND_KIB, "edge RSS peaked at {peak} KiB");
+    assert!(stats["frames"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(stats["lost_frames"], 0, "{stats}");
+    assert_eq!(stats["skipped_groups"], 0, "{stats}");
+    assert_eq!(edge.metric("ferry_connections_closed_total{reason=\"idle\"}"), Some((CAP - 2) as f64));
+}

@@ -34,6 +34,8 @@ pub struct EdgeConfig {
     pub max_connections_per_ip: usize,
     /// Subscriptions per connection.
     pub max_subscriptions_per_connection: usize,
+    /// A viewer connection with no subscription for this long is closed.
+    pub viewer_idle_timeout: Duration,
     pub buffer: BufferConfig,
     /// Largest frame payload accepted from publishers and upstreams.
     pub max_frame: usize,
@@ -90,6 +92,7 @@ impl EdgeConfig {
             max_connections: 4096,
             max_connections_per_ip: 256,
             max_subscriptions_per_connection: 64,
+            viewer_idle_timeout: Duration::from_secs(30),
             buffer: BufferConfig::default(),
             max_frame: ferry_proto::MAX_FRAME_PAYLOAD,
             relay_max_lag: Duration::from_secs(3),

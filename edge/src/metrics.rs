@@ -159,6 +159,9 @@ pub struct EdgeMetrics {
     /// QUIC connection attempts turned away at accept, by reason (`per_ip`: the
     /// address holds its share; `retry`: sent a Retry to validate its address).
     pub connections_refused: Family<ReasonLabels, Counter>,
+    /// QUIC connections the edge closed on its own, by reason (`idle`: a viewer with no
+    /// subscription for `--viewer-idle-timeout`).
+    pub connections_closed: Family<ReasonLabels, Counter>,
     /// Live tasks owned by the edge's task tracker (a leak shows here).
     pub tasks: Gauge,
     /// Active subscriptions served, by stream, track and subscriber role.
@@ -222,6 +225,11 @@ impl EdgeMetrics {
             "connections_refused",
             "QUIC connection attempts turned away at accept, by reason (per_ip: the address holds its share; retry: asked to validate its address first)",
             self.connections_refused.clone(),
+        );
+        r.register(
+            "connections_closed",
+            "QUIC connections the edge closed on its own, by reason (idle: a viewer with no subscription for --viewer-idle-timeout)",
+            self.connections_closed.clone(),
         );
         r.register("tasks", "Live tasks owned by the edge", self.tasks.clone());
         r.register("subscriptions", "Active subscriptions served", self.subscriptions.family());
@@ -322,6 +330,7 @@ impl EdgeMetrics {
         for reason in ["per_ip", "retry"] {
             let _ = self.connections_refused.get_or_create(&ReasonLabels::new(reason));
         }
+        let _ = self.connections_closed.get_or_create(&ReasonLabels::new("idle"));
     }
 
     /// Counts a credential refused for `reason` (`token_expired`, ...).
@@ -332,6 +341,11 @@ impl EdgeMetrics {
     /// Counts a connection attempt turned away for `reason`.
     pub fn connection_refused(&self, reason: &str) {
         self.connections_refused.get_or_create(&ReasonLabels::new(reason)).inc();
+    }
+
+    /// Counts a connection the edge closed on its own for `reason`.
+    pub fn connection_closed(&self, reason: &str) {
+        self.connections_closed.get_or_create(&ReasonLabels::new(reason)).inc();
     }
 
     /// Counts a refusal with `code`.

@@ -45,7 +45,10 @@ pub async fn run(state: Arc<EdgeState>, conn: quinn::Connection, session: u64) {
         Err(e) if is_peer_gone(&e) => {}
         Err(e) => {
             let code = e.code();
-            state.metrics.error(code);
+            // A clean close the edge chose (an idle viewer) is counted by its reason.
+            if code != ErrorCode::NoError {
+                state.metrics.error(code);
+            }
             tracing::info!(session, peer = %conn.remote_address(), %code, error = %ferry_net::Chain(&e), "closing connection");
             // A refusal's reason is its message (`token_expired: ...`); other errors
             // say what failed.
@@ -315,12 +318,24 @@ async fn subscriber_loop(
     let limit = ctx.state.config.max_subscriptions_per_connection;
     let (done_tx, mut done_rx) = mpsc::channel::<(u64, DeliveryEnd)>(limit.max(1));
     let mut subs: HashMap<u64, CancellationToken> = HashMap::new();
+    // Viewers with nothing to watch leave, so they do not hold connection permits.
+    let idle_after = ctx.state.config.viewer_idle_timeout;
+    let mut idle_since = tokio::time::Instant::now();
     loop {
+        let idle = role == Role::Viewer && subs.is_empty();
         tokio::select! {
             biased;
             _ = ctx.cancel.cancelled() => return Err(ctx.go_away().await),
+            _ = tokio::time::sleep_until(idle_since + idle_after), if idle => {
+                ctx.state.metrics.connection_closed("idle");
+                let message = format!("idle: no subscription for {} ms", idle_after.as_millis());
+                return Err(Error::refused(ErrorCode::NoError, message));
+            }
             Some((id, end)) = done_rx.recv() => {
                 subs.remove(&id);
+                if subs.is_empty() {
+                    idle_since = tokio::time::Instant::now();
+                }
                 tracing::debug!(session = ctx.session, id, ?end, "subscription ended");
             }
             stream = ctx.conn.accept_uni() => {
@@ -360,6 +375,9 @@ async fn subscriber_loop(
                 Some(Ok(Message::Unsubscribe { id })) => {
                     if let Some(token) = subs.remove(&id) {
                         token.cancel();
+                    }
+                    if subs.is_empty() {
+                        idle_since = tokio::time::Instant::now();
                     }
                 }
                 Some(Ok(Message::KeyframeRequest { stream, track })) => {
