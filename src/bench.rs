@@ -25,6 +25,8 @@ mod canary;
 mod control;
 mod failover;
 mod floor;
+mod linearizable;
+mod soak;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -38,6 +40,11 @@ pub enum BenchCommand {
     /// Rollout guards on a real cluster: how fast an erroring treatment falls back on
     /// every edge after the deciding window, and how fast an edge's CPU guard reacts.
     Canary(canary::CanaryArgs),
+    /// Chaos on a real cluster (3 voters, 3 edges, publishers, QUIC and WHEP viewers,
+    /// control-plane clients): seeded kills, stops and hostile clients, then checks
+    /// that acknowledged writes survived and are linearizable, viewers recovered,
+    /// resources stayed bounded and nothing panicked.
+    Soak(soak::SoakArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -87,6 +94,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Control(args) => control::run(args).await,
         BenchCommand::Failover(args) => failover::run(args).await,
         BenchCommand::Canary(args) => canary::run(args).await,
+        BenchCommand::Soak(args) => soak::run(args).await,
     }
 }
 
