@@ -10,6 +10,7 @@
 //! under the resource bounds, and no log holds a panic. It prints one JSON report
 //! and exits non-zero when a check fails.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -633,9 +634,22 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         let playing = legs.last().is_some_and(|l| at(l, "frames").as_u64().unwrap_or(0) > 0);
         let ok = !exited_early && playing && max_gap <= RECOVERY_GOAL.as_millis() as f64;
         recovery_ok &= ok;
+        // How the last legs ended, to see why a viewer failed.
+        let last_legs: Vec<Value> = legs
+            .iter()
+            .rev()
+            .take(if ok { 0 } else { 6 })
+            .map(|l| json!({ "edge": at(l, "edge").as_str().or(at(l, "url").as_str()), "frames": at(l, "frames"), "ended": at(l, "ended"), "gap_ms": at(l, "gap_ms") }))
+            .collect();
+        let mut ends: BTreeMap<String, usize> = BTreeMap::new();
+        for leg in &legs {
+            *ends.entry(at(leg, "ended").as_str().unwrap_or("?").chars().take(60).collect()).or_default() +=
+                1;
+        }
         viewer_reports.push(json!({
             "viewer": name, "ok": ok, "exited_early": exited_early, "playing_at_end": playing,
             "legs": legs.len(), "max_gap_ms": max_gap, "frames": at(&stats, "frames"),
+            "legs_ended": ends, "last_legs": last_legs,
         }));
     }
     for (_, mut child) in media {
