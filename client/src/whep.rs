@@ -80,6 +80,8 @@ pub struct WhepLeg {
 }
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
+/// The least time a routed viewer gives a new session to connect.
+const FAILOVER_CONNECT_MIN: Duration = Duration::from_secs(3);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// What a WHEP viewer saw.
@@ -145,7 +147,11 @@ pub async fn watch_whep(opts: WhepOptions, cancel: CancellationToken) -> Result<
             None => opts.url.clone(),
             Some(i) => failover.urls.get(i % failover.urls.len().max(1)).cloned().unwrap_or(opts.url.clone()),
         };
-        let leg_opts = WhepOptions { duration: remaining, ..opts.clone() };
+        // A routed viewer does not wait long for an edge that answered but never
+        // connects (it died after answering): twice the stall timeout, at least 3 s.
+        let connect_timeout =
+            opts.connect_timeout.min((failover.stall_timeout * 2).max(FAILOVER_CONNECT_MIN));
+        let leg_opts = WhepOptions { duration: remaining, connect_timeout, ..opts.clone() };
         let (leg, ended) = match watch_once(&leg_opts, &url, Some(failover.stall_timeout), &cancel).await {
             Ok(stats) => {
                 let gap_ms = match (total.last_frame_at, stats.first_frame_at) {
@@ -298,8 +304,14 @@ async fn session(
                 if now_seen != seen {
                     (seen, moved_at) = (now_seen, Instant::now());
                 }
-                // Before the first frame the connect timeout applies.
-                let limit = if seen == 0 { opts.connect_timeout } else { stall.unwrap_or(opts.connect_timeout) };
+                // Until the session connects the connect timeout applies; once it
+                // has, the first frame (the edge starts at a keyframe) gets twice the
+                // stall timeout, later frames the stall timeout.
+                let limit = match (seen, connected, stall) {
+                    (_, false, _) | (_, _, None) => opts.connect_timeout,
+                    (0, true, Some(stall)) => stall * 2,
+                    (_, true, Some(stall)) => stall,
+                };
                 if moved_at.elapsed() > limit {
                     break "stalled";
                 }
@@ -307,7 +319,12 @@ async fn session(
             changed = events.state.changed() => {
                 if changed.is_err() { break "closed"; }
                 match *events.state.borrow_and_update() {
-                    RTCPeerConnectionState::Connected => connected = true,
+                    RTCPeerConnectionState::Connected => {
+                        if !connected && seen == 0 {
+                            moved_at = Instant::now();
+                        }
+                        connected = true;
+                    }
                     RTCPeerConnectionState::Failed => break "ice failed",
                     RTCPeerConnectionState::Closed => break "closed by the edge",
                     _ => {}

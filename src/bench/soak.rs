@@ -602,6 +602,27 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
             });
         }
     }
+    if let Some(keep) = &args.keep {
+        // The history, one operation per line, for a second look.
+        let lines: Vec<String> = ops
+            .iter()
+            .map(|op| {
+                let call = match op.call {
+                    Call::Write(v) => json!({ "write": v }),
+                    Call::Read => json!("read"),
+                };
+                let answer = match op.answer {
+                    Answer::Written => json!("written"),
+                    Answer::Read(v) => json!({ "read": v }),
+                    Answer::Unknown => json!("unknown"),
+                };
+                let (invoked, returned) = (op.invoked.as_micros() as u64, op.returned.as_micros() as u64);
+                json!({ "key": op.key, "client": op.client, "call": call, "answer": answer, "invoked_us": invoked, "returned_us": returned })
+                    .to_string()
+            })
+            .collect();
+        std::fs::write(keep.join("history.jsonl"), lines.join("\n")).context("writing history.jsonl")?;
+    }
     let verdict = linearizable::check(&ops, CHECK_BUDGET);
     let summary = linearizable::summarize(&ops);
     let acknowledged = std::mem::take(&mut *acknowledged.lock().unwrap_or_else(PoisonError::into_inner));
