@@ -98,7 +98,12 @@ pub fn media_sections(sdp: &str) -> Result<Vec<Media>, SdpError> {
                 let port = fields.next().ok_or(SdpError::Malformed("an m= line has no port"))?;
                 let rejected = port == "0";
                 let _proto = fields.next().ok_or(SdpError::Malformed("an m= line has no protocol"))?;
-                order = fields.filter_map(|f| f.parse().ok()).collect();
+                for pt in fields.filter_map(|f| f.parse::<u8>().ok()) {
+                    // Each payload type once: a repeat would copy its codec name again.
+                    if !order.contains(&pt) {
+                        order.push(pt);
+                    }
+                }
                 sections.push(Media { kind, rejected, codecs: Vec::new() });
             }
             "a" if !sections.is_empty() => {
@@ -263,6 +268,26 @@ mod tests {
             out,
             "v=0\r\nc=IN IP4 203.0.113.7\r\na=candidate:1 1 udp 2130706431 203.0.113.7 50000 typ host\r\n\
              a=candidate:2 1 udp 1694498815 198.51.100.1 50000 typ srflx raddr 10.0.0.5 rport 50000\r\n"
+        );
+    }
+
+    #[test]
+    fn a_repeated_payload_type_keeps_its_codec_once() {
+        // Found by fuzz/fuzz_targets/sdp.rs: every repeat on the m= line copied the codec
+        // name, so an offer of max_sdp_bytes (32 KiB) could make the edge hold 128 MiB.
+        let offer = format!(
+            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF {}\r\na=rtpmap:96 {}/90000\r\n",
+            "96 ".repeat(1000),
+            "V".repeat(1000)
+        );
+        let codecs = &media_sections(&offer).unwrap()[0].codecs;
+        assert_eq!(codecs.len(), 1, "one codec, kept {} times", codecs.len());
+        assert_eq!(codecs[0], (96, "V".repeat(1000)));
+        let twice = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 96 97\r\n\
+            a=rtpmap:96 VP8/90000\r\na=rtpmap:97 H264/90000\r\n";
+        assert_eq!(
+            media_sections(twice).unwrap()[0].supported().collect::<Vec<_>>(),
+            vec![Codec::Vp8, Codec::H264]
         );
     }
 
