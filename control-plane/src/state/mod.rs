@@ -446,9 +446,25 @@ impl State {
 }
 
 /// Decodes one bincode value that must fill `body` exactly.
+///
+/// bincode allocates the length a string claims before reading it, unless the bytes
+/// claimed so far pass the config's limit. No value claims more than 16 bytes for each
+/// byte it reads (a one-byte varint of a u128), so a limit of 16 times the body, in
+/// tiers, refuses only lengths the body cannot hold.
 fn decode_exact<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, StateError> {
-    let (value, used): (T, usize) = bincode::serde::decode_from_slice(body, bincode::config::standard())
-        .map_err(|e| StateError::MalformedSnapshot(e.to_string()))?;
+    use bincode::config::standard;
+    use bincode::serde::decode_from_slice;
+    let len = body.len();
+    let decoded = if len <= 1 << 16 {
+        decode_from_slice(body, standard().with_limit::<{ 16 << 16 }>())
+    } else if len <= 1 << 24 {
+        decode_from_slice(body, standard().with_limit::<{ 16 << 24 }>())
+    } else if len <= 1 << 27 {
+        decode_from_slice(body, standard().with_limit::<{ 16 << 27 }>())
+    } else {
+        decode_from_slice(body, standard())
+    };
+    let (value, used): (T, usize) = decoded.map_err(|e| StateError::MalformedSnapshot(e.to_string()))?;
     if used != body.len() {
         return Err(StateError::MalformedSnapshot(format!("{} trailing bytes", body.len() - used)));
     }

@@ -454,6 +454,27 @@ fn a_damaged_snapshot_is_refused() {
 }
 
 #[test]
+fn a_snapshot_claiming_a_huge_string_is_refused_before_allocating_it() {
+    // Found by fuzz/fuzz_targets/snapshot.rs: bincode allocated the length a string
+    // claimed before reading it, so 8 bytes asked for 4 GiB, and a bigger claim aborted
+    // the voter. One edge whose id claims 1 TiB, in both snapshot versions:
+    for version in [SNAPSHOT_VERSION, 2] {
+        let mut bytes = vec![version, 1, 0xfd];
+        bytes.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        let refused = State::from_snapshot_bytes(&bytes);
+        assert!(matches!(refused, Err(StateError::MalformedSnapshot(_))), "{refused:?}");
+    }
+    // The limit grows with the snapshot: a state past the first tier still decodes.
+    let mut log = busy_log();
+    for i in 0..2000 {
+        log.run(register(&format!("edge-{i}"), "eu"));
+    }
+    let bytes = log.state.to_snapshot_bytes().unwrap();
+    assert!(bytes.len() > 0x1_0000, "{} bytes", bytes.len());
+    assert_eq!(State::from_snapshot_bytes(&bytes).unwrap(), log.state);
+}
+
+#[test]
 fn state_and_outcomes_serialize_as_readable_json() {
     let state = busy_log().state;
     let text = serde_json::to_value(&state).unwrap();
