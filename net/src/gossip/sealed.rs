@@ -31,7 +31,8 @@ use super::witness::{Probe, WitnessLink};
 
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_507;
-/// Opened datagrams waiting for chitchat to read them; more are dropped.
+/// Opened datagrams waiting for chitchat to read them; past this many the oldest sender
+/// is forgotten.
 const QUEUE: usize = 256;
 /// How often the keyring directory is read again.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(1);
@@ -175,12 +176,12 @@ struct Incoming {
 }
 
 /// Receives sealed datagrams and opens them: liveness probes go to the witness, the
-/// rest is fed to the codec as plaintext, noting each sender in order.
+/// rest is fed to the codec as plaintext, noting each sender and length in order.
 async fn open_incoming(
     outer: Arc<tokio::net::UdpSocket>,
     feeder: tokio::net::UdpSocket,
     incoming: Incoming,
-    senders: Arc<Mutex<VecDeque<SocketAddr>>>,
+    senders: Arc<Mutex<VecDeque<(SocketAddr, usize)>>>,
     stop: CancellationToken,
 ) {
     let Incoming { keyring, drops, witness } = incoming;
@@ -214,9 +215,9 @@ async fn open_incoming(
         {
             let mut queue = senders.lock().unwrap_or_else(PoisonError::into_inner);
             if queue.len() >= QUEUE {
-                continue;
+                queue.pop_front();
             }
-            queue.push_back(from);
+            queue.push_back((from, plain.len()));
         }
         if let Err(e) = feeder.send(&plain).await {
             tracing::debug!(error = %e, "gossip codec feed failed");
@@ -230,8 +231,8 @@ struct SealedSocket {
     sink: tokio::net::UdpSocket,
     sink_addr: SocketAddr,
     feeder_addr: SocketAddr,
-    /// Senders of the datagrams fed to the codec, oldest first.
-    senders: Arc<Mutex<VecDeque<SocketAddr>>>,
+    /// Senders and lengths of the datagrams fed to the codec, oldest first.
+    senders: Arc<Mutex<VecDeque<(SocketAddr, usize)>>>,
     keyring: KeyringSource,
     drops: GossipDrops,
     buf: Vec<u8>,
@@ -278,10 +279,50 @@ impl Socket for SealedSocket {
             if decoded.from_addr != self.feeder_addr {
                 continue;
             }
-            let Some(from) = self.senders.lock().unwrap_or_else(PoisonError::into_inner).pop_front() else {
-                continue;
-            };
-            return Ok(RecvOutcome { from_addr: from, ..decoded });
+            // chitchat skips a datagram it cannot decode without a word (and the kernel
+            // may drop one): senders before the first of this length are of those.
+            let mut senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
+            while let Some((from, len)) = senders.pop_front() {
+                if len == decoded.num_bytes_received {
+                    return Ok(RecvOutcome { from_addr: from, ..decoded });
+                }
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+    use super::*;
+
+    /// Found by fuzz/fuzz_targets/gossip_datagram.rs: an opened datagram that chitchat
+    /// cannot decode kept its sender in line, so every later envelope was reported from
+    /// the sender before it, and after 256 of them the socket dropped all gossip.
+    #[tokio::test]
+    async fn an_undecodable_datagram_takes_its_sender_out_of_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("k1.key"), crate::seal::new_key_hex().unwrap()).unwrap();
+        let keyring = KeyringSource::load(dir.path().to_owned(), "test").unwrap();
+        let transport = SealedTransport {
+            keyring: keyring.clone(),
+            drops: GossipDrops::default(),
+            tracker: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+            witness: None,
+        };
+        let mut socket = transport.open(([127, 0, 0, 1], 0).into()).await.unwrap();
+        let to = socket.local_addr().unwrap();
+        let seal = |plain: &[u8]| keyring.get().seal(plain, [0; ring::aead::NONCE_LEN]).unwrap();
+        let garbage = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for _ in 0..QUEUE + 10 {
+            garbage.send_to(&seal(b"not chitchat"), to).await.unwrap();
+        }
+        // chitchat's BadCluster envelope: magic number, version 0, type 3.
+        let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        peer.send_to(&seal(b"\x53\xb0\x00\x03"), to).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), socket.recv()).await.unwrap().unwrap();
+        assert_eq!(got.from_addr, peer.local_addr().unwrap());
     }
 }
