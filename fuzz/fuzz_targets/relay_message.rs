@@ -3,8 +3,8 @@
 #![no_main]
 
 use ferry_proto::{
-    decode_frame_header, decode_message, encode_message, GroupHeader, Message,
-    FRAME_HEADER_LEN, MAX_CONTROL_MESSAGE, MAX_FRAME_PAYLOAD,
+    decode_frame_header, decode_message, encode_message, GroupHeader, Message, FRAME_HEADER_LEN,
+    MAX_CONTROL_MESSAGE, MAX_FRAME_PAYLOAD,
 };
 use libfuzzer_sys::fuzz_target;
 

@@ -1,0 +1,60 @@
+//! What a voter reads back from disk at start, and what it installs from a leader's
+//! snapshot: the state machine's snapshot (`State::from_snapshot_bytes`, versions 2
+//! and 3), the raft metadata beside it in sled (hard state, conf state, snapshot
+//! metadata, protobuf, as `storage.rs` parses them) and `members.json`
+//! (`Members::load`). Every decoder gets the whole input.
+//!
+//! Besides "no panic": a decoded state re-encodes to a snapshot that decodes to the
+//! same state and stays usable (the sample requests apply to it), and decoded raft
+//! metadata re-encodes to what it decoded from. Run with `-malloc_limit_mb`: a length
+//! claimed inside a snapshot must not become an allocation.
+#![no_main]
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use ferry_control_plane::node::Members;
+use ferry_control_plane::state::{apply, Request, State};
+use libfuzzer_sys::fuzz_target;
+use raft::eraftpb::{ConfState, HardState, SnapshotMetadata};
+
+fn roundtrip<M: protobuf::Message + PartialEq>(data: &[u8]) {
+    let Ok(msg) = M::parse_from_bytes(data) else { return };
+    let again = msg.write_to_bytes().expect("a decoded message re-encodes");
+    let back = M::parse_from_bytes(&again).expect("a re-encoded message decodes");
+    assert!(back == msg, "a message changed through re-encoding");
+}
+
+fn requests() -> &'static [Request] {
+    static REQUESTS: OnceLock<Vec<Request>> = OnceLock::new();
+    REQUESTS.get_or_init(ferry_fuzz::sample_requests)
+}
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(state) = State::from_snapshot_bytes(data) {
+        let again = state.to_snapshot_bytes().expect("a decoded state encodes");
+        let back = State::from_snapshot_bytes(&again).expect("a re-encoded state decodes");
+        assert_eq!(back, state);
+        let mut state = state;
+        for request in requests() {
+            let index = state.applied_index.saturating_add(1);
+            apply(&mut state, index, request);
+        }
+    }
+    roundtrip::<HardState>(data);
+    roundtrip::<ConfState>(data);
+    roundtrip::<SnapshotMetadata>(data);
+
+    // members.json, through the file it lives in (only for inputs that may be JSON
+    // objects: the others cost a file write for nothing).
+    if data.first() == Some(&b'{') {
+        let dir = std::env::temp_dir().join(format!("ferry-fuzz-members-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        std::fs::write(dir.join("members.json"), data).expect("members.json is written");
+        let initial = BTreeMap::from([(1, "10.0.0.1:7000".to_owned())]);
+        if let Ok(members) = Members::load(&dir, &initial) {
+            assert!(members.get(1).is_some(), "a member of the command line went missing");
+        }
+        std::fs::remove_dir_all(&dir).expect("the temporary directory is removed");
+    }
+});
