@@ -640,7 +640,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
 
     // Viewers: what each saw.
     let mut viewer_reports = Vec::new();
-    let mut recovery_ok = true;
+    let (mut recovery_ok, mut all_playing) = (true, true);
     for (name, mut child) in viewers {
         let exited_early = child.try_wait().ok().flatten().is_some();
         signal(&child, "-TERM");
@@ -655,6 +655,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         let playing = legs.last().is_some_and(|l| at(l, "frames").as_u64().unwrap_or(0) > 0);
         let ok = !exited_early && playing && max_gap <= RECOVERY_GOAL.as_millis() as f64;
         recovery_ok &= ok;
+        all_playing &= !exited_early && playing;
         // How the last legs ended, to see why a viewer failed.
         let last_legs: Vec<Value> = legs
             .iter()
@@ -720,6 +721,15 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         "acknowledged_missing_from_audit": missing,
         "viewers": viewer_reports,
         "viewers_recovered": recovery_ok,
+        // Each check on its own: the test in CI asserts those that are not timings.
+        "checks": {
+            "linearizable": linearizable,
+            "acknowledged_writes_present": missing.is_empty(),
+            "viewers_playing_at_end": all_playing,
+            "viewers_recovered_within_goal": recovery_ok,
+            "within_bounds": bounds_ok,
+            "no_panics": panics.is_empty(),
+        },
         "processes": processes,
         "bounds": { "rss_mib": MAX_RSS_KIB / 1024, "fds": MAX_FDS, "tasks": MAX_TASKS, "recovery_ms": RECOVERY_GOAL.as_millis() as u64 },
         "within_bounds": bounds_ok,
