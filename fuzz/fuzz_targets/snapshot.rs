@@ -6,7 +6,7 @@
 //!
 //! Besides "no panic": a decoded state re-encodes to a snapshot that decodes to the
 //! same state and stays usable (the sample requests apply to it), and decoded raft
-//! metadata re-encodes to what it decoded from. Run with `-malloc_limit_mb`: a length
+//! metadata re-encodes to something that decodes. Run with `-malloc_limit_mb`: a length
 //! claimed inside a snapshot must not become an allocation.
 #![no_main]
 
@@ -18,11 +18,13 @@ use ferry_control_plane::state::{apply, Request, State};
 use libfuzzer_sys::fuzz_target;
 use raft::eraftpb::{ConfState, HardState, SnapshotMetadata};
 
-fn roundtrip<M: protobuf::Message + PartialEq>(data: &[u8]) {
+/// A decoded message re-encodes, and that decodes. (Not "to the same value": protobuf
+/// 2 keeps unknown fields, and a fuzzed input's can come back otherwise; the voter never
+/// re-encodes what it read.)
+fn roundtrip<M: protobuf::Message>(data: &[u8]) {
     let Ok(msg) = M::parse_from_bytes(data) else { return };
     let again = msg.write_to_bytes().expect("a decoded message re-encodes");
-    let back = M::parse_from_bytes(&again).expect("a re-encoded message decodes");
-    assert!(back == msg, "a message changed through re-encoding");
+    M::parse_from_bytes(&again).expect("a re-encoded message decodes");
 }
 
 fn requests() -> &'static [Request] {
