@@ -513,3 +513,53 @@ fn a_hostile_quic_client_cannot_inflate_an_edge_or_starve_its_viewers() {
     assert_eq!(stats["skipped_groups"], 0, "{stats}");
     assert_eq!(edge.metric("ferry_connections_closed_total{reason=\"idle\"}"), Some((CAP - 2) as f64));
 }
+
+/// A handshake flood: 100 connections whose handshakes never finish (their answers go
+/// into a black hole) from one address. Above 64 handshakes in flight the edge asks
+/// every unvalidated address to answer a Retry first: the flood's later attempts are
+/// sent one (which they never answer), and a real client that connects during the
+/// flood answers it and gets in.
+#[test]
+fn under_a_handshake_flood_an_edge_validates_addresses_with_retry_and_real_clients_get_in() {
+    use ferry_net::tls::{client_config, ClientTrust, TransportTuning};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let edge = Edge::start("retry", &["--max-connections-per-ip", "1000"]);
+    let addr: SocketAddr = edge.quic.parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        // The black hole: what the flood sends reaches the edge from 127.0.0.2; nothing
+        // comes back.
+        let front = tokio::net::UdpSocket::bind("127.0.0.3:0").await.unwrap();
+        let front_addr = front.local_addr().unwrap();
+        let upstream = tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap();
+        upstream.connect(addr).await.unwrap();
+        let forward = tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while let Ok((n, _)) = front.recv_from(&mut buf).await {
+                let _ = upstream.send(&buf[..n]).await;
+            }
+        });
+        let mut flood = quinn::Endpoint::client(([127, 0, 0, 4], 0).into()).unwrap();
+        flood.set_default_client_config(client_config(&ClientTrust::Insecure, &TransportTuning::viewer()).unwrap());
+        let connecting: Vec<quinn::Connecting> =
+            (0..100).map(|_| flood.connect(front_addr, "localhost").unwrap()).collect();
+        let retries = || edge.metric("ferry_connections_refused_total{reason=\"retry\"}").unwrap_or(0.0);
+        wait_for("the flood to fill the handshakes and draw retries", Duration::from_secs(20), || {
+            (edge.metric("ferry_handshakes").unwrap_or(0.0) > 64.0 && retries() > 0.0).then_some(())
+        });
+        // A real viewer, from another address, during the flood: its first attempt is
+        // answered with a Retry, which quinn answers, and the edge serves it.
+        let (_endpoint, conn, _send, _recv) =
+            hostile_link(addr, [127, 0, 0, 1], ferry_proto::Role::Viewer).await.expect("a real client gets in");
+        let flooded = edge.metric("ferry_handshakes").unwrap_or(0.0);
+        assert!(flooded > 64.0, "the flood was still in flight when the viewer got in ({flooded} handshakes)");
+        assert!(edge.metric("ferry_connections{role=\"viewer\"}").unwrap_or(0.0) >= 1.0);
+        conn.close(0u32.into(), b"done");
+        // Handshakes that never finish are given up on (10 s) and nothing stays held.
+        drop(connecting);
+        forward.abort();
+        wait_for("the flood's handshakes to time out", Duration::from_secs(30), || {
+            (edge.metric("ferry_handshakes") == Some(0.0)).then_some(())
+        });
+    });
+}

@@ -162,6 +162,9 @@ pub struct EdgeMetrics {
     /// QUIC connections the edge closed on its own, by reason (`idle`: a viewer with no
     /// subscription for `--viewer-idle-timeout`).
     pub connections_closed: Family<ReasonLabels, Counter>,
+    /// QUIC handshakes in flight (from accept until done or failed); above
+    /// `RETRY_ABOVE`, unvalidated addresses are sent a Retry first.
+    pub handshakes: Gauge,
     /// Live tasks owned by the edge's task tracker (a leak shows here).
     pub tasks: Gauge,
     /// Active subscriptions served, by stream, track and subscriber role.
@@ -230,6 +233,11 @@ impl EdgeMetrics {
             "connections_closed",
             "QUIC connections the edge closed on its own, by reason (idle: a viewer with no subscription for --viewer-idle-timeout)",
             self.connections_closed.clone(),
+        );
+        r.register(
+            "handshakes",
+            "QUIC handshakes in flight (above 64, clients must first validate their address with a Retry)",
+            self.handshakes.clone(),
         );
         r.register("tasks", "Live tasks owned by the edge", self.tasks.clone());
         r.register("subscriptions", "Active subscriptions served", self.subscriptions.family());

@@ -1,10 +1,11 @@
 //! The QUIC accept loop.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_net::shares::PerIp;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -14,21 +15,22 @@ use super::{session, EdgeState};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// With more handshakes than this in flight, clients whose address is not validated
 /// yet are sent a Retry first (a spoofed source address cannot answer it).
-const RETRY_ABOVE: usize = 64;
+const RETRY_ABOVE: i64 = 64;
 
-/// Handshakes in flight; one is counted from accept until it finishes or fails.
-struct Handshaking(Arc<AtomicUsize>);
+/// A handshake in flight, counted in the `handshakes` gauge from accept until it
+/// finishes or fails.
+struct Handshaking(Gauge);
 
 impl Handshaking {
-    fn start(count: &Arc<AtomicUsize>) -> Handshaking {
-        count.fetch_add(1, Ordering::Relaxed);
-        Handshaking(Arc::clone(count))
+    fn start(gauge: &Gauge) -> Handshaking {
+        gauge.inc();
+        Handshaking(gauge.clone())
     }
 }
 
 impl Drop for Handshaking {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.dec();
     }
 }
 
@@ -39,7 +41,6 @@ impl Drop for Handshaking {
 pub async fn accept_loop(state: &Arc<EdgeState>, endpoint: &quinn::Endpoint, shutdown: &CancellationToken) {
     let limit = Arc::new(Semaphore::new(state.config.max_connections.max(1)));
     let per_ip = Arc::new(PerIp::default());
-    let handshakes = Arc::new(AtomicUsize::new(0));
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -61,7 +62,7 @@ pub async fn accept_loop(state: &Arc<EdgeState>, endpoint: &quinn::Endpoint, shu
             incoming.refuse();
             continue;
         };
-        let flooded = handshakes.load(Ordering::Relaxed) > RETRY_ABOVE;
+        let flooded = state.metrics.handshakes.get() > RETRY_ABOVE;
         if flooded && !incoming.remote_address_validated() && incoming.may_retry() {
             state.metrics.connection_refused("retry");
             if let Err(e) = incoming.retry() {
@@ -83,7 +84,7 @@ pub async fn accept_loop(state: &Arc<EdgeState>, endpoint: &quinn::Endpoint, shu
         };
         let session = state.next_session.fetch_add(1, Ordering::Relaxed);
         let task_state = Arc::clone(state);
-        let handshake = Handshaking::start(&handshakes);
+        let handshake = Handshaking::start(&state.metrics.handshakes);
         state.tracker.spawn(async move {
             let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await;
             drop(handshake);
