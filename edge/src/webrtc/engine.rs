@@ -30,7 +30,9 @@ pub async fn build(
 ) -> Result<(Arc<dyn PeerConnection>, Events), BuildError> {
     let config = &webrtc.config;
     let (handler, events) = new_handler();
-    // A port another process holds is skipped; a few attempts, then give up.
+    // A port another process holds is skipped; a few attempts, then give up with the
+    // last error when the port was free (a failure that is not about the port).
+    let mut failed = None;
     for _ in 0..8 {
         let addr = SocketAddr::new(config.bind_ip, lease.port);
         if std::net::UdpSocket::bind(addr).is_err() {
@@ -41,9 +43,10 @@ pub async fn build(
             Ok(pc) => return Ok((pc, events)),
             Err(e) => {
                 tracing::debug!(port = lease.port, error = %e, "peer connection bind failed; next port");
+                failed = Some(e);
                 lease.port = webrtc.port_in_use(lease.port).ok_or(BuildError::NoPort)?;
             }
         }
     }
-    Err(BuildError::NoPort)
+    Err(failed.map_or(BuildError::NoPort, BuildError::WebRtc))
 }
