@@ -97,8 +97,39 @@ pub struct Upstream {
     trust: ClientTrust,
     tuning: TransportTuning,
     node: NodeId,
-    /// Serializes upstream subscribes, so two viewers of a new track share one.
+    /// The open link; connecting is serialized by this lock, which is never held while
+    /// a subscription waits for its answer.
     link: tokio::sync::Mutex<Option<Arc<LinkState>>>,
+    /// One upstream subscription at a time per track, so two viewers of a new track
+    /// share one, and a track whose answer is slow holds up no other track.
+    subscribing: Mutex<HashMap<TrackKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+type TrackKey = (StreamName, TrackName);
+
+/// A place in a track's queue of subscribers; the entry goes when its last holder does
+/// (also when the waiting subscriber is cancelled).
+struct Turn<'a> {
+    queues: &'a Mutex<HashMap<TrackKey, Arc<tokio::sync::Mutex<()>>>>,
+    key: TrackKey,
+    queue: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> Turn<'a> {
+    fn join(queues: &'a Mutex<HashMap<TrackKey, Arc<tokio::sync::Mutex<()>>>>, key: TrackKey) -> Self {
+        let queue = Arc::clone(lock(queues).entry(key.clone()).or_default());
+        Turn { queues, key, queue }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut queues = lock(self.queues);
+        // Held by the map and this turn only: nobody else waits.
+        if queues.get(&self.key).is_some_and(|q| Arc::ptr_eq(q, &self.queue) && Arc::strong_count(q) == 2) {
+            queues.remove(&self.key);
+        }
+    }
 }
 
 struct Relayed {
@@ -129,6 +160,7 @@ impl Upstream {
             tuning: config.tuning.failing_over(UPSTREAM_IDLE),
             node: config.node_id.clone(),
             link: tokio::sync::Mutex::new(None),
+            subscribing: Mutex::new(HashMap::new()),
         })
     }
 
@@ -147,19 +179,23 @@ impl Upstream {
         stream: &StreamName,
         track: &TrackName,
     ) -> std::result::Result<TrackProducer, Refusal> {
-        let mut guard = self.link.lock().await;
-        // Another viewer may have subscribed while we waited for the lock.
+        let turn = Turn::join(&self.subscribing, (stream.clone(), track.clone()));
+        let _turn = Arc::clone(&turn.queue).lock_owned().await;
+        // Another viewer may have subscribed while we waited for our turn.
         if let Some(producer) = state.registry.find(stream, track) {
             return Ok(producer);
         }
-        let link = match guard.as_ref().filter(|l| !l.cancel.is_cancelled()) {
-            Some(link) => Arc::clone(link),
-            None => {
-                let link = self.connect(state).await.map_err(|e| {
-                    (ErrorCode::UpstreamUnavailable, format!("upstream {} unreachable: {e}", self.addr))
-                })?;
-                *guard = Some(Arc::clone(&link));
-                link
+        let link = {
+            let mut guard = self.link.lock().await;
+            match guard.as_ref().filter(|l| !l.cancel.is_cancelled()) {
+                Some(link) => Arc::clone(link),
+                None => {
+                    let link = self.connect(state).await.map_err(|e| {
+                        (ErrorCode::UpstreamUnavailable, format!("upstream {} unreachable: {e}", self.addr))
+                    })?;
+                    *guard = Some(Arc::clone(&link));
+                    link
+                }
             }
         };
         let id = link.next_id.fetch_add(1, Ordering::Relaxed);
@@ -382,5 +418,35 @@ async fn ingest_upstream_group(state: &EdgeState, shared: &LinkState, mut recv: 
     };
     if let Err(e) = ingest_group(recv, &producer, header.seq, state.config.max_frame, &state.metrics).await {
         tracing::warn!(error = %ferry_net::Chain(&e), "bad group from upstream");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(track: &str) -> TrackKey {
+        (StreamName::new("live/a").unwrap(), TrackName::new(track).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_track_queue_goes_with_its_last_subscriber_and_tracks_do_not_wait_on_each_other() {
+        let queues = Mutex::new(HashMap::new());
+        let first = Turn::join(&queues, key("video"));
+        let held = Arc::clone(&first.queue).lock_owned().await;
+        // Another track is not queued behind it.
+        let other = Turn::join(&queues, key("audio"));
+        let other_held = Arc::clone(&other.queue).try_lock_owned();
+        assert!(other_held.is_ok());
+        // The same track is.
+        let second = Turn::join(&queues, key("video"));
+        assert!(Arc::clone(&second.queue).try_lock_owned().is_err());
+        drop((other_held, other));
+        assert_eq!(lock(&queues).len(), 1);
+        // A waiter that gives up leaves the queue to the holder, who removes it.
+        drop(second);
+        assert_eq!(lock(&queues).len(), 1);
+        drop((held, first));
+        assert!(lock(&queues).is_empty());
     }
 }
