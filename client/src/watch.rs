@@ -120,6 +120,9 @@ impl Throttle {
     }
 }
 
+/// The shortest wait for an edge's answer to a subscription when failing over.
+const SUBSCRIBE_ANSWER_MIN: Duration = Duration::from_secs(3);
+
 /// Watches until the track ends, `duration` passes, or `cancel` fires.
 pub async fn watch(opts: WatchOptions, cancel: CancellationToken) -> Result<WatchStats> {
     Ok(watch_detailed(opts, cancel).await?.0)
@@ -157,7 +160,17 @@ async fn session(
         max_lag_ms,
     };
     write_message(&mut send, version, &subscribe).await?;
-    let info = match read_message::<Message>(&mut recv, MAX_CONTROL_MESSAGE).await {
+    // A failing-over viewer waits for the answer no longer than it would for a frame
+    // (twice, at least SUBSCRIBE_ANSWER_MIN: the edge may pull from upstream first), so
+    // an edge stuck on its own upstream does not hold it.
+    let answer = read_message::<Message>(&mut recv, MAX_CONTROL_MESSAGE);
+    let answer = match opts.stall_timeout {
+        Some(stall) => tokio::time::timeout((stall * 2).max(SUBSCRIBE_ANSWER_MIN), answer)
+            .await
+            .map_err(|_| Error::Net(ferry_net::Error::Timeout("the edge's answer to the subscription")))?,
+        None => answer.await,
+    };
+    let info = match answer {
         Ok(Some((_, Message::SubscribeOk { track, .. }))) => track,
         Ok(Some((_, Message::SubscribeError { code, message, .. }))) => {
             return Err(Error::refused(code, message))
