@@ -26,6 +26,7 @@ mod control;
 mod failover;
 mod floor;
 mod linearizable;
+mod netns;
 mod soak;
 
 #[derive(Debug, Subcommand)]

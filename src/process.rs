@@ -9,7 +9,20 @@ use tokio_util::sync::CancellationToken;
 /// file, a control plane, tokens) are not inherited, so each process runs exactly as
 /// the bench configures it.
 pub fn ferry_child(binary: &std::path::Path) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(binary);
+    ferry_child_in(None, binary)
+}
+
+/// [`ferry_child`], run in the network namespace `netns` when given (`ip netns exec`,
+/// which execs: the child's pid is ferry's).
+pub fn ferry_child_in(netns: Option<&str>, binary: &std::path::Path) -> tokio::process::Command {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut cmd = tokio::process::Command::new("ip");
+            cmd.args(["netns", "exec", ns]).arg(binary);
+            cmd
+        }
+        None => tokio::process::Command::new(binary),
+    };
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("FERRY_") {
             cmd.env_remove(key);

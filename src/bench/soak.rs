@@ -65,6 +65,14 @@ pub struct SoakArgs {
     /// The ferry binary to run (default: this one).
     #[arg(long)]
     pub binary: Option<PathBuf>,
+    /// Run every node in its own network namespace and add partitions (a node cut off
+    /// from every other node and client) to the faults. Needs root (CAP_NET_ADMIN) and
+    /// iproute2; `--partitions=false` runs everything on loopback without them.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub partitions: bool,
+    /// Log filter of every process the soak starts (their logs are in `--keep`).
+    #[arg(long, default_value = "warn")]
+    pub node_log: String,
 }
 
 /// A deterministic PRNG (splitmix64): the same seed gives the same schedule.
@@ -87,6 +95,8 @@ impl Rng {
 /// One process of the cluster: how to start it again, and its resource peaks.
 struct Node {
     name: String,
+    /// Its place in the lab: voters 0..3, edges 3..6.
+    index: usize,
     args: Vec<String>,
     http: String,
     child: Option<Child>,
@@ -102,6 +112,8 @@ struct Cluster {
     logs: PathBuf,
     voters: Vec<Node>,
     edges: Vec<Node>,
+    /// Last, so the processes are killed before their namespaces go.
+    lab: Option<super::netns::Lab>,
 }
 
 impl Cluster {
@@ -116,7 +128,8 @@ impl Cluster {
             .append(true)
             .open(self.logs.join(format!("{}.log", node.name)))
             .context("log file")?;
-        let mut child = crate::process::ferry_child(&self.binary)
+        let netns = self.lab.as_ref().map(|lab| lab.namespace(node.index));
+        let mut child = crate::process::ferry_child_in(netns.as_deref(), &self.binary)
             .args(&node.args)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -360,15 +373,25 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     std::fs::write(keyring.join("soak.key"), ferry_net::seal::new_key_hex()?)?;
     let keyring = keyring.to_string_lossy().into_owned();
 
-    // Addresses fixed up front, so a restarted process keeps them.
-    let voter_gossip: Vec<String> = (0..3).map(|_| free_udp()).collect::<anyhow::Result<_>>()?;
-    let raft: Vec<String> = (0..3).map(|_| free_udp()).collect::<anyhow::Result<_>>()?;
+    // Addresses fixed up front, so a restarted process keeps them: in its own
+    // namespace a node has the ports to itself; on loopback free ones are found.
+    let lab = match args.partitions {
+        true => Some(super::netns::Lab::create(6)?),
+        false => None,
+    };
+    let address = |node: usize, port: u16, udp: bool| match &lab {
+        Some(lab) => Ok(format!("{}:{port}", lab.ip(node))),
+        None if udp => free_udp(),
+        None => free_tcp(),
+    };
+    let voter_gossip: Vec<String> = (0..3).map(|i| address(i, 7946, true)).collect::<anyhow::Result<_>>()?;
+    let raft: Vec<String> = (0..3).map(|i| address(i, 7000, true)).collect::<anyhow::Result<_>>()?;
     let peers: Vec<String> = raft.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
     let peers = peers.join(",");
     let seeds = voter_gossip.join(",");
     let mut voters = Vec::new();
     for (i, gossip) in voter_gossip.iter().enumerate() {
-        let http = free_tcp()?;
+        let http = address(i, 8080, false)?;
         let data = dir.join(format!("voter-{}", i + 1)).to_string_lossy().into_owned();
         let mut a =
             strings(&["control", "--id", &(i + 1).to_string(), "--peers", &peers, "--http-listen", &http]);
@@ -381,23 +404,25 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
             "--gossip-seeds",
             &seeds,
         ]));
-        a.extend(strings(&["--log", "warn"]));
+        a.extend(strings(&["--log", &args.node_log]));
         let name = format!("voter-{}", i + 1);
-        voters.push(Node { name, args: a, http, child: None, stopped: false, starts: 0, ..Node::empty() });
+        voters.push(Node { name, index: i, args: a, http, ..Node::empty() });
     }
     let control: Vec<String> = voters.iter().map(|v| format!("http://{}", v.http)).collect();
     let first_voter = control.first().cloned().context("no voter")?;
     let mut edges = Vec::new();
-    for (id, region) in [("e1", "r1"), ("e2", "r1"), ("e3", "r2")] {
-        let (quic, http) = (free_udp()?, free_tcp()?);
+    for (i, (id, region)) in [("e1", "r1"), ("e2", "r1"), ("e3", "r2")].into_iter().enumerate() {
+        let index = 3 + i;
+        let (quic, http) = (address(index, 4433, true)?, address(index, 8080, false)?);
         let mut a =
-            strings(&["edge", "--node-id", id, "--region", region, "--log", "warn", "--allow-anonymous"]);
-        a.extend(strings(&["--quic-listen", &quic, "--http-listen", &http, "--gossip-listen", &free_udp()?]));
+            strings(&["edge", "--node-id", id, "--region", region, "--log", &args.node_log, "--allow-anonymous"]);
+        let gossip = address(index, 7946, true)?;
+        a.extend(strings(&["--quic-listen", &quic, "--http-listen", &http, "--gossip-listen", &gossip]));
         a.extend(strings(&["--gossip-seeds", &seeds, "--gossip-keyring", &keyring]));
         a.extend(strings(&["--control-plane", &control.join(","), "--control-token", TOKEN]));
-        edges.push(Node { name: id.to_owned(), args: a, http, ..Node::empty() });
+        edges.push(Node { name: id.to_owned(), index, args: a, http, ..Node::empty() });
     }
-    let mut cluster = Cluster { binary: binary.clone(), logs: dir.clone(), voters, edges };
+    let mut cluster = Cluster { binary: binary.clone(), logs: dir.clone(), voters, edges, lab };
     for i in 0..3 {
         cluster.start(true, i).await?;
     }
@@ -441,7 +466,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
                 "--synthetic-vp8",
                 "--insecure",
             ])
-            .args(["--bitrate", "300k", "--max-failures", "1000", "--log", "warn"])
+            .args(["--bitrate", "300k", "--max-failures", "1000", "--log", &args.node_log])
             .stdout(Stdio::null())
             .stderr(log_file(&dir, &format!("publisher-{}", stream.replace('/', "-")))?)
             .kill_on_drop(true)
@@ -462,7 +487,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         for region in ["r1", "r2"] {
             let child = crate::process::ferry_child(&binary)
                 .args(["watch", "--control-plane", &cp, "--region", region, "--stream", stream])
-                .args(["--insecure", "--json", "--max-failures", "1000", "--log", "warn"])
+                .args(["--insecure", "--json", "--max-failures", "1000", "--log", &args.node_log])
                 .stdout(Stdio::piped())
                 .stderr(log_file(&dir, &format!("viewer-quic-{}-{region}", stream.replace('/', "-")))?)
                 .kill_on_drop(true)
@@ -475,7 +500,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     let whep_url = format!("{}/whep/{first}?region=r1", first_voter);
     let child = crate::process::ferry_child(&binary)
         .args(["watch", "--whep", &whep_url, "--control-plane", &cp, "--region", "r1", "--stream", first])
-        .args(["--json", "--max-failures", "1000", "--log", "warn"])
+        .args(["--json", "--max-failures", "1000", "--log", &args.node_log])
         .stdout(Stdio::piped())
         .stderr(log_file(&dir, "viewer-whep")?)
         .kill_on_drop(true)
@@ -487,6 +512,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     // Clients and faults. Each key's history starts with the share it was created
     // with, as a write acknowledged before anything else.
     let started = Instant::now();
+    let started_unix_ms = ferry_net::time::unix_ms();
     let mut initial = Vec::new();
     for (key, _) in KEYS {
         let rollout =
@@ -524,8 +550,8 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     while started.elapsed() < args.duration {
         let fault_started = Instant::now();
         let hold = Duration::from_millis(2_000 + rng.below(2_000) as u64);
-        let kind = rng.below(5);
-        let voter = kind < 2;
+        let kind = rng.below(if cluster.lab.is_some() { 6 } else { 5 });
+        let voter = kind < 2 || (kind == 5 && rng.below(2) == 0);
         let i = rng.below(3);
         let name = cluster.node(voter, i).map(|n| n.name.clone()).unwrap_or_default();
         let what = match kind {
@@ -554,6 +580,14 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
                     node.stopped = false;
                 }
                 format!("SIGSTOP {name} for {} ms", hold.as_millis())
+            }
+            5 => {
+                let index = cluster.node(voter, i).map(|n| n.index).unwrap_or_default();
+                let lab = cluster.lab.as_ref().context("partitions need the lab")?;
+                lab.cut(index)?;
+                sample_for(&mut cluster, hold).await;
+                cluster.lab.as_ref().context("partitions need the lab")?.heal(index)?;
+                format!("partition: {name} cut off for {} ms", hold.as_millis())
             }
             _ => {
                 let edge = cluster.edges.get(i).map(|e| (e.http.clone(), e.args.clone()));
@@ -656,13 +690,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         let ok = !exited_early && playing && max_gap <= RECOVERY_GOAL.as_millis() as f64;
         recovery_ok &= ok;
         all_playing &= !exited_early && playing;
-        // How the last legs ended, to see why a viewer failed.
-        let last_legs: Vec<Value> = legs
-            .iter()
-            .rev()
-            .take(if ok { 0 } else { 6 })
-            .map(|l| json!({ "edge": at(l, "edge").as_str().or(at(l, "url").as_str()), "frames": at(l, "frames"), "ended": at(l, "ended"), "gap_ms": at(l, "gap_ms") }))
-            .collect();
+        let long_gaps = long_gaps(&legs, started_unix_ms);
         let mut ends: BTreeMap<String, usize> = BTreeMap::new();
         for leg in &legs {
             *ends.entry(at(leg, "ended").as_str().unwrap_or("?").chars().take(60).collect()).or_default() +=
@@ -671,7 +699,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         viewer_reports.push(json!({
             "viewer": name, "ok": ok, "exited_early": exited_early, "playing_at_end": playing,
             "legs": legs.len(), "max_gap_ms": max_gap, "frames": at(&stats, "frames"),
-            "legs_ended": ends, "last_legs": last_legs,
+            "legs_ended": ends, "long_gaps": long_gaps,
         }));
     }
     for (_, mut child) in media {
@@ -711,6 +739,8 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     let report = json!({
         "passed": passed,
         "seed": args.seed,
+        "partitions": args.partitions,
+        "started_unix_ms": started_unix_ms,
         "duration_s": args.duration.as_secs_f64(),
         "faults": faults,
         "history": summary,
@@ -744,6 +774,38 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A viewer's gaps longer than half the recovery goal, each with the legs from the
+/// last one that played up to the one that played again, placed on the soak's
+/// timeline (ms since the faults started, like the faults' `at_ms`).
+fn long_gaps(legs: &[Value], started_unix_ms: u64) -> Vec<Value> {
+    let mut gaps = Vec::new();
+    let mut since_playing = 0;
+    for (i, leg) in legs.iter().enumerate() {
+        let gap = at(leg, "gap_ms").as_f64().unwrap_or(0.0);
+        if gap > RECOVERY_GOAL.as_millis() as f64 / 2.0 {
+            let window: Vec<Value> = legs
+                .get(since_playing..=i)
+                .unwrap_or_default()
+                .iter()
+                .map(|l| {
+                    let ended = at(l, "ended_unix_ms").as_u64().unwrap_or(0);
+                    json!({
+                        "edge": at(l, "edge").as_str().or(at(l, "url").as_str()),
+                        "frames": at(l, "frames"),
+                        "ended": at(l, "ended"),
+                        "ended_at_ms": ended as i64 - started_unix_ms as i64,
+                    })
+                })
+                .collect();
+            gaps.push(json!({ "gap_ms": gap, "legs": window }));
+        }
+        if at(leg, "frames").as_u64().unwrap_or(0) > 0 {
+            since_playing = i;
+        }
+    }
+    gaps
+}
+
 /// Samples the processes every 500 ms for `span`.
 async fn sample_for(cluster: &mut Cluster, span: Duration) {
     let until = Instant::now() + span;
@@ -761,6 +823,7 @@ impl Node {
     fn empty() -> Node {
         Node {
             name: String::new(),
+            index: 0,
             args: Vec::new(),
             http: String::new(),
             child: None,
