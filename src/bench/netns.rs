@@ -58,6 +58,7 @@ impl Lab {
         )?;
         let mut lab = lab;
         ip(&["addr", "add", &format!("{}.1/24", lab.subnet), "dev", &bridge])?;
+        ip(&["addr", "add", &format!("{}.2/24", lab.subnet), "dev", &bridge])?;
         ip(&["link", "set", &bridge, "up"])?;
         for i in 0..nodes {
             let (ns, link) = (lab.namespace(i), lab.link(i));
@@ -90,6 +91,12 @@ impl Lab {
     /// Node `i`'s address.
     pub fn ip(&self, i: usize) -> String {
         format!("{}.{}", self.subnet, 11 + i)
+    }
+
+    /// This host's second address on the bridge, for clients that must not share the
+    /// others' per-address shares (the soak's hostile ones).
+    pub fn second_host_ip(&self) -> std::net::IpAddr {
+        format!("{}.2", self.subnet).parse().unwrap_or(std::net::IpAddr::from([127, 0, 0, 2]))
     }
 
     /// Cuts node `i` off from everything (its bridge port goes down).

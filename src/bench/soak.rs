@@ -1,9 +1,11 @@
-//! `ferry bench soak`: a chaos soak on a real cluster on loopback. 3 voters and 3 edges
-//! (separate processes, gossiping, edges registered), routed QUIC publishers, routed
-//! QUIC and WHEP viewers, and control-plane clients that record every request and
-//! answer, while seeded faults hit the cluster one after another: SIGKILL and restart
-//! of a voter or an edge, SIGSTOP/SIGCONT of one, and bursts of hostile clients
-//! (slowloris HTTP, QUIC connections that never subscribe, publishers of junk names).
+//! `ferry bench soak`: a chaos soak on a real cluster. 3 voters and 3 edges (separate
+//! processes, each in a network namespace of its own, gossiping, edges registered),
+//! routed QUIC publishers, routed QUIC and WHEP viewers, and control-plane clients that
+//! record every request and answer, while seeded faults hit the cluster one after
+//! another: SIGKILL and restart of a voter or an edge, SIGSTOP/SIGCONT of one, a
+//! partition (one node cut off from everything), and bursts of hostile clients
+//! (slowloris HTTP, QUIC connections that never subscribe, publishers of junk names,
+//! WHEP offers that never go on to ICE).
 //! After a calm period it checks: every acknowledged write is in the audit log, the
 //! recorded history of each key is linearizable, every viewer recovered within
 //! [`RECOVERY_GOAL`] after every fault and plays at the end, every process stayed
@@ -279,10 +281,57 @@ async fn client(
     }
 }
 
+/// A recvonly VP8 offer as a browser sends it to watch; the hostile client that posts
+/// it never goes on to ICE.
+fn hostile_offer() -> String {
+    let fingerprint = (0..32).map(|i| format!("{:02X}", i * 7 % 256)).collect::<Vec<_>>().join(":");
+    format!(
+        "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+         a=msid-semantic: WMS\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\n\
+         a=rtcp:9 IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+         a=fingerprint:sha-256 {fingerprint}\r\na=setup:actpass\r\na=mid:0\r\na=recvonly\r\n\
+         a=rtcp-mux\r\na=rtpmap:96 VP8/90000\r\n"
+    )
+}
+
+/// Posts `n` WHEP offers for `path` to `edge_http` from `from` and never completes
+/// one; returns how many the edge answered with a session (201).
+async fn hostile_offers(edge_http: &str, from: std::net::IpAddr, path: &str, n: usize) -> usize {
+    let Ok(addr) = edge_http.parse::<std::net::SocketAddr>() else { return 0 };
+    let offer = hostile_offer();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {edge_http}\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{offer}",
+        offer.len()
+    );
+    let mut answered = 0;
+    for _ in 0..n {
+        let post = async {
+            let socket = tokio::net::TcpSocket::new_v4().ok()?;
+            socket.bind((from, 0).into()).ok()?;
+            let mut stream = socket.connect(addr).await.ok()?;
+            stream.write_all(request.as_bytes()).await.ok()?;
+            let mut head = [0u8; 12];
+            stream.read_exact(&mut head).await.ok()?;
+            Some(head.ends_with(b"201"))
+        };
+        if tokio::time::timeout(Duration::from_secs(2), post).await.ok().flatten() == Some(true) {
+            answered += 1;
+        }
+    }
+    answered
+}
+
 /// A burst of hostile clients for `hold`: slowloris connections to an edge's and a
-/// voter's HTTP port, QUIC connections that never subscribe, and publishers of junk
-/// stream names for a second each.
-async fn hostile(edge_http: String, edge_quic: String, voter_http: String, hold: Duration) -> usize {
+/// voter's HTTP port, QUIC connections that never subscribe, publishers of junk stream
+/// names for a second each, and WHEP offers that never go on to ICE (from `offers_from`,
+/// an address of their own).
+async fn hostile(
+    edge_http: String,
+    edge_quic: String,
+    voter_http: String,
+    offers_from: std::net::IpAddr,
+    hold: Duration,
+) -> usize {
     let Ok(label) = ferry_proto::NodeId::new("soak-hostile") else { return 0 };
     let mut held = Vec::new();
     for target in [&edge_http, &voter_http] {
@@ -330,9 +379,11 @@ async fn hostile(edge_http: String, edge_quic: String, voter_http: String, hold:
             idle.push(link);
         }
     }
+    let [watched, _] = STREAMS;
+    let offers = hostile_offers(&edge_http, offers_from, &format!("/whep/{watched}"), 20).await;
     tokio::time::sleep(hold).await;
     while junk.join_next().await.is_some() {}
-    held.len() + idle.len()
+    held.len() + idle.len() + offers
 }
 
 /// RSS (KiB) and open file descriptors of `pid`.
@@ -599,10 +650,14 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
                     .cloned()
                     .unwrap_or_default();
                 let voter_http = cluster.voters.get(rng.below(3)).map(|v| v.http.clone()).unwrap_or_default();
-                let burst = tokio::spawn(hostile(edge_http, quic, voter_http, hold));
+                let offers_from = match &cluster.lab {
+                    Some(lab) => lab.second_host_ip(),
+                    None => std::net::IpAddr::from([127, 0, 0, 2]),
+                };
+                let burst = tokio::spawn(hostile(edge_http, quic, voter_http, offers_from, hold));
                 sample_for(&mut cluster, hold).await;
                 let held = burst.await.unwrap_or(0);
-                format!("hostile clients at {name}: {held} connections held for {} ms", hold.as_millis())
+                format!("hostile clients at {name}: {held} connections and unfinished WebRTC sessions held for {} ms", hold.as_millis())
             }
         };
         faults.push(
