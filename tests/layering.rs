@@ -50,7 +50,7 @@ const MODULE_LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("media/src", &["synthetic", "keyframe", "ivf", "throttle", "rtp", "peer"]),
-    ("client/src", &["error", "stats", "publish", "watch", "whep", "routed"]),
+    ("client/src", &["error", "stats", "publish", "watch", "whep", "routed", "whip"]),
     (
         "edge/src",
         &[

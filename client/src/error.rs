@@ -27,9 +27,13 @@ pub enum Error {
     /// No edge could be found for the stream.
     #[error("no route for {stream}: {reason}")]
     NoRoute { stream: String, reason: String },
-    /// WHEP signalling failed (the edge refused, redirected too often, ...).
+    /// WHIP/WHEP signalling failed (redirected too often, no answer, ...).
     #[error("webrtc: {0}")]
     WebRtc(String),
+    /// The WHIP/WHEP endpoint answered the offer with an error status; `body` carries
+    /// the edge's JSON `{"error", "reason"}`.
+    #[error("webrtc: {url}: HTTP {status}: {body}")]
+    Refused { url: String, status: u16, body: String },
     /// The `webrtc` crate failed while `what`.
     #[error("webrtc: {what}")]
     Peer {
@@ -44,6 +48,14 @@ impl Error {
     pub fn refused_code(&self) -> Option<ErrorCode> {
         match self {
             Error::Net(ferry_net::Error::Refused { code, .. }) => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status a WHIP/WHEP endpoint refused the offer with.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            Error::Refused { status, .. } => Some(*status),
             _ => None,
         }
     }

@@ -215,9 +215,9 @@ pub async fn publish(opts: PublishOptions, cancel: CancellationToken) -> Result<
     }
 }
 
-type BoxedRead = Box<dyn AsyncRead + Unpin + Send>;
+pub(crate) type BoxedRead = Box<dyn AsyncRead + Unpin + Send>;
 
-async fn open_ivf(path: &PathBuf, max_frame: usize) -> Result<(IvfReader<BoxedRead>, TrackInfo)> {
+pub(crate) async fn open_ivf(path: &PathBuf, max_frame: usize) -> Result<(IvfReader<BoxedRead>, TrackInfo)> {
     let input: BoxedRead = if path.as_os_str() == "-" {
         Box::new(tokio::io::stdin())
     } else {

@@ -247,11 +247,11 @@ async fn watch_once(
 }
 
 /// A `webrtc` crate failure while `what`, with the crate's error as the source.
-fn peer(what: &'static str) -> impl FnOnce(webrtc::error::Error) -> Error {
+pub(crate) fn peer(what: &'static str) -> impl FnOnce(webrtc::error::Error) -> Error {
     move |source| Error::Peer { what, source }
 }
 
-fn other(e: impl std::fmt::Display) -> Error {
+pub(crate) fn other(e: impl std::fmt::Display) -> Error {
     Error::WebRtc(e.to_string())
 }
 
@@ -476,17 +476,18 @@ const MAX_REDIRECTS: usize = 4;
 const SIGNALLING_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// An edge's 201 to an offer.
-struct Answered {
+pub(crate) struct Answered {
     /// The URL that answered (after redirects).
-    url: String,
-    location: Option<String>,
-    sdp: String,
-    variant: Option<String>,
-    client_flag: Option<String>,
+    pub url: String,
+    /// The session resource to `DELETE`.
+    pub location: Option<String>,
+    pub sdp: String,
+    pub variant: Option<String>,
+    pub client_flag: Option<String>,
 }
 
-/// POSTs the offer; follows 307/308.
-async fn post_offer(
+/// POSTs the offer (WHEP or WHIP); follows 307/308.
+pub(crate) async fn post_offer(
     http: &HttpClient,
     url: &str,
     token: Option<&str>,
@@ -517,14 +518,14 @@ async fn post_offer(
                 url = resolve_location(&url, next);
             }
             status => {
-                return Err(Error::WebRtc(format!("{url}: HTTP {status}: {}", response.text().trim())));
+                return Err(Error::Refused { url, status, body: response.text().trim().to_owned() });
             }
         }
     }
     Err(other(format!("{url}: too many redirects")))
 }
 
-async fn delete(http: &HttpClient, location: &str) -> Result<()> {
+pub(crate) async fn delete(http: &HttpClient, location: &str) -> Result<()> {
     http.request(Method::DELETE, location).timeout(Duration::from_secs(2)).send().await?;
     Ok(())
 }
