@@ -1,6 +1,7 @@
 //! Flags shared by several commands: how clients trust edges, who a session is, and
 //! routing through the control plane.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -56,10 +57,11 @@ pub struct RouteArgs {
     #[arg(long, env = "FERRY_CLIENT_REGION", requires = "control_plane")]
     pub region: Option<String>,
     /// With --control-plane: silence after which the edge counts as dead and the
-    /// client moves on.
+    /// client moves on (`publish --whip`: how long a session may stay disconnected).
     #[arg(long, env = "FERRY_FAILOVER_AFTER", default_value = "1500ms", value_parser = units::duration)]
     pub failover_after: Duration,
-    /// With --control-plane: give up after this many sessions in a row fail.
+    /// With --control-plane (and `publish --whip`): give up after this many sessions
+    /// in a row fail.
     #[arg(long, env = "FERRY_MAX_FAILURES", default_value_t = 20)]
     pub max_failures: u32,
 }
@@ -118,4 +120,24 @@ impl SessionArgs {
 /// A client label unique per process, e.g. `viewer-1234`.
 pub fn label(prefix: &str) -> anyhow::Result<NodeId> {
     Ok(NodeId::new(format!("{prefix}-{}", std::process::id()))?)
+}
+
+/// `live/x` from `http://HOST:PORT/{kind}/live/x?…`, `kind` being `whep` or `whip`.
+pub fn stream_of_webrtc_url(url: &str, kind: &str) -> Option<String> {
+    let path = url.split_once(&format!("/{kind}/"))?.1;
+    let stream = path.split(['?', '#']).next()?;
+    (!stream.is_empty()).then(|| stream.to_owned())
+}
+
+/// The local address of a WHIP/WHEP media socket: loopback endpoints get a loopback
+/// socket; anything else every interface.
+pub fn media_bind_ip(url: &str) -> IpAddr {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).unwrap_or(url);
+    let host = rest.split(['/', ':']).next().unwrap_or("");
+    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        IpAddr::from([0, 0, 0, 0])
+    }
 }

@@ -27,7 +27,7 @@ pub enum Command {
     Dev(crate::dev::DevArgs),
     /// Run an edge: QUIC relay for publishers, viewers and downstream edges.
     Edge(Box<crate::edge::EdgeArgs>),
-    /// Publish a stream to an edge over QUIC.
+    /// Publish a stream to an edge over QUIC (over WebRTC with --whip).
     Publish(crate::publish::PublishArgs),
     /// Watch a stream from an edge over QUIC and print what arrived.
     Watch(crate::watch::WatchArgs),

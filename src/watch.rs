@@ -1,6 +1,5 @@
 //! `ferry watch`: watch a stream over QUIC, or over WebRTC with `--whep`.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use ferry_client::whep::{watch_whep, WhepFailover, WhepOptions};
 use ferry_net::tls::TransportTuning;
 use ferry_proto::{StreamName, TrackName};
 
-use crate::args::{label, RouteArgs, SessionArgs, TrustArgs};
+use crate::args::{label, media_bind_ip, stream_of_webrtc_url, RouteArgs, SessionArgs, TrustArgs};
 use crate::units;
 
 #[derive(Debug, Clone, Args)]
@@ -128,7 +127,7 @@ async fn run_watch_whep(args: &WatchArgs, url: &str) -> anyhow::Result<()> {
         false => {
             let stream = match &args.stream {
                 Some(stream) => stream.clone(),
-                None => stream_of_whep_url(url)
+                None => stream_of_webrtc_url(url, "whep")
                     .ok_or_else(|| anyhow::anyhow!("--whep {url}: no /whep/STREAM path; give --stream"))?,
             };
             let region = args.route.region.as_deref().map(|r| format!("?region={r}")).unwrap_or_default();
@@ -148,7 +147,7 @@ async fn run_watch_whep(args: &WatchArgs, url: &str) -> anyhow::Result<()> {
         url: url.to_owned(),
         token: args.session.token()?,
         duration: args.duration,
-        bind_ip: whep_bind_ip(url),
+        bind_ip: media_bind_ip(url),
         connect_timeout: Duration::from_secs(10),
         failover,
         session_id: args.session.session_id.clone(),
@@ -174,22 +173,4 @@ async fn run_watch_whep(args: &WatchArgs, url: &str) -> anyhow::Result<()> {
         anyhow::bail!("no media arrived ({})", stats.ended);
     }
     Ok(())
-}
-
-/// `live/x` from `http://HOST:PORT/whep/live/x?…`.
-fn stream_of_whep_url(url: &str) -> Option<String> {
-    let path = url.split_once("/whep/")?.1;
-    let stream = path.split(['?', '#']).next()?;
-    (!stream.is_empty()).then(|| stream.to_owned())
-}
-
-/// Loopback endpoints get a loopback media socket; anything else every interface.
-fn whep_bind_ip(url: &str) -> IpAddr {
-    let host = url.trim_start_matches("http://").split(['/', ':']).next().unwrap_or("");
-    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    if loopback {
-        IpAddr::from([127, 0, 0, 1])
-    } else {
-        IpAddr::from([0, 0, 0, 0])
-    }
 }
