@@ -706,6 +706,123 @@ fn ferry_watch_over_whep_with_a_token_from_ferry_token() {
     assert!(stderr.contains("403") && stderr.contains("token_wrong_action"), "{stderr}");
 }
 
+/// `ferry publish --whip` (a WHIP publisher built on the webrtc crate) publishes the
+/// VP8-labelled synthetic stream with a token: a QUIC viewer receives its frames until
+/// the publisher ends its session (DELETE of its resource) and the track ends; the
+/// publisher reports every frame it sent, in order, in one session. A second publisher
+/// of the live stream is refused with the edge's reason and a non-zero exit.
+#[test]
+fn ferry_publish_over_whip_reaches_quic_viewers_and_a_busy_stream_is_refused() {
+    let _heavy = heavy();
+    let dir = TempDir::new("whip-cli");
+    let edge = webrtc_edge("edge-whip", dir.path(), &[]);
+    let now = SystemTime::now();
+    let publish = token("live/x", Action::Publish, Duration::from_secs(3600), now);
+    let view = token("live/x", Action::View, Duration::from_secs(3600), now);
+    let url = format!("http://{}/whip/live/x", edge.http);
+    let whip = |name: &str, duration: &str| {
+        let mut cmd = ferry();
+        cmd.args(["publish", "--whip", &url, "--synthetic", "--synthetic-vp8", "--duration", duration])
+            .args(["--json", "--token", &publish])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        Proc::spawn(name, &mut cmd)
+    };
+    let publisher = whip("whip publisher", "8s");
+    wait_for_stream(&edge);
+    wait_for("the edge to receive the WHIP publisher's frames", Duration::from_secs(20), || {
+        (edge.metric("ferry_frames_in_total").unwrap_or(0.0) > 0.0).then_some(())
+    });
+    let viewer = watch(&edge, "live/x", &["--token", &view]);
+
+    // The stream is live: a second publisher is refused (no takeover grant).
+    let out = whip("second whip publisher", "3s").wait_output(Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second publisher was let in: {stderr}");
+    assert!(
+        stderr.contains("HTTP 409") && stderr.contains("stream_busy") && stderr.contains("already published"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "no stats for a refused publisher");
+
+    let published = json_output(publisher, Duration::from_secs(60));
+    println!("ferry publish --whip: {published}");
+    let frames = published["frames"].as_u64().unwrap();
+    assert_eq!(published["codec"], "Vp8", "{published}");
+    assert!(frames >= 150, "8 s at 30 fps: {published}");
+    assert!(published["keyframes"].as_u64().unwrap() >= 4, "a keyframe every 2 s: {published}");
+    assert!(published["packets"].as_u64().unwrap() > frames, "frames span packets: {published}");
+    assert_eq!(published["first_seq"], 0, "{published}");
+    assert_eq!(published["last_seq"].as_u64().unwrap() + 1, frames, "every frame in order: {published}");
+    assert_eq!(published["ended"], "duration reached", "{published}");
+    assert_eq!(published["url"], url.as_str(), "{published}");
+    assert_eq!(published["reconnects"], 0, "{published}");
+    let legs = published["legs"].as_array().unwrap();
+    assert_eq!(legs.len(), 1, "one session: {published}");
+    assert_eq!(legs[0]["frames"], frames, "{published}");
+    assert_eq!(legs[0]["ended"], "duration reached", "{published}");
+
+    // The publisher's DELETE ended the stream: the viewer sees the track end.
+    let watched = json_output(viewer, Duration::from_secs(30));
+    println!("ferry watch: {watched}");
+    assert_eq!(watched["codec"], "Vp8", "{watched}");
+    assert_eq!(watched["ended"], "track ended", "{watched}");
+    let seen = watched["frames"].as_u64().unwrap();
+    assert!(seen >= 120 && seen <= frames, "the viewer joined within a second or two: {watched}");
+    assert_eq!(watched["skipped_groups"], 0, "{watched}");
+    assert_eq!(watched["groups_without_keyframe"], 0, "{watched}");
+    // The edge saw one refusal (the second publisher) and no failed session.
+    let metrics = edge.metrics();
+    assert_eq!(
+        metric_value(&metrics, "ferry_webrtc_session_errors_total{reason=\"stream_busy\"}"),
+        Some(1.0)
+    );
+    assert_eq!(metric_sum(&metrics, "ferry_webrtc_session_errors_total"), 1.0, "{metrics}");
+}
+
+/// When its edge dies, `ferry publish --whip` notices (ICE disconnected for
+/// --failover-after), posts its offer again and goes on publishing on the edge that
+/// now answers at the URL; the synthetic stream goes on where it stopped.
+#[test]
+fn ferry_publish_over_whip_starts_a_new_session_when_its_edge_dies() {
+    let _heavy = heavy();
+    let dir = TempDir::new("whip-cli-failover");
+    let http = format!("127.0.0.1:{}", free_tcp_port());
+    let first = webrtc_edge("edge-whip-1", dir.path(), &["--http-listen", &http]);
+    let publish = token("live/f", Action::Publish, Duration::from_secs(3600), SystemTime::now());
+    let url = format!("http://{http}/whip/live/f");
+    let mut cmd = ferry();
+    cmd.args(["publish", "--whip", &url, "--synthetic", "--synthetic-vp8", "--duration", "60s", "--json"])
+        .args(["--failover-after", "1s", "--token", &publish])
+        .stdout(std::process::Stdio::piped());
+    let publisher = Proc::spawn("whip publisher", &mut cmd);
+    let received = |edge: &Edge| edge.metric("ferry_frames_in_total").unwrap_or(0.0);
+    wait_for("frames on the first edge", Duration::from_secs(20), || (received(&first) > 30.0).then_some(()));
+    drop(first);
+    let second = webrtc_edge("edge-whip-2", dir.path(), &["--http-listen", &http]);
+    wait_for("frames on the second edge", Duration::from_secs(40), || {
+        (received(&second) > 30.0).then_some(())
+    });
+    publisher.terminate();
+    let published = json_output(publisher, Duration::from_secs(30));
+    println!("ferry publish --whip: {published}");
+    let legs = published["legs"].as_array().unwrap();
+    assert!(legs.len() >= 2, "{published}");
+    assert_eq!(published["reconnects"], legs.len() - 1, "{published}");
+    let first_leg = &legs[0];
+    assert!(first_leg["frames"].as_u64().unwrap() > 30, "{published}");
+    assert!(["disconnected", "ice failed"].contains(&first_leg["ended"].as_str().unwrap()), "{published}");
+    let last_leg = &legs[legs.len() - 1];
+    assert!(last_leg["frames"].as_u64().unwrap() > 30, "{published}");
+    assert_eq!(last_leg["ended"], "stopped", "{published}");
+    assert_eq!(published["ended"], "stopped", "{published}");
+    let frames = published["frames"].as_u64().unwrap();
+    let per_leg: u64 = legs.iter().map(|l| l["frames"].as_u64().unwrap()).sum();
+    assert_eq!(per_leg, frames, "{published}");
+    assert_eq!(published["first_seq"], 0, "{published}");
+    assert_eq!(published["last_seq"].as_u64().unwrap() + 1, frames, "the sequence went on: {published}");
+}
+
 /// `window.ferry.<expr>` of a page.
 fn page(browser: &browser::Browser, expr: &str) -> serde_json::Value {
     browser.eval(&format!("return window.ferry && window.ferry.{expr};"))
