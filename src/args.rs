@@ -26,7 +26,7 @@ pub struct TrustArgs {
 }
 
 impl TrustArgs {
-    /// The HTTP client for `https://` WHEP and control-plane URLs: verified with
+    /// The HTTP client for `https://` WHIP/WHEP and control-plane URLs: verified with
     /// `--ca-file` (or not at all with `--insecure`); plain `http://` needs neither.
     pub fn http(&self) -> anyhow::Result<HttpClient> {
         match (&self.ca_file, self.insecure) {
@@ -83,18 +83,18 @@ impl RouteArgs {
 pub struct SessionArgs {
     /// Access token minted by `ferry token` for this stream and action (prefer
     /// --token-file). Edges refuse clients without one unless they allow anonymous
-    /// clients (dev). Over WHEP it is sent as `Authorization: Bearer`.
+    /// clients (dev). Over WHIP/WHEP it is sent as `Authorization: Bearer`.
     #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// File holding the access token (wins over --token).
     #[arg(long, env = "FERRY_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-    /// This session's stable id, by which rollouts place it in a cohort (over WHEP the
+    /// This session's stable id, by which rollouts place it in a cohort (over WHIP/WHEP the
     /// `Ferry-Session` header); without it the edge side picks a random one.
     #[arg(long, env = "FERRY_SESSION_ID")]
     pub session_id: Option<String>,
     /// A client tag that rollouts' `gates.client_tags` match (repeatable; QUIC only,
-    /// over WHEP the User-Agent is the tag). Default: `ferry/<version>`.
+    /// over WHIP/WHEP the User-Agent is the tag). Default: `ferry/<version>`.
     #[arg(long = "client-tag", env = "FERRY_CLIENT_TAGS", value_delimiter = ',')]
     pub client_tags: Vec<String>,
 }
