@@ -111,7 +111,7 @@ pub struct WhipStats {
     /// only); they continue across legs.
     pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
-    /// From sending the first offer to the first session connected.
+    /// From the start (building the first offer) to the first session connected.
     pub connect_ms: Option<f64>,
     pub duration_s: f64,
     /// Why publishing ended.
@@ -127,6 +127,9 @@ pub struct WhipStats {
     pub reconnects: u64,
     /// Every session.
     pub legs: Vec<WhipLeg>,
+    /// When the session connected.
+    #[serde(skip)]
+    connected_at: Option<std::time::Instant>,
 }
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
@@ -159,15 +162,14 @@ pub async fn publish_whip(opts: WhipOptions, cancel: CancellationToken) -> Resul
             }
             _ => opts.url.clone(),
         };
-        let leg_started = std::time::Instant::now();
         let leg = Leg { opts: &opts, url: &url, deadline, timestamp_offset, cancel: &cancel };
         let (leg, ended) = match publish_once(leg, &mut media).await {
             Ok(stats) => {
                 busy_since = None;
                 if total.connect_ms.is_none() {
                     total.connect_ms = stats
-                        .connect_ms
-                        .map(|ms| ms + leg_started.saturating_duration_since(started).as_secs_f64() * 1e3);
+                        .connected_at
+                        .map(|at| at.saturating_duration_since(started).as_secs_f64() * 1e3);
                 }
                 let leg = WhipLeg {
                     url: stats.url.clone().unwrap_or(url),
@@ -288,7 +290,7 @@ async fn session(
     events: &mut engine::Events,
     media: &mut Media,
 ) -> Result<WhipStats> {
-    let Leg { opts, url, .. } = leg;
+    let Leg { opts, url, cancel, .. } = leg;
     let ssrc = random_u32()?;
     let codec = engine::rtp_codec(Codec::Vp8).ok_or_else(|| other("VP8 is not a WebRTC codec here"))?;
     let encoding = RTCRtpEncodingParameters {
@@ -314,8 +316,12 @@ async fn session(
     pc.set_local_description(offer).await.map_err(peer("applying the offer"))?;
     engine::gathered(events, Duration::from_secs(2)).await;
     let offer = pc.local_description().await.ok_or_else(|| other("no local offer"))?.sdp;
-    let answered =
-        post_offer(&opts.http, url, opts.token.as_deref(), opts.session_id.as_deref(), &offer).await?;
+    let session_id = opts.session_id.as_deref();
+    let answered = tokio::select! {
+        // The edge drops a session that never connects by itself.
+        _ = cancel.cancelled() => return Ok(WhipStats { ended: "stopped".into(), ..WhipStats::default() }),
+        answered = post_offer(&opts.http, url, opts.token.as_deref(), session_id, &offer) => answered?,
+    };
     let Answered { url, location, sdp: answer, variant, client_flag } = answered;
     let mut stats = WhipStats {
         url: Some(url.clone()),
@@ -326,10 +332,11 @@ async fn session(
         ..WhipStats::default()
     };
     let result = stream(leg, pc, events, media, &local, &transceiver, answer, ssrc, &mut stats).await;
-    // Tell the edge at once instead of letting ICE time out; best effort, and not to
-    // an edge that is gone or already closed the session.
-    let edge_gone = matches!(result, Ok("ice failed" | "closed by the edge" | "disconnected"));
-    if let (Some(location), false) = (location, edge_gone) {
+    // Tell the edge at once instead of letting ICE time out (best effort, bounded):
+    // until it lets go of this session the stream is busy there, also for this
+    // publisher's next session. Even after ICE failed: the edge may be alive.
+    let closed_by_edge = matches!(result, Ok("closed by the edge"));
+    if let (Some(location), false) = (location, closed_by_edge) {
         let _ = tokio::time::timeout(Duration::from_secs(2), delete(&opts.http, &location)).await;
     }
     stats.ended = result?.to_owned();
@@ -351,7 +358,6 @@ async fn stream(
     stats: &mut WhipStats,
 ) -> Result<&'static str> {
     let Leg { opts, deadline, timestamp_offset, cancel, .. } = leg;
-    let started = std::time::Instant::now();
     let answer = RTCSessionDescription::answer(answer).map_err(peer("reading the edge's answer"))?;
     pc.set_remote_description(answer).await.map_err(peer("applying the edge's answer"))?;
     let payload_type = negotiated_payload_type(transceiver).await?;
@@ -405,7 +411,7 @@ async fn stream(
                         disconnected_at = None;
                         if !connected {
                             connected = true;
-                            stats.connect_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+                            stats.connected_at = Some(std::time::Instant::now());
                             media.start_leg();
                         }
                     }
