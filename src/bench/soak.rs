@@ -1,6 +1,6 @@
 //! `ferry bench soak`: a chaos soak on a real cluster. 3 voters and 3 edges (separate
 //! processes, each in a network namespace of its own, gossiping, edges registered),
-//! routed QUIC publishers, routed QUIC and WHEP viewers, and control-plane clients that
+//! routed QUIC publishers and a WHIP one, routed QUIC and WHEP viewers, and control-plane clients that
 //! record every request and answer, while seeded faults hit the cluster one after
 //! another: SIGKILL and restart of a voter or an edge, SIGSTOP/SIGCONT of one, a
 //! partition (one node cut off from everything), and bursts of hostile clients
@@ -37,7 +37,10 @@ const KEYS: [(&str, &str); 3] = [
     ("soak-cache", r#"{"override":{"group_cache":4}}"#),
     ("soak-flag", r#"{"override":{"client_flag":"soak"}}"#),
 ];
+/// Published over QUIC by `ferry publish --control-plane`.
 const STREAMS: [&str; 2] = ["soak/a", "soak/b"];
+/// Published over WHIP by `ferry publish --whip` through a voter.
+const WHIP_STREAM: &str = "soak/w";
 /// The longest media gap a viewer may see after a fault.
 pub const RECOVERY_GOAL: Duration = Duration::from_secs(10);
 /// Per-process bounds.
@@ -502,7 +505,8 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
             .with_context(|| format!("creating rollout {key}"))?;
     }
 
-    // Media: routed publishers, routed QUIC viewers in both regions, one WHEP viewer.
+    // Media: routed QUIC publishers and a WHIP one, routed QUIC viewers of each stream
+    // in both regions, one WHEP viewer.
     let mut media: Vec<(String, Child)> = Vec::new();
     let cp = control.join(",");
     for stream in STREAMS {
@@ -525,7 +529,17 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
             .context("publisher")?;
         media.push((format!("publisher {stream}"), child));
     }
-    for stream in STREAMS {
+    let whip_url = format!("{first_voter}/whip/{WHIP_STREAM}");
+    let child = crate::process::ferry_child(&binary)
+        .args(["publish", "--whip", &whip_url, "--control-plane", &cp, "--synthetic", "--synthetic-vp8"])
+        .args(["--bitrate", "300k", "--max-failures", "1000", "--log", &args.node_log])
+        .stdout(Stdio::null())
+        .stderr(log_file(&dir, "publisher-whip")?)
+        .kill_on_drop(true)
+        .spawn()
+        .context("WHIP publisher")?;
+    media.push((format!("WHIP publisher {WHIP_STREAM}"), child));
+    for stream in STREAMS.into_iter().chain([WHIP_STREAM]) {
         until(Duration::from_secs(30), || async {
             let url = join(&first_voter, &format!("/v1/streams/{stream}?stale=true"));
             api(&probe, "GET", &url, None, None).await.is_some_and(|s| at(&s, "origin").is_string())
@@ -534,7 +548,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         .with_context(|| format!("{stream} got no origin"))?;
     }
     let mut viewers: Vec<(String, Child)> = Vec::new();
-    for stream in STREAMS {
+    for stream in STREAMS.into_iter().chain([WHIP_STREAM]) {
         for region in ["r1", "r2"] {
             let child = crate::process::ferry_child(&binary)
                 .args(["watch", "--control-plane", &cp, "--region", region, "--stream", stream])
