@@ -272,7 +272,8 @@ struct Graces {
 /// nobody has used for their grace period (see [`crate::expiry`]). Followers only keep
 /// their view fresh.
 async fn failover_loop(node: NodeHandle, gossip: Arc<Gossip>, graces: Graces, cancel: CancellationToken) {
-    let mut failover = Failover::new(graces.failover);
+    let nonce = format!("{}.{}", node.status().id, ferry_net::time::unix_ms());
+    let mut failover = Failover::new(graces.failover, nonce);
     let mut expiry = Expiry::new(graces.stream);
     let mut tick = tokio::time::interval(FAILOVER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -303,12 +304,13 @@ async fn failover_loop(node: NodeHandle, gossip: Arc<Gossip>, graces: Graces, ca
         if status.leader != status.id {
             continue;
         }
-        for (edge, generation) in due {
+        for death in due {
+            let edge = death.edge;
             let command = Command::EdgeFailed { id: edge.clone() };
-            match commit(&node, "failover", format!("failover-{edge}-{generation}"), command).await {
+            match commit(&node, "failover", death.request_id, command).await {
                 Ok(outcome) => {
                     tracing::warn!(%edge, %outcome, "failover: committed the reaction to a dead edge");
-                    failover.committed(&edge, generation);
+                    failover.committed(&edge, death.generation);
                 }
                 Err(e) => tracing::warn!(%edge, "failover: commit failed, retrying: {e}"),
             }
