@@ -278,8 +278,15 @@ async fn session(
     pc.set_local_description(offer).await.map_err(peer("applying the offer"))?;
     engine::gathered(events, Duration::from_secs(2)).await;
     let offer = pc.local_description().await.ok_or_else(|| other("no local offer"))?.sdp;
+    // A viewer failing over waits for the answer no longer than for the connection
+    // (the edge may be stuck pulling the stream from a dead upstream).
+    let signalling = match stall {
+        Some(_) => opts.connect_timeout.min(SIGNALLING_TIMEOUT),
+        None => SIGNALLING_TIMEOUT,
+    };
     let answered =
-        post_offer(&opts.http, url, opts.token.as_deref(), opts.session_id.as_deref(), &offer).await?;
+        post_offer(&opts.http, url, opts.token.as_deref(), opts.session_id.as_deref(), &offer, signalling)
+            .await?;
     let Answered { url, location, sdp: answer, variant, client_flag } = answered;
     let answer = RTCSessionDescription::answer(answer).map_err(peer("reading the edge's answer"))?;
     pc.set_remote_description(answer).await.map_err(peer("applying the edge's answer"))?;
@@ -473,7 +480,7 @@ const MAX_ANSWER: usize = 256 * 1024;
 /// Redirects followed (routing answers 307).
 const MAX_REDIRECTS: usize = 4;
 /// How long one signalling exchange may take.
-const SIGNALLING_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const SIGNALLING_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// An edge's 201 to an offer.
 pub(crate) struct Answered {
@@ -493,6 +500,7 @@ pub(crate) async fn post_offer(
     token: Option<&str>,
     session: Option<&str>,
     offer: &str,
+    timeout: Duration,
 ) -> Result<Answered> {
     let http = http.clone().with_max_response(MAX_ANSWER);
     let mut url = url.to_owned();
@@ -501,7 +509,7 @@ pub(crate) async fn post_offer(
             .post(&url)
             .bearer(token.unwrap_or_default())
             .body("application/sdp", offer.to_owned())
-            .timeout(SIGNALLING_TIMEOUT);
+            .timeout(timeout);
         if let Some(session) = session {
             request = request.header("ferry-session", session);
         }

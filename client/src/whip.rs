@@ -35,7 +35,7 @@ use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState, RTCSession
 
 use crate::publish::{open_ivf, BoxedRead, Source};
 use crate::routed::BUSY_PATIENCE;
-use crate::whep::{delete, other, peer, post_offer, Answered};
+use crate::whep::{delete, other, peer, post_offer, Answered, SIGNALLING_TIMEOUT};
 use crate::{Error, Result};
 use ferry_media::ivf::{IvfFrame, IvfReader};
 use ferry_media::keyframe::is_keyframe;
@@ -320,7 +320,7 @@ async fn session(
     let answered = tokio::select! {
         // The edge drops a session that never connects by itself.
         _ = cancel.cancelled() => return Ok(WhipStats { ended: "stopped".into(), ..WhipStats::default() }),
-        answered = post_offer(&opts.http, url, opts.token.as_deref(), session_id, &offer) => answered?,
+        answered = post_offer(&opts.http, url, opts.token.as_deref(), session_id, &offer, SIGNALLING_TIMEOUT) => answered?,
     };
     let Answered { url, location, sdp: answer, variant, client_flag } = answered;
     let mut stats = WhipStats {
