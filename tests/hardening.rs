@@ -540,7 +540,9 @@ fn under_a_handshake_flood_an_edge_validates_addresses_with_retry_and_real_clien
             }
         });
         let mut flood = quinn::Endpoint::client(([127, 0, 0, 4], 0).into()).unwrap();
-        flood.set_default_client_config(client_config(&ClientTrust::Insecure, &TransportTuning::viewer()).unwrap());
+        flood.set_default_client_config(
+            client_config(&ClientTrust::Insecure, &TransportTuning::viewer()).unwrap(),
+        );
         let connecting: Vec<quinn::Connecting> =
             (0..100).map(|_| flood.connect(front_addr, "localhost").unwrap()).collect();
         let retries = || edge.metric("ferry_connections_refused_total{reason=\"retry\"}").unwrap_or(0.0);
@@ -549,10 +551,14 @@ fn under_a_handshake_flood_an_edge_validates_addresses_with_retry_and_real_clien
         });
         // A real viewer, from another address, during the flood: its first attempt is
         // answered with a Retry, which quinn answers, and the edge serves it.
-        let (_endpoint, conn, _send, _recv) =
-            hostile_link(addr, [127, 0, 0, 1], ferry_proto::Role::Viewer).await.expect("a real client gets in");
+        let (_endpoint, conn, _send, _recv) = hostile_link(addr, [127, 0, 0, 1], ferry_proto::Role::Viewer)
+            .await
+            .expect("a real client gets in");
         let flooded = edge.metric("ferry_handshakes").unwrap_or(0.0);
-        assert!(flooded > 64.0, "the flood was still in flight when the viewer got in ({flooded} handshakes)");
+        assert!(
+            flooded > 64.0,
+            "the flood was still in flight when the viewer got in ({flooded} handshakes)"
+        );
         assert!(edge.metric("ferry_connections{role=\"viewer\"}").unwrap_or(0.0) >= 1.0);
         conn.close(0u32.into(), b"done");
         // Handshakes that never finish are given up on (10 s) and nothing stays held.

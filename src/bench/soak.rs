@@ -468,8 +468,16 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     for (i, (id, region)) in [("e1", "r1"), ("e2", "r1"), ("e3", "r2")].into_iter().enumerate() {
         let index = 3 + i;
         let (quic, http) = (address(index, 4433, true)?, address(index, 8080, false)?);
-        let mut a =
-            strings(&["edge", "--node-id", id, "--region", region, "--log", &args.node_log, "--allow-anonymous"]);
+        let mut a = strings(&[
+            "edge",
+            "--node-id",
+            id,
+            "--region",
+            region,
+            "--log",
+            &args.node_log,
+            "--allow-anonymous",
+        ]);
         let gossip = address(index, 7946, true)?;
         a.extend(strings(&["--quic-listen", &quic, "--http-listen", &http, "--gossip-listen", &gossip]));
         a.extend(strings(&["--gossip-seeds", &seeds, "--gossip-keyring", &keyring]));
