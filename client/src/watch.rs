@@ -264,7 +264,8 @@ async fn watchdog(started: Instant, activity: &AtomicU64, stall: Duration) {
     }
 }
 
-async fn sleep_until_opt(at: Option<Instant>) {
+/// Sleeps until `at`, or forever without one (a `select!` arm that never fires).
+pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,

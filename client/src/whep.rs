@@ -27,6 +27,7 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState, RTCSessionDescription};
 
 use crate::stats::{LatencySummary, Samples};
+use crate::watch::sleep_until_opt;
 use crate::{Error, Result};
 use ferry_media::peer as engine;
 use ferry_media::rtp::FrameAssembler;
@@ -79,10 +80,11 @@ pub struct WhepLeg {
     pub ended_unix_ms: u64,
 }
 
-const RETRY_MIN: Duration = Duration::from_millis(100);
+/// First and longest pause between WebRTC sessions that failed (WHEP and WHIP).
+pub(crate) const RETRY_MIN: Duration = Duration::from_millis(100);
 /// The least time a routed viewer gives a new session to connect.
 const FAILOVER_CONNECT_MIN: Duration = Duration::from_secs(3);
-const RETRY_MAX: Duration = Duration::from_secs(1);
+pub(crate) const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// What a WHEP viewer saw.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -367,13 +369,6 @@ async fn session(
     stats.variant = Some(variant.unwrap_or_default());
     stats.client_flag = client_flag;
     Ok(stats)
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 fn merge(into: &mut WhepStats, from: WhepStats) {

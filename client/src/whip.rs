@@ -35,7 +35,8 @@ use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState, RTCSession
 
 use crate::publish::{open_ivf, BoxedRead, Source};
 use crate::routed::BUSY_PATIENCE;
-use crate::whep::{delete, other, peer, post_offer, Answered, SIGNALLING_TIMEOUT};
+use crate::watch::sleep_until_opt;
+use crate::whep::{delete, other, peer, post_offer, Answered, RETRY_MAX, RETRY_MIN, SIGNALLING_TIMEOUT};
 use crate::{Error, Result};
 use ferry_media::ivf::{IvfFrame, IvfReader};
 use ferry_media::keyframe::is_keyframe;
@@ -132,8 +133,6 @@ pub struct WhipStats {
     connected_at: Option<std::time::Instant>,
 }
 
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(1);
 /// RTP packet budget: leaves room for SRTP, extensions and tunnels under 1500 (as
 /// the edge's WHEP egress).
 const MTU: usize = 1200;
@@ -484,13 +483,6 @@ async fn negotiated_payload_type(
         None => None,
     };
     negotiated.or(offered).ok_or_else(|| other("the edge did not accept VP8"))
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// One frame to send.
