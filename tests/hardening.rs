@@ -476,13 +476,20 @@ fn a_hostile_quic_client_cannot_inflate_an_edge_or_starve_its_viewers() {
             assert!(stats["frames"].as_u64().unwrap() > 0, "a new viewer saw nothing: {stats}");
             checks += 1;
         }
-        // The idle viewers are closed; their share comes back.
+        // The idle viewers are closed; their share comes back. The edge's close frame
+        // is sent once: under this UDP flood loopback may drop it, and that client then
+        // learns of the close from its own idle timeout. The edge's count (asserted
+        // below) says why each closed.
         let mut idle_closed = 0;
         for (_endpoint, conn, _send, _recv) in &idle {
-            let closed = tokio::time::timeout(Duration::from_secs(20), conn.closed()).await.expect("closed");
-            if let quinn::ConnectionError::ApplicationClosed(close) = &closed {
-                assert!(String::from_utf8_lossy(&close.reason).starts_with("idle"), "{close:?}");
-                idle_closed += 1;
+            let closed = tokio::time::timeout(Duration::from_secs(40), conn.closed()).await.expect("closed");
+            match &closed {
+                quinn::ConnectionError::ApplicationClosed(close) => {
+                    assert!(String::from_utf8_lossy(&close.reason).starts_with("idle"), "{close:?}");
+                    idle_closed += 1;
+                }
+                quinn::ConnectionError::TimedOut => idle_closed += 1,
+                other => panic!("an idle connection ended otherwise: {other:?}"),
             }
         }
         let again = hostile_link(addr, [127, 0, 0, 2], Role::Viewer).await;
