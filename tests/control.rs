@@ -457,3 +457,76 @@ fn rollout_specs_are_typed_and_checked_and_one_rollout_owns_a_setting() {
     assert!(!out.status.success(), "no id anywhere");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no rollout id"));
 }
+
+/// How many audit events name `target` on voter `v`.
+fn audit_targets(v: &Voter, target: &str) -> usize {
+    let (status, body) = v.get("/v1/audit?limit=10000");
+    assert_eq!(status, 200, "voter {}: {body}", v.id);
+    body["events"].as_array().unwrap().iter().filter(|e| e["target"] == target).count()
+}
+
+/// `ferry ctl streams put NAME` through `via` alone, started now.
+fn ctl_put_stream(via: &Voter, name: &str) -> Proc {
+    let mut cmd = ferry();
+    cmd.arg("ctl")
+        .args(Voter::ctl_args(&[via]))
+        .args(["--token", TOKEN, "--timeout", "10s", "streams", "put", name, "--origin", "e0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    Proc::spawn("ferry ctl streams put", &mut cmd)
+}
+
+/// Waits for `ctl` to succeed; the time from `since` to its exit.
+fn ctl_succeeds(ctl: Proc, since: Instant) -> Duration {
+    let out = ctl.wait_output(Duration::from_secs(15));
+    let took = since.elapsed();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    took
+}
+
+/// A follower forwards a write to the leader it believes in, and raft-rs never sends it
+/// again: without re-proposing on a leader change, a write in flight when the leader
+/// dies waits out the voter's whole 5 s request timeout. The figure is `ferry bench
+/// control --failover`'s `in_flight_ms`; the bound here is loose on purpose.
+#[test]
+fn a_write_in_flight_through_a_follower_survives_a_leader_kill() {
+    let dir = TempDir::new("cp-inflight");
+    let mut voters = start_cluster(dir.path(), 3);
+    let refs: Vec<&Voter> = voters.iter().collect();
+    let leader = wait_for_leader(&refs);
+    assert_eq!(register_edge(&voters[0], "e0", "reg-e0"), 200);
+    let proposals = |v: &Voter| metric_value(&http_get(&v.http, "/metrics").1, "ferry_raft_proposals");
+
+    // 1: the proposal is parked at a stopped leader when it is killed.
+    let li = voters.iter().position(|v| v.id == leader).unwrap();
+    let fi = (li + 1) % voters.len();
+    let before = proposals(&voters[fi]).unwrap();
+    voters[li].signal("-STOP");
+    let ctl = ctl_put_stream(&voters[fi], "live/parked");
+    wait_for("the follower to propose the write", Duration::from_secs(10), || {
+        (proposals(&voters[fi])? > before).then_some(())
+    });
+    let killed = Instant::now();
+    voters[li].signal("-KILL");
+    let took = ctl_succeeds(ctl, killed);
+    assert!(took < Duration::from_secs(3), "acknowledged {took:?} after the leader's kill");
+    for v in voters.iter().filter(|v| v.id != leader) {
+        assert_eq!(audit_targets(v, "live/parked"), 1, "voter {}: applied exactly once", v.id);
+    }
+
+    // 2: the write reaches a follower right after the kill, before it notices.
+    let old = voters.remove(li).restart();
+    voters.push(old);
+    let refs: Vec<&Voter> = voters.iter().collect();
+    let leader = wait_for_leader(&refs);
+    let li = voters.iter().position(|v| v.id == leader).unwrap();
+    let fi = (li + 1) % voters.len();
+    let killed = Instant::now();
+    voters[li].signal("-KILL");
+    let took = ctl_succeeds(ctl_put_stream(&voters[fi], "live/after-kill"), killed);
+    assert!(took < Duration::from_secs(3), "acknowledged {took:?} after the leader's kill");
+    for v in voters.iter().filter(|v| v.id != leader) {
+        assert_eq!(audit_targets(v, "live/after-kill"), 1, "voter {}: applied exactly once", v.id);
+        assert_eq!(audit_targets(v, "live/parked"), 1, "voter {}: still exactly once", v.id);
+    }
+}

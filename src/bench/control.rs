@@ -53,8 +53,9 @@ pub struct ControlArgs {
     /// Operator token for an existing Ferry cluster (--endpoints).
     #[arg(long, env = "FERRY_CONTROL_TOKEN")]
     pub token: Option<String>,
-    /// Measure leader failover instead of throughput: warm up, SIGKILL the leader,
-    /// time until the first write succeeds again.
+    /// Measure leader failover instead of throughput: warm up, stop the leader while a
+    /// write goes through a follower, SIGKILL it, then time until that write, a write
+    /// sent after the kill, and the first of many retried writes are acknowledged.
     #[arg(long, conflicts_with = "endpoints")]
     pub failover: bool,
     /// Failover runs, each on a fresh cluster.
@@ -90,6 +91,12 @@ const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
 /// Failover: each attempt's own deadline, and how many may be in flight.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_IN_FLIGHT: usize = 256;
+/// Failover: the deadline of the single writes through followers (`ferry ctl`'s default
+/// `--timeout` is 10 s).
+const SINGLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Failover: how long the leader stays stopped before the kill, so the write through a
+/// follower is forwarded to it (and lost with it).
+const PARK: Duration = Duration::from_millis(100);
 /// Largest response accepted from the HTTP API.
 const MAX_RESPONSE: usize = 1 << 20;
 
@@ -511,50 +518,80 @@ async fn failover(args: &ControlArgs) -> anyhow::Result<()> {
     }
     let mut runs = Vec::new();
     let mut times = Vec::new();
+    let mut in_flight = Vec::new();
+    let mut after_kill = Vec::new();
     for run in 1..=args.failover_runs {
         let (api, endpoints, cluster) = prepare(args).await?;
         let mut cluster = cluster.context("--failover needs a cluster this bench starts")?;
         let result = failover_once(args, &api, &endpoints, &mut cluster).await;
         cluster.shutdown().await;
         let r = result?;
+        let show = |ms: Option<f64>| ms.map_or_else(|| "never".to_owned(), |ms| format!("{ms:.0} ms"));
         eprintln!(
             "control {} failover run {run}: first write {:.0} ms after SIGKILL of the leader \
-             ({} attempts, {} warm-up writes)",
+             ({} attempts, {} warm-up writes); write in flight through a follower: {}; \
+             sent to a follower after the kill: {}",
             args.target.name(),
             r.failover_ms,
             r.attempts,
-            r.warm_up_writes
+            r.warm_up_writes,
+            show(r.in_flight_ms),
+            show(r.sent_after_kill_ms),
         );
         times.push(r.failover_ms);
+        in_flight.push(r.in_flight_ms);
+        after_kill.push(r.sent_after_kill_ms);
         runs.push(json!({
             "failover_ms": r.failover_ms,
+            "in_flight_ms": r.in_flight_ms,
+            "sent_after_kill_ms": r.sent_after_kill_ms,
             "attempts": r.attempts,
             "warm_up_writes": r.warm_up_writes,
             "answered_by": r.answered_by,
         }));
     }
-    let mut sorted = times.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+    let median = |values: &[Option<f64>]| {
+        // A write never acknowledged counts as the slowest.
+        let mut sorted: Vec<f64> = values.iter().map(|v| v.unwrap_or(f64::INFINITY)).collect();
+        sorted.sort_by(f64::total_cmp);
+        sorted.get(sorted.len() / 2).copied().filter(|m| m.is_finite())
+    };
+    let times_opt: Vec<Option<f64>> = times.iter().copied().map(Some).collect();
+    let median_failover = median(&times_opt).unwrap_or(f64::NAN);
     let report = json!({
         "scenario": "control-failover",
         "target": args.target.name(),
         "runs": runs,
         "failover_ms": times,
-        "failover_ms_median": median,
-        "method": "1 client writes to the leader for 2 s, leader gets SIGKILL; then a write \
-                   attempt every 10 ms round-robin over all 3 endpoints (each attempt with a 2 s \
-                   timeout, up to 256 in flight, same key and Idempotency-Key); failover_ms = kill \
-                   to the first acknowledged write",
+        "failover_ms_median": median_failover,
+        "in_flight_ms_median": median(&in_flight),
+        "sent_after_kill_ms_median": median(&after_kill),
+        "method": "1 client writes to the leader for 2 s; the leader gets SIGSTOP, a single write \
+                   (one attempt, 10 s deadline, like `ferry ctl`) goes to a follower, and 100 ms \
+                   later the leader gets SIGKILL; a second single write goes to the other \
+                   follower right after the kill. Then a write attempt every 10 ms round-robin \
+                   over all 3 endpoints (each attempt with a 2 s timeout, up to 256 in flight, \
+                   same key and Idempotency-Key). failover_ms = kill to the first acknowledged \
+                   write; in_flight_ms and sent_after_kill_ms = kill to the single writes' \
+                   answers (null: not acknowledged within 10 s)",
     });
     out!("{report}")?;
     let list: Vec<String> = times.iter().map(|t| format!("{t:.0}")).collect();
-    eprintln!("control {} failover: {} ms, median {median:.0} ms", args.target.name(), list.join(", "));
+    eprintln!(
+        "control {} failover: {} ms, median {median_failover:.0} ms",
+        args.target.name(),
+        list.join(", ")
+    );
     Ok(())
 }
 
 struct FailoverRun {
     failover_ms: f64,
+    /// Kill to the answer of a write proposed through a follower while the leader was
+    /// stopped (`None`: not acknowledged within `SINGLE_TIMEOUT`).
+    in_flight_ms: Option<f64>,
+    /// Kill to the answer of a write sent to a follower right after the kill.
+    sent_after_kill_ms: Option<f64>,
     attempts: u64,
     warm_up_writes: u64,
     answered_by: String,
@@ -585,12 +622,36 @@ async fn failover_once(
     for endpoint in endpoints {
         writers.push(Writer::connect(api, endpoint).await.ok());
     }
-    let key = key(args.target, 0, n);
-    let idempotency = format!("bench-failover-{}-{n}", std::process::id());
-
+    // Single writes through followers, each one attempt with a long deadline, as
+    // `ferry ctl` sends them: one proposed while the leader is stopped (so it is
+    // forwarded to the leader and lost with it), one sent right after the kill.
+    let followers: Vec<usize> = (0..endpoints.len()).filter(|i| *i != leader_index).collect();
+    let single = |slot: usize, key: String, idempotency: String| {
+        let writer = writers.get(slot).and_then(Option::as_ref).map(Writer::fresh);
+        tokio::spawn(async move {
+            let mut writer = writer?;
+            let outcome = tokio::time::timeout(SINGLE_TIMEOUT, writer.put(&key, Some(&idempotency))).await;
+            matches!(outcome, Ok(Ok(()))).then(Instant::now)
+        })
+    };
+    let pid = std::process::id();
     let member = cluster.members.get_mut(leader_index).context("leader process")?;
+    super::soak::signal(&member.child, "-STOP");
+    let parked = single(
+        *followers.first().context("a follower")?,
+        key(args.target, 1, n),
+        format!("bench-in-flight-{pid}-{n}"),
+    );
+    tokio::time::sleep(PARK).await;
     let killed = Instant::now();
     member.child.start_kill().context("cannot kill the leader")?;
+    let after_kill = single(
+        *followers.last().context("a follower")?,
+        key(args.target, 2, n),
+        format!("bench-after-kill-{pid}-{n}"),
+    );
+    let key = key(args.target, 0, n);
+    let idempotency = format!("bench-failover-{pid}-{n}");
 
     let mut in_flight = tokio::task::JoinSet::new();
     let mut attempts = 0u64;
@@ -625,7 +686,19 @@ async fn failover_once(
                 if let Ok((endpoint, true)) = joined {
                     let failover_ms = killed.elapsed().as_secs_f64() * 1000.0;
                     in_flight.abort_all();
-                    return Ok(FailoverRun { failover_ms, attempts, warm_up_writes, answered_by: endpoint });
+                    let since_kill = |done: Option<Instant>| {
+                        done.map(|t| t.saturating_duration_since(killed).as_secs_f64() * 1000.0)
+                    };
+                    let in_flight_ms = since_kill(parked.await.ok().flatten());
+                    let sent_after_kill_ms = since_kill(after_kill.await.ok().flatten());
+                    return Ok(FailoverRun {
+                        failover_ms,
+                        in_flight_ms,
+                        sent_after_kill_ms,
+                        attempts,
+                        warm_up_writes,
+                        answered_by: endpoint,
+                    });
                 }
             }
         }

@@ -178,7 +178,7 @@ fn log_file(dir: &std::path::Path, name: &str) -> anyhow::Result<Stdio> {
     Ok(Stdio::from(file))
 }
 
-fn signal(child: &Child, sig: &str) {
+pub(super) fn signal(child: &Child, sig: &str) {
     if let Some(pid) = child.id() {
         let _ = std::process::Command::new("kill").args([sig, &pid.to_string()]).status();
     }

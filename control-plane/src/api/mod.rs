@@ -80,6 +80,7 @@ pub struct ApiMetrics {
     pub commit: Gauge,
     pub applied: Gauge,
     pub proposals: Gauge,
+    pub reproposals: Gauge,
     pub snapshots: Gauge,
     pub is_leader: Gauge,
     pub proposal_seconds: ProposalHistogram,
@@ -120,6 +121,11 @@ impl Api {
         r.register("commit_index", "Highest committed log index", metrics.commit.clone());
         r.register("applied_index", "Highest applied log index", metrics.applied.clone());
         r.register("proposals", "Proposals made through this voter", metrics.proposals.clone());
+        r.register(
+            "reproposals",
+            "Writes proposed again through this voter after a leader change or a silent leader",
+            metrics.reproposals.clone(),
+        );
         r.register("snapshots", "Snapshots taken by this voter", metrics.snapshots.clone());
         r.register("is_leader", "1 on the leader", metrics.is_leader.clone());
         r.register("proposal_seconds", "Time from proposal to applied", metrics.proposal_seconds.0.clone());
@@ -356,6 +362,7 @@ async fn metrics(State(api): State<Api>) -> Response {
     set(&m.commit, s.commit);
     set(&m.applied, s.applied);
     set(&m.proposals, s.proposals);
+    set(&m.reproposals, s.reproposals);
     set(&m.snapshots, s.snapshots_taken);
     set(&m.is_leader, u64::from(s.leader == s.id));
     m.rollout_level.clear();

@@ -24,6 +24,24 @@ type IndexReply = oneshot::Sender<Result<u64, NodeError>>;
 /// A ReadIndex without an answer after this long is sent again.
 const READ_RETRY: Duration = Duration::from_millis(300);
 
+/// A write not applied this long after it was (last) proposed, with the same leader
+/// known all along, is proposed again: its forwarded proposal may have been dropped
+/// (a full peer queue) or its entry overwritten by a leader we did not notice.
+const REPROPOSE_AFTER: Duration = Duration::from_secs(2);
+
+/// A write waiting for its entry to apply.
+struct PendingWrite {
+    reply: WriteReply,
+    /// The encoded entry, kept when the request has an id: proposing it again (same
+    /// context, same id) then applies it at most once, so it is re-proposed whenever the
+    /// leader it went to may have lost it. `None`: proposed once only.
+    data: Option<Vec<u8>>,
+    /// The leader it was last proposed to (this node when it leads).
+    leader: u64,
+    /// When it was last proposed.
+    sent: Instant,
+}
+
 /// Inputs handled per loop turn before the Ready is processed (fairness with ticks).
 const INPUT_BATCH: usize = 512;
 
@@ -38,7 +56,7 @@ pub(super) struct Driver {
     config: NodeConfig,
     /// Writes waiting for their entry to apply, by the entry's context (this proposal's
     /// own tag: two writes with one request id, or none, never share an answer).
-    writes: HashMap<Vec<u8>, WriteReply>,
+    writes: HashMap<Vec<u8>, PendingWrite>,
     /// ReadIndex requests by context, with when they were last sent to raft.
     reads: HashMap<Vec<u8>, (IndexReply, Instant)>,
     /// Conf changes waiting to apply, by context.
@@ -51,6 +69,10 @@ pub(super) struct Driver {
     snapshot_index: u64,
     snapshots_taken: u64,
     proposals: u64,
+    /// Writes proposed again after a leader change or a silent leader.
+    reproposals: u64,
+    /// The leader seen at the end of the last loop turn.
+    last_leader: u64,
     /// Requests that arrived while no leader was known, retried once one is (until
     /// their callers give up).
     leaderless: Vec<Input>,
@@ -134,6 +156,8 @@ impl Driver {
             snapshot_index,
             snapshots_taken: 0,
             proposals: 0,
+            reproposals: 0,
+            last_leader: raft::INVALID_ID,
             snapshot_due: false,
             leaderless: Vec::new(),
         };
@@ -159,6 +183,7 @@ impl Driver {
                     self.forget_abandoned();
                     self.reissue_reads();
                     self.retry_leaderless();
+                    self.repropose_stale(Instant::now());
                 }
                 // Peers first, then a batch of clients too: neither queue starves.
                 msg = self.peer_rx.recv() => {
@@ -172,6 +197,7 @@ impl Driver {
                     self.take_queued();
                 }
             }
+            self.repropose_on_leader_change();
             if let Err(e) = self.on_ready(transport.as_ref()) {
                 // Storage failed: we cannot persist, so we must not vote or ack.
                 tracing::error!(error = %ferry_net::Chain(&e), "raft storage failure; stopping this node");
@@ -187,8 +213,8 @@ impl Driver {
                 s.fault = Some(reason);
             });
         }
-        for (_, reply) in self.writes.drain() {
-            let _ = reply.send(Err(NodeError::Stopped));
+        for (_, write) in self.writes.drain() {
+            let _ = write.reply.send(Err(NodeError::Stopped));
         }
         fault.map_or(Ok(()), Err)
     }
@@ -243,10 +269,22 @@ impl Driver {
                     return;
                 }
                 let ctx = self.ctx();
+                let keep = (!request.request_id.is_empty()).then(|| data.clone());
                 match self.raw.propose(ctx.clone(), data) {
                     Ok(()) => {
                         self.proposals += 1;
-                        self.writes.insert(ctx, reply);
+                        let write = PendingWrite {
+                            reply,
+                            data: keep,
+                            leader: self.raw.raft.leader_id,
+                            sent: Instant::now(),
+                        };
+                        self.writes.insert(ctx, write);
+                    }
+                    Err(_) if self.leaderless.len() < LEADERLESS_QUEUE => {
+                        // A leader transferring its leadership drops proposals: hold it
+                        // until the transfer ends, like a request without a leader.
+                        self.leaderless.push(Input::Propose { request, reply });
                     }
                     Err(_) => {
                         let _ = reply.send(Err(NodeError::NoLeader));
@@ -329,9 +367,54 @@ impl Driver {
         }
     }
 
+    /// A new leader is known: every write still waiting that went to another one is
+    /// proposed to it. A follower forwards proposals to the leader it believes in, and
+    /// raft-rs never resends them: one forwarded to a leader that just died, or appended
+    /// by a leader that lost its term before committing it, would otherwise wait out the
+    /// caller's whole timeout. The copy keeps the context and the request id, so
+    /// whichever entry applies first answers, and the others apply as no-ops.
+    fn repropose_on_leader_change(&mut self) {
+        let leader = self.raw.raft.leader_id;
+        if leader == self.last_leader {
+            return;
+        }
+        self.last_leader = leader;
+        if leader != raft::INVALID_ID {
+            self.repropose(|w| w.leader != leader, Instant::now());
+        }
+    }
+
+    /// Writes that waited `REPROPOSE_AFTER` under one leader are proposed again.
+    fn repropose_stale(&mut self, now: Instant) {
+        if self.raw.raft.leader_id != raft::INVALID_ID {
+            self.repropose(|w| now.saturating_duration_since(w.sent) >= REPROPOSE_AFTER, now);
+        }
+    }
+
+    fn repropose(&mut self, due: impl Fn(&PendingWrite) -> bool, now: Instant) {
+        let leader = self.raw.raft.leader_id;
+        let again: Vec<(Vec<u8>, Vec<u8>)> = self
+            .writes
+            .iter()
+            .filter(|(_, w)| due(w))
+            .filter_map(|(ctx, w)| Some((ctx.clone(), w.data.clone()?)))
+            .collect();
+        for (ctx, data) in again {
+            if self.raw.propose(ctx.clone(), data).is_err() {
+                // A leader transfer is under way: the next leader change retries.
+                return;
+            }
+            self.reproposals += 1;
+            if let Some(w) = self.writes.get_mut(&ctx) {
+                w.leader = leader;
+                w.sent = now;
+            }
+        }
+    }
+
     /// Drops waiters whose callers gave up, so pending maps stay bounded.
     fn forget_abandoned(&mut self) {
-        self.writes.retain(|_, r| !r.is_closed());
+        self.writes.retain(|_, w| !w.reply.is_closed());
         self.reads.retain(|_, (r, _)| !r.is_closed());
         self.conf_changes.retain(|_, r| !r.is_closed());
     }
@@ -421,8 +504,8 @@ impl Driver {
         };
         let outcome =
             apply(&mut self.state.write().unwrap_or_else(PoisonError::into_inner), entry.index, &request);
-        if let Some(reply) = self.writes.remove(&entry.context[..]) {
-            answers.push(Answer::Write(reply, Ok((entry.index, outcome))));
+        if let Some(write) = self.writes.remove(&entry.context[..]) {
+            answers.push(Answer::Write(write.reply, Ok((entry.index, outcome))));
         }
     }
 
@@ -491,6 +574,7 @@ impl Driver {
             snapshot_index: self.snapshot_index,
             snapshots_taken: self.snapshots_taken,
             proposals: self.proposals,
+            reproposals: self.reproposals,
             fault: None,
         };
         self.status.send_if_modified(|old| {

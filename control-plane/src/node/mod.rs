@@ -82,6 +82,9 @@ pub struct Status {
     pub snapshot_index: u64,
     pub snapshots_taken: u64,
     pub proposals: u64,
+    /// Writes proposed again because the leader they went to changed or stayed silent
+    /// (each still applies once).
+    pub reproposals: u64,
     /// Why this node stopped (a storage failure); `None` while it runs.
     pub fault: Option<String>,
 }

@@ -152,3 +152,25 @@ async fn writes_without_a_request_id_each_get_their_own_answer() {
         assert!(matches!(drained, crate::state::Outcome::Rejected { .. }), "round {round}: {drained:?}");
     }
 }
+
+/// A follower forwards a proposal to the leader it believes in; when that leader is cut
+/// off, the follower proposes the write again to the next leader (same id: applied
+/// once) instead of letting it wait out the caller's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_forwarded_to_a_lost_leader_is_proposed_to_the_next_one() {
+    let c = cluster(3);
+    let all: Vec<&NodeHandle> = c.nodes.iter().collect();
+    let old = leader_of(&all).await;
+    let follower = c.nodes.iter().find(|n| n.status().id != old).unwrap();
+    c.router.partition(old);
+    // The follower still believes in `old` (an election takes 5–10 ticks).
+    assert_eq!(follower.status().leader, old);
+    let (_, outcome) = follower.write(edge("moved"), Duration::from_secs(3)).await.unwrap();
+    assert!(outcome.is_ok(), "{outcome:?}");
+    assert!(follower.status().reproposals >= 1, "{:?}", follower.status());
+    let rest: Vec<&NodeHandle> = c.nodes.iter().filter(|n| n.status().id != old).collect();
+    for node in rest {
+        node.linearize(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(node.read(|s| s.audit.iter().filter(|e| e.request_id == "req-moved").count()), 1);
+    }
+}
