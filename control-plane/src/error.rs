@@ -24,6 +24,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The raft node's thread could not be started.
+    #[error("cannot start the raft node's thread")]
+    Thread(#[source] std::io::Error),
     /// TLS, gossip or another network setup failed.
     #[error(transparent)]
     Net(#[from] ferry_net::Error),

@@ -416,18 +416,44 @@ async fn start_node(
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> Result<NodeHandle> {
+    let id = config.id;
     let (runner, handle) = node::open(config)?;
     let network = Transport::start(transport, handle.clone(), refusals, tracker, cancel.clone()).await?;
+    // The node runs on a thread of its own: its fsyncs and snapshots block that thread
+    // only, never a worker the API, QUIC and gossip share.
+    let (done, stopped) = tokio::sync::oneshot::channel::<()>();
+    let node_cancel = cancel.clone();
+    std::thread::Builder::new()
+        .name(format!("raft-{id}"))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the raft node's runtime; this voter exits");
+                    node_cancel.cancel();
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                if let Err(e) = runner.run(Arc::new(network), node_cancel.clone()).await {
+                    tracing::error!(
+                        error = %ferry_net::Chain(&e),
+                        "the raft node stopped; this voter exits (its supervisor restarts it)"
+                    );
+                    // /readyz answers 503 with the reason meanwhile, for probes and scrapes.
+                    tokio::select! {
+                        _ = tokio::time::sleep(FAULT_EXIT_DELAY) => {}
+                        _ = node_cancel.cancelled() => {}
+                    }
+                    node_cancel.cancel();
+                }
+            });
+            let _ = done.send(());
+        })
+        .map_err(crate::Error::Thread)?;
+    // Shutdown waits for the node to stop (its final flush) like for any task.
     tracker.spawn(async move {
-        if let Err(e) = runner.run(Arc::new(network), cancel.clone()).await {
-            tracing::error!(
-                error = %ferry_net::Chain(&e),
-                "the raft node stopped; this voter exits (its supervisor restarts it)"
-            );
-            // /readyz answers 503 with the reason meanwhile, for probes and scrapes.
-            tokio::time::sleep(FAULT_EXIT_DELAY).await;
-            cancel.cancel();
-        }
+        let _ = stopped.await;
     });
     Ok(handle)
 }

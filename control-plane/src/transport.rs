@@ -87,6 +87,9 @@ pub struct Transport {
     node: NodeHandle,
     checks: Checks,
     tracker: TaskTracker,
+    /// The runtime peers' send loops run on: `send` is called from the raft node's
+    /// own thread, which must not carry QUIC work.
+    runtime: tokio::runtime::Handle,
     cancel: CancellationToken,
 }
 
@@ -160,6 +163,7 @@ impl Transport {
             node,
             checks,
             tracker: tracker.clone(),
+            runtime: tokio::runtime::Handle::current(),
             cancel,
         })
     }
@@ -191,14 +195,17 @@ impl Transport {
 
     fn spawn_peer(&self, id: u64, addr: String) -> Peer {
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
-        self.tracker.spawn(send_loop(
-            self.endpoint.clone(),
-            id,
-            addr.clone(),
-            rx,
-            self.checks.clone(),
-            self.cancel.child_token(),
-        ));
+        self.tracker.spawn_on(
+            send_loop(
+                self.endpoint.clone(),
+                id,
+                addr.clone(),
+                rx,
+                self.checks.clone(),
+                self.cancel.child_token(),
+            ),
+            &self.runtime,
+        );
         Peer { addr, tx }
     }
 }

@@ -13,6 +13,7 @@ use raft::{Config, RawNode, Storage};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::snapshotter::{Built, Snapshotter};
 use super::RaftNetwork;
 use super::{Input, Members, NodeConfig, NodeError, NodeHandle, Status};
 use crate::state::{apply, decode_request, encode_request, Outcome, State};
@@ -76,6 +77,8 @@ pub(super) struct Driver {
     /// Requests that arrived while no leader was known, retried once one is (until
     /// their callers give up).
     leaderless: Vec<Input>,
+    /// Builds snapshots off this thread.
+    snapshotter: Snapshotter,
     /// A membership change applied: snapshot now, so a new member that needs a
     /// snapshot gets one whose conf state includes it (raft-rs refuses others).
     snapshot_due: bool,
@@ -112,6 +115,8 @@ impl Driver {
         } else {
             State::from_snapshot_bytes(&snapshot.data).map_err(storage_err("decoding the stored snapshot"))?
         };
+        let snapshotter = Snapshotter::start(config.id, &snapshot.data)
+            .map_err(storage_err("starting the snapshot worker"))?;
         let raft_config = Config {
             id: config.id,
             election_tick: config.election_ticks.max(2),
@@ -159,6 +164,7 @@ impl Driver {
             reproposals: 0,
             last_leader: raft::INVALID_ID,
             snapshot_due: false,
+            snapshotter,
             leaderless: Vec::new(),
         };
         Ok((driver, handle))
@@ -195,6 +201,14 @@ impl Driver {
                     let Some(input) = input else { break };
                     self.handle(input);
                     self.take_queued();
+                }
+                built = self.snapshotter.built.recv() => {
+                    let Some(built) = built else { break };
+                    if let Err(e) = self.store_snapshot(built) {
+                        tracing::error!(error = %ferry_net::Chain(&e), "raft storage failure; stopping this node");
+                        fault = Some(e);
+                        break;
+                    }
                 }
             }
             self.repropose_on_leader_change();
@@ -467,6 +481,9 @@ impl Driver {
         let index = snapshot.get_metadata().index;
         let state = State::from_snapshot_bytes(&snapshot.data)
             .map_err(storage_err("decoding a received snapshot"))?;
+        self.snapshotter
+            .reset(snapshot.data.to_vec())
+            .map_err(storage_err("resetting the snapshot worker"))?;
         self.raw.mut_store().apply_snapshot(snapshot).map_err(storage_err("storing a received snapshot"))?;
         *self.state.write().unwrap_or_else(PoisonError::into_inner) = state;
         self.applied = index;
@@ -491,6 +508,7 @@ impl Driver {
             self.applied = entry.index;
         }
         self.raw.mut_store().set_applied(self.applied).map_err(storage_err("recording the applied index"))?;
+        self.snapshotter.flush().map_err(storage_err("feeding the snapshot worker"))?;
         Ok(())
     }
 
@@ -504,6 +522,7 @@ impl Driver {
         };
         let outcome =
             apply(&mut self.state.write().unwrap_or_else(PoisonError::into_inner), entry.index, &request);
+        self.snapshotter.applied(entry.index, request);
         if let Some(write) = self.writes.remove(&entry.context[..]) {
             answers.push(Answer::Write(write.reply, Ok((entry.index, outcome))));
         }
@@ -531,27 +550,34 @@ impl Driver {
         Ok(())
     }
 
+    /// Asks the worker for a snapshot when one is due; [`Driver::store_snapshot`] stores
+    /// it when it comes back, while this thread goes on.
     fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
         let due = self.snapshot_due || self.applied >= self.snapshot_index + self.config.snapshot_every;
         if !due || self.applied <= self.snapshot_index {
             return Ok(());
         }
-        self.snapshot_due = false;
-        let data = self
-            .state
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .to_snapshot_bytes()
-            .map_err(storage_err("taking a snapshot"))?;
         let conf = self.raw.raft.prs().conf().to_conf_state();
-        self.raw
-            .mut_store()
-            .create_snapshot(self.applied, conf, data)
-            .map_err(storage_err("storing a snapshot"))?;
+        if self.snapshotter.build(self.applied, conf).map_err(storage_err("asking for a snapshot"))? {
+            self.snapshot_due = false;
+        }
+        Ok(())
+    }
+
+    /// Stores a snapshot the worker built, and compacts the log up to it.
+    fn store_snapshot(&mut self, built: Built) -> Result<(), NodeError> {
+        let Some(Built { index, conf, data, .. }) = self.snapshotter.finished(built) else { return Ok(()) };
+        if index <= self.snapshot_index {
+            // A newer snapshot was installed meanwhile.
+            return Ok(());
+        }
+        let data = data.map_err(storage_err("taking a snapshot"))?;
+        self.raw.mut_store().create_snapshot(index, conf, data).map_err(storage_err("storing a snapshot"))?;
         self.raw.mut_store().flush().map_err(storage_err("flushing the raft store"))?;
-        self.snapshot_index = self.applied;
+        self.snapshot_index = index;
         self.snapshots_taken += 1;
-        tracing::info!(index = self.applied, "snapshot taken, log compacted");
+        tracing::info!(index, "snapshot taken, log compacted");
+        self.publish_status();
         Ok(())
     }
 

@@ -5,12 +5,14 @@
 //! - `mod.rs`: configuration, the handle, errors.
 //! - `driver`: the loop — ticks, inputs, and the Ready handling in raft-rs's order.
 //! - `members`: the voters' raft addresses, persisted beside the log.
+//! - `snapshotter`: a shadow state machine that builds snapshots off the node's thread.
 //! - `log`: raft-rs's slog records into `tracing`.
 
 mod driver;
 pub mod log;
 mod members;
 mod network;
+mod snapshotter;
 #[cfg(test)]
 mod tests;
 
