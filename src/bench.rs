@@ -25,7 +25,6 @@ mod canary;
 mod control;
 mod failover;
 mod floor;
-mod linearizable;
 mod netns;
 mod soak;
 

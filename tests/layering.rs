@@ -82,6 +82,7 @@ const MODULE_LAYERS: &[(&str, &[&str])] = &[
     (
         "control-plane/src",
         &[
+            "linearizable",
             "state",
             "storage",
             "node",

@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! Modules from the bottom up; each uses only those above it.
+//! - [`linearizable`]: a linearizability checker for histories of registers (pure; the
+//!   node simulation and `ferry bench soak` check their clients' histories with it).
 //! - [`state`]: the pure replicated state machine: `apply(&mut State, index, &Request) -> Outcome`.
 //! - [`storage`]: the raft log, hard state, conf state and snapshots on sled, behind [`storage::LogStore`].
 //! - [`node`]: the raft node (raft-rs `RawNode` driven by one task) and its seam to the
@@ -24,6 +26,7 @@ mod error;
 pub mod expiry;
 pub mod failover;
 pub mod guard;
+pub mod linearizable;
 pub mod node;
 pub use ferry_proto::placement;
 pub mod relays;

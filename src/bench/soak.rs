@@ -27,7 +27,7 @@ use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
 use super::failover::{at, free_udp, until};
-use super::linearizable::{self, Answer, Call, Op, Verdict};
+use ferry_control_plane::linearizable::{self, Answer, Call, Op, Verdict};
 
 const TOKEN: &str = "ferry-bench-soak-operator-token";
 /// The rollouts whose share the control-plane clients write and read (one setting

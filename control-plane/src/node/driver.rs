@@ -3,13 +3,13 @@
 //! **flush** → answer clients → send persisted messages → `advance` → light ready →
 //! `advance_apply`.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, Message, Snapshot};
-use raft::{Config, RawNode, Storage};
+use raft::{Config, RawNode};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +24,12 @@ type IndexReply = oneshot::Sender<Result<u64, NodeError>>;
 
 /// A ReadIndex without an answer after this long is sent again.
 const READ_RETRY: Duration = Duration::from_millis(300);
+
+/// A follower the leader has been sending a snapshot to for this long without an answer
+/// is reported unreachable for snapshots, so the leader probes it and sends another:
+/// raft-rs waits for a report forever, and a snapshot message can be lost (a full peer
+/// queue, a connection that broke while sending it).
+const SNAPSHOT_STUCK: Duration = Duration::from_secs(5);
 
 /// A write not applied this long after it was (last) proposed, with the same leader
 /// known all along, is proposed again: its forwarded proposal may have been dropped
@@ -46,8 +52,22 @@ struct PendingWrite {
 /// Inputs handled per loop turn before the Ready is processed (fairness with ticks).
 const INPUT_BATCH: usize = 512;
 
-pub(super) struct Driver {
-    raw: RawNode<SledStore>,
+/// Where the driver reads the time: the monotonic clock, or a simulation's virtual one.
+pub(super) type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
+
+/// How a driver is assembled from its parts: production opens sled and draws a random
+/// boot id; the simulation passes a memory store, a virtual clock and a seeded boot id.
+pub(super) struct Parts<S> {
+    pub store: S,
+    pub members: Members,
+    pub boot: u64,
+    pub clock: Clock,
+    /// Build snapshots on a worker thread (`false`: inline, deterministic).
+    pub snapshot_thread: bool,
+}
+
+pub(super) struct Driver<S: LogStore = SledStore> {
+    raw: RawNode<S>,
     rx: mpsc::Receiver<Input>,
     /// Messages from peers (their own queue: see `PEER_QUEUE`).
     peer_rx: mpsc::Receiver<Message>,
@@ -57,11 +77,11 @@ pub(super) struct Driver {
     config: NodeConfig,
     /// Writes waiting for their entry to apply, by the entry's context (this proposal's
     /// own tag: two writes with one request id, or none, never share an answer).
-    writes: HashMap<Vec<u8>, PendingWrite>,
+    writes: BTreeMap<Vec<u8>, PendingWrite>,
     /// ReadIndex requests by context, with when they were last sent to raft.
-    reads: HashMap<Vec<u8>, (IndexReply, Instant)>,
+    reads: BTreeMap<Vec<u8>, (IndexReply, Instant)>,
     /// Conf changes waiting to apply, by context.
-    conf_changes: HashMap<Vec<u8>, IndexReply>,
+    conf_changes: BTreeMap<Vec<u8>, IndexReply>,
     next_ctx: u64,
     /// Random per start, in every context this process makes: entries proposed before
     /// a restart (applied again after it) never match a waiter of this run.
@@ -74,6 +94,8 @@ pub(super) struct Driver {
     reproposals: u64,
     /// The leader seen at the end of the last loop turn.
     last_leader: u64,
+    /// Followers this leader has been sending a snapshot to, since when.
+    snapshots_out: BTreeMap<u64, Instant>,
     /// Requests that arrived while no leader was known, retried once one is (until
     /// their callers give up).
     leaderless: Vec<Input>,
@@ -82,6 +104,7 @@ pub(super) struct Driver {
     /// A membership change applied: snapshot now, so a new member that needs a
     /// snapshot gets one whose conf state includes it (raft-rs refuses others).
     snapshot_due: bool,
+    clock: Clock,
 }
 
 /// A storage step that failed, with its cause.
@@ -91,11 +114,11 @@ fn storage_err<E: std::error::Error + Send + Sync + 'static>(
     move |e| NodeError::Storage { what, source: Arc::new(e) }
 }
 
-impl Driver {
+impl Driver<SledStore> {
     pub fn open(
         config: NodeConfig,
-        (inputs, rx): (mpsc::Sender<Input>, mpsc::Receiver<Input>),
-        (peers, peer_rx): (mpsc::Sender<Message>, mpsc::Receiver<Message>),
+        inputs: (mpsc::Sender<Input>, mpsc::Receiver<Input>),
+        peers: (mpsc::Sender<Message>, mpsc::Receiver<Message>),
     ) -> Result<(Self, NodeHandle), NodeError> {
         std::fs::create_dir_all(&config.data_dir).map_err(storage_err("creating the data directory"))?;
         let mut store =
@@ -106,6 +129,28 @@ impl Driver {
         }
         let members = Members::load(&config.data_dir, &config.peers)
             .map_err(storage_err("loading the members file"))?;
+        let mut boot = [0u8; 8];
+        ferry_net::random::fill(&mut boot).map_err(storage_err("drawing a random boot id"))?;
+        let parts = Parts {
+            store,
+            members,
+            boot: u64::from_be_bytes(boot),
+            clock: Arc::new(Instant::now),
+            snapshot_thread: true,
+        };
+        Driver::assemble(config, parts, inputs, peers)
+    }
+}
+
+impl<S: LogStore> Driver<S> {
+    /// A driver over an initialized store.
+    pub fn assemble(
+        config: NodeConfig,
+        parts: Parts<S>,
+        (inputs, rx): (mpsc::Sender<Input>, mpsc::Receiver<Input>),
+        (peers, peer_rx): (mpsc::Sender<Message>, mpsc::Receiver<Message>),
+    ) -> Result<(Self, NodeHandle), NodeError> {
+        let Parts { store, members, boot, clock, snapshot_thread } = parts;
         // Rebuild the state machine from the newest snapshot; raft re-delivers the
         // committed entries after it.
         let snapshot = store.snapshot(0, config.id).unwrap_or_default();
@@ -115,8 +160,12 @@ impl Driver {
         } else {
             State::from_snapshot_bytes(&snapshot.data).map_err(storage_err("decoding the stored snapshot"))?
         };
-        let snapshotter = Snapshotter::start(config.id, &snapshot.data)
-            .map_err(storage_err("starting the snapshot worker"))?;
+        let snapshotter = if snapshot_thread {
+            Snapshotter::start(config.id, &snapshot.data)
+                .map_err(storage_err("starting the snapshot worker"))?
+        } else {
+            Snapshotter::inline(&snapshot.data)
+        };
         let raft_config = Config {
             id: config.id,
             election_tick: config.election_ticks.max(2),
@@ -148,24 +197,22 @@ impl Driver {
             status: status_tx,
             members,
             config,
-            writes: HashMap::new(),
-            reads: HashMap::new(),
-            conf_changes: HashMap::new(),
+            writes: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            conf_changes: BTreeMap::new(),
             next_ctx: 1,
-            boot: {
-                let mut b = [0u8; 8];
-                ferry_net::random::fill(&mut b).map_err(storage_err("drawing a random boot id"))?;
-                u64::from_be_bytes(b)
-            },
+            boot,
             applied: snapshot_index,
             snapshot_index,
             snapshots_taken: 0,
             proposals: 0,
             reproposals: 0,
             last_leader: raft::INVALID_ID,
+            snapshots_out: BTreeMap::new(),
             snapshot_due: false,
             snapshotter,
             leaderless: Vec::new(),
+            clock,
         };
         Ok((driver, handle))
     }
@@ -184,13 +231,7 @@ impl Driver {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                _ = tick.tick() => {
-                    self.raw.tick();
-                    self.forget_abandoned();
-                    self.reissue_reads();
-                    self.retry_leaderless();
-                    self.repropose_stale(Instant::now());
-                }
+                _ = tick.tick() => self.tick(),
                 // Peers first, then a batch of clients too: neither queue starves.
                 msg = self.peer_rx.recv() => {
                     let Some(msg) = msg else { break };
@@ -227,10 +268,50 @@ impl Driver {
                 s.fault = Some(reason);
             });
         }
-        for (_, write) in self.writes.drain() {
+        for (_, write) in std::mem::take(&mut self.writes) {
             let _ = write.reply.send(Err(NodeError::Stopped));
         }
         fault.map_or(Ok(()), Err)
+    }
+
+    /// One raft tick, and the timers that ride on it.
+    pub fn tick(&mut self) {
+        self.raw.tick();
+        self.forget_abandoned();
+        self.reissue_reads();
+        self.retry_leaderless();
+        self.repropose_stale((self.clock)());
+        self.retry_stuck_snapshots();
+    }
+
+    /// Reports snapshots without an answer after `SNAPSHOT_STUCK` as failed.
+    fn retry_stuck_snapshots(&mut self) {
+        let now = (self.clock)();
+        if self.raw.raft.state != raft::StateRole::Leader {
+            self.snapshots_out.clear();
+            return;
+        }
+        let sending: BTreeMap<u64, ()> = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(_, pr)| pr.state == raft::ProgressState::Snapshot)
+            .map(|(id, _)| (*id, ()))
+            .collect();
+        self.snapshots_out.retain(|id, _| sending.contains_key(id));
+        let mut stuck = Vec::new();
+        for id in sending.keys() {
+            let since = *self.snapshots_out.entry(*id).or_insert(now);
+            if now.saturating_duration_since(since) >= SNAPSHOT_STUCK {
+                stuck.push(*id);
+            }
+        }
+        for id in stuck {
+            tracing::info!(follower = id, "no answer to a snapshot; sending it again");
+            self.snapshots_out.remove(&id);
+            self.raw.report_snapshot(id, raft::SnapshotStatus::Failure);
+        }
     }
 
     /// A context no other proposal or read of any voter, in any run, carries.
@@ -252,13 +333,13 @@ impl Driver {
         }
     }
 
-    fn step(&mut self, msg: Message) {
+    pub fn step(&mut self, msg: Message) {
         if let Err(e) = self.raw.step(msg) {
             tracing::debug!(error = %e, "raft step");
         }
     }
 
-    fn handle(&mut self, input: Input) {
+    pub fn handle(&mut self, input: Input) {
         if self.raw.raft.leader_id == raft::INVALID_ID {
             // An election is in progress: hold the request (bounded) rather than fail
             // it; the caller's timeout still applies.
@@ -291,7 +372,7 @@ impl Driver {
                             reply,
                             data: keep,
                             leader: self.raw.raft.leader_id,
-                            sent: Instant::now(),
+                            sent: (self.clock)(),
                         };
                         self.writes.insert(ctx, write);
                     }
@@ -312,7 +393,7 @@ impl Driver {
                 }
                 let ctx = self.ctx();
                 self.raw.read_index(ctx.clone());
-                self.reads.insert(ctx, (reply, Instant::now()));
+                self.reads.insert(ctx, (reply, (self.clock)()));
             }
             Input::AddVoter { id, addr, reply } => {
                 self.conf_change(ConfChangeType::AddNode, id, addr.into_bytes(), reply);
@@ -366,7 +447,7 @@ impl Driver {
         if self.raw.raft.leader_id == raft::INVALID_ID {
             return;
         }
-        let now = Instant::now();
+        let now = (self.clock)();
         let stale: Vec<Vec<u8>> = self
             .reads
             .iter()
@@ -387,14 +468,15 @@ impl Driver {
     /// by a leader that lost its term before committing it, would otherwise wait out the
     /// caller's whole timeout. The copy keeps the context and the request id, so
     /// whichever entry applies first answers, and the others apply as no-ops.
-    fn repropose_on_leader_change(&mut self) {
+    pub fn repropose_on_leader_change(&mut self) {
         let leader = self.raw.raft.leader_id;
         if leader == self.last_leader {
             return;
         }
         self.last_leader = leader;
         if leader != raft::INVALID_ID {
-            self.repropose(|w| w.leader != leader, Instant::now());
+            let now = (self.clock)();
+            self.repropose(|w| w.leader != leader, now);
         }
     }
 
@@ -433,7 +515,7 @@ impl Driver {
         self.conf_changes.retain(|_, r| !r.is_closed());
     }
 
-    fn on_ready(&mut self, transport: &dyn RaftNetwork) -> Result<(), NodeError> {
+    pub fn on_ready(&mut self, transport: &dyn RaftNetwork) -> Result<(), NodeError> {
         if !self.raw.has_ready() {
             self.publish_status();
             return Ok(());
@@ -472,6 +554,7 @@ impl Driver {
         self.apply_committed(light.take_committed_entries(), &mut answers)?;
         answer(answers);
         self.raw.advance_apply();
+        self.step_down_if_removed();
         self.maybe_snapshot()?;
         self.publish_status();
         Ok(())
@@ -552,6 +635,34 @@ impl Driver {
 
     /// Asks the worker for a snapshot when one is due; [`Driver::store_snapshot`] stores
     /// it when it comes back, while this thread goes on.
+    /// raft-rs keeps a leader that removed itself leading a group that no longer tracks
+    /// it, and panics on the next append response (raft-rs's own TODO: "step down and
+    /// ask the follower with the largest Match to TimeoutNow"). That is done here: the
+    /// best caught-up voter is told to campaign at once, and this node steps down.
+    /// Runs after a Ready is fully handled: raft-rs refuses a follower with messages
+    /// queued during its Ready.
+    fn step_down_if_removed(&mut self) {
+        let me = self.config.id;
+        let voters = self.raw.raft.prs().conf().voters().ids();
+        if self.raw.raft.state != raft::StateRole::Leader || voters.contains(me) {
+            return;
+        }
+        let successor = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| voters.contains(**id))
+            .max_by_key(|(id, pr)| (pr.matched, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id);
+        if let Some(to) = successor {
+            self.raw.raft.send_timeout_now(to);
+        }
+        let term = self.raw.raft.term;
+        self.raw.raft.become_follower(term, raft::INVALID_ID);
+        tracing::info!(successor = ?successor, "removed from the voters while leading: stepped down");
+    }
+
     fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
         let due = self.snapshot_due || self.applied >= self.snapshot_index + self.config.snapshot_every;
         if !due || self.applied <= self.snapshot_index {
@@ -564,8 +675,29 @@ impl Driver {
         Ok(())
     }
 
+    /// Stores the snapshots the worker finished, without waiting for one.
+    #[cfg(test)]
+    pub fn store_finished_snapshots(&mut self) -> Result<(), NodeError> {
+        while let Ok(built) = self.snapshotter.built.try_recv() {
+            self.store_snapshot(built)?;
+        }
+        Ok(())
+    }
+
+    /// The raft node, for the simulation's view of roles.
+    #[cfg(test)]
+    pub fn raw(&self) -> &RawNode<S> {
+        &self.raw
+    }
+
+    /// The raft node, for the simulation's control of its election timer.
+    #[cfg(test)]
+    pub fn raw_mut(&mut self) -> &mut RawNode<S> {
+        &mut self.raw
+    }
+
     /// Stores a snapshot the worker built, and compacts the log up to it.
-    fn store_snapshot(&mut self, built: Built) -> Result<(), NodeError> {
+    pub fn store_snapshot(&mut self, built: Built) -> Result<(), NodeError> {
         let Some(Built { index, conf, data, .. }) = self.snapshotter.finished(built) else { return Ok(()) };
         if index <= self.snapshot_index {
             // A newer snapshot was installed meanwhile.

@@ -12,6 +12,8 @@ mod driver;
 pub mod log;
 mod members;
 mod network;
+#[cfg(test)]
+mod sim;
 mod snapshotter;
 #[cfg(test)]
 mod tests;

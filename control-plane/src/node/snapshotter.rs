@@ -37,12 +37,19 @@ pub(super) struct Built {
     pub data: Result<Vec<u8>, StateError>,
 }
 
+/// Where the shadow state lives.
+enum Shadow {
+    /// On its own thread, fed through a queue.
+    Thread { jobs: Option<SyncSender<Job>>, worker: Option<JoinHandle<()>> },
+    /// Here, each job done when it is sent (deterministic, for the simulation).
+    Inline { state: Result<State, StateError>, done: mpsc::Sender<Built> },
+}
+
 /// The node's side of the worker.
 pub(super) struct Snapshotter {
-    jobs: Option<SyncSender<Job>>,
+    shadow: Shadow,
     /// Finished snapshots, for the node's loop.
     pub built: mpsc::Receiver<Built>,
-    worker: Option<JoinHandle<()>>,
     /// Bumped by every reset; a `Built` of another generation is dropped.
     generation: u64,
     /// A build was asked for and has not come back.
@@ -61,19 +68,20 @@ impl Snapshotter {
     pub fn start(id: u64, snapshot: &[u8]) -> Result<Snapshotter, std::io::Error> {
         let (jobs, rx) = sync_channel(JOBS);
         let (done, built) = mpsc::channel(4);
-        let state =
-            if snapshot.is_empty() { Ok(State::default()) } else { State::from_snapshot_bytes(snapshot) };
+        let state = shadow_of(snapshot);
         let worker = std::thread::Builder::new()
             .name(format!("raft-{id}-snap"))
             .spawn(move || work(state, rx, done))?;
-        Ok(Snapshotter {
-            jobs: Some(jobs),
-            built,
-            worker: Some(worker),
-            generation: 0,
-            building: false,
-            batch: Vec::new(),
-        })
+        let shadow = Shadow::Thread { jobs: Some(jobs), worker: Some(worker) };
+        Ok(Snapshotter { shadow, built, generation: 0, building: false, batch: Vec::new() })
+    }
+
+    /// A shadow state without a thread: each job runs when sent, so a build is finished
+    /// (in `built`) when [`Snapshotter::build`] returns. Deterministic, for the simulation.
+    pub fn inline(snapshot: &[u8]) -> Snapshotter {
+        let (done, built) = mpsc::channel(4);
+        let shadow = Shadow::Inline { state: shadow_of(snapshot), done };
+        Snapshotter { shadow, built, generation: 0, building: false, batch: Vec::new() }
     }
 
     /// Records a request the node applied at `index`; sent with the next [`flush`].
@@ -118,44 +126,69 @@ impl Snapshotter {
         Some(built)
     }
 
-    fn send(&self, job: Job) -> Result<(), WorkerGone> {
-        self.jobs.as_ref().ok_or(WorkerGone)?.send(job).map_err(|_| WorkerGone)
+    fn send(&mut self, job: Job) -> Result<(), WorkerGone> {
+        match &mut self.shadow {
+            Shadow::Thread { jobs, .. } => jobs.as_ref().ok_or(WorkerGone)?.send(job).map_err(|_| WorkerGone),
+            Shadow::Inline { state, done } => match run(state, job) {
+                Some(built) => done.try_send(built).map_err(|_| WorkerGone),
+                None => Ok(()),
+            },
+        }
     }
 }
 
 impl Drop for Snapshotter {
     fn drop(&mut self) {
-        // Closing the queue ends the worker after its current job.
-        self.jobs = None;
         self.built.close();
-        if let Some(worker) = self.worker.take() {
-            let _ = worker.join();
+        if let Shadow::Thread { jobs, worker } = &mut self.shadow {
+            // Closing the queue ends the worker after its current job.
+            *jobs = None;
+            if let Some(worker) = worker.take() {
+                let _ = worker.join();
+            }
         }
+    }
+}
+
+fn shadow_of(snapshot: &[u8]) -> Result<State, StateError> {
+    if snapshot.is_empty() {
+        Ok(State::default())
+    } else {
+        State::from_snapshot_bytes(snapshot)
     }
 }
 
 fn work(mut state: Result<State, StateError>, jobs: Receiver<Job>, done: mpsc::Sender<Built>) {
     while let Ok(job) = jobs.recv() {
-        match job {
-            Job::Apply(batch) => {
-                if let Ok(state) = &mut state {
-                    for (index, request) in &batch {
-                        apply(state, *index, request);
-                    }
+        if let Some(built) = run(&mut state, job) {
+            if done.blocking_send(built).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Does one job on the shadow state; a build's result.
+fn run(state: &mut Result<State, StateError>, job: Job) -> Option<Built> {
+    match job {
+        Job::Apply(batch) => {
+            if let Ok(state) = state {
+                for (index, request) in &batch {
+                    apply(state, *index, request);
                 }
             }
-            Job::Reset(data) => state = State::from_snapshot_bytes(&data),
-            Job::Build { generation, index, conf } => {
-                let data = match &state {
-                    Ok(state) => state.to_snapshot_bytes(),
-                    Err(e) => {
-                        Err(StateError::MalformedSnapshot(format!("the shadow state is unusable: {e}")))
-                    }
-                };
-                if done.blocking_send(Built { generation, index, conf, data }).is_err() {
-                    return;
-                }
-            }
+            None
+        }
+        Job::Reset(data) => {
+            *state = State::from_snapshot_bytes(&data);
+            None
+        }
+        Job::Build { generation, index, conf } => {
+            let data = match state {
+                Ok(state) => state.to_snapshot_bytes(),
+                Err(e) => Err(StateError::MalformedSnapshot(format!("the shadow state is unusable: {e}"))),
+            };
+            Some(Built { generation, index, conf, data })
         }
     }
 }

@@ -174,3 +174,23 @@ async fn a_write_forwarded_to_a_lost_leader_is_proposed_to_the_next_one() {
         assert_eq!(node.read(|s| s.audit.iter().filter(|e| e.request_id == "req-moved").count()), 1);
     }
 }
+
+/// raft-rs keeps a leader that removed itself leading (and panics on its next append
+/// response); the node steps down and hands over instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_leader_hands_over_to_another_voter() {
+    let c = cluster(3);
+    let all: Vec<&NodeHandle> = c.nodes.iter().collect();
+    let old = leader_of(&all).await;
+    let follower = c.nodes.iter().find(|n| n.status().id != old).unwrap();
+    follower.remove_voter(old, Duration::from_secs(5)).await.unwrap();
+    let rest: Vec<&NodeHandle> = c.nodes.iter().filter(|n| n.status().id != old).collect();
+    let new = leader_other_than(&rest, old).await;
+    assert_ne!(new, old);
+    let (_, outcome) = rest[0].write(edge("after"), Duration::from_secs(5)).await.unwrap();
+    assert!(outcome.is_ok(), "{outcome:?}");
+    assert_eq!(rest[1].status().voters.len(), 2);
+    // The removed node is still running (it stepped down; it did not panic).
+    let removed = &c.nodes[usize::try_from(old - 1).unwrap()];
+    assert_ne!(removed.status().role, "leader");
+}

@@ -10,8 +10,6 @@
 //! and so is a write without an answer whose value no read saw (never is then as good
 //! as any time, and such writes would double the search space each).
 
-// The chaos soak (src/bench/soak.rs) is the caller; until it lands only tests use this.
-
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
