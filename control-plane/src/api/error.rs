@@ -53,6 +53,9 @@ impl From<NodeError> for ApiError {
             NodeError::Storage { .. } => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", ferry_net::Chain(&e).to_string())
             }
+            NodeError::Incompatible { .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "incompatible", e.to_string())
+            }
         }
     }
 }

@@ -578,14 +578,15 @@ impl<S: LogStore> Driver<S> {
     fn apply_committed(&mut self, entries: Vec<Entry>, answers: &mut Vec<Answer>) -> Result<(), NodeError> {
         for entry in entries {
             match entry.get_entry_type() {
-                EntryType::EntryNormal if !entry.data.is_empty() => self.apply_normal(&entry, answers),
+                EntryType::EntryNormal if !entry.data.is_empty() => self.apply_normal(&entry, answers)?,
                 EntryType::EntryNormal => {}
                 EntryType::EntryConfChange => self.apply_conf_change(&entry, answers)?,
                 EntryType::EntryConfChangeV2 => {
-                    tracing::warn!(
-                        index = entry.index,
-                        "ignoring a joint-consensus conf change (not proposed by Ferry)"
-                    );
+                    // Ferry never proposes joint consensus: a build that does is newer.
+                    return Err(NodeError::Incompatible {
+                        index: entry.index,
+                        what: "a joint-consensus membership change".to_owned(),
+                    });
                 }
             }
             self.applied = entry.index;
@@ -595,20 +596,18 @@ impl<S: LogStore> Driver<S> {
         Ok(())
     }
 
-    fn apply_normal(&mut self, entry: &Entry, answers: &mut Vec<Answer>) {
-        let request = match decode_request(&entry.data) {
-            Ok(request) => request,
-            Err(e) => {
-                tracing::error!(index = entry.index, error = %ferry_net::Chain(&e), "undecodable log entry skipped");
-                return;
-            }
-        };
+    fn apply_normal(&mut self, entry: &Entry, answers: &mut Vec<Answer>) -> Result<(), NodeError> {
+        let request = decode_request(&entry.data).map_err(|e| NodeError::Incompatible {
+            index: entry.index,
+            what: ferry_net::Chain(&e).to_string(),
+        })?;
         let outcome =
             apply(&mut self.state.write().unwrap_or_else(PoisonError::into_inner), entry.index, &request);
         self.snapshotter.applied(entry.index, request);
         if let Some(write) = self.writes.remove(&entry.context[..]) {
             answers.push(Answer::Write(write.reply, Ok((entry.index, outcome))));
         }
+        Ok(())
     }
 
     fn apply_conf_change(&mut self, entry: &Entry, answers: &mut Vec<Answer>) -> Result<(), NodeError> {

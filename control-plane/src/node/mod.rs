@@ -112,6 +112,11 @@ pub enum NodeError {
     /// The change is not allowed (e.g. removing an unknown member).
     #[error("{0}")]
     Rejected(String),
+    /// A committed entry this build cannot apply (written by a newer release, or
+    /// damaged). The node stops rather than skip it: skipping would make its state
+    /// differ from the other voters'.
+    #[error("log entry {index} cannot be applied by this build ({what}); upgrade this voter")]
+    Incompatible { index: u64, what: String },
     /// The raft log, its state or the snapshot could not be read or written: `what`
     /// names the step; the cause is the source.
     #[error("raft storage: {what}")]

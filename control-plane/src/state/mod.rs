@@ -63,6 +63,17 @@ const MAX_ADDR: usize = 256;
 /// previous version is still read (see `codec::StateV2`).
 const SNAPSHOT_VERSION: u8 = 3;
 
+/// The newest command set this build applies. Command set 1 is every [`Command`] of
+/// this release. A release that adds or changes a replicated command bumps it.
+pub const COMMAND_SET: u16 = 1;
+/// First byte of a versioned log entry: `0x00 | format | command set (u16, big-endian)
+/// | JSON request`. Entries of command set 1 are written as bare JSON (first byte `{`),
+/// which every earlier release reads; a release only writes versioned entries once every
+/// voter can read them.
+const ENTRY_VERSIONED: u8 = 0;
+/// The versioned entry layout this build reads.
+const ENTRY_FORMAT: u8 = 2;
+
 /// Why a request or snapshot could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -81,6 +92,12 @@ pub enum StateError {
     /// The bytes are not a snapshot of this version.
     #[error("malformed snapshot: {0}")]
     MalformedSnapshot(String),
+    /// A log entry in a layout this build does not know.
+    #[error("log entry format {0} is unknown to this build")]
+    UnknownEntryFormat(u8),
+    /// A log entry needs a newer command set than this build applies.
+    #[error("the entry needs command set {needs}; this build applies command sets up to {supports}")]
+    NewerCommandSet { needs: u16, supports: u16 },
     /// The snapshot was written by a build with another snapshot format.
     #[error("unsupported snapshot version {0}")]
     UnsupportedSnapshotVersion(u8),
@@ -373,7 +390,23 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, StateError> {
     if bytes.len() > MAX_REQUEST_BYTES {
         return Err(StateError::RequestTooLarge { len: bytes.len(), limit: MAX_REQUEST_BYTES });
     }
-    serde_json::from_slice(bytes).map_err(StateError::MalformedRequest)
+    let json = match bytes {
+        [ENTRY_VERSIONED, format, rest @ ..] => {
+            if *format != ENTRY_FORMAT {
+                return Err(StateError::UnknownEntryFormat(*format));
+            }
+            let [high, low, json @ ..] = rest else {
+                return Err(StateError::UnknownEntryFormat(*format));
+            };
+            let needs = u16::from_be_bytes([*high, *low]);
+            if needs > COMMAND_SET {
+                return Err(StateError::NewerCommandSet { needs, supports: COMMAND_SET });
+            }
+            json
+        }
+        legacy => legacy,
+    };
+    serde_json::from_slice(json).map_err(StateError::MalformedRequest)
 }
 
 impl State {

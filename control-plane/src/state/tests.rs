@@ -629,3 +629,30 @@ fn a_guard_trip_falls_back_once_and_holds_until_resumed() {
     log.run(Command::PauseRollout { id: id("z") });
     assert_eq!(log.rejects(Command::TripRollout { id: id("z"), guard: "cpu".into() }), REJECT_CONFLICT);
 }
+
+/// Entries of this release are bare JSON (command set 1, readable by every release);
+/// a versioned entry is read when its command set is known, and refused, never
+/// skipped or guessed at, when it is newer or its layout is unknown.
+#[test]
+fn log_entries_carry_their_command_set_and_newer_ones_are_refused() {
+    let request = Request::internal(id("r"), "ci", 7, Command::Noop);
+    let legacy = encode_request(&request).unwrap();
+    assert_eq!(legacy.first(), Some(&b'{'));
+    assert_eq!(decode_request(&legacy).unwrap(), request);
+
+    let versioned = |format: u8, set: u16| {
+        let mut bytes = vec![0, format];
+        bytes.extend_from_slice(&set.to_be_bytes());
+        bytes.extend_from_slice(&legacy);
+        bytes
+    };
+    assert_eq!(decode_request(&versioned(2, 1)).unwrap(), request);
+    let err = decode_request(&versioned(2, COMMAND_SET + 1)).unwrap_err();
+    assert!(matches!(err, StateError::NewerCommandSet { needs: 2, supports: 1 }), "{err}");
+    assert!(err.to_string().contains("command set 2"), "{err}");
+    assert!(matches!(decode_request(&versioned(3, 1)), Err(StateError::UnknownEntryFormat(3))));
+    assert!(matches!(decode_request(&[0, 2, 0]), Err(StateError::UnknownEntryFormat(2))));
+    // A command this build does not know, in an entry that claims set 1.
+    let future = br#"{"request_id":"x","actor":"a","at_ms":1,"command":{"type":"teleport_edge","id":"e"}}"#;
+    assert!(matches!(decode_request(future), Err(StateError::MalformedRequest(_))));
+}

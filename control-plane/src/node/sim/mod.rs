@@ -325,7 +325,11 @@ impl Sim {
             self.log(|| format!("node {id}: term {} {:?} leader {}", seen.0, seen.1, seen.2));
         }
         if let Err(e) = result {
-            self.fail(format!("node {id} stopped on a storage fault: {}", ferry_net::Chain(&e)));
+            // The node stops, as a voter's process does (its disk stays as it is).
+            self.fail(format!("node {id} stopped: {}", ferry_net::Chain(&e)));
+            let node = self.nodes.get_mut(&id).unwrap();
+            node.driver = None;
+            node.handle = None;
         }
         let msgs = std::mem::take(&mut *self.outbox.0.lock().unwrap_or_else(PoisonError::into_inner));
         for msg in msgs {
@@ -367,10 +371,11 @@ impl Sim {
     }
 
     fn run(&mut self) {
-        while let Some(Reverse((at, seq))) = self.queue.pop() {
+        while let Some(&Reverse((at, seq))) = self.queue.peek() {
             if at > self.world.end_ms * 1000 {
                 break;
             }
+            self.queue.pop();
             self.now_us.store(at, Ordering::Relaxed);
             let Some(event) = self.events.remove(&seq) else { continue };
             self.handle(event);
@@ -853,6 +858,24 @@ fn the_simulation_catches_broken_variants() {
         let (seed, why) = caught.unwrap_or_else(|| panic!("{broken:?} passed 300 seeds"));
         println!("{broken:?}: caught by seed {seed}: {why}");
     }
+}
+
+/// A committed entry from a newer release stops every voter that meets it, with a
+/// message that says why, instead of being skipped.
+#[test]
+fn voters_stop_at_an_entry_of_a_newer_command_set() {
+    let mut sim = Sim::new(1, World { chaos_ms: 0, end_ms: 2_000, ..WORLD }, false);
+    sim.run();
+    let leader = sim.leader().expect("a leader within 2 s");
+    let mut entry = vec![0, 2];
+    entry.extend_from_slice(&(crate::state::COMMAND_SET + 1).to_be_bytes());
+    entry.extend_from_slice(b"{}");
+    sim.on_node(leader, |d| d.raw_mut().propose(vec![], entry).unwrap());
+    sim.world.end_ms = 4_000;
+    sim.run();
+    let why = sim.violation.clone().expect("the voters stop");
+    assert!(why.contains("cannot be applied by this build") && why.contains("command set 2"), "{why}");
+    assert!(sim.up().is_empty(), "every voter that applied it stopped: {:?}", sim.up());
 }
 
 /// `FERRY_SIM_SEED=n`: one seed with its trace printed.
