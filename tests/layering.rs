@@ -84,6 +84,7 @@ const MODULE_LAYERS: &[(&str, &[&str])] = &[
         &[
             "linearizable",
             "state",
+            "backup",
             "storage",
             "node",
             "error",

@@ -5,6 +5,7 @@
 //! - [`linearizable`]: a linearizability checker for histories of registers (pure; the
 //!   node simulation and `ferry bench soak` check their clients' histories with it).
 //! - [`state`]: the pure replicated state machine: `apply(&mut State, index, &Request) -> Outcome`.
+//! - [`backup`]: the backup file (`ferry ctl snapshot save`, `ferry control --restore`): pure encoding.
 //! - [`storage`]: the raft log, hard state, conf state and snapshots on sled, behind [`storage::LogStore`].
 //! - [`node`]: the raft node (raft-rs `RawNode` driven by one task) and its seam to the
 //!   network, [`node::RaftNetwork`] (with an in-memory router for tests).
@@ -22,6 +23,7 @@
 //! clients or WebRTC.
 
 pub mod api;
+pub mod backup;
 mod error;
 pub mod expiry;
 pub mod failover;

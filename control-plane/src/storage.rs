@@ -28,6 +28,8 @@ const CONF_STATE_KEY: &[u8] = b"conf_state";
 const SNAPSHOT_META_KEY: &[u8] = b"snapshot_meta";
 const SNAPSHOT_DATA_KEY: &[u8] = b"snapshot_data";
 const APPLIED_KEY: &[u8] = b"applied";
+/// The identity of a cluster restored from a backup (absent for other clusters).
+const CLUSTER_UUID_KEY: &[u8] = b"cluster_uuid";
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +101,8 @@ pub struct SledStore {
     /// Index of the newest entry, or the snapshot index if the log is empty.
     last_index: u64,
     applied: u64,
+    /// See [`SledStore::cluster_uuid`].
+    cluster_uuid: Option<String>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -154,7 +158,71 @@ impl SledStore {
             )));
         }
         let applied = cmp::max(applied, snapshot_meta.index);
-        Ok(SledStore { db, entries, meta, hard_state, conf_state, snapshot_meta, last_index, applied })
+        let cluster_uuid = match meta.get(CLUSTER_UUID_KEY)? {
+            Some(bytes) => Some(
+                String::from_utf8(bytes.to_vec())
+                    .map_err(|_| StoreError::Corrupt("the stored cluster uuid is not UTF-8".to_owned()))?,
+            ),
+            None => None,
+        };
+        Ok(SledStore {
+            db,
+            entries,
+            meta,
+            hard_state,
+            conf_state,
+            snapshot_meta,
+            last_index,
+            applied,
+            cluster_uuid,
+        })
+    }
+
+    /// The identity of the cluster this store belongs to, when it was restored from a
+    /// backup (`None`: a cluster that was founded, not restored).
+    pub fn cluster_uuid(&self) -> Option<&str> {
+        self.cluster_uuid.as_deref()
+    }
+
+    /// Seeds an empty store from a backup: the snapshot (`data` at `index`, `term`) with
+    /// `voters` as its configuration, a hard state committing `index` in `term`, the
+    /// applied index, and the restored cluster's identity, in one transaction, then
+    /// flushed. Refused (`Corrupt`) unless the store is empty.
+    pub fn restore(
+        &mut self,
+        index: u64,
+        term: u64,
+        voters: &[u64],
+        data: &[u8],
+        cluster_uuid: &str,
+    ) -> Result<(), StoreError> {
+        if !self.is_empty() || self.cluster_uuid.is_some() {
+            return Err(StoreError::Corrupt("a backup is restored only into an empty store".to_owned()));
+        }
+        let conf_state = ConfState::from((voters.iter().copied(), std::iter::empty()));
+        let mut meta = SnapshotMetadata { index, term, ..SnapshotMetadata::default() };
+        meta.set_conf_state(conf_state.clone());
+        let hard_state = HardState { term, commit: index, ..HardState::default() };
+        let meta_bytes = meta.write_to_bytes()?;
+        let hard_state_bytes = hard_state.write_to_bytes()?;
+        let conf_state_bytes = conf_state.write_to_bytes()?;
+        let mut batch = sled::Batch::default();
+        batch.insert(SNAPSHOT_META_KEY, meta_bytes);
+        batch.insert(SNAPSHOT_DATA_KEY, data);
+        batch.insert(HARD_STATE_KEY, hard_state_bytes);
+        batch.insert(CONF_STATE_KEY, conf_state_bytes);
+        batch.insert(APPLIED_KEY, &index_key(index));
+        batch.insert(CLUSTER_UUID_KEY, cluster_uuid.as_bytes());
+        // One batch is atomic in sled: a crash leaves an empty store or a restored one.
+        self.meta.apply_batch(batch)?;
+        self.flush()?;
+        self.snapshot_meta = meta;
+        self.hard_state = hard_state;
+        self.conf_state = conf_state;
+        self.last_index = index;
+        self.applied = index;
+        self.cluster_uuid = Some(cluster_uuid.to_owned());
+        Ok(())
     }
 
     /// Gives a brand-new store its first configuration: every founding voter starts with the

@@ -108,7 +108,8 @@ impl Caller {
 pub fn need(method: &Method, path: &str) -> Need {
     let read = *method == Method::GET || *method == Method::HEAD;
     match path {
-        "/v1/tokens" | "/v1/tokens/{accessor}" | "/v1/cluster/members/{id}" => Need::Admin,
+        // A backup holds every token's hash and the whole audit log: admins only.
+        "/v1/tokens" | "/v1/tokens/{accessor}" | "/v1/cluster/members/{id}" | "/v1/snapshot" => Need::Admin,
         "/v1/certificates" => Need::Certificate,
         _ if read => Need::Read,
         "/v1/edges/{id}" if *method == Method::PUT => Need::EdgeOrAdmin,
@@ -235,6 +236,7 @@ mod tests {
             (Method::POST, "/v1/cluster/members/{id}", [false, false, true, false]),
             (Method::DELETE, "/v1/cluster/members/{id}", [false, false, true, false]),
             (Method::GET, "/v1/tokens", [false, false, true, false]),
+            (Method::GET, "/v1/snapshot", [false, false, true, false]),
             (Method::POST, "/v1/tokens", [false, false, true, false]),
             (Method::DELETE, "/v1/tokens/{accessor}", [false, false, true, false]),
             (Method::POST, "/v1/some/new/route", [false, false, true, false]),

@@ -50,6 +50,7 @@ impl From<NodeError> for ApiError {
             NodeError::Busy => Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string()),
             NodeError::Stopped => Self::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", e.to_string()),
             NodeError::Rejected(m) => Self::new(StatusCode::CONFLICT, "rejected", m),
+            NodeError::RestoreRefused(m) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", m),
             NodeError::Storage { .. } => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", ferry_net::Chain(&e).to_string())
             }

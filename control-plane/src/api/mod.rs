@@ -249,6 +249,7 @@ impl Api {
             .route("/v1/rollouts/{id}/resume", post(routes::resume_rollout))
             .route("/v1/rollouts/{id}/abort", post(routes::abort_rollout))
             .route("/v1/audit", get(routes::audit))
+            .route("/v1/snapshot", get(routes::snapshot))
             .route("/v1/watch", get(routes::watch))
             .route("/v1/members", get(routing::members))
             .route("/v1/tokens", get(routes::list_tokens).post(routes::create_token))

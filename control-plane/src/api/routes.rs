@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use super::auth::{self, Caller};
 use super::routing::gossip_fields;
 use super::{Api, ApiError};
+use crate::backup::{self, BackupHeader};
 use crate::state::{Command, Outcome, Request, State as MachineState, TokenRole};
 
 type Body<T> = Result<Json<T>, JsonRejection>;
@@ -145,8 +146,65 @@ pub async fn cluster(State(api): State<Api>) -> ApiResult {
         "id": status.id, "leader": status.leader, "term": status.term, "role": status.role,
         "commit_index": status.commit, "applied_index": status.applied, "voters": status.voters,
         "snapshot_index": status.snapshot_index, "members": members,
+        "cluster_uuid": api.node.cluster_uuid(),
     }))
     .into_response())
+}
+
+/// `GET /v1/snapshot` (admin, on the leader): a backup file of the state, consistent:
+/// the leader confirms its leadership and applies everything committed before the call
+/// (ReadIndex), then the state is copied at its applied index. A follower answers 421
+/// `not_leader` naming the leader.
+pub async fn snapshot(State(api): State<Api>) -> ApiResult {
+    let status = api.node.status();
+    if status.leader == 0 {
+        return Err(crate::node::NodeError::NoLeader.into());
+    }
+    if status.leader != status.id {
+        return Err(not_leader(&status));
+    }
+    api.node.linearize(api.timeout).await?;
+    let image = api.node.image(api.timeout).await?;
+    let header = BackupHeader {
+        cluster_uuid: api.node.cluster_uuid().map(str::to_owned),
+        index: image.index,
+        term: image.term,
+        voters: image.voters,
+        state_format: 0,
+        ferry_version: env!("CARGO_PKG_VERSION").to_owned(),
+        created_ms: ferry_net::time::unix_ms(),
+        body_len: 0,
+    };
+    let index = header.index;
+    // Encoding the whole state takes a while: off the async workers.
+    let encoded = tokio::task::spawn_blocking(move || {
+        let body = image.state.to_snapshot_bytes().map_err(|e| e.to_string())?;
+        backup::encode(header, &body).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r)
+    .map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("encoding the backup: {e}"))
+    })?;
+    let disposition = format!("attachment; filename=\"ferry-{index}.backup\"");
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (axum::http::header::CONTENT_DISPOSITION, disposition),
+        ],
+        encoded,
+    )
+        .into_response())
+}
+
+/// 421 `not_leader`: work only the leader does, asked of a follower.
+fn not_leader(status: &crate::node::Status) -> ApiError {
+    ApiError::new(
+        StatusCode::MISDIRECTED_REQUEST,
+        "not_leader",
+        format!("voter {} is not the leader; voter {} is (ask it)", status.id, status.leader),
+    )
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::snapshotter::{Built, Snapshotter};
 use super::RaftNetwork;
-use super::{Input, Members, NodeConfig, NodeError, NodeHandle, Status};
+use super::{Image, Input, Members, NodeConfig, NodeError, NodeHandle, RestoreSeed, Status};
 use crate::state::{apply, decode_request, encode_request, Outcome, State};
 use crate::storage::{LogStore, SledStore};
 
@@ -64,6 +64,8 @@ pub(super) struct Parts<S> {
     pub clock: Clock,
     /// Build snapshots on a worker thread (`false`: inline, deterministic).
     pub snapshot_thread: bool,
+    /// The restored cluster's identity (`None`: a cluster founded from scratch).
+    pub cluster_uuid: Option<String>,
 }
 
 pub(super) struct Driver<S: LogStore = SledStore> {
@@ -123,7 +125,9 @@ impl Driver<SledStore> {
         std::fs::create_dir_all(&config.data_dir).map_err(storage_err("creating the data directory"))?;
         let mut store =
             SledStore::open(&config.data_dir.join("raft")).map_err(storage_err("opening the raft store"))?;
-        if store.is_empty() {
+        if let Some(seed) = &config.restore {
+            restore(&mut store, seed, &config)?;
+        } else if store.is_empty() {
             let voters: Vec<u64> = if config.join { vec![] } else { config.peers.keys().copied().collect() };
             store.initialize(&voters).map_err(storage_err("initializing the raft store"))?;
         }
@@ -131,7 +135,9 @@ impl Driver<SledStore> {
             .map_err(storage_err("loading the members file"))?;
         let mut boot = [0u8; 8];
         ferry_net::random::fill(&mut boot).map_err(storage_err("drawing a random boot id"))?;
+        let cluster_uuid = store.cluster_uuid().map(str::to_owned);
         let parts = Parts {
+            cluster_uuid,
             store,
             members,
             boot: u64::from_be_bytes(boot),
@@ -150,7 +156,7 @@ impl<S: LogStore> Driver<S> {
         (inputs, rx): (mpsc::Sender<Input>, mpsc::Receiver<Input>),
         (peers, peer_rx): (mpsc::Sender<Message>, mpsc::Receiver<Message>),
     ) -> Result<(Self, NodeHandle), NodeError> {
-        let Parts { store, members, boot, clock, snapshot_thread } = parts;
+        let Parts { store, members, boot, clock, snapshot_thread, cluster_uuid } = parts;
         // Rebuild the state machine from the newest snapshot; raft re-delivers the
         // committed entries after it.
         let snapshot = store.snapshot(0, config.id).unwrap_or_default();
@@ -188,6 +194,7 @@ impl<S: LogStore> Driver<S> {
             status: status_rx,
             state: Arc::clone(&state),
             members: members.clone(),
+            cluster_uuid: cluster_uuid.map(Arc::from),
         };
         let driver = Driver {
             raw,
@@ -398,6 +405,9 @@ impl<S: LogStore> Driver<S> {
             Input::AddVoter { id, addr, reply } => {
                 self.conf_change(ConfChangeType::AddNode, id, addr.into_bytes(), reply);
             }
+            Input::Image { reply } => {
+                let _ = reply.send(self.image());
+            }
             Input::RemoveVoter { id, reply } => {
                 if !self.raw.raft.prs().conf().voters().contains(id) {
                     let _ = reply.send(Err(NodeError::Rejected(format!("{id} is not a voter"))));
@@ -428,6 +438,17 @@ impl<S: LogStore> Driver<S> {
                 let _ = reply.send(Err(NodeError::Rejected(e.to_string())));
             }
         }
+    }
+
+    /// The state now, at the applied index.
+    fn image(&self) -> Result<Image, NodeError> {
+        let index = self.applied;
+        let term =
+            self.raw.raft.raft_log.term(index).map_err(storage_err("reading the applied entry's term"))?;
+        let mut voters: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
+        voters.sort_unstable();
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner).clone();
+        Ok(Image { index, term, voters, state })
     }
 
     fn retry_leaderless(&mut self) {
@@ -742,6 +763,47 @@ impl<S: LogStore> Driver<S> {
     }
 }
 
+/// Seeds an empty store from a backup, or checks that the store already holds the
+/// restored cluster (a voter restarted with `--restore` still on its command line).
+fn restore(store: &mut SledStore, seed: &RestoreSeed, config: &NodeConfig) -> Result<(), NodeError> {
+    match store.cluster_uuid() {
+        Some(uuid) if uuid == seed.cluster_uuid => {
+            tracing::info!(cluster_uuid = uuid, "the data directory already holds the restored cluster");
+            return Ok(());
+        }
+        Some(other) => {
+            return Err(NodeError::RestoreRefused(format!(
+                "the data directory {} holds restored cluster {other}, not {} (this backup with these --peers); \
+                 restore into an empty directory",
+                config.data_dir.display(),
+                seed.cluster_uuid
+            )))
+        }
+        None if !store.is_empty() => {
+            return Err(NodeError::RestoreRefused(format!(
+                "the data directory {} already holds raft state of another cluster; restore into an empty directory",
+                config.data_dir.display()
+            )))
+        }
+        None => {}
+    }
+    // The members file first: a crash before the store is seeded leaves an empty store,
+    // and the next start seeds it again.
+    Members::save(&config.data_dir, &config.peers).map_err(storage_err("writing the members file"))?;
+    let voters: Vec<u64> = config.peers.keys().copied().collect();
+    store
+        .restore(seed.index, seed.term, &voters, &seed.data, &seed.cluster_uuid)
+        .map_err(storage_err("seeding the raft store from the backup"))?;
+    tracing::info!(
+        index = seed.index,
+        term = seed.term,
+        ?voters,
+        cluster_uuid = %seed.cluster_uuid,
+        "restored from a backup: a new cluster"
+    );
+    Ok(())
+}
+
 /// Requests held while no leader is known.
 const LEADERLESS_QUEUE: usize = 1024;
 
@@ -753,6 +815,9 @@ fn reject_no_leader(input: Input) {
         Input::ReadIndex { reply } | Input::AddVoter { reply, .. } | Input::RemoveVoter { reply, .. } => {
             let _ = reply.send(Err(NodeError::NoLeader));
         }
+        Input::Image { reply } => {
+            let _ = reply.send(Err(NodeError::NoLeader));
+        }
     }
 }
 
@@ -762,6 +827,7 @@ fn input_abandoned(input: &Input) -> bool {
         Input::ReadIndex { reply } | Input::AddVoter { reply, .. } | Input::RemoveVoter { reply, .. } => {
             reply.is_closed()
         }
+        Input::Image { reply } => reply.is_closed(),
     }
 }
 

@@ -27,6 +27,12 @@ impl Members {
         Ok(Self { inner: Arc::new(RwLock::new(map)), path })
     }
 
+    /// Writes `members` as the members file of `dir` (a voter seeded from a backup).
+    pub fn save(dir: &Path, members: &BTreeMap<u64, String>) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(members).map_err(std::io::Error::other)?;
+        ferry_net::files::replace(&dir.join("members.json"), &json, None)
+    }
+
     pub fn snapshot(&self) -> BTreeMap<u64, String> {
         self.inner.read().unwrap_or_else(PoisonError::into_inner).clone()
     }

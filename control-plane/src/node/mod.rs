@@ -52,6 +52,43 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// Start empty and wait to be added by the cluster (a new member).
     pub join: bool,
+    /// Seed an empty store from a backup (`ferry control --restore`); a store that
+    /// already holds this restored cluster is opened as it is.
+    pub restore: Option<RestoreSeed>,
+}
+
+/// What a voter restored from a backup starts from.
+#[derive(Clone)]
+pub struct RestoreSeed {
+    /// The raft index and term the backup's state is at.
+    pub index: u64,
+    pub term: u64,
+    /// The snapshot bytes of the state.
+    pub data: Vec<u8>,
+    /// The restored cluster's identity (see `backup::restored_cluster_uuid`).
+    pub cluster_uuid: String,
+}
+
+impl std::fmt::Debug for RestoreSeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestoreSeed")
+            .field("index", &self.index)
+            .field("term", &self.term)
+            .field("data_len", &self.data.len())
+            .field("cluster_uuid", &self.cluster_uuid)
+            .finish()
+    }
+}
+
+/// The state at an applied index, for a backup ([`NodeHandle::image`]).
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// The applied index the state is at, and its term.
+    pub index: u64,
+    pub term: u64,
+    /// The voters then.
+    pub voters: Vec<u64>,
+    pub state: State,
 }
 
 impl NodeConfig {
@@ -66,6 +103,7 @@ impl NodeConfig {
             heartbeat_ticks: 1,
             snapshot_every: 10_000,
             join: false,
+            restore: None,
         }
     }
 }
@@ -117,6 +155,9 @@ pub enum NodeError {
     /// differ from the other voters'.
     #[error("log entry {index} cannot be applied by this build ({what}); upgrade this voter")]
     Incompatible { index: u64, what: String },
+    /// `--restore` into a data directory that holds raft state of another cluster.
+    #[error("{0}")]
+    RestoreRefused(String),
     /// The raft log, its state or the snapshot could not be read or written: `what`
     /// names the step; the cause is the source.
     #[error("raft storage: {what}")]
@@ -132,6 +173,7 @@ pub(crate) enum Input {
     ReadIndex { reply: oneshot::Sender<Result<u64, NodeError>> },
     AddVoter { id: u64, addr: String, reply: oneshot::Sender<Result<u64, NodeError>> },
     RemoveVoter { id: u64, reply: oneshot::Sender<Result<u64, NodeError>> },
+    Image { reply: oneshot::Sender<Result<Image, NodeError>> },
 }
 
 /// Client requests queued for the node task; past this they get back-pressure errors.
@@ -149,9 +191,22 @@ pub struct NodeHandle {
     status: watch::Receiver<Status>,
     state: Arc<RwLock<State>>,
     members: Members,
+    cluster_uuid: Option<Arc<str>>,
 }
 
 impl NodeHandle {
+    /// The identity of a cluster restored from a backup (`None`: a founded cluster).
+    pub fn cluster_uuid(&self) -> Option<&str> {
+        self.cluster_uuid.as_deref()
+    }
+
+    /// A copy of the state at the node's applied index with that index's term and the
+    /// voters, taken between two Readies. Call [`NodeHandle::linearize`] first for a
+    /// consistent one.
+    pub async fn image(&self, timeout: Duration) -> Result<Image, NodeError> {
+        self.call(|reply| Input::Image { reply }, timeout).await
+    }
+
     /// The latest status.
     pub fn status(&self) -> Status {
         self.status.borrow().clone()

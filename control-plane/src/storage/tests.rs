@@ -339,3 +339,32 @@ fn an_inconsistent_store_is_refused_at_open() {
         assert!(err.to_string().contains(says), "{says}: {err}");
     }
 }
+
+#[test]
+fn a_restored_store_starts_at_the_backup_and_keeps_its_cluster_identity() {
+    let dir = TempDir::new("restore");
+    let mut store = dir.open();
+    assert_eq!(store.cluster_uuid(), None);
+    store.restore(120, 4, &[1, 2, 3], b"state", "uuid-1").unwrap();
+    drop(store);
+    let mut store = dir.reopen();
+    assert_eq!(store.cluster_uuid(), Some("uuid-1"));
+    assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (121, 120));
+    assert_eq!(store.term(120).unwrap(), 4);
+    assert_eq!(store.applied(), 120);
+    let state = store.initial_state().unwrap();
+    assert_eq!(state.hard_state, hard_state(4, 0, 120));
+    assert_eq!(state.conf_state, voters(&[1, 2, 3]));
+    let snapshot = store.snapshot(0, 1).unwrap();
+    assert_eq!((snapshot.get_metadata().index, &snapshot.data[..]), (120, &b"state"[..]));
+    assert_eq!(snapshot.get_metadata().get_conf_state(), &voters(&[1, 2, 3]));
+    // The log goes on after it.
+    store.append(&entries(121..=122, 5)).unwrap();
+    assert_eq!(read(&store, 121, 123, None).unwrap(), vec![(121, 5), (122, 5)]);
+    // Only an empty store takes a backup.
+    assert!(store.restore(7, 1, &[1], b"x", "uuid-2").is_err());
+    let other = TempDir::new("restore-used");
+    let mut used = other.open();
+    used.initialize(&[1]).unwrap();
+    assert!(used.restore(7, 1, &[1], b"x", "uuid-2").is_err());
+}

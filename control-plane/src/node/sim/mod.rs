@@ -285,7 +285,7 @@ impl Sim {
         let base = self.base;
         let clock: Clock = Arc::new(move || base + Duration::from_micros(now.load(Ordering::Relaxed)));
         let boot = self.rng.next();
-        let parts = Parts { store, members, boot, clock, snapshot_thread: false };
+        let parts = Parts { store, members, boot, clock, snapshot_thread: false, cluster_uuid: None };
         let (driver, handle) =
             Driver::assemble(config, parts, mpsc::channel(16), mpsc::channel(16)).expect("a node opens");
         let node = self.nodes.get_mut(&id).unwrap();
