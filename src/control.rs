@@ -2,15 +2,17 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
 use ferry_control_plane::api::EdgeCertificates;
-use ferry_control_plane::node::NodeConfig;
+use ferry_control_plane::backup;
+use ferry_control_plane::node::{NodeConfig, NodeError, RestoreSeed};
 use ferry_control_plane::server::{Control, ControlConfig};
+use ferry_control_plane::state::State;
 use ferry_control_plane::transport::{RaftSecurity, TransportConfig};
 use ferry_net::identity::Identity;
 use ferry_net::tls::ClusterTls;
@@ -43,6 +45,15 @@ pub struct ControlArgs {
     /// Join an existing cluster as a new member (start empty; add it with `ferry ctl members add`).
     #[arg(long, env = "FERRY_CONTROL_JOIN")]
     pub join: bool,
+    /// Start a new cluster from a backup (`ferry ctl snapshot save FILE`): every voter of
+    /// the new cluster gets the same FILE and the same --peers, on an empty --data-dir.
+    /// The file's checksum is verified and its state decoded first (exit status 2 if it
+    /// cannot be). The new cluster gets an identity of its own (from the file and
+    /// --peers): voters of the old cluster cannot talk raft with it. A data dir that
+    /// already holds this restored cluster starts as it is, so the flag may stay across
+    /// restarts; one that holds anything else is refused.
+    #[arg(long, env = "FERRY_CONTROL_RESTORE", value_name = "FILE", conflicts_with = "join")]
+    pub restore: Option<PathBuf>,
     /// Raft tick.
     #[arg(long, env = "FERRY_CONTROL_TICK", default_value = "100ms", value_parser = units::duration)]
     pub tick: Duration,
@@ -182,6 +193,42 @@ fn parse_peers(peers: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
     Ok(map)
 }
 
+/// A backup that cannot be restored, or a data directory that refuses it: `ferry`
+/// exits with status 2.
+#[derive(Debug)]
+pub struct Unrestorable(pub String);
+
+impl std::fmt::Display for Unrestorable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unrestorable {}
+
+/// Reads and verifies the backup `file` (checksum, layout, the state decodes) and
+/// makes the new cluster's seed for `peers`.
+fn restore_seed(file: &Path, peers: &BTreeMap<u64, String>) -> Result<RestoreSeed, Unrestorable> {
+    let what = |e: &dyn std::fmt::Display| Unrestorable(format!("--restore {}: {e}", file.display()));
+    let bytes = std::fs::read(file).map_err(|e| what(&ferry_net::Chain(&e)))?;
+    let verified = backup::decode(&bytes).map_err(|e| what(&e))?;
+    State::from_snapshot_bytes(verified.body)
+        .map_err(|e| what(&format!("the state in the backup does not decode: {}", ferry_net::Chain(&e))))?;
+    let header = &verified.header;
+    let cluster_uuid = backup::restored_cluster_uuid(&verified.checksum, peers);
+    tracing::info!(
+        index = header.index,
+        term = header.term,
+        old_voters = ?header.voters,
+        old_cluster_uuid = ?header.cluster_uuid,
+        taken_by = %header.ferry_version,
+        created_ms = header.created_ms,
+        %cluster_uuid,
+        "restoring from a backup"
+    );
+    Ok(RestoreSeed { index: header.index, term: header.term, data: verified.body.to_vec(), cluster_uuid })
+}
+
 pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     let peers = parse_peers(&args.peers)?;
     let own =
@@ -208,6 +255,9 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     node.election_ticks = args.election_ticks;
     node.snapshot_every = args.snapshot_every.max(1);
     node.join = args.join;
+    if let Some(file) = &args.restore {
+        node.restore = Some(restore_seed(file, &node.peers)?);
+    }
     let security = raft_security(&args)?;
     let api_tls = match (security.cluster_tls(), args.insecure_http) {
         (_, true) => {
@@ -240,11 +290,18 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     };
     let config_https = config.api_tls.is_some();
     let cancel = crate::process::shutdown_signal();
-    let control = Control::start(config, cancel.clone()).await.context("cannot start the control plane")?;
+    let control = match Control::start(config, cancel.clone()).await {
+        Ok(control) => control,
+        Err(ferry_control_plane::Error::Node(NodeError::RestoreRefused(why))) => {
+            return Err(Unrestorable(format!("--restore: {why}")).into())
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("cannot start the control plane")),
+    };
     if let Err(e) = out!(
         "{}",
         serde_json::json!({
             "event": "ready", "id": args.id, "http": control.http_addr.to_string(), "raft": raft_listen.to_string(),
+            "cluster_uuid": control.node.cluster_uuid(),
             "url": format!("{}://{}", if config_https { "https" } else { "http" }, control.http_addr),
         })
     ) {

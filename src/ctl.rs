@@ -7,10 +7,13 @@
 
 use ferry_net::http::{join, HttpClient, Method, Response};
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use ferry_control_plane::backup;
+use ferry_control_plane::state::State;
 use ferry_proto::api;
 use serde_json::{json, Value};
 
@@ -22,8 +25,7 @@ pub struct CtlArgs {
         long = "control-plane",
         visible_alias = "control",
         env = "FERRY_CONTROL_PLANE",
-        value_delimiter = ',',
-        required = true
+        value_delimiter = ','
     )]
     pub control: Vec<String>,
     /// Operator bearer token (prefer --control-token-file).
@@ -31,8 +33,7 @@ pub struct CtlArgs {
         long = "control-token",
         visible_alias = "token",
         env = "FERRY_CONTROL_TOKEN",
-        hide_env_values = true,
-        required_unless_present_any = ["control_token_file", "cert"]
+        hide_env_values = true
     )]
     pub token: Option<String>,
     /// File holding the operator bearer token (wins over --control-token).
@@ -81,6 +82,9 @@ pub enum CtlCommand {
     Tokens(TokensCmd),
     /// Who the control plane takes this credential for: principal and role.
     Whoami,
+    /// Backups: save a consistent snapshot of the cluster's state, check a saved one.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
     /// The audit log (newest last).
     Audit {
         /// How many of the newest events.
@@ -107,6 +111,23 @@ pub enum TokensCmd {
     Revoke {
         /// The token's accessor.
         accessor: String,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum SnapshotCmd {
+    /// Save a backup (admin): the leader, found through the --control-plane URLs,
+    /// serves its state after a linearizable read. It is written to FILE.part,
+    /// verified, synced, then renamed to FILE. Restore it with `ferry control --restore`.
+    Save {
+        /// Where to write the backup.
+        file: PathBuf,
+    },
+    /// Verify a backup file (checksum, layout, the state decodes) and print its header;
+    /// needs no control plane.
+    Status {
+        /// The backup file.
+        file: PathBuf,
     },
 }
 
@@ -317,6 +338,14 @@ fn encode_path(name: &str) -> String {
 }
 
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
+    if let CtlCommand::Snapshot(SnapshotCmd::Status { file }) = &args.command {
+        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        let (value, summary) = backup_status(file, &bytes)?;
+        return print(args.json, &value, &summary);
+    }
+    if args.control.is_empty() {
+        bail!("give the control plane's API URLs with --control-plane (FERRY_CONTROL_PLANE)");
+    }
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     // A file wins over a token (either may come from the environment).
     let token = match (&args.token, &args.control_token_file) {
@@ -388,6 +417,8 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             let v = client.call("POST", &format!("/v1/edges/{id}/drain"), None).await?;
             (v, format!("edge {id} draining"))
         }
+        CtlCommand::Snapshot(SnapshotCmd::Save { file }) => save_snapshot(&client, &file).await?,
+        CtlCommand::Snapshot(SnapshotCmd::Status { .. }) => bail!("snapshot status needs no control plane"),
         CtlCommand::Streams(cmd) => streams(&client, cmd).await?,
         CtlCommand::Rollout(cmd) => rollout(&client, cmd).await?,
         CtlCommand::Tokens(cmd) => tokens(&client, cmd).await?,
@@ -412,11 +443,140 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             (v, lines)
         }
     };
-    if args.json {
-        out!("{}", serde_json::to_string_pretty(&value)?)?;
+    print(args.json, &value, &summary)
+}
+
+/// Prints the JSON answer (`--json`) or the summary.
+fn print(json: bool, value: &Value, summary: &str) -> anyhow::Result<()> {
+    if json {
+        out!("{}", serde_json::to_string_pretty(value)?)?;
     } else {
         out!("{summary}")?;
     }
+    Ok(())
+}
+
+/// Largest backup `snapshot save` accepts: the raft transport carries snapshots of at
+/// most 256 MiB, so no cluster holds a bigger state.
+const MAX_BACKUP: usize = 257 * 1024 * 1024;
+
+/// The header of a verified backup as JSON and as a summary line; an error naming the
+/// damage otherwise.
+fn backup_status(file: &Path, bytes: &[u8]) -> anyhow::Result<(Value, String)> {
+    let verified = backup::decode(bytes).with_context(|| format!("{}", file.display()))?;
+    State::from_snapshot_bytes(verified.body)
+        .with_context(|| format!("{}: the state in the backup does not decode", file.display()))?;
+    let h = &verified.header;
+    let checksum: String = verified.checksum.iter().map(|b| format!("{b:02x}")).collect();
+    let value = json!({
+        "file": file.display().to_string(), "bytes": bytes.len(), "sha256": checksum, "header": h,
+    });
+    let summary = format!(
+        "{}: ok, index {} term {} voters {:?} cluster {} state format {} ferry {} created_ms {} ({} bytes, sha256 {checksum})",
+        file.display(),
+        h.index,
+        h.term,
+        h.voters,
+        h.cluster_uuid.as_deref().unwrap_or("-"),
+        h.state_format,
+        h.ferry_version,
+        h.created_ms,
+        bytes.len(),
+    );
+    Ok((value, summary))
+}
+
+/// `snapshot save`: finds the leader among the URLs (`/v1/cluster` names each voter and
+/// the leader it knows), downloads `/v1/snapshot` from it, verifies it and writes it
+/// durably. A leader change meanwhile (421 `not_leader`) or an election (503) is retried
+/// until `--timeout`.
+async fn save_snapshot(client: &Client, file: &Path) -> anyhow::Result<(Value, String)> {
+    let http = client.http.clone().with_max_response(MAX_BACKUP);
+    let deadline = tokio::time::Instant::now() + client.timeout;
+    let mut last = String::from("no voter answered");
+    let bytes = 'found: loop {
+        let mut leader_url = None;
+        let mut leader_id = 0;
+        for url in &client.urls {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match http.get(&join(url, "/v1/cluster")).bearer(&client.token).timeout(left).send().await {
+                Ok(r) if r.ok() => {
+                    let v = r.json();
+                    let (id, leader) = (f(&v, "id").as_u64(), f(&v, "leader").as_u64().unwrap_or(0));
+                    leader_id = leader_id.max(leader);
+                    if leader != 0 && id == Some(leader) {
+                        leader_url = Some(url.clone());
+                        break;
+                    }
+                }
+                Ok(r) => last = describe(url, &r),
+                Err(e) => last = ferry_net::Chain(&e).to_string(),
+            }
+        }
+        match leader_url {
+            Some(url) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let answer =
+                    http.get(&join(&url, "/v1/snapshot")).bearer(&client.token).timeout(left).send().await;
+                match answer {
+                    Ok(r) if r.ok() => break 'found r.body,
+                    Ok(r) if r.status == 503 || r.status == 421 => last = describe(&url, &r),
+                    Ok(r) => bail!("{}", describe(&url, &r)),
+                    Err(e) => last = ferry_net::Chain(&e).to_string(),
+                }
+            }
+            None if leader_id != 0 => {
+                last = format!("the leader is voter {leader_id}, and none of the --control-plane URLs is it")
+            }
+            None => {}
+        }
+        if tokio::time::Instant::now() + RETRY >= deadline {
+            bail!("no backup from the leader within {:?} (--timeout): {last}", client.timeout);
+        }
+        tokio::time::sleep(RETRY).await;
+    };
+    let (value, _) = backup_status(file, &bytes).context("the backup the leader sent")?;
+    write_verified(file, &bytes)?;
+    let h = f(&value, "header");
+    let summary = format!(
+        "saved {}: index {} term {} ({} bytes, sha256 {})",
+        file.display(),
+        f(h, "index"),
+        f(h, "term"),
+        bytes.len(),
+        t(&value, "sha256")
+    );
+    Ok((value, summary))
+}
+
+/// Writes `bytes` to `file` + `.part`, syncs it, reads it back to check it, then renames
+/// it to `file` and syncs the directory: `file` is a whole backup or absent.
+fn write_verified(file: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut part = file.as_os_str().to_owned();
+    part.push(".part");
+    let part = PathBuf::from(part);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    // It holds token hashes and the audit log: the owner's only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut out = options.open(&part).with_context(|| format!("creating {}", part.display()))?;
+    out.write_all(bytes)
+        .and_then(|()| out.sync_all())
+        .with_context(|| format!("writing {}", part.display()))?;
+    drop(out);
+    let back = std::fs::read(&part).with_context(|| format!("reading {} back", part.display()))?;
+    if back != bytes {
+        bail!("{} does not read back as written", part.display());
+    }
+    std::fs::rename(&part, file)
+        .with_context(|| format!("renaming {} to {}", part.display(), file.display()))?;
+    let dir = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    ferry_net::files::sync_dir(dir).with_context(|| format!("syncing {}", dir.display()))?;
     Ok(())
 }
 

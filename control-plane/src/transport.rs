@@ -2,6 +2,13 @@
 //! each batch of messages on its own unidirectional stream
 //! (`count:u32be` then `len:u32be protobuf` per message). Lost batches are fine —
 //! raft retransmits — so senders never block the node: a full queue drops.
+//!
+//! A cluster restored from a backup has an identity (its cluster uuid), carried in the
+//! TLS protocol name: its voters offer and accept `ferry-raft/1+UUID` first and plain
+//! `ferry-raft/1` second, and refuse a connection that settled on anything but their
+//! own (counted as `ferry_raft_peers_refused_total{reason="cluster"}`). A voter of the
+//! old cluster, or of another restore, therefore never exchanges a message with it.
+//! A cluster without an identity speaks plain `ferry-raft/1`, as earlier builds do.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -98,10 +105,36 @@ pub struct Transport {
 struct Checks {
     /// Peers must be voters of this cluster (`None`: `--insecure-raft`).
     cluster: Option<Arc<str>>,
+    /// The protocol a connection must settle on: [`RAFT_ALPN`], followed by this
+    /// cluster's uuid when it has one.
+    protocol: Arc<[u8]>,
     refusals: PeerRefusals,
 }
 
+/// The raft protocol name of a cluster with identity `cluster_uuid` (see the module
+/// documentation).
+pub fn raft_protocol(cluster_uuid: Option<&str>) -> Vec<u8> {
+    match cluster_uuid {
+        Some(uuid) => [RAFT_ALPN, b"+", uuid.as_bytes()].concat(),
+        None => RAFT_ALPN.to_vec(),
+    }
+}
+
 impl Checks {
+    /// Whether `conn` settled on this cluster's protocol; a refusal is counted.
+    fn same_cluster(&self, conn: &quinn::Connection) -> bool {
+        let negotiated = conn
+            .handshake_data()
+            .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|data| data.protocol);
+        if negotiated.as_deref() == Some(&self.protocol[..]) {
+            return true;
+        }
+        self.refusals.count(Refusal::ClusterIdentity);
+        conn.close(REFUSED, Refusal::ClusterIdentity.label().as_bytes());
+        false
+    }
+
     /// The raft id of a connected peer, or why it is refused.
     fn voter(&self, conn: &quinn::Connection) -> Result<Option<u64>, Refusal> {
         match &self.cluster {
@@ -145,11 +178,20 @@ impl Transport {
                 tls::ClientAuth::None,
             ),
         };
-        let server = tls::server_config_with(&identity, &tuning, RAFT_ALPN, &client_auth)?;
+        // Our own protocol first; plain `ferry-raft/1` too, so that a peer without our
+        // identity completes the handshake and is refused by name, not by a TLS alert.
+        let protocol = raft_protocol(node.cluster_uuid());
+        let alpns: Vec<&[u8]> =
+            if protocol == RAFT_ALPN { vec![RAFT_ALPN] } else { vec![protocol.as_slice(), RAFT_ALPN] };
+        let server = tls::server_config_alpns(&identity, &tuning, &alpns, &client_auth)?;
         let mut endpoint = quinn::Endpoint::server(server, config.listen)
             .map_err(crate::Error::bind("raft (--raft-listen)", config.listen))?;
-        endpoint.set_default_client_config(tls::client_config_for(&trust, &tuning, RAFT_ALPN)?);
-        let checks = Checks { cluster: config.security.cluster().map(Arc::from), refusals };
+        endpoint.set_default_client_config(tls::client_config_alpns(&trust, &tuning, &alpns)?);
+        let checks = Checks {
+            cluster: config.security.cluster().map(Arc::from),
+            protocol: Arc::from(protocol),
+            refusals,
+        };
         tracker.spawn(accept(
             endpoint.clone(),
             node.clone(),
@@ -272,6 +314,10 @@ async fn connect(
     let conn = tokio::time::timeout(Duration::from_secs(2), connecting)
         .await
         .map_err(|_| ferry_net::Error::Timeout("a raft peer"))??;
+    if !checks.same_cluster(&conn) {
+        tracing::warn!(peer = id, %addr, "the raft peer belongs to another cluster (another cluster uuid); refused");
+        return Err(ferry_net::Error::Protocol(format!("{addr} is a voter of another cluster")));
+    }
     match checks.voter(&conn) {
         Ok(None) => Ok(conn),
         Ok(Some(peer)) if peer == id => Ok(conn),
@@ -356,6 +402,10 @@ async fn serve_peer(incoming: quinn::Incoming, node: NodeHandle, checks: Checks)
             return;
         }
     };
+    if !checks.same_cluster(&conn) {
+        tracing::warn!(peer = %peer_addr, "a raft peer of another cluster (another cluster uuid) refused");
+        return;
+    }
     // The verifier accepted only voters of this cluster; read which one.
     let voter = match checks.voter(&conn) {
         Ok(voter) => voter,

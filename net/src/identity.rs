@@ -80,10 +80,13 @@ pub enum Refusal {
     WrongNode,
     /// A message claiming to come from another node than the certificate names.
     FromMismatch,
+    /// A raft peer of another cluster: its cluster identity (set when a cluster is
+    /// restored from a backup) is not this voter's.
+    ClusterIdentity,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 11] = [
+    pub const ALL: [Refusal; 12] = [
         Refusal::NoCertificate,
         Refusal::UnknownCa,
         Refusal::Expired,
@@ -95,6 +98,7 @@ impl Refusal {
         Refusal::WrongRole,
         Refusal::WrongNode,
         Refusal::FromMismatch,
+        Refusal::ClusterIdentity,
     ];
 
     pub fn label(self) -> &'static str {
@@ -110,6 +114,7 @@ impl Refusal {
             Refusal::WrongRole => "wrong_role",
             Refusal::WrongNode => "wrong_node",
             Refusal::FromMismatch => "from_mismatch",
+            Refusal::ClusterIdentity => "cluster",
         }
     }
 

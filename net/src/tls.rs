@@ -282,6 +282,17 @@ pub fn server_config_with(
     alpn: &[u8],
     client_auth: &ClientAuth,
 ) -> Result<quinn::ServerConfig> {
+    server_config_alpns(identity, tuning, &[alpn], client_auth)
+}
+
+/// [`server_config_with`] for several protocols, in the server's order of preference
+/// (TLS picks the first of them the client offers).
+pub fn server_config_alpns(
+    identity: &ServerIdentity,
+    tuning: &TransportTuning,
+    alpns: &[&[u8]],
+    client_auth: &ClientAuth,
+) -> Result<quinn::ServerConfig> {
     // Files are read again when they change (a renewed certificate).
     let (chain_and_key, reloading) = match identity {
         ServerIdentity::Files { cert, key } => (None, Some(ReloadingCert::load(cert, key)?)),
@@ -317,7 +328,7 @@ pub fn server_config_with(
         }
         None => builder.with_cert_resolver(reloading.ok_or_else(|| Error::Config("no certificate".into()))?),
     };
-    tls.alpn_protocols = vec![alpn.to_vec()];
+    tls.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
     tls.max_early_data_size = 0;
     let crypto = QuicServerConfig::try_from(tls).map_err(Error::tls("the QUIC server TLS configuration"))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -351,8 +362,17 @@ pub fn client_config_for(
     tuning: &TransportTuning,
     alpn: &[u8],
 ) -> Result<quinn::ClientConfig> {
+    client_config_alpns(trust, tuning, &[alpn])
+}
+
+/// [`client_config_for`] offering several protocols.
+pub fn client_config_alpns(
+    trust: &ClientTrust,
+    tuning: &TransportTuning,
+    alpns: &[&[u8]],
+) -> Result<quinn::ClientConfig> {
     let mut tls = rustls_client_config(trust, &[&rustls::version::TLS13])?;
-    tls.alpn_protocols = vec![alpn.to_vec()];
+    tls.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
     let crypto = QuicClientConfig::try_from(tls).map_err(Error::tls("the QUIC client TLS configuration"))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(tuning.transport()?);

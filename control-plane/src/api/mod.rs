@@ -186,7 +186,7 @@ impl Api {
             refusals.register(
                 registry,
                 "ferry_raft_peers_refused",
-                "Raft peers and messages refused: certificates that are not a voter of this cluster, messages whose from is not the certificate's voter",
+                "Raft peers and messages refused: certificates that are not a voter of this cluster, messages whose from is not the certificate's voter, peers of another cluster identity (cluster)",
             );
         }
     }
