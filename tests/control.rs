@@ -529,4 +529,149 @@ fn a_write_in_flight_through_a_follower_survives_a_leader_kill() {
         assert_eq!(audit_targets(v, "live/after-kill"), 1, "voter {}: applied exactly once", v.id);
         assert_eq!(audit_targets(v, "live/parked"), 1, "voter {}: still exactly once", v.id);
     }
+
+#[test]
+fn a_snapshot_of_a_populated_cluster_restores_a_new_cluster() {
+    let _heavy = heavy();
+    let dir = TempDir::new("cp-backup");
+    // Cluster A (every voter takes a snapshot each 50 entries, see `Voter::start`).
+    let a = start_cluster(dir.path(), 3);
+    let a_refs: Vec<&Voter> = a.iter().collect();
+    wait_for_leader(&a_refs);
+    for i in 0..4 {
+        let region = if i % 2 == 0 { "eu" } else { "us" };
+        let body =
+            format!(r#"{{"region":"{region}","quic_addr":"127.0.0.1:4433","http_addr":"127.0.0.1:8080"}}"#);
+        let (code, answer) = a[i % 3].send("PUT", &format!("/v1/edges/edge-{i}"), None, &body);
+        assert_eq!(code, 200, "{answer}");
+    }
+    for i in 0..3 {
+        let body = r#"{"origin":"edge-0","relays":{"us":["edge-1"],"eu":["edge-2"]}}"#;
+        let (code, answer) = a[i].send("PUT", &format!("/v1/streams/live/s{i}"), None, body);
+        assert_eq!(code, 200, "{answer}");
+    }
+    for (id, spec) in [("bbr", r#"{"congestion":"bbr"}"#), ("lag", r#"{"max_lag_ms":900}"#)] {
+        let body = format!(r#"{{"id":"{id}","spec":{{"override":{spec}}}}}"#);
+        let (code, answer) = a[0].send("POST", "/v1/rollouts", None, &body);
+        assert_eq!(code, 200, "{answer}");
+    }
+    assert_eq!(a[1].send("POST", "/v1/rollouts/bbr/level", None, r#"{"level":2}"#).0, 200);
+    let (code, answer) = a[2].send("POST", "/v1/tokens", None, r#"{"accessor":"ops","role":"operator"}"#);
+    assert_eq!(code, 201, "{answer}");
+    let named = answer["token"].as_str().unwrap().to_owned();
+    for i in 0..120 {
+        assert_eq!(register_edge(&a[i % 3], &format!("w{i}"), &format!("w{i}")), 200);
+    }
+    wait_for("a snapshot on every voter of A", Duration::from_secs(30), || {
+        a.iter().all(|v| v.status()["snapshot_index"].as_u64().unwrap_or(0) > 0).then_some(())
+    });
+
+    // Saved through every URL: ctl finds the leader.
+    let file = dir.path().join("a.backup");
+    let out = ctl(&a_refs, &["snapshot", "save", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("saved "),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!dir.path().join("a.backup.part").exists(), "the partial file was renamed");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    // `status` needs no control plane.
+    let out = ferry().args(["ctl", "--json", "snapshot", "status"]).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let header = &status["header"];
+    let index = header["index"].as_u64().unwrap();
+    assert!(index > 120, "{status}");
+    assert_eq!(header["voters"], serde_json::json!([1, 2, 3]), "{status}");
+    assert_eq!(header["cluster_uuid"], Value::Null, "cluster A was founded, not restored: {status}");
+    // What A holds, from a linearizable read.
+    let paths = ["/v1/edges", "/v1/streams", "/v1/rollouts", "/v1/tokens", "/v1/audit?limit=10000"];
+    let read = |v: &Voter, path: &str| {
+        wait_for(&format!("a read of {path} on voter {}", v.id), Duration::from_secs(20), || {
+            let (code, body) = v.get(path);
+            (code == 200).then_some(body)
+        })
+    };
+    let on_a: Vec<Value> = paths.iter().map(|p| read(&a[0], p)).collect();
+    assert_eq!(on_a[0]["edges"].as_array().unwrap().len(), 124);
+
+    // A damaged file is refused before anything is written.
+    let mut damaged = std::fs::read(&file).unwrap();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x01;
+    let bad = dir.path().join("damaged.backup");
+    std::fs::write(&bad, &damaged).unwrap();
+    let out = ferry()
+        .args(["control", "--id", "1", "--peers", "1=127.0.0.1:1", "--insecure-raft", "--insecure-http"])
+        .arg("--data-dir")
+        .arg(dir.path().join("bad"))
+        .arg("--restore")
+        .arg(&bad)
+        .env("FERRY_CONTROL_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("checksum"), "{stderr}");
+    assert!(!dir.path().join("bad").join("raft").exists(), "nothing written for a damaged backup");
+
+    // Cluster B: three fresh voters from the file, with new raft addresses.
+    let peers: Vec<String> = (1..=3).map(|id| format!("{id}=127.0.0.1:{}", free_udp_port())).collect();
+    let peers = peers.join(",");
+    let restore = ["--restore", file.to_str().unwrap()];
+    let mut b: Vec<Voter> =
+        (1..=3).map(|id| Voter::start(id, &peers, &dir.path().join(format!("b{id}")), &restore)).collect();
+    let b_refs: Vec<&Voter> = b.iter().collect();
+    wait_for_leader(&b_refs);
+    let uuid = b[0].status()["cluster_uuid"].as_str().unwrap().to_owned();
+    for v in &b {
+        assert_eq!(v.status()["cluster_uuid"], uuid.as_str(), "every restored voter has one identity");
+    }
+    for (path, expected) in paths.iter().zip(&on_a) {
+        for v in &b {
+            assert_eq!(&read(v, path), expected, "{path} on voter {} of B", v.id);
+        }
+    }
+    // A's named token works on B, and B's log goes on after the backup's index.
+    let (code, whoami) = http_json(&b[1].http, "GET", "/v1/whoami", Some(&named), &[], None);
+    assert_eq!((code, whoami["principal"].as_str()), (200, Some("token:ops")), "{whoami}");
+    let (code, answer) = http_json(
+        &b[1].http,
+        "PUT",
+        "/v1/streams/live/after",
+        Some(&named),
+        &[],
+        Some(r#"{"origin":"edge-1"}"#),
+    );
+    assert_eq!(code, 200, "{answer}");
+    assert!(answer["index"].as_u64().unwrap() > index, "{answer} after {index}");
+
+    // A voter that is not of B, given B's peers, is refused by B's voters.
+    let intruder_peers = format!("{peers},4=127.0.0.1:{}", free_udp_port());
+    let intruder = Voter::start(4, &intruder_peers, &dir.path().join("x4"), &[]);
+    wait_for("B's voters refusing the other cluster's voter", Duration::from_secs(20), || {
+        let refused: f64 = b
+            .iter()
+            .map(|v| {
+                let metrics = http_get(&v.http, "/metrics").1;
+                metric_value(&metrics, "ferry_raft_peers_refused_total{reason=\"cluster\"}").unwrap_or(0.0)
+            })
+            .sum();
+        (refused > 0.0).then_some(())
+    });
+    assert_eq!(intruder.status()["leader"].as_u64(), Some(0), "the intruder never joined B");
+    // A restart with --restore still given opens the restored data as it is.
+    let restarted = b.remove(0).restart();
+    assert_eq!(restarted.status()["cluster_uuid"], uuid.as_str());
+    let (code, stream) = wait_for("the restarted voter to serve reads", Duration::from_secs(20), || {
+        let (code, body) = restarted.get("/v1/streams/live/after");
+        (code == 200).then_some((code, body))
+    });
+    assert_eq!(code, 200, "{stream}");
 }

@@ -109,7 +109,14 @@ struct Checks {
     /// cluster's uuid when it has one.
     protocol: Arc<[u8]>,
     refusals: PeerRefusals,
+    /// Unix ms of the last warning about a peer of another cluster (the metric counts
+    /// every refusal; the log says it once per [`REFUSAL_LOG_EVERY_MS`]).
+    warned_ms: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// Warnings about refused peers of another cluster, at most one per this long: such a
+/// peer reconnects every second.
+const REFUSAL_LOG_EVERY_MS: u64 = 10_000;
 
 /// The raft protocol name of a cluster with identity `cluster_uuid` (see the module
 /// documentation).
@@ -121,6 +128,15 @@ pub fn raft_protocol(cluster_uuid: Option<&str>) -> Vec<u8> {
 }
 
 impl Checks {
+    /// Whether a warning about a refused peer is due now.
+    fn warn_now(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = ferry_net::time::unix_ms();
+        let last = self.warned_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= REFUSAL_LOG_EVERY_MS
+            && self.warned_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+
     /// Whether `conn` settled on this cluster's protocol; a refusal is counted.
     fn same_cluster(&self, conn: &quinn::Connection) -> bool {
         let negotiated = conn
@@ -191,6 +207,7 @@ impl Transport {
             cluster: config.security.cluster().map(Arc::from),
             protocol: Arc::from(protocol),
             refusals,
+            warned_ms: Arc::default(),
         };
         tracker.spawn(accept(
             endpoint.clone(),
@@ -315,7 +332,9 @@ async fn connect(
         .await
         .map_err(|_| ferry_net::Error::Timeout("a raft peer"))??;
     if !checks.same_cluster(&conn) {
-        tracing::warn!(peer = id, %addr, "the raft peer belongs to another cluster (another cluster uuid); refused");
+        if checks.warn_now() {
+            tracing::warn!(peer = id, %addr, "the raft peer belongs to another cluster (another cluster uuid); refused");
+        }
         return Err(ferry_net::Error::Protocol(format!("{addr} is a voter of another cluster")));
     }
     match checks.voter(&conn) {
@@ -403,7 +422,9 @@ async fn serve_peer(incoming: quinn::Incoming, node: NodeHandle, checks: Checks)
         }
     };
     if !checks.same_cluster(&conn) {
-        tracing::warn!(peer = %peer_addr, "a raft peer of another cluster (another cluster uuid) refused");
+        if checks.warn_now() {
+            tracing::warn!(peer = %peer_addr, "a raft peer of another cluster (another cluster uuid) refused");
+        }
         return;
     }
     // The verifier accepted only voters of this cluster; read which one.
