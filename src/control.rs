@@ -54,6 +54,11 @@ pub struct ControlArgs {
     /// restarts; one that holds anything else is refused.
     #[arg(long, env = "FERRY_CONTROL_RESTORE", value_name = "FILE", conflicts_with = "join")]
     pub restore: Option<PathBuf>,
+    /// With --join, to join a cluster restored from a backup: its identity, as
+    /// `ferry ctl cluster status` shows it (`cluster_uuid`). Its voters refuse raft
+    /// peers of any other identity, a new member without one included.
+    #[arg(long, env = "FERRY_CONTROL_CLUSTER_UUID", value_name = "UUID", requires = "join")]
+    pub cluster_uuid: Option<String>,
     /// Raft tick.
     #[arg(long, env = "FERRY_CONTROL_TICK", default_value = "100ms", value_parser = units::duration)]
     pub tick: Duration,
@@ -255,6 +260,12 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     node.election_ticks = args.election_ticks;
     node.snapshot_every = args.snapshot_every.max(1);
     node.join = args.join;
+    if let Some(uuid) = &args.cluster_uuid {
+        if uuid.len() != 64 || !uuid.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            bail!("--cluster-uuid {uuid:?} must be the 64 lowercase hex digits `ferry ctl cluster status` shows");
+        }
+        node.cluster_uuid = Some(uuid.clone());
+    }
     if let Some(file) = &args.restore {
         node.restore = Some(restore_seed(file, &node.peers)?);
     }
@@ -293,7 +304,8 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     let control = match Control::start(config, cancel.clone()).await {
         Ok(control) => control,
         Err(ferry_control_plane::Error::Node(NodeError::RestoreRefused(why))) => {
-            return Err(Unrestorable(format!("--restore: {why}")).into())
+            let flag = if args.restore.is_some() { "--restore" } else { "--cluster-uuid" };
+            return Err(Unrestorable(format!("{flag}: {why}")).into());
         }
         Err(e) => return Err(anyhow::Error::new(e).context("cannot start the control plane")),
     };

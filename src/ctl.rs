@@ -381,7 +381,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
     let (value, summary) = match args.command {
         CtlCommand::Cluster(ClusterCmd::Status) => {
             let v = client.call("GET", "/v1/cluster", None).await?;
-            let s = format!(
+            let mut s = format!(
                 "leader {} term {} commit {} applied {} voters {}",
                 f(&v, "leader"),
                 f(&v, "term"),
@@ -389,6 +389,9 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 f(&v, "applied_index"),
                 f(&v, "voters")
             );
+            if let Some(uuid) = f(&v, "cluster_uuid").as_str() {
+                s = format!("{s} cluster_uuid {uuid}");
+            }
             (v, s)
         }
         CtlCommand::Members(MembersCmd::Add { id, raft_addr }) => {

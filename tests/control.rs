@@ -666,6 +666,17 @@ fn a_snapshot_of_a_populated_cluster_restores_a_new_cluster() {
         (refused > 0.0).then_some(())
     });
     assert_eq!(intruder.status()["leader"].as_u64(), Some(0), "the intruder never joined B");
+    // A new member joins B when given B's identity.
+    let joiner_peers = format!("{peers},5=127.0.0.1:{}", free_udp_port());
+    let joiner = Voter::start(5, &joiner_peers, &dir.path().join("b5"), &["--join", "--cluster-uuid", &uuid]);
+    let out = ctl(&b_refs, &["members", "add", "5", &joiner.raft]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the new member of B to catch up", Duration::from_secs(30), || {
+        let (code, body) = joiner.get("/v1/streams/live/after?stale=true");
+        (code == 200 && body["origin"] == "edge-1").then_some(())
+    });
+    assert_eq!(joiner.status()["cluster_uuid"], uuid.as_str());
+    drop(b_refs);
     // A restart with --restore still given opens the restored data as it is.
     let restarted = b.remove(0).restart();
     assert_eq!(restarted.status()["cluster_uuid"], uuid.as_str());

@@ -184,6 +184,19 @@ impl SledStore {
         self.cluster_uuid.as_deref()
     }
 
+    /// Records the identity of the restored cluster an empty store is about to join
+    /// (`ferry control --join --cluster-uuid`), durably. Refused unless the store is
+    /// empty and has no identity yet.
+    pub fn set_cluster_uuid(&mut self, cluster_uuid: &str) -> Result<(), StoreError> {
+        if !self.is_empty() || self.cluster_uuid.is_some() {
+            return Err(StoreError::Corrupt("a cluster identity is given only to an empty store".to_owned()));
+        }
+        self.meta.insert(CLUSTER_UUID_KEY, cluster_uuid.as_bytes())?;
+        self.flush()?;
+        self.cluster_uuid = Some(cluster_uuid.to_owned());
+        Ok(())
+    }
+
     /// Seeds an empty store from a backup: the snapshot (`data` at `index`, `term`) with
     /// `voters` as its configuration, a hard state committing `index` in `term`, the
     /// applied index, and the restored cluster's identity, in one transaction, then

@@ -131,6 +131,27 @@ impl Driver<SledStore> {
             let voters: Vec<u64> = if config.join { vec![] } else { config.peers.keys().copied().collect() };
             store.initialize(&voters).map_err(storage_err("initializing the raft store"))?;
         }
+        if let Some(uuid) = &config.cluster_uuid {
+            match store.cluster_uuid() {
+                Some(held) if held == uuid => {}
+                Some(held) => {
+                    return Err(NodeError::RestoreRefused(format!(
+                        "the data directory {} belongs to cluster {held}, not {uuid} (--cluster-uuid)",
+                        config.data_dir.display()
+                    )))
+                }
+                None if store.is_empty() => {
+                    store.set_cluster_uuid(uuid).map_err(storage_err("recording the cluster uuid"))?;
+                }
+                None => {
+                    return Err(NodeError::RestoreRefused(format!(
+                        "the data directory {} holds raft state of a cluster without an identity, not {uuid} \
+                         (--cluster-uuid); join with an empty directory",
+                        config.data_dir.display()
+                    )))
+                }
+            }
+        }
         let members = Members::load(&config.data_dir, &config.peers)
             .map_err(storage_err("loading the members file"))?;
         let mut boot = [0u8; 8];

@@ -55,6 +55,9 @@ pub struct NodeConfig {
     /// Seed an empty store from a backup (`ferry control --restore`); a store that
     /// already holds this restored cluster is opened as it is.
     pub restore: Option<RestoreSeed>,
+    /// With `join`: the identity of the restored cluster this new member joins, kept in
+    /// its store (a store with another identity, or raft state without one, is refused).
+    pub cluster_uuid: Option<String>,
 }
 
 /// What a voter restored from a backup starts from.
@@ -104,6 +107,7 @@ impl NodeConfig {
             snapshot_every: 10_000,
             join: false,
             restore: None,
+            cluster_uuid: None,
         }
     }
 }
