@@ -46,12 +46,12 @@ pub struct ControlArgs {
     #[arg(long, env = "FERRY_CONTROL_JOIN")]
     pub join: bool,
     /// Start a new cluster from a backup (`ferry ctl snapshot save FILE`): every voter of
-    /// the new cluster gets the same FILE and the same --peers, on an empty --data-dir.
-    /// The file's checksum is verified and its state decoded first (exit status 2 if it
-    /// cannot be). The new cluster gets an identity of its own (from the file and
-    /// --peers): voters of the old cluster cannot talk raft with it. A data dir that
-    /// already holds this restored cluster starts as it is, so the flag may stay across
-    /// restarts; one that holds anything else is refused.
+    /// the new cluster gets the same FILE and the same --peers, on a --data-dir without
+    /// raft state. The file's checksum is verified and its state decoded first (exit
+    /// status 2 if it cannot be). The new cluster gets an identity of its own (from the
+    /// file and --peers): voters of the old cluster cannot talk raft with it. A data dir
+    /// that already holds this restored cluster starts as it is, so the flag may stay
+    /// across restarts; one with any other raft state is refused (exit status 2).
     #[arg(long, env = "FERRY_CONTROL_RESTORE", value_name = "FILE", conflicts_with = "join")]
     pub restore: Option<PathBuf>,
     /// With --join, to join a cluster restored from a backup: its identity, as

@@ -529,6 +529,7 @@ fn a_write_in_flight_through_a_follower_survives_a_leader_kill() {
         assert_eq!(audit_targets(v, "live/after-kill"), 1, "voter {}: applied exactly once", v.id);
         assert_eq!(audit_targets(v, "live/parked"), 1, "voter {}: still exactly once", v.id);
     }
+}
 
 #[test]
 fn a_snapshot_of_a_populated_cluster_restores_a_new_cluster() {
