@@ -40,7 +40,7 @@ pub enum Command {
     #[command(subcommand)]
     Ca(crate::ca::CaCommand),
     /// Run a control-plane voter (raft + sled + HTTP API).
-    Control(crate::control::ControlArgs),
+    Control(Box<crate::control::ControlArgs>),
     /// Operate the control plane: cluster, members, edges, streams, rollouts, audit.
     Ctl(crate::ctl::CtlArgs),
     /// Mint a signed access token (HS256 JWT) for WHIP/WHEP.

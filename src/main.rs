@@ -85,7 +85,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Publish(args) => publish::run(args).await,
         Command::Watch(args) => watch::run(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
-        Command::Control(args) => control::run(args).await,
+        Command::Control(args) => control::run(*args).await,
         Command::Ctl(args) => ctl::run(args).await,
         Command::Token(args) => token::run(args),
         Command::Docs(cmd) => docs::run(cmd, Cli::command()),

@@ -546,9 +546,9 @@ fn a_snapshot_of_a_populated_cluster_restores_a_new_cluster() {
         let (code, answer) = a[i % 3].send("PUT", &format!("/v1/edges/edge-{i}"), None, &body);
         assert_eq!(code, 200, "{answer}");
     }
-    for i in 0..3 {
+    for (i, v) in a.iter().enumerate() {
         let body = r#"{"origin":"edge-0","relays":{"us":["edge-1"],"eu":["edge-2"]}}"#;
-        let (code, answer) = a[i].send("PUT", &format!("/v1/streams/live/s{i}"), None, body);
+        let (code, answer) = v.send("PUT", &format!("/v1/streams/live/s{i}"), None, body);
         assert_eq!(code, 200, "{answer}");
     }
     for (id, spec) in [("bbr", r#"{"congestion":"bbr"}"#), ("lag", r#"{"max_lag_ms":900}"#)] {

@@ -156,7 +156,9 @@ pub fn decode(bytes: &[u8]) -> Result<Verified<'_>, BackupError> {
         });
     }
     let header = header.map_err(|e| BackupError::Header(e.to_string()))?;
-    let body = &rest[..rest.len() - CHECKSUM_LEN];
+    let body = rest
+        .get(..rest.len().saturating_sub(CHECKSUM_LEN))
+        .ok_or_else(|| truncated(PREFIX_LEN + header_len + CHECKSUM_LEN))?;
     let mut checksum = [0u8; CHECKSUM_LEN];
     checksum.copy_from_slice(stored);
     Ok(Verified { header, body, checksum })
