@@ -19,6 +19,11 @@ struct Cluster {
 }
 
 fn cluster(n: u64) -> Cluster {
+    cluster_from(n, None)
+}
+
+/// `n` nodes, each restored from `seed` when given.
+fn cluster_from(n: u64, seed: Option<RestoreSeed>) -> Cluster {
     let router = MemoryRouter::default();
     let cancel = CancellationToken::new();
     let peers: BTreeMap<u64, String> = (1..=n).map(|id| (id, format!("mem:{id}"))).collect();
@@ -29,6 +34,7 @@ fn cluster(n: u64) -> Cluster {
         let mut config = NodeConfig::new(id, peers.clone(), dir.path().to_owned());
         config.tick = Duration::from_millis(10);
         config.snapshot_every = 20;
+        config.restore = seed.clone();
         let (runner, handle) = open(config).unwrap();
         router.add(id, handle.clone());
         tokio::spawn(runner.run(Arc::new(router.clone()), cancel.clone()));
@@ -193,4 +199,85 @@ async fn removing_the_leader_hands_over_to_another_voter() {
     // The removed node is still running (it stepped down; it did not panic).
     let removed = &c.nodes[usize::try_from(old - 1).unwrap()];
     assert_ne!(removed.status().role, "leader");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_restores_a_new_cluster_that_goes_on_after_it() {
+    let old = cluster(3);
+    let all: Vec<&NodeHandle> = old.nodes.iter().collect();
+    leader_of(&all).await;
+    // Past a snapshot, so the image is not the stored snapshot.
+    for i in 0..30 {
+        old.nodes[i % 3].write(edge(&format!("e{i}")), Duration::from_secs(5)).await.unwrap();
+    }
+    old.nodes[1].linearize(Duration::from_secs(5)).await.unwrap();
+    let image = old.nodes[1].image(Duration::from_secs(5)).await.unwrap();
+    assert!(image.index >= 30 && image.term >= 1, "{} {}", image.index, image.term);
+    assert_eq!(image.voters, vec![1, 2, 3]);
+    assert_eq!(image.state.edges.len(), 30);
+    let seed = RestoreSeed {
+        index: image.index,
+        term: image.term,
+        data: image.state.to_snapshot_bytes().unwrap(),
+        cluster_uuid: "restored".into(),
+    };
+    drop(old);
+
+    let new = cluster_from(3, Some(seed.clone()));
+    let all: Vec<&NodeHandle> = new.nodes.iter().collect();
+    leader_of(&all).await;
+    for node in &new.nodes {
+        assert_eq!(node.cluster_uuid(), Some("restored"));
+        node.linearize(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(node.read(|s| s.edges.clone()), image.state.edges);
+    }
+    let (index, outcome) = new.nodes[2].write(edge("after"), Duration::from_secs(5)).await.unwrap();
+    assert!(outcome.is_ok() && index > image.index, "{index} after {}", image.index);
+    // A request id the old cluster applied is still remembered.
+    let (_, again) = new.nodes[0].write(edge("e3"), Duration::from_secs(5)).await.unwrap();
+    assert_eq!(again, image.state.applied_requests["req-e3"].1);
+}
+
+#[test]
+fn a_restore_reopens_its_own_cluster_and_refuses_any_other_raft_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let peers: BTreeMap<u64, String> = [(1, "mem:1".to_owned())].into();
+    let seed = |uuid: &str| RestoreSeed {
+        index: 10,
+        term: 2,
+        data: crate::state::State::default().to_snapshot_bytes().unwrap(),
+        cluster_uuid: uuid.into(),
+    };
+    let config = |seed: Option<RestoreSeed>| {
+        let mut config = NodeConfig::new(1, peers.clone(), dir.path().to_owned());
+        config.restore = seed;
+        config
+    };
+    let reopen = |config: NodeConfig| {
+        // sled lets go of its lock a moment after the last handle is dropped.
+        for _ in 0..500 {
+            match open(config.clone()) {
+                Err(NodeError::Storage { source, .. }) if source.to_string().contains("lock") => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => return other.map(|(_, handle)| handle),
+            }
+        }
+        panic!("the store stayed locked");
+    };
+    let handle = reopen(config(Some(seed("one")))).unwrap();
+    assert_eq!((handle.cluster_uuid(), handle.read(|s| s.applied_index)), (Some("one"), 0));
+    drop(handle);
+    // Restarted with the same flag: opened as it is; without it: the same cluster.
+    assert_eq!(reopen(config(Some(seed("one")))).unwrap().cluster_uuid(), Some("one"));
+    assert_eq!(reopen(config(None)).unwrap().cluster_uuid(), Some("one"));
+    let err = reopen(config(Some(seed("two")))).map(|_| ()).unwrap_err();
+    assert!(matches!(&err, NodeError::RestoreRefused(m) if m.contains("one")), "{err}");
+    // A founded cluster's data dir is refused too.
+    let founded = tempfile::tempdir().unwrap();
+    let mut plain = NodeConfig::new(1, peers.clone(), founded.path().to_owned());
+    drop(reopen(plain.clone()).unwrap());
+    plain.restore = Some(seed("one"));
+    let err = reopen(plain).map(|_| ()).unwrap_err();
+    assert!(matches!(err, NodeError::RestoreRefused(_)), "{err}");
 }
