@@ -159,6 +159,13 @@ pub fn decode(bytes: &[u8]) -> Result<Verified<'_>, BackupError> {
     let body = rest
         .get(..rest.len().saturating_sub(CHECKSUM_LEN))
         .ok_or_else(|| truncated(PREFIX_LEN + header_len + CHECKSUM_LEN))?;
+    let first = body.first().copied().unwrap_or(0);
+    if header.state_format != first {
+        return Err(BackupError::Header(format!(
+            "state_format {} but the body is in format {first}",
+            header.state_format
+        )));
+    }
     let mut checksum = [0u8; CHECKSUM_LEN];
     checksum.copy_from_slice(stored);
     Ok(Verified { header, body, checksum })

@@ -366,7 +366,24 @@ fn snapshots() -> Seeds {
         ("snapshot_metadata", snapshot.get_metadata().write_to_bytes().expect("metadata encodes")),
         ("hard_state", hard_state.write_to_bytes().expect("a hard state encodes")),
         ("members.json", members_json()),
+        ("backup", backup_file(&state)),
     ]
+}
+
+/// A backup file of `state`, as `GET /v1/snapshot` answers it.
+fn backup_file(state: &State) -> Vec<u8> {
+    let header = ferry_control_plane::backup::BackupHeader {
+        cluster_uuid: None,
+        index: 11,
+        term: 2,
+        voters: vec![1, 2, 3],
+        state_format: 0,
+        ferry_version: "0.1.0".to_owned(),
+        created_ms: 1_700_000_000_000,
+        body_len: 0,
+    };
+    let body = state.to_snapshot_bytes().expect("a snapshot encodes");
+    ferry_control_plane::backup::encode(header, &body).expect("a backup encodes")
 }
 
 fn tokens() -> Seeds {

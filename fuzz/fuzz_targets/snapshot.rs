@@ -2,17 +2,20 @@
 //! snapshot: the state machine's snapshot (`State::from_snapshot_bytes`, versions 2
 //! and 3), the raft metadata beside it in sled (hard state, conf state, snapshot
 //! metadata, protobuf, as `storage.rs` parses them) and `members.json`
-//! (`Members::load`). Every decoder gets the whole input.
+//! (`Members::load`), and a backup file (`backup::decode`, as `ferry control --restore`
+//! and `ferry ctl snapshot status` read it). Every decoder gets the whole input.
 //!
 //! Besides "no panic": a decoded state re-encodes to a snapshot that decodes to the
-//! same state and stays usable (the sample requests apply to it), and decoded raft
-//! metadata re-encodes to something that decodes. Run with `-malloc_limit_mb`: a length
+//! same state and stays usable (the sample requests apply to it), decoded raft
+//! metadata re-encodes to something that decodes, and a verified backup re-encodes to
+//! one that verifies with the same header and body. Run with `-malloc_limit_mb`: a length
 //! claimed inside a snapshot must not become an allocation.
 #![no_main]
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
+use ferry_control_plane::backup;
 use ferry_control_plane::node::Members;
 use ferry_control_plane::state::{apply, Request, State};
 use libfuzzer_sys::fuzz_target;
@@ -42,6 +45,12 @@ fuzz_target!(|data: &[u8]| {
             let index = state.applied_index.saturating_add(1);
             apply(&mut state, index, request);
         }
+    }
+    if let Ok(verified) = backup::decode(data) {
+        let again = backup::encode(verified.header.clone(), verified.body).expect("a decoded backup encodes");
+        let back = backup::decode(&again).expect("a re-encoded backup verifies");
+        assert_eq!((&back.header, back.body), (&verified.header, verified.body));
+        let _ = State::from_snapshot_bytes(verified.body);
     }
     roundtrip::<HardState>(data);
     roundtrip::<ConfState>(data);
