@@ -567,6 +567,12 @@ fn a_snapshot_of_a_populated_cluster_restores_a_new_cluster() {
         a.iter().all(|v| v.status()["snapshot_index"].as_u64().unwrap_or(0) > 0).then_some(())
     });
 
+    // Only the leader serves backups; a follower names it.
+    let leader = wait_for_leader(&a_refs);
+    let follower = a.iter().find(|v| v.id != leader).unwrap();
+    let (code, answer) = follower.get("/v1/snapshot");
+    assert_eq!((code, answer["error"]["code"].as_str()), (421, Some("not_leader")), "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains(&format!("voter {leader} is")), "{answer}");
     // Saved through every URL: ctl finds the leader.
     let file = dir.path().join("a.backup");
     let out = ctl(&a_refs, &["snapshot", "save", file.to_str().unwrap()]);

@@ -178,8 +178,8 @@ pub async fn snapshot(State(api): State<Api>) -> ApiResult {
     let index = header.index;
     // Encoding the whole state takes a while: off the async workers.
     let encoded = tokio::task::spawn_blocking(move || {
-        let body = image.state.to_snapshot_bytes().map_err(|e| e.to_string())?;
-        backup::encode(header, &body).map_err(|e| e.to_string())
+        let body = image.state.to_snapshot_bytes().map_err(|e| ferry_net::Chain(&e).to_string())?;
+        backup::encode(header, &body).map_err(|e| ferry_net::Chain(&e).to_string())
     })
     .await
     .map_err(|e| e.to_string())

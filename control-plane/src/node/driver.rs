@@ -118,15 +118,16 @@ fn storage_err<E: std::error::Error + Send + Sync + 'static>(
 
 impl Driver<SledStore> {
     pub fn open(
-        config: NodeConfig,
+        mut config: NodeConfig,
         inputs: (mpsc::Sender<Input>, mpsc::Receiver<Input>),
         peers: (mpsc::Sender<Message>, mpsc::Receiver<Message>),
     ) -> Result<(Self, NodeHandle), NodeError> {
         std::fs::create_dir_all(&config.data_dir).map_err(storage_err("creating the data directory"))?;
         let mut store =
             SledStore::open(&config.data_dir.join("raft")).map_err(storage_err("opening the raft store"))?;
-        if let Some(seed) = &config.restore {
-            restore(&mut store, seed, &config)?;
+        // The seed's data is in the store from now on: do not keep a second copy.
+        if let Some(seed) = config.restore.take() {
+            restore(&mut store, &seed, &config)?;
         } else if store.is_empty() {
             let voters: Vec<u64> = if config.join { vec![] } else { config.peers.keys().copied().collect() };
             store.initialize(&voters).map_err(storage_err("initializing the raft store"))?;
