@@ -95,6 +95,7 @@ const MODULE_LAYERS: &[(&str, &[&str])] = &[
             "relays",
             "api",
             "server",
+            "golden",
         ],
     ),
 ];

@@ -18,6 +18,8 @@
 //! - [`api`]: the HTTP API (axum): reads, writes through raft, watch, routing.
 //! - [`server`]: starting and stopping a voter, and the loops that feed the sans-IO
 //!   cores from gossip.
+//! - `golden` (tests only): the persisted formats and wire messages of each release,
+//!   as files in `tests/golden/`, read by every later build.
 //!
 //! Depends on `ferry-proto` and `ferry-net` only: a voter never links the edge, the
 //! clients or WebRTC.
@@ -27,6 +29,8 @@ pub mod backup;
 mod error;
 pub mod expiry;
 pub mod failover;
+#[cfg(test)]
+mod golden;
 pub mod guard;
 pub mod linearizable;
 pub mod node;

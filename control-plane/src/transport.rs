@@ -358,8 +358,8 @@ fn is_certificate_required(error: &quinn::ConnectionError) -> bool {
 /// QUIC close code of a refused raft peer (the reason travels as the close reason).
 const REFUSED: quinn::VarInt = quinn::VarInt::from_u32(2);
 
-/// Writes one batch of raft messages on a new stream of `conn` (the wire format above).
-pub async fn write_batch(conn: &quinn::Connection, batch: &[Message]) -> ferry_net::Result<()> {
+/// Encodes one batch of raft messages as it travels on a stream (the wire format above).
+pub fn encode_batch(batch: &[Message]) -> ferry_net::Result<Vec<u8>> {
     let mut buf = Vec::new();
     buf.extend_from_slice(&u32::try_from(batch.len()).unwrap_or(u32::MAX).to_be_bytes());
     for msg in batch {
@@ -367,6 +367,43 @@ pub async fn write_batch(conn: &quinn::Connection, batch: &[Message]) -> ferry_n
         buf.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
         buf.extend_from_slice(&bytes);
     }
+    Ok(buf)
+}
+
+/// Decodes one whole batch held in memory, with the checks [`read_batch`] makes while it
+/// reads a stream; trailing bytes are refused. For tests and fuzzing: the transport
+/// itself reads batches from their stream.
+pub fn decode_batch(bytes: &[u8]) -> ferry_net::Result<Vec<Message>> {
+    let truncated = || ferry_net::Error::Protocol("truncated raft batch".to_owned());
+    let (head, mut rest) = bytes.split_first_chunk::<4>().ok_or_else(truncated)?;
+    let count = u32::from_be_bytes(*head) as usize;
+    if count > MAX_BATCH {
+        return Err(ferry_net::Error::Protocol(format!("batch of {count} messages")));
+    }
+    let mut msgs = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (head, after) = rest.split_first_chunk::<4>().ok_or_else(truncated)?;
+        let len = u32::from_be_bytes(*head) as usize;
+        if len > MAX_MESSAGE {
+            return Err(ferry_net::Error::Protocol(format!("raft message of {len} bytes")));
+        }
+        let (body, after) = after.split_at_checked(len).ok_or_else(truncated)?;
+        msgs.push(decode_message(body)?);
+        rest = after;
+    }
+    if !rest.is_empty() {
+        return Err(ferry_net::Error::Protocol(format!("{} bytes after a raft batch", rest.len())));
+    }
+    Ok(msgs)
+}
+
+fn decode_message(body: &[u8]) -> ferry_net::Result<Message> {
+    Message::parse_from_bytes(body).map_err(|e| ferry_net::Error::Protocol(e.to_string()))
+}
+
+/// Writes one batch of raft messages on a new stream of `conn` (the wire format above).
+pub async fn write_batch(conn: &quinn::Connection, batch: &[Message]) -> ferry_net::Result<()> {
+    let buf = encode_batch(batch)?;
     let mut stream = conn.open_uni().await?;
     stream.write_all(&buf).await?;
     stream.finish()?;
@@ -479,7 +516,7 @@ async fn read_batch(stream: &mut quinn::RecvStream) -> ferry_net::Result<Vec<Mes
         }
         // Memory follows the bytes that arrive, never the length a peer claims.
         let body = ferry_net::wire::read_exactly(stream, len).await?;
-        msgs.push(Message::parse_from_bytes(&body).map_err(|e| ferry_net::Error::Protocol(e.to_string()))?);
+        msgs.push(decode_message(&body)?);
     }
     Ok(msgs)
 }

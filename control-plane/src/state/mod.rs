@@ -432,8 +432,9 @@ impl State {
         Ok(state)
     }
 
+    /// The bytes the previous release wrote for this state (tests of the upgrade path).
     #[cfg(test)]
-    fn to_v2_snapshot_bytes(&self) -> Vec<u8> {
+    pub(crate) fn to_v2_snapshot_bytes(&self) -> Vec<u8> {
         codec::StateV2::downgrade(self)
     }
 
