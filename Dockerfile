@@ -1,6 +1,10 @@
 # Ferry's container image: one `ferry` binary, run as a non-root user.
 # Build: docker build -t ferry:0.1.0 .   (see docs/operations.md)
 FROM rust:1.95-bookworm AS build
+# protoc: raft-rs's prost codec generates its message types at build time.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends protobuf-compiler \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin ferry \

@@ -83,6 +83,7 @@ const MODULE_LAYERS: &[(&str, &[&str])] = &[
         "control-plane/src",
         &[
             "linearizable",
+            "raft_codec",
             "state",
             "backup",
             "storage",

@@ -4,6 +4,7 @@
 //! Modules from the bottom up; each uses only those above it.
 //! - [`linearizable`]: a linearizability checker for histories of registers (pure; the
 //!   node simulation and `ferry bench soak` check their clients' histories with it).
+//! - [`raft_codec`]: raft-rs types to protobuf bytes and back (prost), in one place.
 //! - [`state`]: the pure replicated state machine: `apply(&mut State, index, &Request) -> Outcome`.
 //! - [`backup`]: the backup file (`ferry ctl snapshot save`, `ferry control --restore`): pure encoding.
 //! - [`storage`]: the raft log, hard state, conf state and snapshots on sled, behind [`storage::LogStore`].
@@ -35,6 +36,7 @@ pub mod guard;
 pub mod linearizable;
 pub mod node;
 pub use ferry_proto::placement;
+pub mod raft_codec;
 pub mod relays;
 pub mod server;
 pub mod state;

@@ -12,11 +12,12 @@
 use std::cmp;
 use std::path::Path;
 
-use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional as _;
+
+use crate::raft_codec::{self, decode, encode};
 
 #[cfg(test)]
 mod tests;
@@ -37,9 +38,9 @@ pub enum StoreError {
     /// sled failed (IO, corruption it detected).
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
-    /// Stored bytes are not the protobuf message they should be, or encoding failed.
-    #[error("protobuf: {0}")]
-    Codec(#[from] protobuf::ProtobufError),
+    /// Stored bytes are not the protobuf message they should be.
+    #[error(transparent)]
+    Codec(#[from] raft_codec::DecodeError),
     /// The request reaches below the first index still in the log.
     #[error("index {index} is compacted; the log starts at {first}")]
     Compacted { index: u64, first: u64 },
@@ -216,9 +217,9 @@ impl SledStore {
         let mut meta = SnapshotMetadata { index, term, ..SnapshotMetadata::default() };
         meta.set_conf_state(conf_state.clone());
         let hard_state = HardState { term, commit: index, ..HardState::default() };
-        let meta_bytes = meta.write_to_bytes()?;
-        let hard_state_bytes = hard_state.write_to_bytes()?;
-        let conf_state_bytes = conf_state.write_to_bytes()?;
+        let meta_bytes = encode(&meta);
+        let hard_state_bytes = encode(&hard_state);
+        let conf_state_bytes = encode(&conf_state);
         let mut batch = sled::Batch::default();
         batch.insert(SNAPSHOT_META_KEY, meta_bytes);
         batch.insert(SNAPSHOT_DATA_KEY, data);
@@ -287,7 +288,7 @@ impl SledStore {
             return Err(StoreError::Unavailable { index, last: self.last_index });
         }
         match self.entries.get(index_key(index))? {
-            Some(bytes) => Ok(Entry::parse_from_bytes(&bytes)?.term),
+            Some(bytes) => Ok(decode::<Entry>(&bytes)?.term),
             None => Err(StoreError::Corrupt(format!("entry {index} is missing"))),
         }
     }
@@ -316,7 +317,7 @@ impl SledStore {
             if !out.is_empty() && max_size.is_some_and(|max| size > max) {
                 return Ok(out);
             }
-            out.push(Entry::parse_from_bytes(&bytes)?);
+            out.push(decode::<Entry>(&bytes)?);
             expected = expected.saturating_add(1);
         }
         if expected != high {
@@ -329,7 +330,7 @@ impl SledStore {
         let data = self.meta.get(SNAPSHOT_DATA_KEY)?.map(|v| v.to_vec()).unwrap_or_default();
         let mut snapshot = Snapshot::default();
         snapshot.set_metadata(self.snapshot_meta.clone());
-        snapshot.data = data.into();
+        snapshot.data = data;
         Ok(snapshot)
     }
 }
@@ -386,7 +387,7 @@ impl LogStore for SledStore {
             if entry.index != previous.saturating_add(1) {
                 return Err(StoreError::NotContiguous { index: entry.index, after: previous });
             }
-            batch.insert(&index_key(entry.index), entry.write_to_bytes()?);
+            batch.insert(&index_key(entry.index), encode(entry));
             previous = entry.index;
         }
         // The new entries win over any old suffix; drop what they do not overwrite.
@@ -399,13 +400,13 @@ impl LogStore for SledStore {
     }
 
     fn set_hard_state(&mut self, hs: &HardState) -> Result<(), StoreError> {
-        self.meta.insert(HARD_STATE_KEY, hs.write_to_bytes()?)?;
+        self.meta.insert(HARD_STATE_KEY, encode(hs))?;
         self.hard_state = hs.clone();
         Ok(())
     }
 
     fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), StoreError> {
-        self.meta.insert(CONF_STATE_KEY, cs.write_to_bytes()?)?;
+        self.meta.insert(CONF_STATE_KEY, encode(cs))?;
         self.conf_state = cs.clone();
         Ok(())
     }
@@ -421,10 +422,10 @@ impl LogStore for SledStore {
         hard_state.commit = index;
         let conf_state = meta.get_conf_state().clone();
 
-        let meta_bytes = meta.write_to_bytes()?;
-        let hard_state_bytes = hard_state.write_to_bytes()?;
-        let conf_state_bytes = conf_state.write_to_bytes()?;
-        let data = snapshot.data.to_vec();
+        let meta_bytes = encode(&meta);
+        let hard_state_bytes = encode(&hard_state);
+        let conf_state_bytes = encode(&conf_state);
+        let data = std::mem::take(&mut snapshot.data);
         let old_log = self.first()..=self.last_index;
         // One transaction: a crash must not leave the old log beside the new snapshot.
         (&self.entries, &self.meta)
@@ -461,7 +462,7 @@ impl LogStore for SledStore {
         meta.set_conf_state(conf);
 
         let mut batch = sled::Batch::default();
-        batch.insert(SNAPSHOT_META_KEY, meta.write_to_bytes()?);
+        batch.insert(SNAPSHOT_META_KEY, encode(&meta));
         batch.insert(SNAPSHOT_DATA_KEY, data);
         self.meta.apply_batch(batch)?;
         // Compact after the snapshot is stored; `open` finishes this if we crash here.
@@ -500,10 +501,14 @@ fn decode_index(bytes: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(array))
 }
 
-fn read_message<M: protobuf::Message>(tree: &sled::Tree, key: &[u8]) -> Result<Option<M>, StoreError> {
+fn read_message<M: raft_codec::RaftMessage>(tree: &sled::Tree, key: &[u8]) -> Result<Option<M>, StoreError> {
     match tree.get(key)? {
-        Some(bytes) => M::parse_from_bytes(&bytes).map(Some).map_err(|e| {
-            StoreError::Corrupt(format!("the stored {} does not decode: {e}", String::from_utf8_lossy(key)))
+        Some(bytes) => decode::<M>(&bytes).map(Some).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "the stored {} does not decode: {}",
+                String::from_utf8_lossy(key),
+                ferry_net::Chain(&e)
+            ))
         }),
         None => Ok(None),
     }

@@ -17,13 +17,13 @@ use std::time::Duration;
 
 use ferry_net::identity::{Identity, Refusal};
 use ferry_net::tls::{self, ClientTrust, ClusterTls, PeerRefusals, ServerIdentity, TransportTuning};
-use protobuf::Message as _;
 use raft::eraftpb::Message;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::node::{NodeHandle, RaftNetwork};
+use crate::raft_codec;
 
 /// ALPN of the raft transport (distinct from the relay protocol).
 pub const RAFT_ALPN: &[u8] = b"ferry-raft/1";
@@ -359,15 +359,15 @@ fn is_certificate_required(error: &quinn::ConnectionError) -> bool {
 const REFUSED: quinn::VarInt = quinn::VarInt::from_u32(2);
 
 /// Encodes one batch of raft messages as it travels on a stream (the wire format above).
-pub fn encode_batch(batch: &[Message]) -> ferry_net::Result<Vec<u8>> {
+pub fn encode_batch(batch: &[Message]) -> Vec<u8> {
     let mut buf = Vec::new();
     buf.extend_from_slice(&u32::try_from(batch.len()).unwrap_or(u32::MAX).to_be_bytes());
     for msg in batch {
-        let bytes = msg.write_to_bytes().map_err(|e| ferry_net::Error::Protocol(e.to_string()))?;
+        let bytes = raft_codec::encode(msg);
         buf.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
         buf.extend_from_slice(&bytes);
     }
-    Ok(buf)
+    buf
 }
 
 /// Decodes one whole batch held in memory, with the checks [`read_batch`] makes while it
@@ -398,12 +398,12 @@ pub fn decode_batch(bytes: &[u8]) -> ferry_net::Result<Vec<Message>> {
 }
 
 fn decode_message(body: &[u8]) -> ferry_net::Result<Message> {
-    Message::parse_from_bytes(body).map_err(|e| ferry_net::Error::Protocol(e.to_string()))
+    raft_codec::decode(body).map_err(|e| ferry_net::Error::Protocol(ferry_net::Chain(&e).to_string()))
 }
 
 /// Writes one batch of raft messages on a new stream of `conn` (the wire format above).
 pub async fn write_batch(conn: &quinn::Connection, batch: &[Message]) -> ferry_net::Result<()> {
-    let buf = encode_batch(batch)?;
+    let buf = encode_batch(batch);
     let mut stream = conn.open_uni().await?;
     stream.write_all(&buf).await?;
     stream.finish()?;

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_control_plane::raft_codec::encode;
 use ferry_control_plane::state::{encode_request, AuditEvent, Edge, Outcome, Rollout, State, Stream};
 use ferry_edge::auth::{Action, Claims, StreamScope, TokenSecret};
 use ferry_fuzz::{gossip_keyring, members_json, now, raft_batch, sample_requests, sample_state, CLUSTER};
@@ -23,7 +24,6 @@ use ferry_proto::{
     encode_frame_header, encode_message, Codec, ErrorCode, FrameFlags, FrameHeader, GroupHeader, Hello,
     Message, NodeId, StreamName, Timebase, TrackInfo, TrackKind, TrackName, PROTOCOL_VERSION,
 };
-use protobuf::Message as _;
 use raft::eraftpb::{
     ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, MessageType, Snapshot,
 };
@@ -218,8 +218,8 @@ fn entry(index: u64, kind: EntryType, data: Vec<u8>) -> Entry {
     entry.set_entry_type(kind);
     entry.term = 2;
     entry.index = index;
-    entry.data = data.into();
-    entry.context = format!("req-{index}").into_bytes().into();
+    entry.data = data;
+    entry.context = format!("req-{index}").into_bytes();
     entry
 }
 
@@ -227,8 +227,8 @@ fn conf_change() -> Vec<u8> {
     let mut cc = ConfChange::default();
     cc.set_change_type(ConfChangeType::AddNode);
     cc.node_id = 3;
-    cc.context = b"10.0.0.3:7000".to_vec().into();
-    cc.write_to_bytes().expect("a conf change encodes")
+    cc.context = b"10.0.0.3:7000".to_vec();
+    encode(&cc)
 }
 
 fn request_entries() -> Vec<Entry> {
@@ -251,10 +251,9 @@ fn raft_frames() -> Seeds {
         msg.log_term = 2;
         msg.index = 4;
         msg.commit = 3;
-        msg.set_entries(entries.into());
+        msg.set_entries(entries);
         msg
     };
-    let encode = |msg: &raft::eraftpb::Message| msg.write_to_bytes().expect("a message encodes");
     let mut entries = request_entries();
     entries.truncate(3);
     entries.push(entry(4, EntryType::EntryConfChange, conf_change()));
@@ -272,7 +271,7 @@ fn raft_frames() -> Seeds {
 
 fn state_snapshot() -> Snapshot {
     let mut snapshot = Snapshot::default();
-    snapshot.data = sample_state().to_snapshot_bytes().expect("a snapshot encodes").into();
+    snapshot.data = sample_state().to_snapshot_bytes().expect("a snapshot encodes");
     let meta = snapshot.mut_metadata();
     meta.index = 11;
     meta.term = 2;
@@ -285,14 +284,11 @@ fn log_entries() -> Seeds {
     let pick = |i: usize| entries.get(i).expect("a sample entry");
     let json = |i: usize| pick(i).data.to_vec();
     vec![
-        ("register_edge", pick(0).write_to_bytes().expect("an entry encodes")),
-        ("put_stream", pick(2).write_to_bytes().expect("an entry encodes")),
-        ("create_rollout", pick(4).write_to_bytes().expect("an entry encodes")),
-        (
-            "conf_change",
-            entry(12, EntryType::EntryConfChange, conf_change()).write_to_bytes().expect("encodes"),
-        ),
-        ("empty", entry(13, EntryType::EntryNormal, vec![]).write_to_bytes().expect("an entry encodes")),
+        ("register_edge", encode(pick(0))),
+        ("put_stream", encode(pick(2))),
+        ("create_rollout", encode(pick(4))),
+        ("conf_change", encode(&entry(12, EntryType::EntryConfChange, conf_change()))),
+        ("empty", encode(&entry(13, EntryType::EntryNormal, vec![]))),
         ("register_edge.json", json(0)),
         ("claim_stream.json", json(3)),
         ("set_rollout_level.json", json(5)),
@@ -363,8 +359,8 @@ fn snapshots() -> Seeds {
         ("state_v3", state.to_snapshot_bytes().expect("a snapshot encodes")),
         ("state_v2", snapshot_v2(&state)),
         ("empty_v3", State::default().to_snapshot_bytes().expect("a snapshot encodes")),
-        ("snapshot_metadata", snapshot.get_metadata().write_to_bytes().expect("metadata encodes")),
-        ("hard_state", hard_state.write_to_bytes().expect("a hard state encodes")),
+        ("snapshot_metadata", encode(snapshot.get_metadata())),
+        ("hard_state", encode(&hard_state)),
         ("members.json", members_json()),
         ("backup", backup_file(&state)),
     ]

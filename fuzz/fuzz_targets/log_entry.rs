@@ -1,5 +1,5 @@
 //! A raft log entry as a voter reads it back from its sled log (`storage.rs`:
-//! `Entry::parse_from_bytes`) and applies it once committed (`node/driver.rs`): a
+//! `raft_codec::decode::<Entry>`) and applies it once committed (`node/driver.rs`): a
 //! membership change's protobuf, or a request's JSON (`decode_request`) applied to the
 //! state machine. The input is tried both as an entry's protobuf and as entry data
 //! alone (JSON mutates better on its own).
@@ -11,14 +11,13 @@
 
 use std::sync::OnceLock;
 
+use ferry_control_plane::raft_codec::{decode, encode, RaftMessage};
 use ferry_control_plane::state::{apply, decode_request, encode_request, State};
 use libfuzzer_sys::fuzz_target;
-use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, Entry, EntryType};
 
-fn roundtrip<M: protobuf::Message + PartialEq>(msg: &M) {
-    let again = msg.write_to_bytes().expect("a decoded message re-encodes");
-    let back = M::parse_from_bytes(&again).expect("a re-encoded message decodes");
+fn roundtrip<M: RaftMessage + PartialEq>(msg: &M) {
+    let back = decode::<M>(&encode(msg)).expect("a re-encoded message decodes");
     assert!(back == *msg, "a message changed through re-encoding");
 }
 
@@ -38,12 +37,12 @@ fn request(data: &[u8]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(entry) = Entry::parse_from_bytes(data) {
+    if let Ok(entry) = decode::<Entry>(data) {
         roundtrip(&entry);
         match entry.get_entry_type() {
             EntryType::EntryNormal if !entry.data.is_empty() => request(&entry.data),
             EntryType::EntryConfChange => {
-                if let Ok(cc) = ConfChange::parse_from_bytes(&entry.data) {
+                if let Ok(cc) = decode::<ConfChange>(&entry.data) {
                     roundtrip(&cc);
                     let _ = String::from_utf8_lossy(&cc.context);
                 }

@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use ferry_proto::api::{AuditEvent, Edge, Rollout, RolloutEvent, RolloutState, Stream};
 use ferry_proto::cohort::Gates;
 use ferry_proto::rollout::{Congestion, Fault, Guard, OnTrip, Override, RolloutSpec};
-use protobuf::Message as _;
 use raft::eraftpb::{
     ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot,
     SnapshotMetadata,
@@ -20,6 +19,7 @@ use serde_json::json;
 
 use super::Golden;
 use crate::node::Members;
+use crate::raft_codec;
 use crate::state::{
     decode_request, encode_request, Command, Expiration, OperatorToken, Outcome, Request, State, TokenRole,
 };
@@ -33,8 +33,8 @@ fn golden() -> Golden {
 }
 
 /// Decodes a raft protobuf message as a voter does.
-fn decode<M: protobuf::Message>(bytes: &[u8]) -> M {
-    M::parse_from_bytes(bytes).unwrap()
+fn decode<M: raft_codec::RaftMessage>(bytes: &[u8]) -> M {
+    raft_codec::decode(bytes).unwrap()
 }
 
 fn s(text: &str) -> String {
@@ -411,19 +411,19 @@ fn conf_change() -> ConfChange {
     let mut cc = ConfChange::default();
     cc.set_change_type(ConfChangeType::AddNode);
     cc.node_id = 4;
-    cc.context = b"10.0.0.4:9001".to_vec().into();
+    cc.context = b"10.0.0.4:9001".to_vec();
     cc
 }
 
 fn entry(index: u64, kind: EntryType, data: Vec<u8>, context: Vec<u8>) -> Entry {
-    let mut entry = Entry { term: 3, index, data: data.into(), context: context.into(), ..Entry::default() };
+    let mut entry = Entry { term: 3, index, data, context, ..Entry::default() };
     entry.set_entry_type(kind);
     entry
 }
 
 /// An entry as a proposal or read carries it, before the leader gives it a place.
 fn unplaced(data: Vec<u8>, context: Vec<u8>) -> Entry {
-    Entry { data: data.into(), context: context.into(), ..Entry::default() }
+    Entry { data, context, ..Entry::default() }
 }
 
 /// The log after the snapshot at 40: a write, a membership change, a new leader's
@@ -432,7 +432,7 @@ fn log_entries() -> Vec<Entry> {
     let request = requests().swap_remove(4);
     vec![
         entry(41, EntryType::EntryNormal, encode_request(&request).unwrap(), ctx(7)),
-        entry(42, EntryType::EntryConfChange, conf_change().write_to_bytes().unwrap(), ctx(8)),
+        entry(42, EntryType::EntryConfChange, raft_codec::encode(&conf_change()), ctx(8)),
         entry(43, EntryType::EntryNormal, vec![], vec![]),
     ]
 }
@@ -450,12 +450,12 @@ fn snapshot_metadata() -> SnapshotMetadata {
 fn snapshot() -> Snapshot {
     let mut snapshot = Snapshot::default();
     snapshot.set_metadata(snapshot_metadata());
-    snapshot.data = state().to_snapshot_bytes().unwrap().into();
+    snapshot.data = state().to_snapshot_bytes().unwrap();
     snapshot
 }
 
 fn hard_state() -> HardState {
-    HardState { term: 3, vote: 1, commit: 42, ..HardState::default() }
+    HardState { term: 3, vote: 1, commit: 42 }
 }
 
 /// The message types voters send each other (the others are local to raft-rs:
@@ -493,13 +493,13 @@ fn batch() -> Vec<Message> {
     vec![
         message(MsgPropose, 2, 1, |m| {
             m.term = 0;
-            m.set_entries(vec![unplaced(encode_request(&proposal).unwrap(), ctx(6))].into());
+            m.set_entries(vec![unplaced(encode_request(&proposal).unwrap(), ctx(6))]);
         }),
         message(MsgAppend, 1, 2, |m| {
             m.log_term = 3;
             m.index = 40;
             m.commit = 42;
-            m.set_entries(log_entries().into());
+            m.set_entries(log_entries());
         }),
         message(MsgAppendResponse, 2, 1, |m| m.index = 43),
         message(MsgAppendResponse, 3, 1, |m| {
@@ -534,15 +534,15 @@ fn batch() -> Vec<Message> {
         message(MsgSnapshot, 1, 4, |m| m.set_snapshot(snapshot())),
         message(MsgHeartbeat, 1, 3, |m| {
             m.commit = 42;
-            m.context = read_ctx.clone().into();
+            m.context = read_ctx.clone();
         }),
-        message(MsgHeartbeatResponse, 3, 1, |m| m.context = read_ctx.clone().into()),
+        message(MsgHeartbeatResponse, 3, 1, |m| m.context = read_ctx.clone()),
         message(MsgReadIndex, 2, 1, |m| {
-            m.set_entries(vec![unplaced(read_ctx.clone(), vec![])].into());
+            m.set_entries(vec![unplaced(read_ctx.clone(), vec![])]);
         }),
         message(MsgReadIndexResp, 1, 2, |m| {
             m.index = 42;
-            m.set_entries(vec![unplaced(read_ctx.clone(), vec![])].into());
+            m.set_entries(vec![unplaced(read_ctx.clone(), vec![])]);
         }),
         message(MsgTransferLeader, 3, 1, |_| {}),
         message(MsgTimeoutNow, 1, 3, |_| {}),
@@ -555,11 +555,11 @@ fn golden_raft_batch_decodes_and_encodes_the_same() {
     let kinds: BTreeSet<i32> = batch.iter().map(|m| m.get_msg_type() as i32).collect();
     assert_eq!(kinds, WIRE_TYPES.iter().map(|k| *k as i32).collect(), "every wire type is in the batch");
 
-    let now = encode_batch(&batch).unwrap();
+    let now = encode_batch(&batch);
     let file = golden().read("raft-batch.bin", &now);
     let decoded = decode_batch(&file).unwrap();
     assert_eq!(decoded, batch);
-    super::assert_same_bytes(RELEASE, "raft-batch.bin", &file, &now);
+    super::assert_same_bytes(RELEASE, "raft-batch.bin", &packed::batch(&file), &now);
 
     // What a voter then decodes inside: requests, the membership change, the state.
     let append = decoded.iter().find(|m| m.get_msg_type() == MessageType::MsgAppend).unwrap();
@@ -643,7 +643,14 @@ fn golden_raft_store_opens_and_is_written_the_same() {
             "snapshot_data" => s("snapshot-v3.bin"),
             other => format!("sled-meta/{other}.bin"),
         };
-        files.insert(key.clone(), golden.read_same(&name, now));
+        let file = golden.read(&name, now);
+        let released = match key.as_str() {
+            "conf_state" => packed::message(&file, packed::Kind::ConfState),
+            "snapshot_meta" => packed::message(&file, packed::Kind::SnapshotMetadata),
+            _ => file.clone(),
+        };
+        super::assert_same_bytes(RELEASE, &name, &released, now);
+        files.insert(key.clone(), file);
     }
     assert_eq!(decode::<HardState>(&files["hard_state"]), hard_state());
     assert_eq!(decode::<ConfState>(&files["conf_state"]), conf_state(&[1, 2, 3, 4]));
@@ -698,4 +705,140 @@ fn golden_directory_holds_only_checked_files() {
     let present = golden().files();
     let unexpected: Vec<&String> = present.difference(&expected).collect();
     assert!(unexpected.is_empty(), "golden files no test reads: {unexpected:?}");
+}
+
+/// This release was built with raft-rs's protobuf-2 codec, which writes the ids of a
+/// conf state (`ConfState` fields 1 to 4, repeated `uint64`) one tag per id; later
+/// builds use prost, which packs them, as proto3 says encoders should. Both decoders
+/// read both forms (`golden_conf_states_decode_packed_too` passed with protobuf 2 at
+/// this release). This rewrites a file of this release into the packed form and changes
+/// nothing else, so the tests compare everything else byte for byte.
+mod packed {
+    /// The `eraftpb` messages on the way from a raft message to a conf state.
+    #[derive(Clone, Copy, PartialEq)]
+    pub enum Kind {
+        Message,
+        Snapshot,
+        SnapshotMetadata,
+        ConfState,
+    }
+
+    /// The nested message a length-delimited field holds, where it leads to a conf state.
+    fn child(kind: Kind, field: u64) -> Option<Kind> {
+        match (kind, field) {
+            (Kind::Message, 9) => Some(Kind::Snapshot),
+            (Kind::Snapshot, 2) => Some(Kind::SnapshotMetadata),
+            (Kind::SnapshotMetadata, 1) => Some(Kind::ConfState),
+            _ => None,
+        }
+    }
+
+    fn read_varint(bytes: &[u8], at: &mut usize) -> u64 {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = bytes[*at];
+            *at += 1;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return value;
+            }
+        }
+        panic!("a varint longer than 10 bytes");
+    }
+
+    fn write_varint(out: &mut Vec<u8>, mut value: u64) {
+        while value >= 0x80 {
+            out.push((value as u8 & 0x7f) | 0x80);
+            value >>= 7;
+        }
+        out.push(value as u8);
+    }
+
+    fn flush(out: &mut Vec<u8>, run: &mut Option<(u64, Vec<u8>)>) {
+        if let Some((field, ids)) = run.take() {
+            write_varint(out, field << 3 | 2);
+            write_varint(out, ids.len() as u64);
+            out.extend_from_slice(&ids);
+        }
+    }
+
+    /// `bytes`, a message of `kind`, with every conf state inside it packed.
+    pub fn message(bytes: &[u8], kind: Kind) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut run: Option<(u64, Vec<u8>)> = None;
+        let mut at = 0;
+        while at < bytes.len() {
+            let start = at;
+            let tag = read_varint(bytes, &mut at);
+            let (field, wire) = (tag >> 3, tag & 7);
+            match wire {
+                0 => {
+                    let value_at = at;
+                    read_varint(bytes, &mut at);
+                    if kind == Kind::ConfState && (1..=4).contains(&field) {
+                        if run.as_ref().is_some_and(|(f, _)| *f != field) {
+                            flush(&mut out, &mut run);
+                        }
+                        run.get_or_insert_with(|| (field, Vec::new()))
+                            .1
+                            .extend_from_slice(&bytes[value_at..at]);
+                        continue;
+                    }
+                    flush(&mut out, &mut run);
+                    out.extend_from_slice(&bytes[start..at]);
+                }
+                2 => {
+                    flush(&mut out, &mut run);
+                    let len = read_varint(bytes, &mut at) as usize;
+                    let body = &bytes[at..at + len];
+                    at += len;
+                    match child(kind, field) {
+                        Some(inner) => {
+                            let body = message(body, inner);
+                            write_varint(&mut out, tag);
+                            write_varint(&mut out, body.len() as u64);
+                            out.extend_from_slice(&body);
+                        }
+                        None => out.extend_from_slice(&bytes[start..at]),
+                    }
+                }
+                other => panic!("wire type {other} does not occur in eraftpb"),
+            }
+        }
+        flush(&mut out, &mut run);
+        out
+    }
+
+    /// A `ferry-raft/1` batch with every message's conf states packed.
+    pub fn batch(frame: &[u8]) -> Vec<u8> {
+        let count = u32::from_be_bytes(frame[..4].try_into().unwrap());
+        let mut out = count.to_be_bytes().to_vec();
+        let mut at = 4;
+        for _ in 0..count {
+            let len = u32::from_be_bytes(frame[at..at + 4].try_into().unwrap()) as usize;
+            let body = message(&frame[at + 4..at + 4 + len], Kind::Message);
+            out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            out.extend_from_slice(&body);
+            at += 4 + len;
+        }
+        assert_eq!(at, frame.len(), "bytes after the batch");
+        out
+    }
+
+    #[test]
+    fn golden_repacking_touches_only_conf_states() {
+        use super::{golden, hard_state, raft_codec};
+        // Unpacked ids become one packed field; other fields stay as they are.
+        let unpacked = [0x08, 1, 0x08, 2, 0x10, 5, 0x28, 1];
+        assert_eq!(message(&unpacked, Kind::ConfState), [0x0a, 2, 1, 2, 0x12, 1, 5, 0x28, 1]);
+        // A message without a conf state is left alone.
+        let hs = raft_codec::encode(&hard_state());
+        assert_eq!(message(&hs, Kind::Message), hs);
+        // Nested lengths follow.
+        let released = std::fs::read(golden().dir.join("sled-meta/snapshot_meta.bin")).unwrap();
+        assert_eq!(
+            message(&released, Kind::SnapshotMetadata),
+            [0x0a, 0x05, 0x0a, 0x03, 1, 2, 3, 0x10, 0x28, 0x18, 0x03]
+        );
+    }
 }

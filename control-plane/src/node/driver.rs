@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, Message, Snapshot};
 use raft::{Config, RawNode};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -16,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::snapshotter::{Built, Snapshotter};
 use super::RaftNetwork;
 use super::{Image, Input, Members, NodeConfig, NodeError, NodeHandle, RestoreSeed, Status};
+use crate::raft_codec;
 use crate::state::{apply, decode_request, encode_request, Outcome, State};
 use crate::storage::{LogStore, SledStore};
 
@@ -450,7 +450,7 @@ impl<S: LogStore> Driver<S> {
         let mut cc = ConfChange::default();
         cc.set_change_type(kind);
         cc.node_id = id;
-        cc.context = addr.into();
+        cc.context = addr;
         let ctx = self.ctx();
         match self.raw.propose_conf_change(ctx.clone(), cc) {
             Ok(()) => {
@@ -654,8 +654,8 @@ impl<S: LogStore> Driver<S> {
     }
 
     fn apply_conf_change(&mut self, entry: &Entry, answers: &mut Vec<Answer>) -> Result<(), NodeError> {
-        let cc =
-            ConfChange::parse_from_bytes(&entry.data).map_err(storage_err("decoding a membership change"))?;
+        let cc = raft_codec::decode::<ConfChange>(&entry.data)
+            .map_err(storage_err("decoding a membership change"))?;
         let cs = self.raw.apply_conf_change(&cc).map_err(storage_err("applying a membership change"))?;
         self.raw.mut_store().set_conf_state(&cs).map_err(storage_err("writing the conf state"))?;
         let addr = match cc.get_change_type() {

@@ -41,7 +41,7 @@ impl TempDir {
 }
 
 fn entry(index: u64, term: u64) -> Entry {
-    Entry { index, term, data: format!("cmd-{index}-{term}").into_bytes().into(), ..Entry::default() }
+    Entry { index, term, data: format!("cmd-{index}-{term}").into_bytes(), ..Entry::default() }
 }
 
 fn entries(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
@@ -61,7 +61,7 @@ fn store_error(result: raft::Result<impl std::fmt::Debug>) -> StorageError {
 }
 
 fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
-    HardState { term, vote, commit, ..HardState::default() }
+    HardState { term, vote, commit }
 }
 
 fn voters(ids: &[u64]) -> ConfState {
@@ -132,7 +132,7 @@ fn entries_honour_max_size_but_always_return_one() {
     let dir = TempDir::new("maxsize");
     let mut store = dir.open();
     store.append(&entries(1..=5, 1)).unwrap();
-    let one = u64::from(entry(1, 1).compute_size());
+    let one = crate::raft_codec::encode(&entry(1, 1)).len() as u64;
     assert_eq!(read(&store, 1, 6, Some(0)).unwrap().len(), 1);
     assert_eq!(read(&store, 1, 6, Some(one)).unwrap().len(), 1);
     assert_eq!(read(&store, 1, 6, Some(one * 3)).unwrap().len(), 3);
@@ -214,7 +214,7 @@ fn a_snapshot_from_the_leader_replaces_a_fresh_log() {
     snapshot.mut_metadata().index = 10;
     snapshot.mut_metadata().term = 3;
     snapshot.mut_metadata().set_conf_state(voters(&[1, 2, 3]));
-    snapshot.data = b"state@10".to_vec().into();
+    snapshot.data = b"state@10".to_vec();
     store.apply_snapshot(snapshot.clone()).unwrap();
 
     assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (11, 10));
@@ -298,7 +298,7 @@ fn a_compaction_cut_short_by_a_crash_is_finished_on_open() {
     store.create_snapshot(4, voters(&[1]), b"s".to_vec()).unwrap();
     // Put back what compaction removed, as if the process died between the two writes.
     for e in entries(1..=4, 1) {
-        store.entries.insert(index_key(e.index), e.write_to_bytes().unwrap()).unwrap();
+        store.entries.insert(index_key(e.index), crate::raft_codec::encode(&e)).unwrap();
     }
     drop(store);
     let store = dir.reopen();

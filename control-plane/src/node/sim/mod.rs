@@ -119,7 +119,7 @@ struct Node {
 }
 
 enum Event {
-    Deliver(Message),
+    Deliver(Box<Message>),
     Tick(u64),
     Restart(u64),
     Cut(u64),
@@ -349,7 +349,7 @@ impl Sim {
                 self.rng.between(200, 10_000)
             };
             let at = self.now_us.load(Ordering::Relaxed) + delay_us;
-            self.at(at, Event::Deliver(msg.clone()));
+            self.at(at, Event::Deliver(Box::new(msg.clone())));
         }
     }
 
@@ -405,7 +405,7 @@ impl Sim {
                     });
                 }
                 if !self.cut.contains(&msg.from) && !self.cut.contains(&to) {
-                    self.on_node(to, |d| d.step(msg));
+                    self.on_node(to, |d| d.step(*msg));
                 }
             }
             Event::Tick(id) => {

@@ -5,7 +5,7 @@
 use std::cmp;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use protobuf::Message as _;
+use prost::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
@@ -90,7 +90,7 @@ impl Data {
                 meta.set_conf_state(conf);
                 let mut snapshot = Snapshot::default();
                 snapshot.set_metadata(meta);
-                snapshot.data = data.into();
+                snapshot.data = data;
                 self.snapshot = snapshot;
             }
             Op::Applied(index) => self.applied = index,
@@ -178,7 +178,7 @@ impl Storage for MemStore {
             let Some(entry) = data.entries.get(at) else {
                 return Err(raft::Error::Store(StorageError::Unavailable));
             };
-            size += u64::from(entry.compute_size());
+            size += entry.encoded_len() as u64;
             if !out.is_empty() && max_size.is_some_and(|max| size > max) {
                 break;
             }
