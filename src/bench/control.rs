@@ -405,6 +405,29 @@ struct ClientResult {
     errors: u64,
     latency: Samples,
     last_error: Option<String>,
+    /// The slowest writes, one per stall: (start, µs after the clock started; latency, µs).
+    slowest: Vec<(u64, u64)>,
+}
+
+/// How many of the slowest writes the report names, with when each started.
+const SLOWEST: usize = 8;
+/// Writes that started this close together count as one stall (every client stalls at
+/// once when the leader does): the report keeps the slowest of them.
+const STALL_US: u64 = 250_000;
+
+/// Keeps the `SLOWEST` largest latencies in `slowest`, one per stall.
+fn keep_slowest(slowest: &mut Vec<(u64, u64)>, at_us: u64, latency_us: u64) {
+    if let Some(same) = slowest.iter_mut().find(|(at, _)| at.abs_diff(at_us) < STALL_US) {
+        if same.1 < latency_us {
+            *same = (at_us, latency_us);
+        }
+    } else if slowest.len() < SLOWEST {
+        slowest.push((at_us, latency_us));
+    } else if let Some(min) = slowest.iter_mut().min_by_key(|(_, l)| *l) {
+        if min.1 < latency_us {
+            *min = (at_us, latency_us);
+        }
+    }
 }
 
 async fn measure_throughput(
@@ -427,7 +450,8 @@ async fn measure_throughput(
         let (duration, max, target) = (args.duration, args.max_writes, args.target);
         tasks.spawn(async move {
             barrier.wait().await;
-            let deadline = Instant::now() + duration;
+            let clock = Instant::now();
+            let deadline = clock + duration;
             let mut r = ClientResult::default();
             let mut n = 0u64;
             while Instant::now() < deadline && r.writes < max {
@@ -437,7 +461,10 @@ async fn measure_throughput(
                 match outcome {
                     Ok(()) => {
                         r.writes += 1;
-                        r.latency.push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+                        let latency = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        r.latency.push(latency);
+                        let at = u64::try_from(started.duration_since(clock).as_micros()).unwrap_or(u64::MAX);
+                        keep_slowest(&mut r.slowest, at, latency);
                     }
                     Err(e) => {
                         r.errors += 1;
@@ -457,6 +484,9 @@ async fn measure_throughput(
         total.writes += r.writes;
         total.errors += r.errors;
         total.latency.extend(&r.latency);
+        for (at, latency) in r.slowest {
+            keep_slowest(&mut total.slowest, at, latency);
+        }
         if r.last_error.is_some() {
             total.last_error = r.last_error;
         }
@@ -477,6 +507,7 @@ async fn measure_throughput(
         "errors": total.errors,
         "writes_per_s": rate,
         "latency_ms": { "p50": lat.p50, "p99": lat.p99, "max": lat.max },
+        "slowest_writes": slowest_json(&total.slowest),
         "connection": connection,
         "cluster": if args.endpoints.is_empty() { "spawned 3 members on 127.0.0.1" } else { "external" },
         "last_error": total.last_error,
@@ -494,6 +525,17 @@ async fn measure_throughput(
         lat.max
     );
     Ok((report, summary))
+}
+
+/// The slowest writes, slowest first: when each started (ms after the clock started) and
+/// how long it took, so a stall can be matched with what the members logged then.
+fn slowest_json(slowest: &[(u64, u64)]) -> serde_json::Value {
+    let mut sorted = slowest.to_vec();
+    sorted.sort_by_key(|(_, latency)| std::cmp::Reverse(*latency));
+    sorted
+        .iter()
+        .map(|(at, latency)| json!({ "at_ms": *at as f64 / 1000.0, "ms": *latency as f64 / 1000.0 }))
+        .collect()
 }
 
 /// Writes until one is acknowledged, or fails after `limit`.

@@ -1,7 +1,8 @@
 //! Snapshots built off the node's thread. A shadow copy of the state machine on a
 //! thread of its own is fed the same committed requests, in the same order, and
-//! serializes itself when asked, while the node goes on applying and answering. Only
-//! storing the finished bytes (a sled batch and a flush) is left to the node.
+//! serializes itself when asked, and writes the snapshot file, while the node goes on
+//! applying and answering. Only recording the snapshot (a small sled insert and a flush)
+//! and compacting the log are left to the node.
 //!
 //! The cost is a second `apply` of every request (small next to an fsync) and a second
 //! copy of the state in memory; the gain is that a snapshot of a large state (up to
@@ -10,10 +11,13 @@
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
+use std::path::{Path, PathBuf};
+
 use raft::eraftpb::ConfState;
 use tokio::sync::mpsc;
 
 use crate::state::{apply, Request, State, StateError};
+use crate::storage::write_snapshot_file;
 
 /// Jobs queued for the worker; past this the node waits for it (back-pressure, never
 /// loss: every applied request must reach the shadow state).
@@ -65,13 +69,15 @@ pub(super) struct WorkerGone;
 impl Snapshotter {
     /// Starts the worker on a copy of the node's state (`snapshot`: the bytes the node
     /// started from; empty for an empty state).
-    pub fn start(id: u64, snapshot: &[u8]) -> Result<Snapshotter, std::io::Error> {
+    /// With `files`, the worker also writes each snapshot it builds there
+    /// ([`write_snapshot_file`]), so storing it costs the node's thread no large write.
+    pub fn start(id: u64, snapshot: &[u8], files: Option<PathBuf>) -> Result<Snapshotter, std::io::Error> {
         let (jobs, rx) = sync_channel(JOBS);
         let (done, built) = mpsc::channel(4);
         let state = shadow_of(snapshot);
         let worker = std::thread::Builder::new()
             .name(format!("raft-{id}-snap"))
-            .spawn(move || work(state, rx, done))?;
+            .spawn(move || work(state, rx, done, files))?;
         let shadow = Shadow::Thread { jobs: Some(jobs), worker: Some(worker) };
         Ok(Snapshotter { shadow, built, generation: 0, building: false, batch: Vec::new() })
     }
@@ -129,7 +135,7 @@ impl Snapshotter {
     fn send(&mut self, job: Job) -> Result<(), WorkerGone> {
         match &mut self.shadow {
             Shadow::Thread { jobs, .. } => jobs.as_ref().ok_or(WorkerGone)?.send(job).map_err(|_| WorkerGone),
-            Shadow::Inline { state, done } => match run(state, job) {
+            Shadow::Inline { state, done } => match run(state, job, None) {
                 Some(built) => done.try_send(built).map_err(|_| WorkerGone),
                 None => Ok(()),
             },
@@ -158,9 +164,14 @@ fn shadow_of(snapshot: &[u8]) -> Result<State, StateError> {
     }
 }
 
-fn work(mut state: Result<State, StateError>, jobs: Receiver<Job>, done: mpsc::Sender<Built>) {
+fn work(
+    mut state: Result<State, StateError>,
+    jobs: Receiver<Job>,
+    done: mpsc::Sender<Built>,
+    files: Option<PathBuf>,
+) {
     while let Ok(job) = jobs.recv() {
-        if let Some(built) = run(&mut state, job) {
+        if let Some(built) = run(&mut state, job, files.as_deref()) {
             if done.blocking_send(built).is_err() {
                 return;
             }
@@ -168,8 +179,9 @@ fn work(mut state: Result<State, StateError>, jobs: Receiver<Job>, done: mpsc::S
     }
 }
 
-/// Does one job on the shadow state; a build's result.
-fn run(state: &mut Result<State, StateError>, job: Job) -> Option<Built> {
+/// Does one job on the shadow state; a build's result (written into `files` too, when
+/// given).
+fn run(state: &mut Result<State, StateError>, job: Job, files: Option<&Path>) -> Option<Built> {
     match job {
         Job::Apply(batch) => {
             if let Ok(state) = state {
@@ -188,6 +200,12 @@ fn run(state: &mut Result<State, StateError>, job: Job) -> Option<Built> {
                 Ok(state) => state.to_snapshot_bytes(),
                 Err(e) => Err(StateError::MalformedSnapshot(format!("the shadow state is unusable: {e}"))),
             };
+            if let (Some(dir), Ok(bytes)) = (files, &data) {
+                if let Err(e) = write_snapshot_file(dir, index, bytes) {
+                    // The node's thread writes it when it stores the snapshot.
+                    tracing::warn!(index, error = %ferry_net::Chain(&e), "the snapshot worker could not write the snapshot file");
+                }
+            }
             Some(Built { generation, index, conf, data })
         }
     }
@@ -213,11 +231,13 @@ mod tests {
     }
 
     /// The shadow state's snapshot equals the state the node applied the same requests
-    /// to, a reset starts it over, and a build asked before a reset is dropped.
+    /// to (in the bytes it returns and in the file it writes), a reset starts it over,
+    /// and a build asked before a reset is dropped.
     #[test]
     fn the_shadow_state_snapshots_what_the_node_applied() {
+        let files = tempfile::tempdir().unwrap();
         let mut node = State::default();
-        let mut snap = Snapshotter::start(1, &[]).unwrap();
+        let mut snap = Snapshotter::start(1, &[], Some(files.path().to_owned())).unwrap();
         for i in 1..=50 {
             apply(&mut node, i, &register(i));
             snap.applied(i, register(i));
@@ -230,7 +250,10 @@ mod tests {
         }
         .unwrap();
         assert_eq!(built.index, 50);
-        assert_eq!(State::from_snapshot_bytes(&built.data.unwrap()).unwrap(), node);
+        let data = built.data.unwrap();
+        assert_eq!(State::from_snapshot_bytes(&data).unwrap(), node);
+        let file = crate::storage::snapshot_file(files.path(), 50);
+        assert_eq!(std::fs::read(file).unwrap(), data, "the worker wrote the snapshot file");
 
         // A build in flight when a received snapshot replaces the state is stale.
         apply(&mut node, 51, &register(51));

@@ -206,6 +206,52 @@ fn a_snapshot_compacts_the_log_it_covers() {
     assert_eq!(read(&store, 7, 8, None).unwrap(), vec![(7, 3)]);
 }
 
+/// A created snapshot's data goes to a file (sled keeps only its metadata), older files
+/// go once a newer snapshot is durable, the entries it covers leave the store a few at a
+/// time (or all at once when the store is reopened), and a snapshot from the leader is
+/// kept in sled with the files removed.
+#[test]
+fn a_snapshot_lives_in_a_file_and_its_entries_leave_a_few_at_a_time() {
+    let dir = TempDir::new("snapshot-file");
+    let mut store = dir.open();
+    let files = store.snapshot_dir().unwrap();
+    store.append(&entries(1..=100, 1)).unwrap();
+    store.set_hard_state(&hard_state(1, 1, 100)).unwrap();
+    store.create_snapshot(90, voters(&[1, 2, 3]), b"state@90".to_vec()).unwrap();
+    assert_eq!(std::fs::read(snapshot_file(&files, 90)).unwrap(), b"state@90");
+    assert!(store.meta.get(SNAPSHOT_DATA_KEY).unwrap().is_none(), "no data in sled");
+    assert_eq!(&store.snapshot(0, 2).unwrap().data[..], b"state@90");
+    assert_eq!(store.first_index().unwrap(), 91);
+    assert_eq!(store.entries.len(), 100, "nothing removed yet");
+    store.compact_some(64).unwrap();
+    assert_eq!(store.entries.len(), 36);
+    store.compact_some(64).unwrap();
+    store.compact_some(64).unwrap();
+    assert_eq!(store.entries.len(), 10);
+    assert_eq!(read(&store, 91, 101, None).unwrap().len(), 10);
+
+    // A file the worker wrote is taken as it is; the older one goes.
+    write_snapshot_file(&files, 95, b"state@95 from the worker").unwrap();
+    store.create_snapshot(95, voters(&[1, 2, 3]), b"ignored".to_vec()).unwrap();
+    assert_eq!(&store.snapshot(0, 2).unwrap().data[..], b"state@95 from the worker");
+    assert!(!snapshot_file(&files, 90).exists());
+    drop(store);
+
+    // Reopening finishes the compaction and reads the snapshot from its file.
+    let mut store = dir.reopen();
+    assert_eq!(store.entries.len(), 5);
+    assert_eq!(&store.snapshot(0, 2).unwrap().data[..], b"state@95 from the worker");
+
+    // A snapshot from the leader lives in sled; no file is left to shadow it.
+    let mut snapshot = Snapshot::default();
+    snapshot.mut_metadata().index = 120;
+    snapshot.mut_metadata().term = 2;
+    snapshot.data = b"state@120".to_vec();
+    store.apply_snapshot(snapshot).unwrap();
+    assert_eq!(std::fs::read_dir(&files).unwrap().count(), 0);
+    assert_eq!(&store.snapshot(0, 2).unwrap().data[..], b"state@120");
+}
+
 #[test]
 fn a_snapshot_from_the_leader_replaces_a_fresh_log() {
     let dir = TempDir::new("install");
