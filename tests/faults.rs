@@ -118,7 +118,17 @@ fn damage(store: &Path, what: &str) {
                 entries.remove(key).unwrap();
             }
         }
-        "a garbage snapshot" => {
+        "a garbage snapshot file" => {
+            let files: Vec<_> =
+                std::fs::read_dir(store.join("snapshots")).unwrap().map(|f| f.unwrap().path()).collect();
+            assert!(!files.is_empty(), "the voter wrote a snapshot file");
+            for file in files {
+                std::fs::write(file, b"not a Ferry state at all").unwrap();
+            }
+        }
+        "a garbage snapshot in sled" => {
+            // Where Ferry 0.1.0 kept snapshot data (and a received snapshot still is).
+            std::fs::remove_dir_all(store.join("snapshots")).unwrap();
             meta.insert("snapshot_data", &b"not a Ferry state at all"[..]).unwrap();
         }
         other => panic!("unknown damage {other}"),
@@ -146,12 +156,18 @@ fn a_damaged_data_dir_is_refused_at_start_with_a_clear_message() {
     for (what, says) in [
         ("garbage hard state", "raft store"),
         ("a truncated log", "raft store"),
-        ("a garbage snapshot", "snapshot"),
+        ("a garbage snapshot file", "snapshot"),
+        ("a garbage snapshot in sled", "snapshot"),
     ] {
         let copy = dir.path().join(what.replace(' ', "-"));
         copy_dir(&data, &copy);
         damage(&copy.join("raft"), what);
-        let out = ferry().args(voter_args(&copy)).env("FERRY_CONTROL_TOKEN", TOKEN).output().unwrap();
+        let mut cmd = ferry();
+        cmd.args(voter_args(&copy))
+            .env("FERRY_CONTROL_TOKEN", TOKEN)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = Proc::spawn(what, &mut cmd).wait_output(Duration::from_secs(60));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{what}: the voter started");
         assert!(!stderr.contains("panicked"), "{what}: a panic: {stderr}");
