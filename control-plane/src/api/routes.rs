@@ -522,6 +522,19 @@ pub async fn set_share(
     b: Body<SetShare>,
 ) -> ApiResult {
     let SetShare { share_bp } = body(b)?;
+    // The new share is checked with the spec's rules here, before it is proposed; the
+    // state machine checks only its range (see `set_rollout_share`). A rollout's spec
+    // changes only through this command, so the check cannot go stale in between.
+    let checked = api.node.read(|s| {
+        s.rollouts.get(&id).map(|r| {
+            let mut spec = r.spec.clone();
+            spec.gates.share_bp = share_bp;
+            spec.validate()
+        })
+    });
+    if let Some(Err(e)) = checked {
+        return Err(ApiError::bad_request(format!("spec: {e}")));
+    }
     api.write(&caller, &headers, Command::SetRolloutShare { id, share_bp }).await
 }
 

@@ -2,6 +2,7 @@
 
 use super::checks::check_label;
 use super::*;
+use ferry_proto::cohort::ALL_BP;
 
 pub(super) fn create_rollout(state: &mut State, now: u64, actor: &str, id: &str, spec: &RolloutSpec) -> Step {
     check_label("rollout id", id)?;
@@ -59,14 +60,14 @@ pub(super) fn set_rollout_share(state: &mut State, now: u64, actor: &str, id: &s
     if rollout.state == RolloutState::Aborted {
         return Err(rejected(REJECT_CONFLICT, format!("rollout {id:?} is aborted")));
     }
-    // Change the share, then check the result like a new spec.
-    let mut spec = rollout.spec.clone();
-    let before = spec.gates.share_bp;
-    spec.gates.share_bp = share_bp;
-    if let Err(reason) = spec.validate() {
-        return Err(rejected(REJECT_INVALID, reason));
+    // Only this command's own rule, fixed for command set 1. The spec's rules (which a
+    // newer build may tighten) were checked before the command was proposed: two builds
+    // applying the same entry must agree.
+    if share_bp > ALL_BP {
+        return Err(rejected(REJECT_INVALID, format!("gates.share_bp: {share_bp} is above {ALL_BP}")));
     }
-    rollout.spec = spec;
+    let before = rollout.spec.gates.share_bp;
+    rollout.spec.gates.share_bp = share_bp;
     let level = rollout.level;
     let what = format!("share {before} -> {share_bp} bp");
     push_history(rollout, RolloutEvent { at_ms: now, actor: actor.to_owned(), what: what.clone(), level });
