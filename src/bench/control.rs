@@ -300,7 +300,8 @@ enum Writer {
         endpoint: String,
         token: Arc<str>,
         /// Keeps its connection alive between writes (one client, one connection).
-        http: HttpClient,
+        /// Boxed: the etcd variant is a pointer too.
+        http: Box<HttpClient>,
     },
     #[cfg(feature = "etcd-bench")]
     Etcd(Box<etcd_client::Client>),
@@ -312,7 +313,7 @@ impl Writer {
             Api::Ferry { token } => Ok(Writer::Ferry {
                 endpoint: endpoint.to_owned(),
                 token: token.clone(),
-                http: HttpClient::plain().with_max_response(MAX_RESPONSE),
+                http: Box::new(HttpClient::plain().with_max_response(MAX_RESPONSE)),
             }),
             Api::Etcd => etcd::writer(endpoint).await,
         }
@@ -755,7 +756,7 @@ impl Writer {
             Writer::Ferry { endpoint, token, .. } => Writer::Ferry {
                 endpoint: endpoint.clone(),
                 token: token.clone(),
-                http: HttpClient::plain().with_max_response(MAX_RESPONSE),
+                http: Box::new(HttpClient::plain().with_max_response(MAX_RESPONSE)),
             },
             #[cfg(feature = "etcd-bench")]
             Writer::Etcd(client) => Writer::Etcd(client.clone()),
