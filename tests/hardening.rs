@@ -478,8 +478,8 @@ fn a_hostile_quic_client_cannot_inflate_an_edge_or_starve_its_viewers() {
         }
         // The idle viewers are closed; their share comes back. The edge's close frame
         // is sent once: under this UDP flood loopback may drop it, and that client then
-        // learns of the close from its own idle timeout. The edge's count (asserted
-        // below) says why each closed.
+        // learns of the close from its own idle timeout, or from the edge's stateless
+        // reset. The edge's count (asserted below) says why each closed.
         let mut idle_closed = 0;
         for (_endpoint, conn, _send, _recv) in &idle {
             let closed = tokio::time::timeout(Duration::from_secs(40), conn.closed()).await.expect("closed");
@@ -489,6 +489,10 @@ fn a_hostile_quic_client_cannot_inflate_an_edge_or_starve_its_viewers() {
                     idle_closed += 1;
                 }
                 quinn::ConnectionError::TimedOut => idle_closed += 1,
+                // The close frame was lost and the edge had already forgotten the
+                // connection: its answer to the client's next packet is a stateless
+                // reset (seen once in CI). Also a close by the edge.
+                quinn::ConnectionError::Reset => idle_closed += 1,
                 other => panic!("an idle connection ended otherwise: {other:?}"),
             }
         }
