@@ -17,7 +17,6 @@
 //! it exists (its bytes are the same: the state at a committed index is unique).
 
 use std::cmp;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -81,19 +80,13 @@ pub fn snapshot_file(dir: &Path, index: u64) -> PathBuf {
     dir.join(format!("{index:020}.bin"))
 }
 
-/// Writes the snapshot at `index` into `dir` durably: a `.part` file, synced, renamed,
-/// and the directory synced, so the file exists complete or not at all.
+/// Writes the snapshot at `index` into `dir` durably ([`ferry_net::files::replace`]), so
+/// the file exists complete or not at all.
 pub fn write_snapshot_file(dir: &Path, index: u64, data: &[u8]) -> Result<(), StoreError> {
     let path = snapshot_file(dir, index);
-    let failed = |source| StoreError::File { path: path.clone(), source };
-    std::fs::create_dir_all(dir).map_err(failed)?;
-    let part = path.with_extension("bin.part");
-    let mut file = std::fs::File::create(&part).map_err(failed)?;
-    file.write_all(data).map_err(failed)?;
-    file.sync_all().map_err(failed)?;
-    drop(file);
-    std::fs::rename(&part, &path).map_err(failed)?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(failed)
+    std::fs::create_dir_all(dir)
+        .and_then(|()| ferry_net::files::replace(&path, data, None))
+        .map_err(|source| StoreError::File { path, source })
 }
 
 impl From<StoreError> for raft::Error {
@@ -389,6 +382,21 @@ impl SledStore {
         Ok(out)
     }
 
+    /// Removes snapshot files (and unfinished `.tmp` files) other than `keep`'s. Best
+    /// effort: a file left behind is only disk space, and the next snapshot tries again.
+    fn remove_snapshot_files(&self, keep: Option<u64>) {
+        let Ok(files) = std::fs::read_dir(&self.snapshots) else { return };
+        let keep = keep.map(|index| snapshot_file(&self.snapshots, index));
+        for file in files.flatten() {
+            let path = file.path();
+            if Some(&path) != keep.as_ref() {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove an old snapshot file");
+                }
+            }
+        }
+    }
+
     fn read_snapshot(&self) -> Result<Snapshot, StoreError> {
         let path = snapshot_file(&self.snapshots, self.snapshot_meta.index);
         let data = match std::fs::read(&path) {
@@ -582,23 +590,6 @@ impl LogStore for SledStore {
             self.compacted = old;
         }
         Ok(())
-    }
-}
-
-impl SledStore {
-    /// Removes snapshot files (and unfinished `.part` files) other than `keep`'s. Best
-    /// effort: a file left behind is only disk space, and the next snapshot tries again.
-    fn remove_snapshot_files(&self, keep: Option<u64>) {
-        let Ok(files) = std::fs::read_dir(&self.snapshots) else { return };
-        let keep = keep.map(|index| snapshot_file(&self.snapshots, index));
-        for file in files.flatten() {
-            let path = file.path();
-            if Some(&path) != keep.as_ref() {
-                if let Err(e) = std::fs::remove_file(&path) {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot remove an old snapshot file");
-                }
-            }
-        }
     }
 }
 

@@ -8,10 +8,9 @@
 //! copy of the state in memory; the gain is that a snapshot of a large state (up to
 //! 100,000 remembered request ids) never stalls proposals.
 
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
-
-use std::path::{Path, PathBuf};
 
 use raft::eraftpb::ConfState;
 use tokio::sync::mpsc;
