@@ -392,6 +392,8 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             if let Some(uuid) = f(&v, "cluster_uuid").as_str() {
                 s = format!("{s} cluster_uuid {uuid}");
             }
+            // The cluster version: below this voter's build while an upgrade is under way.
+            s = format!("{s} command_set {} (build {})", f(&v, "command_set"), f(&v, "build_command_set"));
             (v, s)
         }
         CtlCommand::Members(MembersCmd::Add { id, raft_addr }) => {

@@ -65,6 +65,18 @@ fn three_voters_elect_one_leader_and_take_writes_through_any_member() {
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["leader"].as_u64(), Some(leader));
     assert_eq!(status["voters"], serde_json::json!([1, 2, 3]));
+    // Every voter announced its command set on its raft connections, so the leader raised
+    // the cluster to it, and every voter applied that.
+    let build_set = status["build_command_set"].as_u64().unwrap();
+    assert!(build_set >= 2, "{status}");
+    wait_for("the cluster to reach this build's command set", Duration::from_secs(30), || {
+        voters.iter().all(|v| v.status()["command_set"].as_u64() == Some(build_set)).then_some(())
+    });
+    let seen = &voters[usize::try_from(leader - 1).unwrap()].status()["members"];
+    for member in seen.as_array().unwrap() {
+        assert_eq!(member["announced"]["command_set"].as_u64(), Some(build_set), "{seen}");
+        assert_eq!(member["announced"]["version"], env!("CARGO_PKG_VERSION"), "{seen}");
+    }
 
     for (i, v) in voters.iter().enumerate() {
         assert_eq!(

@@ -85,6 +85,7 @@ const MODULE_LAYERS: &[(&str, &[&str])] = &[
             "linearizable",
             "raft_codec",
             "state",
+            "versions",
             "backup",
             "storage",
             "node",

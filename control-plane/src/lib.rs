@@ -6,6 +6,8 @@
 //!   node simulation and `ferry bench soak` check their clients' histories with it).
 //! - [`raft_codec`]: raft-rs types to protobuf bytes and back (prost), in one place.
 //! - [`state`]: the pure replicated state machine: `apply(&mut State, index, &Request) -> Outcome`.
+//! - [`versions`]: the cluster version: what each voter announces, and when the leader
+//!   raises the cluster's command set (sans-IO).
 //! - [`backup`]: the backup file (`ferry ctl snapshot save`, `ferry control --restore`): pure encoding.
 //! - [`storage`]: the raft log, hard state, conf state and snapshots on sled, behind [`storage::LogStore`].
 //! - [`node`]: the raft node (raft-rs `RawNode` driven by one task) and its seam to the
@@ -42,5 +44,6 @@ pub mod server;
 pub mod state;
 pub mod storage;
 pub mod transport;
+pub mod versions;
 
 pub use error::{Error, Result};

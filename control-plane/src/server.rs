@@ -22,6 +22,7 @@ use crate::node::{self, NodeConfig, NodeHandle};
 use crate::relays::{self, EdgeHealth, Placed, Placement};
 use crate::state::{Command, Expiration, Request, RolloutState};
 use crate::transport::{Transport, TransportConfig};
+use crate::versions::next_command_set;
 use crate::{Error, Result};
 use ferry_proto::rollout::RolloutSpec;
 
@@ -90,6 +91,7 @@ impl Control {
         if let Some(certs) = config.edge_certificates {
             api = api.with_certificates(certs);
         }
+        tracker.spawn(command_set_loop(node.clone(), cancel.clone()));
         let http_metrics = HttpServerMetrics::default();
         api.register_http_metrics(&http_metrics);
         let mut gossip_handle = None;
@@ -154,6 +156,38 @@ impl Control {
         match self.node.status().fault {
             Some(fault) => Err(Error::Stopped(fault)),
             None => Ok(()),
+        }
+    }
+}
+
+/// How often the leader looks whether every member announced a newer command set.
+const COMMAND_SET_TICK: Duration = Duration::from_secs(1);
+
+/// On the leader: raises the cluster's command set once every member announced it (see
+/// [`crate::versions`]). One write per raise; a failed one is tried again next tick.
+async fn command_set_loop(node: NodeHandle, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(COMMAND_SET_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let status = node.status();
+        if status.leader != status.id || status.leader == 0 {
+            continue;
+        }
+        let members: Vec<u64> = status.voters.iter().chain(&status.learners).copied().collect();
+        let in_use = node.read(|s| s.command_set());
+        let Some(to) = next_command_set(in_use, status.id, &members, &node.announcements()) else {
+            continue;
+        };
+        let command = Command::RaiseCommandSet { to };
+        match commit(&node, "cluster-version", format!("command-set-{to}"), command).await {
+            Ok(outcome) => {
+                tracing::info!(from = in_use, to, %outcome, "every voter announced command set {to}; the cluster uses it")
+            }
+            Err(e) => tracing::warn!(to, "raising the command set failed, retrying: {e}"),
         }
     }
 }

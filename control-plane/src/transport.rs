@@ -3,6 +3,11 @@
 //! (`count:u32be` then `len:u32be protobuf` per message). Lost batches are fine —
 //! raft retransmits — so senders never block the node: a full queue drops.
 //!
+//! The first stream of every connection a voter opens is its hello (see
+//! [`crate::versions`]): a batch of zero messages followed by `ferry-hello/1`, the
+//! length (u16be) and JSON. Earlier releases read it as an empty batch and ignore the
+//! rest; a connection whose first batch is not a hello comes from such a release.
+//!
 //! A cluster restored from a backup has an identity (its cluster uuid), carried in the
 //! TLS protocol name: its voters offer and accept `ferry-raft/1+UUID` first and plain
 //! `ferry-raft/1` second, and refuse a connection that settled on anything but their
@@ -24,6 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::node::{NodeHandle, RaftNetwork};
 use crate::raft_codec;
+use crate::versions::{Announcement, Hello, HELLO_MAGIC, MAX_HELLO};
 
 /// ALPN of the raft transport (distinct from the relay protocol).
 pub const RAFT_ALPN: &[u8] = b"ferry-raft/1";
@@ -112,6 +118,8 @@ struct Checks {
     /// Unix ms of the last warning about a peer of another cluster (the metric counts
     /// every refusal; the log says it once per [`REFUSAL_LOG_EVERY_MS`]).
     warned_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// This voter's hello stream (see [`crate::versions`]).
+    hello: Arc<[u8]>,
 }
 
 /// Warnings about refused peers of another cluster, at most one per this long: such a
@@ -208,6 +216,7 @@ impl Transport {
             protocol: Arc::from(protocol),
             refusals,
             warned_ms: Arc::default(),
+            hello: Arc::from(hello_stream(&Hello::of_this_build(node.status().id))),
         };
         tracker.spawn(accept(
             endpoint.clone(),
@@ -338,8 +347,14 @@ async fn connect(
         return Err(ferry_net::Error::Protocol(format!("{addr} is a voter of another cluster")));
     }
     match checks.voter(&conn) {
-        Ok(None) => Ok(conn),
-        Ok(Some(peer)) if peer == id => Ok(conn),
+        Ok(peer) if peer.is_none_or(|peer| peer == id) => {
+            // The hello is queued in the connection's buffers, ahead of every batch; a
+            // failure to queue it fails the connection, which is dialed again.
+            let mut stream = conn.open_uni().await?;
+            stream.write_all(&checks.hello).await?;
+            stream.finish()?;
+            Ok(conn)
+        }
         result => {
             let refusal = result.err().unwrap_or(Refusal::WrongNode);
             checks.refusals.count(refusal);
@@ -357,6 +372,36 @@ fn is_certificate_required(error: &quinn::ConnectionError) -> bool {
 
 /// QUIC close code of a refused raft peer (the reason travels as the close reason).
 const REFUSED: quinn::VarInt = quinn::VarInt::from_u32(2);
+
+/// The stream that carries `hello`: a batch header of zero messages, then the hello.
+pub fn hello_stream(hello: &Hello) -> Vec<u8> {
+    let mut bytes = 0u32.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&hello.encode());
+    bytes
+}
+
+/// What one stream from a peer carried.
+#[derive(Debug)]
+pub enum Received {
+    Batch(Vec<Message>),
+    Hello(Hello),
+}
+
+/// Decodes a whole stream held in memory, as [`decode_batch`] does, except that a batch
+/// of zero messages may be followed by a hello. For tests and fuzzing.
+pub fn decode_stream(bytes: &[u8]) -> ferry_net::Result<Received> {
+    match bytes.split_first_chunk::<4>() {
+        Some((head, rest)) if u32::from_be_bytes(*head) == 0 && !rest.is_empty() => {
+            let hello = rest
+                .strip_prefix(HELLO_MAGIC)
+                .and_then(|r| r.split_first_chunk::<2>())
+                .filter(|(len, body)| usize::from(u16::from_be_bytes(**len)) == body.len())
+                .ok_or_else(|| ferry_net::Error::Protocol("malformed hello".to_owned()))?;
+            Hello::decode_body(hello.1).map(Received::Hello).map_err(ferry_net::Error::Protocol)
+        }
+        _ => decode_batch(bytes).map(Received::Batch),
+    }
+}
 
 /// Encodes one batch of raft messages as it travels on a stream (the wire format above).
 pub fn encode_batch(batch: &[Message]) -> Vec<u8> {
@@ -473,9 +518,29 @@ async fn serve_peer(incoming: quinn::Incoming, node: NodeHandle, checks: Checks)
             return;
         }
     };
+    // Whether this connection opened with a hello; a peer that sends messages without
+    // one runs an earlier release and counts as command set 1.
+    let mut hello = false;
     while let Ok(mut stream) = conn.accept_uni().await {
-        match read_batch(&mut stream).await {
-            Ok(msgs) => {
+        match read_stream(&mut stream).await {
+            Ok(Received::Hello(h)) => {
+                if voter.is_some_and(|id| id != h.id) {
+                    checks.refusals.count(Refusal::FromMismatch);
+                    tracing::warn!(peer = %peer_addr, hello = h.id, "a raft hello naming another voter than its certificate; closing");
+                    conn.close(REFUSED, Refusal::FromMismatch.label().as_bytes());
+                    return;
+                }
+                tracing::debug!(peer = h.id, command_set = h.command_set, version = %h.version, "raft peer hello");
+                node.announce(h.id, Announcement { command_set: h.command_set, version: h.version });
+                hello = true;
+            }
+            Ok(Received::Batch(msgs)) => {
+                if !hello {
+                    if let Some(from) = voter.or_else(|| msgs.first().map(|m| m.from)) {
+                        node.forget_announcement(from);
+                    }
+                    hello = true;
+                }
                 for msg in msgs {
                     match voter {
                         Some(id) if msg.from != id => {
@@ -500,10 +565,22 @@ async fn serve_peer(incoming: quinn::Incoming, node: NodeHandle, checks: Checks)
     }
 }
 
-async fn read_batch(stream: &mut quinn::RecvStream) -> ferry_net::Result<Vec<Message>> {
+async fn read_stream(stream: &mut quinn::RecvStream) -> ferry_net::Result<Received> {
     let mut head = [0u8; 4];
     stream.read_exact(&mut head).await?;
     let count = u32::from_be_bytes(head) as usize;
+    if count == 0 {
+        let mut magic = [0u8; HELLO_MAGIC.len()];
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut magic).await?;
+        stream.read_exact(&mut len).await?;
+        let len = usize::from(u16::from_be_bytes(len));
+        if magic != HELLO_MAGIC || len > MAX_HELLO {
+            return Err(ferry_net::Error::Protocol("malformed hello".to_owned()));
+        }
+        let body = ferry_net::wire::read_exactly(stream, len).await?;
+        return Hello::decode_body(&body).map(Received::Hello).map_err(ferry_net::Error::Protocol);
+    }
     if count > MAX_BATCH {
         return Err(ferry_net::Error::Protocol(format!("batch of {count} messages")));
     }
@@ -518,5 +595,83 @@ async fn read_batch(stream: &mut quinn::RecvStream) -> ferry_net::Result<Vec<Mes
         let body = ferry_net::wire::read_exactly(stream, len).await?;
         msgs.push(decode_message(&body)?);
     }
-    Ok(msgs)
+    Ok(Received::Batch(msgs))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ferry_net::tls::{ClientTrust, TransportTuning};
+    use raft::eraftpb::MessageType;
+
+    use super::*;
+    use crate::node::{self, NodeConfig};
+
+    /// Dials `addr` as a raw peer speaking `ferry-raft/1` and sends `streams`, one each.
+    async fn dial_and_send(addr: SocketAddr, streams: &[Vec<u8>]) -> quinn::Connection {
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let config =
+            tls::client_config_alpns(&ClientTrust::Insecure, &TransportTuning::default(), &[RAFT_ALPN])
+                .unwrap();
+        endpoint.set_default_client_config(config);
+        let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+        for bytes in streams {
+            let mut stream = conn.open_uni().await.unwrap();
+            stream.write_all(bytes).await.unwrap();
+            stream.finish().unwrap();
+        }
+        conn
+    }
+
+    async fn announced_set(node: &NodeHandle, id: u64, want: Option<u16>) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = node.announcements().get(&id).map(|a| a.command_set);
+            if now == want {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "voter {id} announced {now:?}, want {want:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A peer that opens its connection with a hello is recorded with its command set; a
+    /// connection from the same voter that starts with raft messages (an earlier
+    /// release) makes it count as command set 1 again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hellos_record_a_peers_command_set_and_a_connection_without_one_forgets_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let peers = BTreeMap::from([(1, "127.0.0.1:1".to_owned()), (2, "127.0.0.1:2".to_owned())]);
+        let (_runner, node) = node::open(NodeConfig::new(1, peers, dir.path().to_path_buf())).unwrap();
+        let tracker = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let config =
+            TransportConfig { listen: "127.0.0.1:0".parse().unwrap(), security: RaftSecurity::Insecure };
+        let transport =
+            Transport::start(config, node.clone(), PeerRefusals::default(), &tracker, cancel.clone())
+                .await
+                .unwrap();
+        let addr = transport.local_addr().unwrap();
+
+        let hello = Hello { id: 2, command_set: 7, version: "9.9.9".into() };
+        let _new = dial_and_send(addr, &[hello_stream(&hello)]).await;
+        announced_set(&node, 2, Some(7)).await;
+        assert_eq!(node.announcements()[&2].version, "9.9.9");
+
+        let mut heartbeat = Message::default();
+        heartbeat.set_msg_type(MessageType::MsgHeartbeat);
+        (heartbeat.from, heartbeat.to, heartbeat.term) = (2, 1, 1);
+        let _old = dial_and_send(addr, &[encode_batch(&[heartbeat])]).await;
+        announced_set(&node, 2, None).await;
+
+        // A malformed hello closes the connection and records nothing.
+        let mut bad = hello_stream(&hello);
+        bad[6] ^= 0xff;
+        let conn = dial_and_send(addr, &[bad]).await;
+        let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+        assert!(closed.is_ok(), "the connection stays open after a malformed hello");
+        assert!(node.announcements().is_empty());
+        cancel.cancel();
+    }
 }

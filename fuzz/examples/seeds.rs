@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_control_plane::raft_codec::encode;
+use ferry_control_plane::transport::hello_stream;
+use ferry_control_plane::versions::Hello as RaftHello;
 use ferry_control_plane::state::{encode_request, AuditEvent, Edge, Outcome, Rollout, State, Stream};
 use ferry_edge::auth::{Action, Claims, StreamScope, TokenSecret};
 use ferry_fuzz::{gossip_keyring, members_json, now, raft_batch, sample_requests, sample_state, CLUSTER};
@@ -266,6 +268,7 @@ fn raft_frames() -> Seeds {
         ("append", raft_batch(&[encode(&append)])),
         ("heartbeat_vote", raft_batch(&[encode(&heartbeat), encode(&vote)])),
         ("snapshot", raft_batch(&[encode(&snapshot)])),
+        ("hello", hello_stream(&RaftHello { id: 2, command_set: 2, version: "0.2.0".to_owned() })),
     ]
 }
 

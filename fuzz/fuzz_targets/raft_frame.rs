@@ -1,5 +1,5 @@
 //! A raft transport stream as a voter reads it (`control-plane/src/transport.rs`,
-//! `read_batch`): a message count, then length-prefixed protobuf raft `Message`s, each
+//! `read_stream`): a hello, or a message count, then length-prefixed protobuf raft `Message`s, each
 //! decoded with the same `raft_codec::decode` (prost) the transport calls; then what a
 //! follower decodes from a message: its entries' data and a snapshot's state.
 //!
@@ -12,7 +12,7 @@
 
 use ferry_control_plane::raft_codec::{decode, encode};
 use ferry_control_plane::state::{decode_request, State};
-use ferry_control_plane::transport::{decode_batch, encode_batch};
+use ferry_control_plane::transport::{decode_batch, decode_stream, encode_batch, hello_stream, Received};
 use ferry_fuzz::raft_bodies;
 use libfuzzer_sys::fuzz_target;
 use raft::eraftpb::{ConfChange, EntryType, Message};
@@ -38,6 +38,10 @@ fn message(body: &[u8]) {
 }
 
 fuzz_target!(|data: &[u8]| {
+    if let Ok(Received::Hello(hello)) = decode_stream(data) {
+        let back = decode_stream(&hello_stream(&hello)).expect("a re-encoded hello decodes");
+        assert!(matches!(back, Received::Hello(h) if h == hello), "a hello changed through re-encoding");
+    }
     if let Ok(batch) = decode_batch(data) {
         let back = decode_batch(&encode_batch(&batch)).expect("a re-encoded batch decodes");
         assert_eq!(back, batch, "a raft batch changed through re-encoding");

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::versions::Announcement;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -136,17 +137,32 @@ fn params(p: Result<Query<ReadParams>, QueryRejection>) -> Result<ReadParams, Ap
 
 pub async fn cluster(State(api): State<Api>) -> ApiResult {
     let status = api.node.status();
+    let announced = api.node.announcements();
     let members: Vec<Value> = api
         .node
         .members()
         .into_iter()
-        .map(|(id, addr)| json!({ "id": id, "raft_addr": addr, "voter": status.voters.contains(&id) }))
+        .map(|(id, addr)| {
+            let announced = if id == status.id {
+                Some(Announcement::of_this_build())
+            } else {
+                announced.get(&id).cloned()
+            };
+            json!({
+                "id": id, "raft_addr": addr, "voter": status.voters.contains(&id),
+                // What it announced on its raft connection to this voter (null: nothing
+                // yet, or a release before announcements: command set 1).
+                "announced": announced,
+            })
+        })
         .collect();
     Ok(Json(json!({
         "id": status.id, "leader": status.leader, "term": status.term, "role": status.role,
         "commit_index": status.commit, "applied_index": status.applied, "voters": status.voters,
         "snapshot_index": status.snapshot_index, "members": members,
         "cluster_uuid": api.node.cluster_uuid(),
+        "command_set": api.node.read(|s| s.command_set()),
+        "build_command_set": crate::state::COMMAND_SET,
     }))
     .into_response())
 }

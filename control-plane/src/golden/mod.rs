@@ -17,6 +17,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 mod release_0_1_0;
+mod release_0_2_0;
 
 /// The environment variable that lets the tests create missing golden files.
 const WRITE_ENV: &str = "FERRY_GOLDEN_WRITE";

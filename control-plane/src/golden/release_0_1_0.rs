@@ -37,7 +37,7 @@ fn decode<M: raft_codec::RaftMessage>(bytes: &[u8]) -> M {
     raft_codec::decode(bytes).unwrap()
 }
 
-fn s(text: &str) -> String {
+pub(super) fn s(text: &str) -> String {
     text.to_owned()
 }
 
@@ -83,7 +83,7 @@ fn relays() -> BTreeMap<String, Vec<String>> {
 }
 
 /// One command per action (`ReleaseStream` twice: released and expired).
-fn commands() -> Vec<Command> {
+pub(super) fn commands() -> Vec<Command> {
     vec![
         Command::RegisterEdge {
             id: s("e1"),
@@ -151,11 +151,13 @@ fn covered(command: &Command) -> bool {
         | Command::CreateToken { .. }
         | Command::RevokeToken { .. }
         | Command::Noop => true,
+        // Added in 0.2.0 (command set 2): its entry is in that release's files.
+        Command::RaiseCommandSet { .. } => false,
     }
 }
 
 /// The commands, each in a full envelope.
-fn requests() -> Vec<Request> {
+pub(super) fn requests() -> Vec<Request> {
     commands()
         .into_iter()
         .zip(1u64..)
@@ -229,7 +231,7 @@ fn audit_event(id: u64, action: &str, target: &str) -> AuditEvent {
 }
 
 /// A state with every collection non-empty, as a voter holds it at index 40.
-fn state() -> State {
+pub(super) fn state() -> State {
     let mut state = State::default();
     state.edges = BTreeMap::from([
         (s("e1"), edge("e1", "eu", false, 1_700_000_000_001)),

@@ -16,7 +16,7 @@ use super::snapshotter::{Built, Snapshotter};
 use super::RaftNetwork;
 use super::{Image, Input, Members, NodeConfig, NodeError, NodeHandle, RestoreSeed, Status};
 use crate::raft_codec;
-use crate::state::{apply, decode_request, encode_request, Outcome, State};
+use crate::state::{apply, decode_request, encode_entry, Command, Outcome, State};
 use crate::storage::{LogStore, SledStore};
 
 type WriteReply = oneshot::Sender<Result<(u64, Outcome), NodeError>>;
@@ -220,6 +220,7 @@ impl<S: LogStore> Driver<S> {
             state: Arc::clone(&state),
             members: members.clone(),
             cluster_uuid: cluster_uuid.map(Arc::from),
+            announced: Arc::default(),
         };
         let driver = Driver {
             raw,
@@ -384,7 +385,17 @@ impl<S: LogStore> Driver<S> {
         }
         match input {
             Input::Propose { request, reply } => {
-                let data = match encode_request(&request) {
+                let in_use = self.state.read().unwrap_or_else(PoisonError::into_inner).command_set();
+                let needs = request.command.needs();
+                if needs > in_use && !matches!(request.command, Command::RaiseCommandSet { .. }) {
+                    let _ = reply.send(Err(NodeError::Rejected(format!(
+                        "{} needs command set {needs}; the cluster is at {in_use} until every voter \
+                         runs a release that applies it (finish the upgrade)",
+                        request.command.action()
+                    ))));
+                    return;
+                }
+                let data = match encode_entry(&request, in_use) {
                     Ok(data) => data,
                     Err(e) => {
                         let _ = reply.send(Err(NodeError::Rejected(e.to_string())));

@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::state::{Outcome, Request, State};
+use crate::versions::Announcement;
 pub use network::{MemoryRouter, RaftNetwork};
 
 pub use members::Members;
@@ -196,9 +197,27 @@ pub struct NodeHandle {
     state: Arc<RwLock<State>>,
     members: Members,
     cluster_uuid: Option<Arc<str>>,
+    /// What each peer announced on its current raft connection (see [`crate::versions`]).
+    announced: Arc<std::sync::Mutex<BTreeMap<u64, Announcement>>>,
 }
 
 impl NodeHandle {
+    /// Records what peer `id` announced on a new raft connection.
+    pub fn announce(&self, id: u64, announcement: Announcement) {
+        self.announced.lock().unwrap_or_else(PoisonError::into_inner).insert(id, announcement);
+    }
+
+    /// Forgets what peer `id` announced: it connected without a hello (an earlier
+    /// release), so it counts as command set 1 again.
+    pub fn forget_announcement(&self, id: u64) {
+        self.announced.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+    }
+
+    /// What the peers announced, by id.
+    pub fn announcements(&self) -> BTreeMap<u64, Announcement> {
+        self.announced.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
     /// The identity of a cluster restored from a backup (`None`: a founded cluster).
     pub fn cluster_uuid(&self) -> Option<&str> {
         self.cluster_uuid.as_deref()

@@ -131,6 +131,7 @@ impl StateV2 {
             applied_index: self.applied_index,
             next_audit_id: self.next_audit_id,
             tokens: BTreeMap::new(),
+            command_set_in_use: 0,
             request_order: BTreeSet::new(),
         }
     }

@@ -59,17 +59,23 @@ const MAX_ENVELOPE_TEXT: usize = 128;
 const MAX_LABEL: usize = 64;
 /// Longest advertised address (`host:port`).
 const MAX_ADDR: usize = 256;
-/// First byte of every snapshot, bumped when the encoding of [`State`] changes; the
-/// previous version is still read (see `codec::StateV2`).
-const SNAPSHOT_VERSION: u8 = 3;
+/// First byte of every snapshot, bumped when the encoding of [`State`] changes; earlier
+/// versions are still read (see `codec::StateV2`). Version 4 is version 3 followed by the
+/// cluster's command set; a state at command set 1 is still written as version 3, which
+/// the previous release reads (a follower not yet upgraded may be sent one).
+const SNAPSHOT_VERSION: u8 = 4;
+/// The snapshot version of a state at command set 1.
+const SNAPSHOT_V3: u8 = 3;
 
 /// The newest command set this build applies. Command set 1 is every [`Command`] of
-/// this release. A release that adds or changes a replicated command bumps it.
-pub const COMMAND_SET: u16 = 1;
+/// release 0.1.0; set 2 adds [`Command::RaiseCommandSet`]. A release that adds or changes
+/// a replicated command bumps it. The cluster uses a set only once every voter announces
+/// it (see [`crate::versions`]); [`State::command_set`] is the one in use.
+pub const COMMAND_SET: u16 = 2;
 /// First byte of a versioned log entry: `0x00 | format | command set (u16, big-endian)
-/// | JSON request`. Entries of command set 1 are written as bare JSON (first byte `{`),
-/// which every earlier release reads; a release only writes versioned entries once every
-/// voter can read them.
+/// | JSON request`. While the cluster is at command set 1, entries of command set 1 are
+/// written as bare JSON (first byte `{`), which every earlier release reads; versioned
+/// entries are written once every voter has announced it reads them.
 const ENTRY_VERSIONED: u8 = 0;
 /// The versioned entry layout this build reads.
 const ENTRY_FORMAT: u8 = 2;
@@ -122,6 +128,11 @@ pub struct State {
     pub next_audit_id: u64,
     /// Named operator tokens by accessor (hashes only).
     pub tokens: BTreeMap<String, OperatorToken>,
+    /// The command set the cluster has moved to ([`Command::RaiseCommandSet`]); 0 means
+    /// 1 (a state written before sets were recorded). Outside the bincode of `State`:
+    /// snapshot version 4 appends it (see [`State::to_snapshot_bytes`]).
+    #[serde(skip)]
+    command_set_in_use: u16,
     /// `applied_requests` ordered by index, so eviction does not scan. Derived data: rebuilt
     /// whenever it disagrees with `applied_requests` (after a snapshot or deserialization).
     #[serde(skip)]
@@ -139,6 +150,7 @@ impl PartialEq for State {
             && self.applied_index == other.applied_index
             && self.next_audit_id == other.next_audit_id
             && self.tokens == other.tokens
+            && self.command_set() == other.command_set()
     }
 }
 
@@ -251,6 +263,13 @@ pub enum Command {
     },
     /// Changes nothing; a new leader may propose it to commit an entry of its term.
     Noop,
+    /// The leader's record that every member announced command set `to`: from this entry
+    /// on, the cluster writes versioned entries and may use the commands of `to`
+    /// (command set 2). Never lowers the set; a voter that cannot apply `to` stops at
+    /// this entry instead of skipping it.
+    RaiseCommandSet {
+        to: u16,
+    },
 }
 
 /// The record a leader's expiry removes, and why.
@@ -288,6 +307,15 @@ impl Command {
             Command::CreateToken { .. } => "token.create",
             Command::RevokeToken { .. } => "token.revoke",
             Command::Noop => "noop",
+            Command::RaiseCommandSet { .. } => "cluster.command_set",
+        }
+    }
+
+    /// The command set a voter must apply to apply this command.
+    pub fn needs(&self) -> u16 {
+        match self {
+            Command::RaiseCommandSet { to } => (*to).max(2),
+            _ => 1,
         }
     }
 }
@@ -376,9 +404,26 @@ pub fn apply(state: &mut State, index: u64, request: &Request) -> Outcome {
     outcome
 }
 
-/// Encodes a request as raft entry data (JSON, so entries stay readable in a debugger).
+/// Encodes a request as raft entry data for a cluster at command set 1: bare JSON (so
+/// entries stay readable in a debugger), which every release reads, unless the command
+/// needs a newer set. See [`encode_entry`].
 pub fn encode_request(request: &Request) -> Result<Vec<u8>, StateError> {
-    let bytes = serde_json::to_vec(request).map_err(StateError::EncodeRequest)?;
+    encode_entry(request, 1)
+}
+
+/// Encodes a request as raft entry data for a cluster at command set `in_use`: a
+/// versioned entry naming the command set it needs once the cluster is past set 1 (or
+/// when the command itself needs more), bare JSON otherwise.
+pub fn encode_entry(request: &Request, in_use: u16) -> Result<Vec<u8>, StateError> {
+    let needs = request.command.needs();
+    let mut bytes = if in_use > 1 || needs > 1 {
+        let mut head = vec![ENTRY_VERSIONED, ENTRY_FORMAT];
+        head.extend_from_slice(&needs.to_be_bytes());
+        head
+    } else {
+        Vec::new()
+    };
+    serde_json::to_writer(&mut bytes, request).map_err(StateError::EncodeRequest)?;
     if bytes.len() > MAX_REQUEST_BYTES {
         return Err(StateError::RequestTooLarge { len: bytes.len(), limit: MAX_REQUEST_BYTES });
     }
@@ -410,12 +455,22 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, StateError> {
 }
 
 impl State {
+    /// The command set the cluster uses: what its entries may need.
+    pub fn command_set(&self) -> u16 {
+        self.command_set_in_use.max(1)
+    }
+
     /// Encodes the whole state for a raft snapshot: a version byte, then bincode (standard
-    /// config). JSON values inside travel as JSON text, as bincode cannot carry them natively.
+    /// config); version 4 appends the command set (a u16, bincode). At command set 1 the
+    /// snapshot is version 3, which the previous release reads. JSON values inside travel
+    /// as JSON text, as bincode cannot carry them natively.
     pub fn to_snapshot_bytes(&self) -> Result<Vec<u8>, StateError> {
-        let mut bytes = vec![SNAPSHOT_VERSION];
-        let body = bincode::serde::encode_to_vec(self, bincode::config::standard())?;
-        bytes.extend_from_slice(&body);
+        let config = bincode::config::standard();
+        let mut bytes = if self.command_set() > 1 { vec![SNAPSHOT_VERSION] } else { vec![SNAPSHOT_V3] };
+        bytes.extend_from_slice(&bincode::serde::encode_to_vec(self, config)?);
+        if self.command_set() > 1 {
+            bytes.extend_from_slice(&bincode::serde::encode_to_vec(self.command_set(), config)?);
+        }
         Ok(bytes)
     }
 
@@ -424,7 +479,15 @@ impl State {
         let (version, body) =
             bytes.split_first().ok_or_else(|| StateError::MalformedSnapshot("empty snapshot".to_owned()))?;
         let mut state = match *version {
-            SNAPSHOT_VERSION => decode_exact::<State>(body)?,
+            SNAPSHOT_VERSION => {
+                let (mut state, command_set) = decode_exact::<(State, u16)>(body)?;
+                if command_set > COMMAND_SET {
+                    return Err(StateError::NewerCommandSet { needs: command_set, supports: COMMAND_SET });
+                }
+                state.command_set_in_use = command_set;
+                state
+            }
+            SNAPSHOT_V3 => decode_exact::<State>(body)?,
             2 => decode_exact::<codec::StateV2>(body)?.upgrade(),
             other => return Err(StateError::UnsupportedSnapshotVersion(other)),
         };
@@ -561,5 +624,27 @@ fn execute(state: &mut State, request: &Request) -> Step {
         }
         Command::RevokeToken { accessor } => revoke_token(state, accessor),
         Command::Noop => Ok(None),
+        Command::RaiseCommandSet { to } => raise_command_set(state, *to),
     }
+}
+
+/// [`Command::RaiseCommandSet`]: the set only goes up, and only to one this build applies
+/// (a voter that could not apply it stopped at decoding the entry, which names it).
+fn raise_command_set(state: &mut State, to: u16) -> Step {
+    let from = state.command_set();
+    if to <= from {
+        return Err(rejected(REJECT_CONFLICT, format!("the cluster is already at command set {from}")));
+    }
+    if to > COMMAND_SET {
+        return Err(rejected(
+            REJECT_INVALID,
+            format!("command set {to} is newer than this build's {COMMAND_SET}"),
+        ));
+    }
+    state.command_set_in_use = to;
+    Ok(Some(Change {
+        target: "cluster".to_owned(),
+        summary: format!("command set {from} -> {to}"),
+        detail: json!({ "command_set": to }),
+    }))
 }

@@ -421,6 +421,41 @@ fn tokens_are_created_once_and_revoked() {
     assert_eq!((event.role.as_str(), event.source.as_str()), ("operator", "10.1.2.3:5555"));
 }
 
+/// Until the cluster raises its command set, entries and snapshots stay in the formats
+/// the previous release reads; after it, entries are versioned and snapshots version 4.
+#[test]
+fn raising_the_command_set_switches_the_formats_and_never_goes_back() {
+    let mut log = busy_log();
+    assert_eq!(log.state.command_set(), 1);
+    let request = Request::internal(id("r"), "ci", 7, Command::Noop);
+    assert_eq!(encode_entry(&request, log.state.command_set()).unwrap(), encode_request(&request).unwrap());
+    assert_eq!(log.state.to_snapshot_bytes().unwrap()[0], 3);
+    // The raise itself is versioned even at set 1: a voter that cannot apply it stops.
+    let raise = Request::internal(id("raise"), "ci", 8, Command::RaiseCommandSet { to: COMMAND_SET });
+    let bytes = encode_entry(&raise, 1).unwrap();
+    assert_eq!(bytes[..4], [0, 2, 0, 2]);
+    assert_eq!(decode_request(&bytes).unwrap(), raise);
+
+    log.run(Command::RaiseCommandSet { to: COMMAND_SET });
+    assert_eq!(log.state.command_set(), COMMAND_SET);
+    assert_eq!(log.state.audit.back().unwrap().action, "cluster.command_set");
+    let entry = encode_entry(&request, log.state.command_set()).unwrap();
+    assert_eq!(entry[..4], [0, 2, 0, 1], "a command of set 1 names set 1");
+    assert_eq!(decode_request(&entry).unwrap(), request);
+    let snapshot = log.state.to_snapshot_bytes().unwrap();
+    assert_eq!(snapshot[0], 4);
+    assert_eq!(State::from_snapshot_bytes(&snapshot).unwrap(), log.state);
+
+    // Never down, never past this build.
+    assert_eq!(log.rejects(Command::RaiseCommandSet { to: 1 }), REJECT_CONFLICT);
+    assert_eq!(log.rejects(Command::RaiseCommandSet { to: COMMAND_SET }), REJECT_CONFLICT);
+    assert_eq!(log.state.command_set(), COMMAND_SET);
+    // A version 4 snapshot of a newer set is refused, not guessed at.
+    let mut newer = snapshot[..snapshot.len() - 1].to_vec();
+    newer.push(u8::try_from(COMMAND_SET + 1).unwrap());
+    assert!(matches!(State::from_snapshot_bytes(&newer), Err(StateError::NewerCommandSet { .. })));
+}
+
 #[test]
 fn a_snapshot_of_the_previous_version_upgrades() {
     let mut state = busy_log().state;
@@ -439,9 +474,12 @@ fn a_snapshot_of_the_previous_version_upgrades() {
 
 #[test]
 fn a_snapshot_round_trips_the_whole_state() {
-    let state = busy_log().state;
-    let bytes = state.to_snapshot_bytes().unwrap();
-    assert_eq!(State::from_snapshot_bytes(&bytes).unwrap(), state);
+    let mut log = busy_log();
+    let bytes = log.state.to_snapshot_bytes().unwrap();
+    assert_eq!(State::from_snapshot_bytes(&bytes).unwrap(), log.state);
+    log.run(Command::RaiseCommandSet { to: COMMAND_SET });
+    let bytes = log.state.to_snapshot_bytes().unwrap();
+    assert_eq!(State::from_snapshot_bytes(&bytes).unwrap(), log.state);
 }
 
 #[test]
@@ -460,7 +498,7 @@ fn a_snapshot_claiming_a_huge_string_is_refused_before_allocating_it() {
     // Found by fuzz/fuzz_targets/snapshot.rs: bincode allocated the length a string
     // claimed before reading it, so 8 bytes asked for 4 GiB, and a bigger claim aborted
     // the voter. One edge whose id claims 1 TiB, in both snapshot versions:
-    for version in [SNAPSHOT_VERSION, 2] {
+    for version in [SNAPSHOT_VERSION, SNAPSHOT_V3, 2] {
         let mut bytes = vec![version, 1, 0xfd];
         bytes.extend_from_slice(&(1u64 << 40).to_le_bytes());
         let refused = State::from_snapshot_bytes(&bytes);
@@ -650,8 +688,11 @@ fn log_entries_carry_their_command_set_and_newer_ones_are_refused() {
     };
     assert_eq!(decode_request(&versioned(2, 1)).unwrap(), request);
     let err = decode_request(&versioned(2, COMMAND_SET + 1)).unwrap_err();
-    assert!(matches!(err, StateError::NewerCommandSet { needs: 2, supports: 1 }), "{err}");
-    assert!(err.to_string().contains("command set 2"), "{err}");
+    assert!(
+        matches!(err, StateError::NewerCommandSet { needs, supports } if needs == COMMAND_SET + 1 && supports == COMMAND_SET),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&format!("command set {}", COMMAND_SET + 1)), "{err}");
     assert!(matches!(decode_request(&versioned(3, 1)), Err(StateError::UnknownEntryFormat(3))));
     assert!(matches!(decode_request(&[0, 2, 0]), Err(StateError::UnknownEntryFormat(2))));
     // A command this build does not know, in an entry that claims set 1.
