@@ -27,6 +27,7 @@ mod failover;
 mod floor;
 mod netns;
 mod soak;
+mod upgrade;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -45,6 +46,10 @@ pub enum BenchCommand {
     /// that acknowledged writes survived and are linearizable, viewers recovered,
     /// resources stayed bounded and nothing panicked.
     Soak(soak::SoakArgs),
+    /// A rolling upgrade under load: the soak's cluster on an earlier release (`--from
+    /// REV`, built once), every voter then every edge restarted on this build, then
+    /// the soak's checks and the cluster version's.
+    Upgrade(upgrade::UpgradeArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -95,6 +100,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Failover(args) => failover::run(args).await,
         BenchCommand::Canary(args) => canary::run(args).await,
         BenchCommand::Soak(args) => soak::run(args).await,
+        BenchCommand::Upgrade(args) => upgrade::run(args).await,
     }
 }
 

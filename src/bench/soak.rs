@@ -100,6 +100,8 @@ impl Rng {
 /// One process of the cluster: how to start it again, and its resource peaks.
 struct Node {
     name: String,
+    /// The binary it runs when it next starts (`None`: the cluster's).
+    binary: Option<PathBuf>,
     /// Its place in the lab: voters 0..3, edges 3..6.
     index: usize,
     args: Vec<String>,
@@ -134,7 +136,8 @@ impl Cluster {
             .open(self.logs.join(format!("{}.log", node.name)))
             .context("log file")?;
         let netns = self.lab.as_ref().map(|lab| lab.namespace(node.index));
-        let mut child = crate::process::ferry_child_in(netns.as_deref(), &self.binary)
+        let binary = node.binary.as_ref().unwrap_or(&self.binary);
+        let mut child = crate::process::ferry_child_in(netns.as_deref(), binary)
             .args(&node.args)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -413,7 +416,20 @@ async fn sample(cluster: &mut Cluster) {
     }
 }
 
+/// What happens to the cluster while the clients run.
+pub(super) enum Plan {
+    /// Seeded faults (`ferry bench soak`).
+    Faults,
+    /// A rolling upgrade (`ferry bench upgrade`): every voter, then every edge, stopped
+    /// with SIGTERM and started again with `to`, one every `step_every`.
+    Roll { to: PathBuf, step_every: Duration },
+}
+
 pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
+    run_plan(args, Plan::Faults).await
+}
+
+pub(super) async fn run_plan(args: SoakArgs, plan: Plan) -> anyhow::Result<()> {
     let binary = match &args.binary {
         Some(b) => b.clone(),
         None => std::env::current_exe()?,
@@ -482,6 +498,9 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         a.extend(strings(&["--quic-listen", &quic, "--http-listen", &http, "--gossip-listen", &gossip]));
         a.extend(strings(&["--gossip-seeds", &seeds, "--gossip-keyring", &keyring]));
         a.extend(strings(&["--control-plane", &control.join(","), "--control-token", TOKEN]));
+        // `ferry bench upgrade` stops edges with SIGTERM: their QUIC publishers never
+        // leave by themselves, so a drain lasts its whole deadline.
+        a.extend(strings(&["--shutdown-grace", "10s"]));
         edges.push(Node { name: id.to_owned(), index, args: a, http, ..Node::empty() });
     }
     let mut cluster = Cluster { binary: binary.clone(), logs: dir.clone(), voters, edges, lab };
@@ -620,79 +639,106 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         clients.push(tokio::spawn(task));
     }
     let mut faults = Vec::new();
-    while started.elapsed() < args.duration {
-        let fault_started = Instant::now();
-        let hold = Duration::from_millis(2_000 + rng.below(2_000) as u64);
-        let kind = rng.below(if cluster.lab.is_some() { 6 } else { 5 });
-        let voter = kind < 2 || (kind == 5 && rng.below(2) == 0);
-        let i = rng.below(3);
-        let name = cluster.node(voter, i).map(|n| n.name.clone()).unwrap_or_default();
-        let what = match kind {
-            0 | 2 => {
-                if let Some(node) = cluster.node(voter, i) {
-                    if let Some(mut child) = node.child.take() {
-                        let _ = child.kill().await;
+    let mut roll_check = None;
+    match &plan {
+        Plan::Faults => {
+            while started.elapsed() < args.duration {
+                let fault_started = Instant::now();
+                let hold = Duration::from_millis(2_000 + rng.below(2_000) as u64);
+                let kind = rng.below(if cluster.lab.is_some() { 6 } else { 5 });
+                let voter = kind < 2 || (kind == 5 && rng.below(2) == 0);
+                let i = rng.below(3);
+                let name = cluster.node(voter, i).map(|n| n.name.clone()).unwrap_or_default();
+                let what = match kind {
+                    0 | 2 => {
+                        if let Some(node) = cluster.node(voter, i) {
+                            if let Some(mut child) = node.child.take() {
+                                let _ = child.kill().await;
+                            }
+                        }
+                        sample_for(&mut cluster, hold).await;
+                        cluster.start(voter, i).await?;
+                        format!("SIGKILL {name}, restarted after {} ms", hold.as_millis())
                     }
-                }
-                sample_for(&mut cluster, hold).await;
-                cluster.start(voter, i).await?;
-                format!("SIGKILL {name}, restarted after {} ms", hold.as_millis())
-            }
-            1 | 3 => {
-                if let Some(node) = cluster.node(voter, i) {
-                    if let Some(child) = &node.child {
-                        signal(child, "-STOP");
-                        node.stopped = true;
+                    1 | 3 => {
+                        if let Some(node) = cluster.node(voter, i) {
+                            if let Some(child) = &node.child {
+                                signal(child, "-STOP");
+                                node.stopped = true;
+                            }
+                        }
+                        sample_for(&mut cluster, hold).await;
+                        if let Some(node) = cluster.node(voter, i) {
+                            if let Some(child) = &node.child {
+                                signal(child, "-CONT");
+                            }
+                            node.stopped = false;
+                        }
+                        format!("SIGSTOP {name} for {} ms", hold.as_millis())
                     }
-                }
-                sample_for(&mut cluster, hold).await;
-                if let Some(node) = cluster.node(voter, i) {
-                    if let Some(child) = &node.child {
-                        signal(child, "-CONT");
+                    5 => {
+                        let index = cluster.node(voter, i).map(|n| n.index).unwrap_or_default();
+                        let lab = cluster.lab.as_ref().context("partitions need the lab")?;
+                        lab.cut(index)?;
+                        sample_for(&mut cluster, hold).await;
+                        cluster.lab.as_ref().context("partitions need the lab")?.heal(index)?;
+                        format!("partition: {name} cut off for {} ms", hold.as_millis())
                     }
-                    node.stopped = false;
-                }
-                format!("SIGSTOP {name} for {} ms", hold.as_millis())
-            }
-            5 => {
-                let index = cluster.node(voter, i).map(|n| n.index).unwrap_or_default();
-                let lab = cluster.lab.as_ref().context("partitions need the lab")?;
-                lab.cut(index)?;
-                sample_for(&mut cluster, hold).await;
-                cluster.lab.as_ref().context("partitions need the lab")?.heal(index)?;
-                format!("partition: {name} cut off for {} ms", hold.as_millis())
-            }
-            _ => {
-                let edge = cluster.edges.get(i).map(|e| (e.http.clone(), e.args.clone()));
-                let (edge_http, edge_args) = edge.context("edge")?;
-                let quic = edge_args
-                    .iter()
-                    .position(|a| a == "--quic-listen")
-                    .and_then(|p| edge_args.get(p + 1))
-                    .cloned()
-                    .unwrap_or_default();
-                let voter_http = cluster.voters.get(rng.below(3)).map(|v| v.http.clone()).unwrap_or_default();
-                let offers_from = match &cluster.lab {
-                    Some(lab) => lab.second_host_ip(),
-                    None => std::net::IpAddr::from([127, 0, 0, 2]),
+                    _ => {
+                        let edge = cluster.edges.get(i).map(|e| (e.http.clone(), e.args.clone()));
+                        let (edge_http, edge_args) = edge.context("edge")?;
+                        let quic = edge_args
+                            .iter()
+                            .position(|a| a == "--quic-listen")
+                            .and_then(|p| edge_args.get(p + 1))
+                            .cloned()
+                            .unwrap_or_default();
+                        let voter_http =
+                            cluster.voters.get(rng.below(3)).map(|v| v.http.clone()).unwrap_or_default();
+                        let offers_from = match &cluster.lab {
+                            Some(lab) => lab.second_host_ip(),
+                            None => std::net::IpAddr::from([127, 0, 0, 2]),
+                        };
+                        let burst = tokio::spawn(hostile(edge_http, quic, voter_http, offers_from, hold));
+                        sample_for(&mut cluster, hold).await;
+                        let held = burst.await.unwrap_or(0);
+                        format!("hostile clients at {name}: {held} connections and unfinished WebRTC sessions held for {} ms", hold.as_millis())
+                    }
                 };
-                let burst = tokio::spawn(hostile(edge_http, quic, voter_http, offers_from, hold));
-                sample_for(&mut cluster, hold).await;
-                let held = burst.await.unwrap_or(0);
-                format!("hostile clients at {name}: {held} connections and unfinished WebRTC sessions held for {} ms", hold.as_millis())
+                faults.push(
+                    json!({ "at_ms": fault_started.duration_since(started).as_millis() as u64, "fault": what }),
+                );
+                let rest = args.fault_every.saturating_sub(fault_started.elapsed());
+                sample_for(&mut cluster, rest).await;
             }
-        };
-        faults.push(
-            json!({ "at_ms": fault_started.duration_since(started).as_millis() as u64, "fault": what }),
-        );
-        let rest = args.fault_every.saturating_sub(fault_started.elapsed());
-        sample_for(&mut cluster, rest).await;
+        }
+        Plan::Roll { to, step_every } => {
+            roll_check = Some(roll(&mut cluster, to, *step_every, started, &mut faults).await?);
+        }
     }
     sample_for(&mut cluster, args.calm).await;
     stop.cancel();
     for c in clients {
         let _ = c.await;
     }
+    // After a roll: the cluster stayed at the old command set until the last voter ran
+    // the new build, and every voter is at the new build's set after the calm.
+    let command_sets = match roll_check {
+        Some(mut check) => {
+            let mut after = Vec::new();
+            for url in cluster.control_urls() {
+                let status = api(&probe, "GET", &join(&url, "/v1/cluster"), None, None).await;
+                let status = status.unwrap_or(Value::Null);
+                after.push((at(&status, "command_set").as_u64(), at(&status, "build_command_set").as_u64()));
+            }
+            let raised = after.iter().all(|(set, build)| set.is_some() && set == build);
+            check["builds_at_end"] = json!(after.iter().map(|(_, build)| build).collect::<Vec<_>>());
+            check["at_end"] = json!(after.iter().map(|(set, _)| set).collect::<Vec<_>>());
+            check["raised_after_the_roll"] = json!(raised);
+            Some((check["held_during_the_roll"] == true && raised, check))
+        }
+        None => None,
+    };
     // Final reads of every key through every voter: what survived.
     let mut ops = std::mem::take(&mut *history.lock().unwrap_or_else(PoisonError::into_inner));
     for url in cluster.control_urls() {
@@ -812,7 +858,9 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         }
     }
     let linearizable = matches!(verdict, Verdict::Linearizable);
-    let passed = linearizable && missing.is_empty() && recovery_ok && bounds_ok && panics.is_empty();
+    let versions_ok = command_sets.as_ref().is_none_or(|(ok, _)| *ok);
+    let passed =
+        linearizable && missing.is_empty() && recovery_ok && bounds_ok && panics.is_empty() && versions_ok;
     let report = json!({
         "passed": passed,
         "seed": args.seed,
@@ -820,6 +868,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         "started_unix_ms": started_unix_ms,
         "duration_s": args.duration.as_secs_f64(),
         "faults": faults,
+        "command_sets": command_sets.as_ref().map(|(_, c)| c),
         "history": summary,
         "linearizable": linearizable,
         "verdict": format!("{verdict:?}"),
@@ -836,6 +885,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
             "viewers_recovered_within_goal": recovery_ok,
             "within_bounds": bounds_ok,
             "no_panics": panics.is_empty(),
+            "command_set_raised_only_after_the_roll": command_sets.as_ref().map(|(ok, _)| ok),
         },
         "processes": processes,
         "bounds": { "rss_mib": MAX_RSS_KIB / 1024, "fds": MAX_FDS, "tasks": MAX_TASKS, "recovery_ms": RECOVERY_GOAL.as_millis() as u64 },
@@ -849,6 +899,71 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         bail!("the soak failed a check (see the report)");
     }
     Ok(())
+}
+
+/// The roll of [`Plan::Roll`]: voters from the highest id down (as the chart's
+/// StatefulSet rolls), then edges, each stopped with SIGTERM (a voter flushes and
+/// exits, an edge drains) and started with `to` once it exited, `step_every` apart. A
+/// step is recorded in `steps` like a fault. Returns the command sets the voters
+/// reported before each voter's step: they must not move before the last one.
+async fn roll(
+    cluster: &mut Cluster,
+    to: &std::path::Path,
+    step_every: Duration,
+    started: Instant,
+    steps: &mut Vec<Value>,
+) -> anyhow::Result<Value> {
+    let probe = HttpClient::plain();
+    let mut before_last = Vec::new();
+    let order: Vec<(bool, usize)> = (0..cluster.voters.len())
+        .rev()
+        .map(|i| (true, i))
+        .chain((0..cluster.edges.len()).map(|i| (false, i)))
+        .collect();
+    let last_voter = order.iter().position(|(voter, _)| !voter).unwrap_or(order.len()).saturating_sub(1);
+    for (step, (voter, i)) in order.into_iter().enumerate() {
+        if step <= last_voter {
+            // Until the last voter restarts, one voter at least runs the old build: the
+            // cluster must keep the set it had (an old build reports none: set 1).
+            for url in cluster.control_urls() {
+                let status = api(&probe, "GET", &join(&url, "/v1/cluster"), None, None).await;
+                let set = status.as_ref().map(|s| at(s, "command_set").as_u64().unwrap_or(1));
+                before_last.push(json!(set));
+            }
+        }
+        let step_started = Instant::now();
+        let node = cluster.node(voter, i).context("no such node")?;
+        let name = node.name.clone();
+        if let Some(mut child) = node.child.take() {
+            signal(&child, "-TERM");
+            // An edge drains first (GOAWAY, then its deadline); past a minute it is killed.
+            if tokio::time::timeout(Duration::from_secs(60), child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+        }
+        let exited = step_started.elapsed();
+        if let Some(node) = cluster.node(voter, i) {
+            node.binary = Some(to.to_owned());
+        }
+        cluster.start(voter, i).await?;
+        if voter {
+            let url = format!("http://{}", cluster.voters.get(i).map(|v| v.http.clone()).unwrap_or_default());
+            until(Duration::from_secs(30), || async {
+                let status = api(&probe, "GET", &join(&url, "/v1/cluster"), None, None).await;
+                status.is_some_and(|s| at(&s, "leader").as_u64().is_some_and(|l| l != 0))
+            })
+            .await
+            .with_context(|| format!("{name} knows no leader after its upgrade"))?;
+        }
+        steps.push(json!({
+            "at_ms": step_started.duration_since(started).as_millis() as u64,
+            "fault": format!("upgrade {name}: SIGTERM, exited after {} ms, started on the new build", exited.as_millis()),
+        }));
+        sample_for(cluster, step_every.saturating_sub(step_started.elapsed())).await;
+    }
+    // The set the cluster had before the roll, for as long as an old voter ran.
+    let held = before_last.windows(2).all(|pair| pair.first() == pair.last());
+    Ok(json!({ "before_each_voter_step": before_last, "held_during_the_roll": held }))
 }
 
 /// A viewer's gaps longer than half the recovery goal, each with the legs from the
@@ -900,6 +1015,7 @@ impl Node {
     fn empty() -> Node {
         Node {
             name: String::new(),
+            binary: None,
             index: 0,
             args: Vec::new(),
             http: String::new(),
