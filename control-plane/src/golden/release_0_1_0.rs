@@ -372,7 +372,7 @@ fn golden_snapshot_v2_decodes_and_encodes_the_same() {
 // members.json
 // ---------------------------------------------------------------------------------------
 
-fn members() -> BTreeMap<u64, String> {
+pub(super) fn members() -> BTreeMap<u64, String> {
     BTreeMap::from([
         (1, s("10.0.0.1:9001")),
         (2, s("voter-2.ferry.svc.cluster.local:9001")),

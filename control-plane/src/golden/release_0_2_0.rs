@@ -1,14 +1,16 @@
 //! Release 0.2.0: what command set 2 writes once the cluster is raised to it (see
 //! `crate::versions`): versioned log entries (`0x00 | format 2 | command set | JSON`)
 //! of every command, [`Command::RaiseCommandSet`] among them; snapshot version 4 (version
-//! 3 followed by the command set); and the hello every raft connection opens with.
+//! 3 followed by the command set); `members.json` in its versioned layout; and the hello
+//! every raft connection opens with.
 //! Until the raise, this release writes release 0.1.0's formats, which that release's
 //! files check.
 
 use std::collections::BTreeSet;
 
-use super::release_0_1_0::{commands, requests, s, state};
+use super::release_0_1_0::{commands, members, requests, s, state};
 use super::Golden;
+use crate::node::Members;
 use crate::state::{decode_request, encode_entry, Command, Request, State};
 use crate::transport::{decode_stream, hello_stream, Received};
 use crate::versions::Hello;
@@ -82,6 +84,24 @@ fn golden_snapshot_v4_decodes_and_encodes_the_same() {
 }
 
 #[test]
+fn golden_versioned_members_file_loads_and_is_written_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = Members::load(dir.path(), &std::collections::BTreeMap::new()).unwrap();
+    written.write_versioned(true);
+    for (id, addr) in members() {
+        written.update(id, Some(addr)).unwrap();
+    }
+    let now = std::fs::read(dir.path().join("members.json")).unwrap();
+    let file = golden().read_same("members.json", &now);
+    assert!(file.starts_with(b"{\n  \"format\": 2,"), "{}", String::from_utf8_lossy(&file));
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("members.json"), &file).unwrap();
+    let loaded = Members::load(dir.path(), &std::collections::BTreeMap::new()).unwrap();
+    assert_eq!(loaded.snapshot(), members());
+}
+
+#[test]
 fn golden_raft_hello_decodes_and_encodes_the_same() {
     let hello = Hello { id: 2, command_set: SET, version: s("0.2.0") };
     let now = hello_stream(&hello);
@@ -96,7 +116,7 @@ fn golden_raft_hello_decodes_and_encodes_the_same() {
 #[test]
 fn golden_directory_holds_only_checked_files() {
     let mut expected: BTreeSet<String> = requests_0_2_0().iter().map(entry_file).collect();
-    for name in ["snapshot-v4.bin", "raft-hello.bin"] {
+    for name in ["snapshot-v4.bin", "raft-hello.bin", "members.json"] {
         expected.insert(s(name));
     }
     let present = golden().files();
