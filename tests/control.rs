@@ -705,3 +705,36 @@ fn a_snapshot_of_a_populated_cluster_restores_a_new_cluster() {
     });
     assert_eq!(code, 200, "{stream}");
 }
+
+/// SIGTERM answers a pending watch long-poll at once (empty, with the index to resume
+/// from) instead of leaving it to the HTTP server's shutdown grace, which cut the
+/// connection five seconds later and held the voter's exit that long.
+#[test]
+fn a_watch_long_poll_is_answered_when_its_voter_stops() {
+    let dir = TempDir::new("cp-watch-stop");
+    let mut voters = start_cluster(dir.path(), 1);
+    wait_for_leader(&voters.iter().collect::<Vec<_>>());
+    let v = voters.pop().unwrap();
+    let applied = v.status()["applied_index"].as_u64().unwrap();
+    let http = v.http.clone();
+    let poll = std::thread::spawn(move || {
+        let bearer = format!("Bearer {TOKEN}");
+        let path = format!("/v1/watch?since={applied}&timeout_ms=60000");
+        http::exchange(&http, "GET", &path, &[("authorization", &bearer)], b"", Duration::from_secs(90))
+    });
+    // The long-poll's connection is open (the scrape's own is the other one).
+    wait_for("the long-poll to reach the voter", Duration::from_secs(30), || {
+        let (_, text) = http_get(&v.http, "/metrics");
+        let open =
+            text.lines().find_map(|l| l.strip_prefix("ferry_http_connections ")?.trim().parse::<f64>().ok());
+        (open? >= 2.0).then_some(())
+    });
+    v.proc.terminate();
+    let reply = poll.join().unwrap().expect("the long-poll gets an answer, not a cut connection");
+    assert_eq!(reply.status, 200);
+    let body = reply.json();
+    assert_eq!(body["events"], serde_json::json!([]), "{body}");
+    assert!(body["index"].as_u64().unwrap() >= applied, "{body}");
+    let out = v.proc.wait_output(Duration::from_secs(30));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -82,7 +82,9 @@ impl Control {
         let refusals = PeerRefusals::default();
         let node =
             start_node(config.node, config.transport, refusals.clone(), &tracker, cancel.clone()).await?;
-        let mut api = Api::new(node.clone(), config.token, config.request_timeout).with_cluster(cluster);
+        let mut api = Api::new(node.clone(), config.token, config.request_timeout)
+            .with_cluster(cluster)
+            .with_shutdown(cancel.clone());
         let https = match &config.api_tls {
             Some(cluster_tls) => Some(tls::https_server_config(cluster_tls)?),
             None => None,

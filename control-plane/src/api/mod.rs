@@ -58,6 +58,9 @@ pub struct Api {
     pub certs: Option<Arc<EdgeCertificates>>,
     /// The rollouts' error guard, for its windows.
     pub guard: Option<Arc<std::sync::Mutex<crate::guard::ErrorGuard>>>,
+    /// Fires when the voter shuts down: watch long-polls answer at once instead of
+    /// holding the HTTP server's shutdown for their whole wait.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// What a voter needs to issue edges their certificates.
@@ -158,7 +161,14 @@ impl Api {
             cluster: None,
             certs: None,
             guard: None,
+            shutdown: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Ends watch long-polls when `shutdown` fires.
+    pub fn with_shutdown(mut self, shutdown: tokio_util::sync::CancellationToken) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 
     /// Signs edges' certificate requests (`POST /v1/certificates`).

@@ -622,7 +622,14 @@ pub async fn watch(State(api): State<Api>, p: Result<Query<WatchParams>, QueryRe
     // carry no event: keep waiting until there is one, or the deadline.
     let mut seen = p.since;
     let body = loop {
-        api.node.wait_applied(seen.saturating_add(1), deadline).await;
+        tokio::select! {
+            _ = api.node.wait_applied(seen.saturating_add(1), deadline) => {}
+            // Shutting down: an empty answer now, so the client resumes elsewhere.
+            _ = api.shutdown.cancelled() => {
+                let index = api.node.status().applied.max(p.since);
+                break json!({ "index": index, "resync": false, "events": [] });
+            }
+        }
         let status_applied = api.node.status().applied;
         let body = api.node.read(|s| {
             // The state's own index: never behind the events it holds.
