@@ -724,7 +724,7 @@ pub(super) async fn run_plan(args: SoakArgs, plan: Plan) -> anyhow::Result<()> {
     // After a roll: the cluster stayed at the old command set until the last voter ran
     // the new build, and every voter is at the new build's set after the calm.
     let command_sets = match roll_check {
-        Some(mut check) => {
+        Some((before, held)) => {
             let mut after = Vec::new();
             for url in cluster.control_urls() {
                 let status = api(&probe, "GET", &join(&url, "/v1/cluster"), None, None).await;
@@ -732,10 +732,14 @@ pub(super) async fn run_plan(args: SoakArgs, plan: Plan) -> anyhow::Result<()> {
                 after.push((at(&status, "command_set").as_u64(), at(&status, "build_command_set").as_u64()));
             }
             let raised = after.iter().all(|(set, build)| set.is_some() && set == build);
-            check["builds_at_end"] = json!(after.iter().map(|(_, build)| build).collect::<Vec<_>>());
-            check["at_end"] = json!(after.iter().map(|(set, _)| set).collect::<Vec<_>>());
-            check["raised_after_the_roll"] = json!(raised);
-            Some((check["held_during_the_roll"] == true && raised, check))
+            let check = json!({
+                "before_each_voter_step": before,
+                "held_during_the_roll": held,
+                "at_end": after.iter().map(|(set, _)| set).collect::<Vec<_>>(),
+                "builds_at_end": after.iter().map(|(_, build)| build).collect::<Vec<_>>(),
+                "raised_after_the_roll": raised,
+            });
+            Some((held && raised, check))
         }
         None => None,
     };
@@ -905,14 +909,15 @@ pub(super) async fn run_plan(args: SoakArgs, plan: Plan) -> anyhow::Result<()> {
 /// StatefulSet rolls), then edges, each stopped with SIGTERM (a voter flushes and
 /// exits, an edge drains) and started with `to` once it exited, `step_every` apart. A
 /// step is recorded in `steps` like a fault. Returns the command sets the voters
-/// reported before each voter's step: they must not move before the last one.
+/// reported before each voter's step, and whether they held (they must not move before
+/// the last one).
 async fn roll(
     cluster: &mut Cluster,
     to: &std::path::Path,
     step_every: Duration,
     started: Instant,
     steps: &mut Vec<Value>,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<(Vec<Value>, bool)> {
     let probe = HttpClient::plain();
     let mut before_last = Vec::new();
     let order: Vec<(bool, usize)> = (0..cluster.voters.len())
@@ -963,7 +968,7 @@ async fn roll(
     }
     // The set the cluster had before the roll, for as long as an old voter ran.
     let held = before_last.windows(2).all(|pair| pair.first() == pair.last());
-    Ok(json!({ "before_each_voter_step": before_last, "held_during_the_roll": held }))
+    Ok((before_last, held))
 }
 
 /// A viewer's gaps longer than half the recovery goal, each with the legs from the
