@@ -41,24 +41,26 @@ fn bench_report(name: &str, args: &[&str]) -> serde_json::Value {
     report
 }
 
+/// Asserts that each of `names` is `true` in the report's checks.
+fn assert_checks(report: &serde_json::Value, names: &[&str]) {
+    for check in names {
+        assert_eq!(report["checks"][check], true, "{check} failed: {report:#}");
+    }
+}
+
+/// The checks that are not timings: nothing acknowledged lost, a linearizable history,
+/// every viewer playing again after the calm period, bounded resources, no panic.
+const CORRECTNESS: [&str; 5] =
+    ["linearizable", "acknowledged_writes_present", "viewers_playing_at_end", "within_bounds", "no_panics"];
+
 #[test]
 fn a_sixty_second_chaos_soak_passes_every_check() {
     let _heavy = heavy();
     let report = bench_report("soak", &["soak", "--duration", "60s", "--seed", "1"]);
     // Every check but the recovery goal (a timing, which belongs to the bench's own
-    // verdict and docs/benchmarks.md): nothing acknowledged lost, a linearizable
-    // history, every viewer playing again after the calm period, bounded resources,
-    // no panic.
+    // verdict and docs/benchmarks.md).
+    assert_checks(&report, &CORRECTNESS);
     let checks = &report["checks"];
-    for check in [
-        "linearizable",
-        "acknowledged_writes_present",
-        "viewers_playing_at_end",
-        "within_bounds",
-        "no_panics",
-    ] {
-        assert_eq!(checks[check], true, "{check} failed: {report:#}");
-    }
     let gaps: Vec<&serde_json::Value> =
         report["viewers"].as_array().unwrap().iter().map(|v| &v["max_gap_ms"]).collect();
     println!(
@@ -78,17 +80,8 @@ fn a_rolling_restart_under_load_loses_nothing() {
     let me = ferry_bin();
     let report =
         bench_report("upgrade", &["upgrade", "--from-binary", me, "--step-every", "3s", "--calm", "10s"]);
-    let checks = &report["checks"];
-    for check in [
-        "linearizable",
-        "acknowledged_writes_present",
-        "viewers_playing_at_end",
-        "within_bounds",
-        "no_panics",
-        "command_set_raised_only_after_the_roll",
-    ] {
-        assert_eq!(checks[check], true, "{check} failed: {report:#}");
-    }
+    assert_checks(&report, &CORRECTNESS);
+    assert_checks(&report, &["command_set_raised_only_after_the_roll"]);
     let steps: Vec<&str> =
         report["faults"].as_array().unwrap().iter().map(|f| f["fault"].as_str().unwrap()).collect();
     assert_eq!(steps.len(), 6, "{steps:?}");

@@ -385,11 +385,11 @@ fn golden_members_file_loads_and_is_written_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let written = Members::load(dir.path(), &BTreeMap::new()).unwrap();
     for (id, addr) in members() {
-        written.update(id, Some(addr)).unwrap();
+        written.update(id, Some(addr), false).unwrap();
     }
     // A removed member leaves no trace.
-    written.update(3, Some(s("10.0.0.3:9001"))).unwrap();
-    written.update(3, None).unwrap();
+    written.update(3, Some(s("10.0.0.3:9001")), false).unwrap();
+    written.update(3, None, false).unwrap();
     let now = std::fs::read(dir.path().join("members.json")).unwrap();
     let file = golden().read_same("members.json", &now);
 

@@ -688,8 +688,9 @@ impl<S: LogStore> Driver<S> {
         self.snapshot_due = true;
         if addr.is_some() || cc.get_change_type() == ConfChangeType::RemoveNode {
             let versioned = self.state.read().unwrap_or_else(PoisonError::into_inner).command_set() > 1;
-            self.members.write_versioned(versioned);
-            self.members.update(cc.node_id, addr).map_err(storage_err("updating the members file"))?;
+            self.members
+                .update(cc.node_id, addr, versioned)
+                .map_err(storage_err("updating the members file"))?;
         }
         tracing::info!(index = entry.index, node = cc.node_id, change = ?cc.get_change_type(), voters = ?cs.voters, "membership changed");
         if let Some(reply) = self.conf_changes.remove(entry.context.as_ref() as &[u8]) {

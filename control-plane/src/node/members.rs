@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -46,8 +45,6 @@ fn parse(bytes: &[u8]) -> std::io::Result<BTreeMap<u64, String>> {
 pub struct Members {
     inner: Arc<RwLock<BTreeMap<u64, String>>>,
     path: PathBuf,
-    /// Write the versioned layout (the cluster is past command set 1).
-    versioned: Arc<AtomicBool>,
 }
 
 impl Members {
@@ -60,19 +57,13 @@ impl Members {
             // Saved addresses are newer than the command line for ids both know.
             map.extend(saved);
         }
-        Ok(Self { inner: Arc::new(RwLock::new(map)), path, versioned: Arc::default() })
+        Ok(Self { inner: Arc::new(RwLock::new(map)), path })
     }
 
     /// Writes `members` as the members file of `dir` (a voter seeded from a backup).
     pub fn save(dir: &Path, members: &BTreeMap<u64, String>) -> std::io::Result<()> {
         let json = serde_json::to_vec_pretty(members).map_err(std::io::Error::other)?;
         ferry_net::files::replace(&dir.join("members.json"), &json, None)
-    }
-
-    /// Writes the versioned layout from the next update on (the cluster's command set
-    /// is past 1, so every voter reads it).
-    pub fn write_versioned(&self, versioned: bool) {
-        self.versioned.store(versioned, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> BTreeMap<u64, String> {
@@ -83,8 +74,9 @@ impl Members {
         self.inner.read().unwrap_or_else(PoisonError::into_inner).get(&id).cloned()
     }
 
-    /// Sets or removes an address and persists the map.
-    pub fn update(&self, id: u64, addr: Option<String>) -> std::io::Result<()> {
+    /// Sets or removes an address and persists the map: in the versioned layout when
+    /// `versioned` (the cluster is past command set 1, so every voter reads it).
+    pub fn update(&self, id: u64, addr: Option<String>, versioned: bool) -> std::io::Result<()> {
         let map = {
             let mut map = self.inner.write().unwrap_or_else(PoisonError::into_inner);
             match addr {
@@ -93,7 +85,7 @@ impl Members {
             };
             map.clone()
         };
-        let json = if self.versioned.load(Ordering::Relaxed) {
+        let json = if versioned {
             serde_json::to_vec_pretty(&Versioned { format: FORMAT, members: map })
         } else {
             serde_json::to_vec_pretty(&map)
@@ -117,11 +109,10 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let members = Members::load(dir.path(), &BTreeMap::new()).unwrap();
-        members.update(1, Some("a:1".into())).unwrap();
+        members.update(1, Some("a:1".into()), false).unwrap();
         let bare = std::fs::read(dir.path().join("members.json")).unwrap();
         assert!(!String::from_utf8_lossy(&bare).contains("format"));
-        members.write_versioned(true);
-        members.update(2, Some("b:2".into())).unwrap();
+        members.update(2, Some("b:2".into()), true).unwrap();
         let versioned = std::fs::read(dir.path().join("members.json")).unwrap();
         assert!(String::from_utf8_lossy(&versioned).contains(r#""format": 2"#));
         assert_eq!(Members::load(dir.path(), &BTreeMap::new()).unwrap().snapshot(), map);
